@@ -1,0 +1,5 @@
+import sys
+
+from vitreduce.cli import main
+
+sys.exit(main())
