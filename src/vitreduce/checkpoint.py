@@ -23,9 +23,9 @@ from vitreduce.models import build_info, create_model
 from vitreduce.params import alias_groups
 from vitreduce.reduce import REDUCTION_ATTR
 from vitreduce.spec import ReductionSpec
+from vitreduce.weights import check_names_and_shapes
 
 FORMAT = "vitreduce.model.v1"
-_LISTED = 8  # names shown in an error before "and N more"
 
 
 def save(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
@@ -117,33 +117,10 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
 def _load_tensors(path: str | os.PathLike, targets: dict[str, torch.Tensor]) -> None:
     try:
         with safe_open(str(path), framework="pt") as handle:
-            stored = set(handle.keys())
-            _check_names(path, stored, targets)
+            stored = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+            check_names_and_shapes(path, stored, {n: tuple(t.shape) for n, t in targets.items()})
             with torch.no_grad():
                 for name, target in targets.items():
-                    tensor = handle.get_tensor(name)
-                    if tensor.shape != target.shape:
-                        raise VitreduceError(
-                            f"{str(path)!r}: tensor {name} has shape {tuple(tensor.shape)}, the model "
-                            f"expects {tuple(target.shape)}"
-                        )
-                    target.copy_(tensor)
+                    target.copy_(handle.get_tensor(name))
     except SafetensorError as err:
         raise VitreduceError(f"{str(path)!r} could not be read ({err}); it may be truncated or corrupted") from None
-
-
-def _check_names(path, stored: set[str], targets: dict[str, torch.Tensor]) -> None:
-    missing = sorted(set(targets) - stored)
-    unexpected = sorted(stored - set(targets))
-    problems = []
-    if missing:
-        problems.append(f"missing {_listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {_listing(unexpected)}")
-    if problems:
-        raise VitreduceError(f"{str(path)!r} does not match its model: " + "; ".join(problems))
-
-
-def _listing(names: list[str]) -> str:
-    shown = ", ".join(names[:_LISTED])
-    return shown + (f" and {len(names) - _LISTED} more" if len(names) > _LISTED else "")

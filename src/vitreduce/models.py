@@ -58,6 +58,30 @@ def _recordable(kwargs: dict[str, Any]) -> dict[str, Any]:
     return recordable
 
 
+def add_model_arg_option(parser) -> None:
+    """The CLI option for extra timm kwargs, shared by every command that builds a model."""
+    parser.add_argument(
+        "--model-arg", action="append", default=[], metavar="KEY=VALUE",
+        help="extra timm.create_model kwarg, value parsed as YAML (e.g. depth=6, img_size=32); repeatable",
+    )
+
+
+def parse_model_args(items: list[str]) -> dict[str, Any]:
+    """``["depth=6", "qkv_bias=false"]`` -> ``{"depth": 6, "qkv_bias": False}``."""
+    import yaml
+
+    kwargs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise VitreduceError(f"--model-arg {item!r} must look like KEY=VALUE, e.g. depth=6")
+        try:
+            kwargs[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise VitreduceError(f"--model-arg {item!r}: value is not valid YAML ({err})") from None
+    return kwargs
+
+
 def build_info(model: nn.Module) -> dict[str, Any]:
     """Base model name and kwargs that rebuild this model's architecture before reduction.
 

@@ -1,0 +1,98 @@
+"""Reading plain (timm) weight files safely and loading them strictly.
+
+Pickle-based files (.pth/.pt/.bin) are read only with ``torch.load(weights_only=True)``: a file
+whose pickle would construct arbitrary objects (and so could run code) is refused, never unpickled.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from vitreduce.errors import VitreduceError
+
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin")
+_WRAPPER_KEYS = ("state_dict", "model", "module")  # timm train.py / DeiT / generic checkpoints
+_LISTED = 8  # names shown in an error before "and N more"
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a local weights file (.safetensors, or .pth/.pt/.bin via weights_only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise VitreduceError(f"weights file {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as err:
+            raise VitreduceError(f"{str(path)!r} is not a readable safetensors file ({err})") from None
+    if path.suffix not in PICKLE_SUFFIXES:
+        raise VitreduceError(f"{str(path)!r}: unsupported weights format; use .safetensors, .pth, .pt or .bin")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as err:
+        raise VitreduceError(
+            f"refused to load {str(path)!r}: it holds pickled objects other than tensors, which could run code "
+            f"({str(err).splitlines()[0][:200]}); convert it to .safetensors in a trusted environment"
+        ) from None
+    except (EOFError, OSError, ValueError) as err:
+        raise VitreduceError(f"{str(path)!r} could not be read ({err}); it may be truncated or corrupted") from None
+    return _unwrap(obj, path)
+
+
+def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
+    while isinstance(obj, dict) and not _is_state_dict(obj):
+        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            raise VitreduceError(
+                f"{str(path)!r} is not a state dict (top-level keys: {sorted(obj)[:_LISTED]}); "
+                f"expected tensors, or a dict holding them under one of {list(_WRAPPER_KEYS)}"
+            )
+        obj = inner
+    if not isinstance(obj, dict):
+        raise VitreduceError(f"{str(path)!r} holds a {type(obj).__name__}, not a state dict")
+    # DistributedDataParallel checkpoints prefix every name with 'module.'.
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def _is_state_dict(obj: dict) -> bool:
+    return bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def listing(names: Iterable[str]) -> str:
+    """A short comma-separated list for error messages."""
+    names = list(names)
+    shown = ", ".join(names[:_LISTED])
+    return shown + (f" and {len(names) - _LISTED} more" if len(names) > _LISTED else "")
+
+
+def check_names_and_shapes(source, stored: dict[str, tuple], expected: dict[str, tuple]) -> None:
+    """Strict match of {name: shape}; raises one VitreduceError naming what is missing/extra/mis-shaped."""
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    mis_shaped = sorted(n for n in set(stored) & set(expected) if tuple(stored[n]) != tuple(expected[n]))
+    problems = []
+    if missing:
+        problems.append(f"missing {listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {listing(unexpected)}")
+    if mis_shaped:
+        problems.append("mis-shaped " + listing(
+            f"{n} (file {tuple(stored[n])}, model {tuple(expected[n])})" for n in mis_shaped))
+    if problems:
+        raise VitreduceError(f"{str(source)!r} does not match the model: " + "; ".join(problems))
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike = "weights") -> None:
+    """Copy a full state dict into the model strictly (every tensor present, nothing extra, same shapes)."""
+    expected = {n: tuple(t.shape) for n, t in model.state_dict().items()}
+    check_names_and_shapes(source, {n: tuple(t.shape) for n, t in state.items()}, expected)
+    model.load_state_dict(state, strict=True)
