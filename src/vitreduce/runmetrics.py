@@ -1,0 +1,297 @@
+"""Per-run and per-variant metrics: pure functions over run directories (docs/run-directory.md).
+
+Every figure is defined in docs/metrics.md; this module is the one place that computes them.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from vitreduce.errors import VitreduceError
+
+MODEL_KINDS = ("raw", "ema")
+DEFAULT_SPIKE_THRESHOLD = 0.10  # an epoch's train loss more than 10% above the reference minimum
+DEFAULT_SPIKE_WINDOW = 5  # reference = minimum over the previous 5 logged epochs
+# run.json fields that describe the model; every seed of a variant must agree on them.
+ARCH_KEYS = ("model", "reduction", "params", "mlp_params", "unique_mlps", "mlp_hidden", "embed_dim",
+             "macs_linear_g", "macs_total_g", "num_classes", "epochs")
+_SEED_DIR = re.compile(r"seed(\d+)")
+
+
+def _finite(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise VitreduceError(f"{path} is not valid JSON ({err}); rewrite or remove it") from err
+    if not isinstance(data, dict):
+        raise VitreduceError(f"{path} must hold a JSON object, found {type(data).__name__}")
+    return data
+
+
+def read_metrics(path: Path | str) -> list[dict]:
+    """The epoch records of a metrics.jsonl, sorted by epoch.
+
+    A last line without a newline that does not parse is a write in progress and is ignored. A bad line
+    anywhere else is corruption and raises. When an epoch is logged twice (a run resumed from an earlier
+    checkpoint logs the epochs after it again), the later record wins.
+    """
+    path = Path(path)
+    lines = path.read_text().split("\n")  # a complete file ends with "\n", so the last item is ""
+    by_epoch: dict[int, dict] = {}
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        partial = i == len(lines) - 1
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            if partial:
+                break
+            raise VitreduceError(f"{path}:{i + 1} is not a JSON line ({err.msg}); fix or delete that line") from err
+        epoch = record.get("epoch") if isinstance(record, dict) else None
+        if not isinstance(epoch, int) or isinstance(epoch, bool):
+            raise VitreduceError(f"{path}:{i + 1} has no integer 'epoch'; every line must be one epoch's record")
+        by_epoch[epoch] = record
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    """Accuracy figures of one model (raw or EMA) of one run, over its evaluated epochs."""
+
+    epochs: tuple[int, ...]  # evaluated epochs, ascending
+    top1: tuple[float, ...]  # top-1 (%) at those epochs
+    top1_final: float  # at the last evaluated epoch
+    top5_final: float | None
+    top1_peak: float  # maximum over the evaluated epochs
+    peak_epoch: int  # earliest epoch reaching the peak
+    final_epoch: int
+    p2f: float  # peak-to-final degradation, top1_peak - top1_final (>= 0), percentage points
+
+
+def model_metrics(records: Sequence[dict], kind: str) -> ModelMetrics | None:
+    """Peak, final and peak-to-final of `kind` ("raw" or "ema"); None when no epoch evaluated that model."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"kind must be one of {MODEL_KINDS}, got {kind!r}")
+    points = [(r["epoch"], r[kind]) for r in records
+              if isinstance(r.get(kind), dict) and _finite(r[kind].get("top1"))]
+    if not points:
+        return None
+    epochs = tuple(e for e, _ in points)
+    top1 = tuple(float(m["top1"]) for _, m in points)
+    peak = max(top1)
+    peak_i = top1.index(peak)  # first occurrence: ties go to the earliest epoch
+    top5 = points[-1][1].get("top5")
+    return ModelMetrics(
+        epochs=epochs, top1=top1, top1_final=top1[-1], top5_final=float(top5) if _finite(top5) else None,
+        top1_peak=peak, peak_epoch=epochs[peak_i], final_epoch=epochs[-1], p2f=peak - top1[-1],
+    )
+
+
+def find_loss_spikes(epochs: Sequence[int], losses: Sequence[float | None], *,
+                     window: int = DEFAULT_SPIKE_WINDOW, threshold: float = DEFAULT_SPIKE_THRESHOLD) -> list[int]:
+    """Epochs whose train loss is a spike (docs/metrics.md).
+
+    An epoch is a spike when its loss is not finite, or exceeds (1 + threshold) times the minimum finite
+    loss of the previous `window` logged epochs. The first epoch has no reference and is only a spike
+    when not finite. Epochs without a loss (None) are skipped and are no reference.
+    """
+    if window < 1:
+        raise VitreduceError(f"spike window must be >= 1 epoch, got {window}")
+    if threshold < 0:
+        raise VitreduceError(f"spike threshold must be >= 0 (a relative increase), got {threshold}")
+    spikes = []
+    for i, (epoch, loss) in enumerate(zip(epochs, losses, strict=True)):
+        if loss is None:
+            continue
+        if not math.isfinite(loss):
+            spikes.append(epoch)
+            continue
+        previous = [x for x in losses[max(0, i - window):i] if x is not None and math.isfinite(x)]
+        if previous and loss > (1.0 + threshold) * min(previous):
+            spikes.append(epoch)
+    return spikes
+
+
+@dataclass(frozen=True)
+class RunMetrics:
+    """Everything the report needs from one run directory."""
+
+    run_dir: Path
+    seed: int | None  # from the seed<S> directory name, else run.json
+    info: dict  # run.json ({} when absent)
+    finished: bool  # done.json present
+    epochs_planned: int | None
+    loss_epochs: tuple[int, ...]
+    train_loss: tuple[float, ...]
+    loss_spike_epochs: tuple[int, ...]
+    raw: ModelMetrics | None
+    ema: ModelMetrics | None
+
+    @property
+    def epochs_logged(self) -> int:
+        return max(self.loss_epochs + (self.raw.epochs if self.raw else ()), default=0)
+
+    @property
+    def loss_spikes(self) -> int:
+        return len(self.loss_spike_epochs)
+
+    def model(self, kind: str) -> ModelMetrics | None:
+        return self.raw if kind == "raw" else self.ema
+
+
+def load_run(run_dir: Path | str, *, spike_window: int = DEFAULT_SPIKE_WINDOW,
+             spike_threshold: float = DEFAULT_SPIKE_THRESHOLD) -> RunMetrics:
+    """Read one run directory; an unfinished run (no done.json) is read as far as it got."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise VitreduceError(f"run directory {run_dir} does not exist")
+    info = _read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
+    done = _read_json(run_dir / "done.json") if (run_dir / "done.json").is_file() else None
+    metrics_path = run_dir / "metrics.jsonl"
+    records = read_metrics(metrics_path) if metrics_path.is_file() else []
+    with_loss = [r for r in records if isinstance(r.get("train_loss"), int | float)]
+    loss_epochs = tuple(r["epoch"] for r in with_loss)
+    losses = tuple(float(r["train_loss"]) for r in with_loss)
+    match = _SEED_DIR.fullmatch(run_dir.name)
+    seed = int(match.group(1)) if match else info.get("seed")
+    planned = (done or {}).get("epochs", info.get("epochs"))
+    return RunMetrics(
+        run_dir=run_dir, seed=seed, info=info, finished=done is not None,
+        epochs_planned=planned if isinstance(planned, int) else None,
+        loss_epochs=loss_epochs, train_loss=losses,
+        loss_spike_epochs=tuple(find_loss_spikes(loss_epochs, losses, window=spike_window,
+                                                 threshold=spike_threshold)),
+        raw=model_metrics(records, "raw"), ema=model_metrics(records, "ema"),
+    )
+
+
+@dataclass(frozen=True)
+class StudyRuns:
+    """The runs of a study directory, grouped by variant (in the study's order) and sorted by seed."""
+
+    study_dir: Path
+    name: str
+    baseline: str
+    variants: dict[str, list[RunMetrics]]  # included runs; a variant with none is left out
+    excluded: list[tuple[str, RunMetrics]]  # unfinished runs left out, with their variant
+
+
+def _spec_variant_names(spec: dict) -> list[str]:
+    variants = spec.get("variants")
+    if isinstance(variants, dict):
+        return [str(k) for k in variants]
+    if isinstance(variants, list):
+        names = [v if isinstance(v, str) else v.get("name") if isinstance(v, dict) else None for v in variants]
+        return [str(n) for n in names if n is not None]
+    return []
+
+
+def load_study(study_dir: Path | str, *, baseline: str | None = None, include_unfinished: bool = False,
+               spike_window: int = DEFAULT_SPIKE_WINDOW,
+               spike_threshold: float = DEFAULT_SPIKE_THRESHOLD) -> StudyRuns:
+    """Read STUDY_DIR/runs/<variant>/seed<S>/ and resolve the baseline variant.
+
+    The baseline is the argument, else study.yaml's `baseline:`, else the first variant (in the order of
+    study.yaml's `variants:` list when present, else sorted by name). Unfinished runs are left out (and
+    listed in `excluded`) unless `include_unfinished`.
+    """
+    study_dir = Path(study_dir)
+    if not study_dir.is_dir():
+        raise VitreduceError(f"study directory {study_dir} does not exist; pass the --out of `vitreduce study`")
+    spec: dict = {}
+    if (study_dir / "study.yaml").is_file():
+        loaded = yaml.safe_load((study_dir / "study.yaml").read_text())
+        spec = loaded if isinstance(loaded, dict) else {}
+    runs_root = study_dir / "runs"
+    on_disk = sorted(p.name for p in runs_root.iterdir() if p.is_dir()) if runs_root.is_dir() else []
+    listed = [v for v in _spec_variant_names(spec) if v in on_disk]
+    order = listed + [v for v in on_disk if v not in listed]
+    variants: dict[str, list[RunMetrics]] = {}
+    excluded: list[tuple[str, RunMetrics]] = []
+    found = 0
+    for variant in order:
+        seed_dirs = [p for p in (runs_root / variant).iterdir() if p.is_dir() and _SEED_DIR.fullmatch(p.name)]
+        runs = [load_run(p, spike_window=spike_window, spike_threshold=spike_threshold) for p in seed_dirs]
+        found += len(runs)
+        runs.sort(key=lambda r: r.seed if r.seed is not None else -1)
+        excluded += [(variant, r) for r in runs if not r.finished and not include_unfinished]
+        kept = [r for r in runs if r.finished or include_unfinished]
+        if kept:
+            variants[variant] = kept
+    if found == 0:
+        raise VitreduceError(f"no runs found under {runs_root}/<variant>/seed<S>/; is {study_dir} a study directory?")
+    if not variants:
+        raise VitreduceError(f"none of the {found} runs under {runs_root} has finished (no done.json); "
+                             "wait for them or pass --include-unfinished")
+    baseline = baseline or spec.get("baseline") or order[0]
+    if baseline not in order:
+        raise VitreduceError(f"baseline variant {baseline!r} has no runs in {runs_root}; choose one of {order}")
+    return StudyRuns(study_dir=study_dir, name=str(spec.get("name") or study_dir.name), baseline=str(baseline),
+                     variants=variants, excluded=excluded)
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:
+    """(mean, sample std with ddof=1, n) over the finite values; std is None when n < 2, both when n = 0."""
+    xs = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not xs:
+        return None, None, 0
+    std = float(np.std(xs, ddof=1)) if len(xs) >= 2 else None
+    return float(np.mean(xs)), std, len(xs)
+
+
+def _common(runs: Sequence[RunMetrics], key: str, variant: str):
+    values = {json.dumps(r.info.get(key)) for r in runs}
+    if len(values) > 1:
+        raise VitreduceError(f"the runs of variant {variant!r} disagree on run.json {key!r} ({sorted(values)}); "
+                             "a variant's seeds must train the same model: move the odd run out")
+    return runs[0].info.get(key)
+
+
+def summarize_kind(runs: Sequence[RunMetrics], kind: str) -> dict:
+    """Mean and std (ddof=1) over seeds of one model kind's figures; None where undefined."""
+    models = [r.model(kind) for r in runs]
+    models = [m for m in models if m is not None]
+    out: dict = {"n": len(models)}
+    for name, attr in (("top1_final", "top1_final"), ("top5_final", "top5_final"), ("top1_peak", "top1_peak"),
+                       ("peak_epoch", "peak_epoch"), ("p2f", "p2f")):
+        mean, std, _ = mean_std([getattr(m, attr) for m in models])
+        out[f"{name}_mean"], out[f"{name}_std"] = mean, std
+    return out
+
+
+def summarize_variant(variant: str, runs: Sequence[RunMetrics]) -> dict:
+    """The summary.json entry of one variant (docs/metrics.md lists the keys)."""
+    out: dict = {"n": len(runs), "seeds": [r.seed for r in runs],
+                 "unfinished_included": sum(not r.finished for r in runs)}
+    for key in ARCH_KEYS:
+        out[key] = _common(runs, key, variant)
+    hidden, embed = out["mlp_hidden"], out["embed_dim"]
+    out["expansion"] = hidden / embed if _finite(hidden) and _finite(embed) and embed else None
+    out["loss_spikes_mean"], out["loss_spikes_std"], _ = mean_std([r.loss_spikes for r in runs])
+    for kind in MODEL_KINDS:
+        out[kind] = summarize_kind(runs, kind)
+    return out
+
+
+def summarize_study(study: StudyRuns, throughput: dict | None = None) -> dict[str, dict]:
+    """summary.json: one entry per variant; `throughput` is throughput.json's {variant: {"infer_img_s": x}}."""
+    summary = {}
+    for variant, runs in study.variants.items():
+        entry = summarize_variant(variant, runs)
+        value = ((throughput or {}).get(variant) or {}).get("infer_img_s")
+        entry["throughput_img_s"] = float(value) if _finite(value) else None
+        entry["baseline"] = variant == study.baseline
+        summary[variant] = entry
+    return summary

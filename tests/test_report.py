@@ -1,0 +1,119 @@
+"""The study report: every file it names exists, summary.json has the contract's keys, the CLI verb."""
+import argparse
+import json
+import re
+
+import numpy as np
+import pytest
+
+from vitreduce.commands import report_cmd
+from vitreduce.errors import VitreduceError
+from vitreduce.report import format_results_table, write_report
+
+REQUIRED_KIND_KEYS = {"top1_final_mean", "top1_final_std", "top1_peak_mean", "peak_epoch_mean", "p2f_mean",
+                      "p2f_std"}
+ARCH = {"base": (86_567_656, 56_669_184, 12, 3072, 16.85), "grouped": (58_233_064, 28_334_592, 6, 3072, 16.85),
+        "shallow": (58_237_672, 28_339_200, 12, 1536, 11.27)}
+
+
+def _write_run(run_dir, variant, seed, *, epochs=6, ema=True, finished=True, n_images=300):
+    """A run as the engine writes it, with accuracy and loss curves that differ by variant and seed."""
+    run_dir.mkdir(parents=True)
+    rng = np.random.default_rng(seed + 10 * len(variant))
+    params, mlp_params, unique, hidden, macs = ARCH[variant]
+    (run_dir / "config.yaml").write_text(f"seed: {seed}\n")
+    (run_dir / "run.json").write_text(json.dumps({
+        "model": "vit_base_patch16_224", "reduction": variant, "seed": seed, "params": params,
+        "mlp_params": mlp_params, "unique_mlps": unique, "mlp_hidden": hidden, "embed_dim": 768,
+        "macs_linear_g": macs, "macs_total_g": macs + 0.72, "num_classes": 10, "epochs": epochs}))
+    lines = []
+    for e in range(1, epochs + 1):
+        top1 = 40 + 30 * (1 - 0.6**e) + rng.normal(0, 0.5)
+        loss = 2.0 * 0.85**e * (1.3 if (variant == "base" and e == 4) else 1.0)  # one loss spike in base
+        lines.append({"epoch": e, "step": 10 * e, "lr": 1e-3, "train_loss": loss, "img_s": 100.0,
+                      "raw": {"top1": top1, "top5": top1 + 20, "loss": 1.0},
+                      "ema": {"top1": top1 - 1, "top5": top1 + 19, "loss": 1.1} if ema else None})
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    if finished:
+        labels = np.arange(n_images) % 10
+        acc = {"base": 0.6, "grouped": 0.7, "shallow": 0.62}[variant]
+        raw = np.where(rng.random(n_images) < acc, labels, (labels + 1) % 10)
+        ema_col = np.where(rng.random(n_images) < acc, labels, (labels + 1) % 10)
+        rows = ["index,label,raw,ema"] + [f"{i},{labels[i]},{raw[i]},{ema_col[i] if ema else ''}"
+                                          for i in range(n_images)]
+        (run_dir / "predictions.csv").write_text("\n".join(rows) + "\n")
+        (run_dir / "done.json").write_text(json.dumps({"epochs": epochs, "wall_s": 1.0, "final": {}}))
+
+
+@pytest.fixture
+def study(tmp_path):
+    root = tmp_path / "study"
+    for variant in ("base", "grouped"):
+        for seed in (0, 1):
+            _write_run(root / "runs" / variant / f"seed{seed}", variant, seed)
+    _write_run(root / "runs" / "grouped" / "seed2", "grouped", 2, finished=False)
+    _write_run(root / "runs" / "shallow" / "seed0", "shallow", 0, ema=False)  # n=1, no EMA
+    (root / "study.yaml").write_text("name: paper\nvariants:\n  - {name: base}\n  - {name: grouped}\n"
+                                     "  - {name: shallow}\n")
+    (root / "throughput.json").write_text(json.dumps({"base": {"infer_img_s": 1020.0}}))
+    return root
+
+
+def test_report_files_summary_and_links(study):
+    paths = write_report(study, n_resamples=200)
+    md, page = paths.markdown.read_text(), paths.html.read_text()
+    images = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", md)
+    assert len(images) == 3 and all((study / src).is_file() for src in images)
+    assert sorted(re.findall(r"<img src='([^']+)'", page)) == sorted(images)
+    assert {study / src for src in images} == set(paths.figures)
+    assert not list(study.rglob("*.tmp"))
+
+    summary = json.loads(paths.summary_json.read_text())
+    assert list(summary) == ["base", "grouped", "shallow"]
+    for entry in summary.values():
+        assert {"n", "reduction", "params", "raw", "ema"} <= set(entry)
+        assert set(entry["raw"]) >= REQUIRED_KIND_KEYS and set(entry["ema"]) >= REQUIRED_KIND_KEYS
+    assert summary["grouped"]["n"] == 2 and summary["grouped"]["seeds"] == [0, 1]  # seed2 unfinished: left out
+    assert summary["shallow"]["raw"]["top1_final_std"] is None  # n=1
+    assert all(v is None for k, v in summary["shallow"]["ema"].items() if k != "n")
+    assert summary["base"]["throughput_img_s"] == 1020.0 and summary["grouped"]["throughput_img_s"] is None
+    assert summary["shallow"]["expansion"] == 2.0 and summary["base"]["loss_spikes_mean"] == 1.0
+    vs = summary["grouped"]["vs_baseline"]
+    assert vs["baseline"] == "base" and vs["seeds"] == [0, 1] and set(vs) >= {"raw", "ema"}
+    assert vs["raw"]["pooled"]["mcnemar"]["n_pairs"] == 600
+
+    # Wording comes from the tests; two seeds carry the t-test warning; the unfinished run is listed.
+    assert "McNemar p=" in md and "warning: only n=2 paired seeds" in md
+    assert "grouped: runs/grouped/seed2 (epoch 6 of 6)" in md
+    for line in md.splitlines():
+        for p in re.findall(r"McNemar p=([0-9.e-]+)\)", line):
+            assert ("not significant" in line) or float(p) < 0.05
+    assert "<table>" in page and "EMA model" in page and "1,020 img/s" in md
+
+
+def test_results_table_for_the_terminal(study):
+    summary = write_report(study, n_resamples=50).summary
+    text = format_results_table(summary)
+    assert text.index("EMA model") < text.index("raw model")
+    assert "base (baseline)" in text and "1,020 img/s" in text and "n/a" in text
+    assert text.splitlines()[1].startswith("variant")
+
+
+def _args(study_dir, *extra):
+    parser = argparse.ArgumentParser()
+    report_cmd.add_arguments(parser)
+    return parser.parse_args([str(study_dir), *extra])
+
+
+def test_report_command(study, tmp_path, capsys):
+    assert report_cmd.run(_args(study, "--baseline", "grouped", "--resamples", "50", "--include-unfinished")) == 0
+    out = capsys.readouterr().out
+    assert "grouped (baseline)" in out and f"report: {study / 'report.md'}" in out
+    assert json.loads((study / "summary.json").read_text())["grouped"]["n"] == 3
+    with pytest.raises(VitreduceError, match="does not exist"):
+        report_cmd.run(_args(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VitreduceError, match="no runs found"):
+        report_cmd.run(_args(tmp_path / "empty"))
+    with pytest.raises(VitreduceError, match="baseline variant 'typo'"):
+        report_cmd.run(_args(study, "--baseline", "typo"))
