@@ -6,6 +6,10 @@ import torch
 
 import vitreduce
 
+# Tiny models gain nothing from threads, and pytest-xdist already runs one worker per core:
+# more threads only oversubscribe the cores (a tiny forward took 0.27 s with 2 threads, 1 ms with 1).
+torch.set_num_threads(1)
+
 TINY = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=5)
 
 
