@@ -94,9 +94,10 @@ def test_data_config_refuses_bad_values_naming_the_field(kwargs, field):
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"auto_augment": "rand-q9"}, "aug.auto_augment"), ({"remode": "noise"}, "aug.remode"),
-     ({"hflip": 1.5}, "aug.hflip"), ({"scale": (0.5, 0.1)}, "aug.scale"), ({"repeated_aug": 0}, "aug.repeated_aug"),
-     ({"interpolation": "random"}, "aug.interpolation"), ({"mixup_mode": "all"}, "aug.mixup_mode")],
+    [({"auto_augment": "rand-q9"}, "augment.auto_augment"), ({"remode": "noise"}, "augment.remode"),
+     ({"hflip": 1.5}, "augment.hflip"), ({"scale": (0.5, 0.1)}, "augment.scale"),
+     ({"repeated_aug": 0}, "augment.repeated_aug"), ({"interpolation": "random"}, "augment.interpolation"),
+     ({"mixup_mode": "all"}, "augment.mixup_mode")],
 )  # fmt: skip
 def test_augment_config_refuses_bad_values_naming_the_field(kwargs, field):
     with pytest.raises(ValidationError, match=field):

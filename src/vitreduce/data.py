@@ -115,35 +115,35 @@ class AugmentConfig(BaseModel):
     @classmethod
     def _probability(cls, value, info):
         if not 0.0 <= value <= 1.0:
-            raise ValueError(f"aug.{info.field_name} is a probability, must be in [0, 1], got {value}")
+            raise ValueError(f"augment.{info.field_name} is a probability, must be in [0, 1], got {value}")
         return value
 
     @field_validator("mixup", "cutmix", "color_jitter")
     @classmethod
     def _non_negative(cls, value, info):
         if value < 0:
-            raise ValueError(f"aug.{info.field_name} must be >= 0 (0 turns it off), got {value}")
+            raise ValueError(f"augment.{info.field_name} must be >= 0 (0 turns it off), got {value}")
         return value
 
     @field_validator("smoothing")
     @classmethod
     def _smoothing(cls, value):
         if not 0.0 <= value < 1.0:
-            raise ValueError(f"aug.smoothing must be in [0, 1), got {value}")
+            raise ValueError(f"augment.smoothing must be in [0, 1), got {value}")
         return value
 
     @field_validator("recount", "repeated_aug")
     @classmethod
     def _count(cls, value, info):
         if value < 1:
-            raise ValueError(f"aug.{info.field_name} must be >= 1 (1 = no repeats), got {value}")
+            raise ValueError(f"augment.{info.field_name} must be >= 1 (1 = no repeats), got {value}")
         return value
 
     @field_validator("crop_pct")
     @classmethod
     def _crop_pct(cls, value):
         if not 0.0 < value <= 1.0:
-            raise ValueError(f"aug.crop_pct must be in (0, 1], got {value}")
+            raise ValueError(f"augment.crop_pct must be in (0, 1], got {value}")
         return value
 
     @field_validator("remode", "mixup_mode", "interpolation", "train_interpolation")
@@ -156,7 +156,7 @@ class AugmentConfig(BaseModel):
             "train_interpolation": (*_INTERPOLATIONS, "random"),
         }[info.field_name]
         if value is not None and value not in choices:
-            raise ValueError(f"aug.{info.field_name} must be one of {', '.join(choices)}, got {value!r}")
+            raise ValueError(f"augment.{info.field_name} must be one of {', '.join(choices)}, got {value!r}")
         return value
 
     @field_validator("auto_augment")
@@ -166,7 +166,7 @@ class AugmentConfig(BaseModel):
             try:
                 create_transform(32, is_training=True, auto_augment=value)
             except (AssertionError, ValueError, KeyError, IndexError) as err:
-                raise ValueError(f"aug.auto_augment={value!r} is not a timm policy string ({err})") from None
+                raise ValueError(f"augment.auto_augment={value!r} is not a timm policy string ({err})") from None
         return value
 
     @model_validator(mode="after")
@@ -174,11 +174,11 @@ class AugmentConfig(BaseModel):
         for name in ("scale", "ratio"):
             low, high = getattr(self, name)
             if not 0 < low <= high:
-                raise ValueError(f"aug.{name} must be (low, high) with 0 < low <= high, got {(low, high)}")
+                raise ValueError(f"augment.{name} must be (low, high) with 0 < low <= high, got {(low, high)}")
         if self.scale[1] > 1:
-            raise ValueError(f"aug.scale is a fraction of the image area, must be <= 1, got {self.scale}")
+            raise ValueError(f"augment.scale is a fraction of the image area, must be <= 1, got {self.scale}")
         if min(self.std) <= 0:
-            raise ValueError(f"aug.std must be positive, got {self.std}")
+            raise ValueError(f"augment.std must be positive, got {self.std}")
         return self
 
     @property

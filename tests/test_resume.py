@@ -1,0 +1,142 @@
+"""Exact resume: a run SIGKILLed mid-epoch or mid-save and rerun ends bitwise identical to an uninterrupted one."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from vitreduce.cli import main
+from vitreduce.synth import make_dataset
+from vitreduce.trainer import KILL_ENV
+
+TIMING = ("img_s", "epoch_time_s")  # wall-clock fields: the only ones allowed to differ
+
+
+def tiny_config(root: Path, workers: int) -> dict:
+    """3 epochs x 4 steps; drop-path, RandAugment, erasing, mixup/cutmix and EMA on, so RNG state matters."""
+    return {
+        "seed": 3, "epochs": 3, "device": "cpu", "precision": "fp32",
+        "model": {"name": "vit_tiny_patch16_224", "reduction": "grouped", "num_classes": 4, "img_size": 16,
+                  "patch_size": 4, "embed_dim": 16, "depth": 2, "num_heads": 2, "drop_path_rate": 0.1},
+        "data": {"root": str(root), "batch_size": 8, "workers": workers},
+        "augment": {"repeated_aug": 1, "mixup": 0.8, "cutmix": 1.0, "reprob": 0.25},
+        "optimizer": {"lr": 1e-3},
+        "schedule": {"warmup_epochs": 1},
+        "ema": {"decay": 0.9},
+        "checkpoint": {"recovery_every_steps": 2},
+        "logging": {"progress": "lines", "every_steps": 1},
+    }
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data") / "synth", classes=4, train_per_class=8, val_per_class=4,
+                        size=16)
+
+
+def write_config(path: Path, tree: dict) -> Path:
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def run_cli(config: Path, out: Path, kill: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same thread count in every run
+    env.pop(KILL_ENV, None)
+    if kill:
+        env[KILL_ENV] = kill
+    return subprocess.run([sys.executable, "-m", "vitreduce", "train", str(config), "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+def metrics(out: Path) -> list[dict]:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    for name in ("model.safetensors", "model_ema.safetensors"):
+        ta, tb = load_file(str(a / name)), load_file(str(b / name))
+        assert ta.keys() == tb.keys()
+        for key in ta:
+            assert torch.equal(ta[key], tb[key]), f"{name}: {key}"
+    assert metrics(a) == metrics(b)
+    assert [r["epoch"] for r in metrics(b)] == [1, 2, 3]  # no epoch logged twice
+    assert (a / "predictions.csv").read_text() == (b / "predictions.csv").read_text()
+
+
+@pytest.fixture(scope="module")
+def reference(dataset, tmp_path_factory) -> tuple[Path, Path]:
+    """The uninterrupted run (no data-loader workers)."""
+    tmp = tmp_path_factory.mktemp("reference")
+    config = write_config(tmp / "config.yaml", tiny_config(dataset, workers=0))
+    proc = run_cli(config, tmp / "run")
+    assert proc.returncode == 0, proc.stderr
+    return config, tmp / "run"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kill", "workers", "resumes_at"), [
+    ("step:7", 0, "recovery-00000006"),  # mid-epoch 2: resumes from the recovery state after step 6
+    ("save:3", 2, "last-00000004"),  # while writing that recovery state: resumes from epoch 1's end
+])
+def test_sigkill_then_rerun_is_bitwise_identical(reference, dataset, tmp_path, kill, workers, resumes_at):
+    config = write_config(tmp_path / "config.yaml", tiny_config(dataset, workers=workers))
+    out = tmp_path / "run"
+    killed = run_cli(config, out, kill=kill)
+    assert killed.returncode == -9, killed.stderr
+    assert not (out / "done.json").exists()
+    if kill.startswith("save"):
+        assert any(p.name.endswith(".tmp") for p in (out / "checkpoints").iterdir())  # the half-written one
+    resumed = run_cli(config, out)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"from {out / 'checkpoints' / resumes_at}" in resumed.stderr
+    assert_same_run(reference[1], out)
+    assert not any(p.name.startswith(".") for p in (out / "checkpoints").iterdir())  # leftovers pruned
+
+
+def test_checkpoints_hold_no_pickles_and_best_is_a_model_file(reference):
+    _, out = reference
+    ckpt = out / "checkpoints"
+    assert {p.name for p in ckpt.iterdir() if p.is_symlink()} == {"last", "best", "recovery"}
+    files = [p for p in ckpt.rglob("*") if p.is_file()]
+    assert files and all(p.suffix == ".safetensors" for p in files)  # tensors + JSON header, nothing pickled
+    with safe_open(str(ckpt / "last" / "state.safetensors"), framework="pt") as handle:
+        header = json.loads(handle.metadata()["state"])
+        names = set(handle.keys())  # noqa: SIM118 (safe_open has no __iter__)
+    assert header["position"]["epochs_done"] == 3 and header["position"]["step"] == 12
+    # Optimizer state is keyed by unique parameter names: the shared MLP (blocks 0 and 1) once.
+    assert "optim/blocks.0.mlp.fc1.weight/exp_avg" in names
+    assert not any(n.startswith("optim/blocks.1.mlp.") for n in names)
+    best_epoch = max(metrics(out), key=lambda r: r["ema"]["top1"])["epoch"]  # first peak wins ties
+    model = __import__("vitreduce").load(ckpt / "best" / "model_ema.safetensors")
+    assert model.blocks[0].mlp is model.blocks[1].mlp
+    with safe_open(str(ckpt / "best" / "model.safetensors"), framework="pt") as handle:
+        assert handle.metadata()["epoch"] == str(best_epoch)
+
+
+def test_rerun_of_a_finished_run_does_nothing(reference, capsys):
+    config, out = reference
+    before = (out / "metrics.jsonl").read_text()
+    assert main(["train", str(config), "--out", str(out)]) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert (out / "metrics.jsonl").read_text() == before
+
+
+def test_rerun_with_a_different_config_is_refused_naming_the_keys(reference, capsys):
+    config, out = reference
+    assert main(["train", str(config), "--out", str(out), "--set", "optimizer.lr=0.002", "--set", "seed=4"]) == 2
+    err = capsys.readouterr().err
+    assert "optimizer.lr: 0.001 -> 0.002" in err and "seed: 3 -> 4" in err
+
+
+def test_resume_needs_a_run(tmp_path, capsys):
+    assert main(["train", "--resume", "--out", str(tmp_path / "nothing")]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
