@@ -18,6 +18,7 @@ import numpy as np
 
 from vitreduce.errors import VitreduceError
 from vitreduce.files import atomic_write
+from vitreduce.report_sharpness import sharpness_figures, sharpness_headers, sharpness_rows
 from vitreduce.runmetrics import (
     DEFAULT_SPIKE_THRESHOLD,
     DEFAULT_SPIKE_WINDOW,
@@ -357,6 +358,14 @@ def _document(study: StudyRuns, summary: dict, comparisons: list[Comparison], fi
         b.append(("p", f"The baseline {study.baseline} has no finished runs: no comparisons."))
     for c in comparisons:
         b += _comparison_blocks(c)
+    sharpness = sharpness_rows(study)
+    if sharpness:
+        b.append(("h2", "Sharpness (the flat-minima hypothesis)"))
+        b.append(("p", "Measured by vitreduce.analysis on each run's final and peak checkpoints (options in "
+                       "runs/*/seed*/analysis/sharpness_*.json): the training loss on a fixed seeded subset of the "
+                       "training split with the eval transform, in eval mode; mean ± sample std over seeds. "
+                       "Larger = sharper."))
+        b.append(("table", sharpness_headers(), sharpness))
     b.append(("h2", "Figures"))
     b += [("img", src, caption) for src, caption in figures]
     return b
@@ -400,6 +409,7 @@ def write_report(study_dir: Path | str, baseline: str | None = None, *, alpha: f
     _fig_top1(study, fig_dir / figures[0][0])
     _fig_p2f(study, summary, fig_dir / figures[1][0])
     _fig_loss(study, fig_dir / figures[2][0])
+    figures += sharpness_figures(study, fig_dir)
     rel_figures = [(f"figures/{name}", caption) for name, caption in figures]
 
     blocks = _document(study, summary, comparisons, rel_figures, alpha=alpha, n_resamples=n_resamples,

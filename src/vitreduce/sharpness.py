@@ -45,6 +45,7 @@ def load_batches(model: nn.Module, data_dir: str | Path, *, split: str = "train"
         device: where the batches are kept.
     """
     import timm.data
+    import torchvision
 
     if batches < 1 or batch_size < 1:
         raise VitreduceError(f"--batches and --batch-size must be >= 1 (got {batches}, {batch_size})")
@@ -56,11 +57,13 @@ def load_batches(model: nn.Module, data_dir: str | Path, *, split: str = "train"
                              f"DIR/{split}/<class>/<image> (choose the split with --split)")
     config = timm.data.resolve_data_config(_input_size(model), model=model)
     transform = timm.data.create_transform(**config, is_training=False)
+    # torchvision's ImageFolder, not timm's reader: timm sorts class folders "naturally" (class10 after
+    # class2), training (vitreduce.data) sorts them as strings, and the labels must mean the same here.
     try:
-        dataset = timm.data.create_dataset("", root=str(root), split=split, transform=transform)
-    except RuntimeError as err:  # timm's folder reader raises RuntimeError when it finds no images
+        dataset = torchvision.datasets.ImageFolder(str(root / split), transform=transform)
+    except (FileNotFoundError, RuntimeError) as err:  # no class folders, or no images in them
         raise VitreduceError(f"cannot read an image dataset from {str(root / split)!r}: {err}") from None
-    classes = len(getattr(dataset.reader, "class_to_idx", {}) or {})
+    classes = len(dataset.class_to_idx)
     if classes != getattr(model, "num_classes", None):
         raise VitreduceError(f"the model has {getattr(model, 'num_classes', None)} classes but "
                              f"{str(root / split)!r} has {classes} class folders; use data of the model's task")
