@@ -1,0 +1,792 @@
+"""Studies: variants x seeds of one training recipe, each run in its own run directory, then the report.
+
+A study spec (YAML, docs/studies.md) names a base train config, overrides for every run, the variants
+(each a set of overrides, usually ``model.reduction``) and the seeds. ``run_study`` expands it into
+``STUDY_DIR/runs/<variant>/seed<S>/`` run directories, validates every run's config and checks every
+model and dataset before any run starts, skips finished runs, resumes interrupted ones (the trainer
+resumes exactly), keeps two processes off the same run with a file lock, and ends with
+``vitreduce.report.write_report``. A study is just those run directories; ``study.yaml`` records the
+resolved spec, and a rerun with a spec that would change any run is refused, naming what differs.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import difflib
+import fcntl
+import inspect
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from vitreduce import rundir
+from vitreduce.config import ModelConfig, TrainConfig, apply_override, differences, merge, read_yaml, validate
+from vitreduce.errors import VitreduceError
+
+SPEC_FILE, RUNS, LOCK, LOG = "study.yaml", "runs", ".lock", "train.log"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The spec
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _check_name(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise ValueError("must be a folder name: letters, digits, '_', '-', '.' (not starting with '.')")
+    return value
+
+
+def _check_overrides(value: dict[str, Any] | None) -> dict[str, Any]:
+    value = value or {}
+    for key in value:
+        if not isinstance(key, str) or not key or any(not part for part in key.split(".")):
+            raise ValueError(f"override key {key!r} must be a dotted train-config key, e.g. model.reduction")
+        if key == "seed":
+            raise ValueError("'seed' is set per run from the study's seeds; remove it from the overrides")
+    return value
+
+
+class VariantSpec(_Strict):
+    """One variant: a name (its directory under runs/) and the train-config keys it changes."""
+
+    name: str
+    overrides: dict[str, Any] = {}
+
+    @field_validator("overrides", mode="before")
+    @classmethod
+    def _overrides(cls, value: dict[str, Any] | None) -> dict[str, Any]:
+        return _check_overrides(value)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _check_name(value)
+
+
+class StudySpec(_Strict):
+    """A study: base train config + overrides, variants x seeds, and how to run them."""
+
+    name: str
+    base: dict[str, Any]  # the base train config tree (paths are read into a tree by load_spec)
+    overrides: dict[str, Any] = {}  # dotted train-config key -> value, for every run
+    variants: list[VariantSpec] = Field(min_length=1)
+    seeds: list[int] = Field([42], min_length=1)
+    baseline: str | None = None  # a variant name; default the first
+    throughput: bool | dict[str, Any] = False  # true, or options of vitreduce.profiling.profile_variants
+    launcher: Literal["python", "torchrun"] = "python"
+    nproc_per_node: int = Field(1, ge=1)  # processes per run under torchrun
+    out: str | None = None  # default runs/studies/<name>
+
+    @field_validator("overrides", mode="before")
+    @classmethod
+    def _overrides(cls, value: dict[str, Any] | None) -> dict[str, Any]:
+        return _check_overrides(value)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _check_name(value)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, value: list[int]) -> list[int]:
+        if any(s < 0 for s in value) or len(set(value)) != len(value):
+            raise ValueError(f"must be distinct non-negative integers, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StudySpec:
+        names = [v.name for v in self.variants]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"variants: names must be unique, repeated: {', '.join(repeated)}")
+        if self.baseline is None:
+            self.baseline = names[0]
+        elif self.baseline not in names:
+            close = difflib.get_close_matches(self.baseline, names, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"baseline: {self.baseline!r} is not a variant; {hint}variants: {', '.join(names)}")
+        if self.nproc_per_node > 1 and self.launcher != "torchrun":
+            raise ValueError("nproc_per_node > 1 needs launcher: torchrun")
+        if isinstance(self.throughput, dict):
+            _check_profile_options(self.throughput)
+        return self
+
+
+def _check_profile_options(options: dict[str, Any]) -> None:
+    try:
+        from vitreduce.profiling import profile_variants
+    except ImportError:
+        return  # checked again (and reported) when the study profiles
+    fixed = {"model_name", "reductions", "img_size", "num_classes", "model_kwargs", "progress"}
+    valid = [p for p in inspect.signature(profile_variants).parameters if p not in fixed]
+    for key in options:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=2)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise ValueError(f"throughput.{key}: unknown profile option; {hint}valid: {', '.join(valid)}")
+
+
+def load_spec(path: str | os.PathLike, sets: list[str] | tuple[str, ...] = ()) -> StudySpec:
+    """Read a study spec file, apply ``--set`` items, validate.
+
+    Args:
+        path: the spec YAML. ``base`` (a path or list of paths, relative to the file, or a mapping) is
+            read into a tree; ``extends: other.yaml`` (or a list, relative paths) starts from other spec
+            files, merged key by key in order, then this file's keys.
+        sets: ``key=value`` items (value parsed as YAML): ``base.K=V`` edits the base config,
+            ``overrides.K=V`` adds a train-config override for every run, ``seeds=[0,1]`` etc. set spec keys.
+    """
+    tree = _read_tree(Path(path), ())
+    for item in sets:
+        _apply_set(tree, item)
+    spec = parse_spec(tree, source=str(path))
+    for item in sets:
+        key = item.partition("=")[0].strip()
+        if key.startswith("base."):
+            _check_not_shadowed(spec, item, key.removeprefix("base."))
+    return spec
+
+
+def _check_not_shadowed(spec: StudySpec, item: str, key: str) -> None:
+    """Refuse a ``--set base.K=V`` that an override would silently undo."""
+    def hits(overrides: dict[str, Any]) -> list[str]:
+        return [k for k in overrides if k == key or key.startswith(k + ".") or k.startswith(key + ".")]
+
+    where = hits(spec.overrides)
+    if not where and all(hits(v.overrides) for v in spec.variants):
+        where = sorted({k for v in spec.variants for k in hits(v.overrides)})
+    if where:
+        raise VitreduceError(f"--set {item!r} would have no effect: the spec overrides {', '.join(where)} for "
+                             f"every run; use --set overrides.{item.removeprefix('base.')} instead")
+
+
+def parse_spec(tree: dict[str, Any], source: str = "study spec") -> StudySpec:
+    """Validate a spec tree whose ``base`` is a mapping; one VitreduceError naming every bad key."""
+    try:
+        return StudySpec.model_validate(tree)
+    except ValidationError as err:
+        problems = [_describe(e) for e in err.errors()]
+        raise VitreduceError(f"invalid study spec ({source}):\n  " + "\n  ".join(problems)) from None
+
+
+def _read_tree(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise VitreduceError(f"{path}: 'extends' goes round in a circle ({' -> '.join(map(str, seen))})")
+    tree = read_yaml(path)
+    base = tree.get("base")
+    if isinstance(base, str | list):
+        files = [base] if isinstance(base, str) else base
+        if not files or not all(isinstance(f, str) for f in files):
+            raise VitreduceError(f"{path}: base must be a path, a list of paths, or a mapping")
+        tree["base"] = {}
+        for name in files:
+            tree["base"] = merge(tree["base"], read_yaml(path.parent / name))
+    elif base is not None and not isinstance(base, dict):
+        raise VitreduceError(f"{path}: base must be a train config path (relative to the spec), a list of "
+                             f"paths, or a mapping; got {base!r}")
+    parents = tree.pop("extends", None)
+    if parents is not None:
+        parents = [parents] if isinstance(parents, str) else parents
+        if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+            raise VitreduceError(f"{path}: extends must be a study spec path (relative to this file) or a list")
+        inherited: dict[str, Any] = {}
+        for parent in parents:
+            inherited = merge(inherited, _read_tree(path.parent / parent, (*seen, path)))
+        if "variants" in tree and "baseline" not in tree:
+            inherited.pop("baseline", None)  # new variants: the inherited baseline may be gone; default to the first
+        tree = merge(inherited, tree)
+    return tree
+
+
+def _apply_set(tree: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    head, _, rest = key.strip().partition(".")
+    if sep and head == "overrides" and rest:  # keep the dotted key flat, as in the spec file
+        probe: dict[str, Any] = {}
+        apply_override(probe, f"value={text}")
+        tree["overrides"] = {**(tree.get("overrides") or {}), rest: probe["value"]}
+        return
+    if sep and head == "variants":
+        raise VitreduceError(f"--set {item!r}: variants cannot be set from the command line; edit the spec")
+    if sep and head in TrainConfig.model_fields and head not in StudySpec.model_fields:
+        raise VitreduceError(f"--set {item!r}: {head} is a train-config key; use --set overrides.{key.strip()}=...")
+    apply_override(tree, item)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = [str(p) for p in error["loc"]]
+    key = ".".join(loc)
+    if error["type"] == "extra_forbidden":
+        model = VariantSpec if loc[0] == "variants" else StudySpec
+        valid = list(model.model_fields)
+        close = difflib.get_close_matches(loc[-1], valid, n=2, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        return f"{key}: unknown key; {hint}valid keys here: {', '.join(valid)}"
+    if error["type"] == "missing":
+        return f"{key}: required, not set"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] != "value_error":
+        message += f" (got {error.get('input')!r})"
+    return f"{key}: {message}" if key else message  # model-level messages name their keys
+
+
+def spec_tree(spec: StudySpec) -> dict[str, Any]:
+    """The resolved spec as written to study.yaml."""
+    return spec.model_dump(mode="json")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Expansion into runs
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One run of a study: a variant at a seed, its directory and its validated config."""
+
+    variant: str
+    seed: int
+    run_dir: Path
+    tree: dict[str, Any]  # base, then the study's overrides, then the variant's, then the seed
+    config: TrainConfig
+
+    @property
+    def label(self) -> str:
+        return f"{self.variant}/seed{self.seed}"
+
+
+def set_key(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set dotted ``key`` in a nested tree (a mapping value merges into a mapping already there)."""
+    *parents, leaf = key.split(".")
+    node = tree
+    for depth, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise VitreduceError(f"override {key}: {'.'.join(parents[: depth + 1])} is a value, not a section")
+        node = child
+    value = copy.deepcopy(value)
+    node[leaf] = merge(node[leaf], value) if isinstance(value, dict) and isinstance(node.get(leaf), dict) else value
+
+
+def run_tree(spec: StudySpec, variant: VariantSpec, seed: int) -> dict[str, Any]:
+    tree = copy.deepcopy(spec.base)
+    for overrides in (spec.overrides, variant.overrides):
+        for key, value in overrides.items():
+            set_key(tree, key, value)
+    tree["seed"] = seed
+    return tree
+
+
+def study_dir_of(spec: StudySpec, out: str | os.PathLike | None = None) -> Path:
+    return Path(out or spec.out or Path("runs") / "studies" / spec.name)
+
+
+def expand(spec: StudySpec, study_dir: str | os.PathLike) -> list[RunPlan]:
+    """Every run (variants in order, then seeds), each config validated; one error lists every bad variant."""
+    plans, problems = [], []
+    for variant in spec.variants:
+        for seed in spec.seeds:
+            try:
+                tree = run_tree(spec, variant, seed)
+                config = validate(tree, source=f"study {spec.name}, variant {variant.name!r}")
+            except VitreduceError as err:
+                problems.append(str(err))
+                break  # the other seeds of this variant fail the same way
+            plans.append(RunPlan(variant.name, seed, Path(study_dir) / RUNS / variant.name / f"seed{seed}",
+                                 tree, config))
+    if problems:
+        raise VitreduceError("\n".join(problems))
+    return plans
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checks before any run starts
+
+
+def preflight(spec: StudySpec, plans: list[RunPlan]) -> None:
+    """Build every distinct model on the meta device and check every dataset root: all problems at once."""
+    problems = []
+
+    def who(variants: list[str]) -> str:
+        return "all variants" if len(variants) == len(spec.variants) > 1 else f"variant(s) {', '.join(variants)}"
+
+    for model, variants in _distinct(plans, lambda p: p.config.model):
+        try:
+            _check_model(model)
+        except (ValueError, TypeError, AssertionError, RuntimeError) as err:  # VitreduceError is a ValueError
+            problems.append(f"{who(variants)}: model {model.name} ({model.reduction}): {err}")
+    for data, variants in _distinct(plans, lambda p: (p.config.data, p.config.synth)):
+        if not Path(data[0].root).expanduser().is_dir() and data[1] is None:
+            problems.append(f"{who(variants)}: data.root {data[0].root} is not a folder; point it at your dataset "
+                            "with --set base.data.root=/path/to/data")
+    if spec.throughput and len(_distinct(plans, lambda p: p.config.model.model_copy(update={"reduction": ""}))) > 1:
+        problems.append("throughput: the variants differ in more than model.reduction, so one throughput.json "
+                        "cannot profile them; profile each model with `vitreduce profile`")
+    if problems:
+        raise VitreduceError(f"study {spec.name} cannot start:\n  " + "\n  ".join(problems))
+
+
+def _distinct(plans: list[RunPlan], key) -> list[tuple[Any, list[str]]]:
+    """The distinct values of ``key(plan)`` (pydantic models or tuples of them), each with its variants."""
+    groups: dict[str, tuple[Any, list[str]]] = {}
+    for plan in plans:
+        value = key(plan)
+        parts = value if isinstance(value, tuple) else (value,)
+        ident = json.dumps([p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts],
+                           sort_keys=True)
+        variants = groups.setdefault(ident, (value, []))[1]
+        if plan.variant not in variants:
+            variants.append(plan.variant)
+    return list(groups.values())
+
+
+def _check_model(model: ModelConfig) -> None:
+    """Build the model (and its reduction) on the meta device: shapes and reductions checked, no memory used."""
+    if model.init_checkpoint is not None:
+        if not Path(model.init_checkpoint).is_file():
+            raise VitreduceError(f"model.init_checkpoint {model.init_checkpoint} does not exist")
+        return
+    from vitreduce.models import create_model
+    from vitreduce.spec import ReductionSpec, Step
+
+    # keep=magnitude needs real weights; keep=first gives the same shapes.
+    spec = ReductionSpec.parse(model.reduction)
+    spec = ReductionSpec(tuple(Step(s.strategy, {**s.params, "keep": "first"}) if s.params.get("keep") == "magnitude"
+                               else s for s in spec.steps))
+    create_model(model.name, reduction=spec, device="meta", **model.timm_kwargs())
+
+
+def prepare_study_dir(study_dir: Path, spec: StudySpec) -> None:
+    """Refuse a study directory made from a spec that changes any run; write study.yaml."""
+    saved = study_dir / SPEC_FILE
+    if saved.is_file():
+        try:
+            old = parse_spec(yaml.safe_load(saved.read_text()) or {}, source=str(saved))
+        except (yaml.YAMLError, VitreduceError) as err:
+            raise VitreduceError(f"{saved} cannot be read back ({err}); use another --out") from None
+        changed = spec_differences(old, spec)
+        if changed:
+            raise VitreduceError(f"{study_dir} holds a study made from a different spec; use another --out, or "
+                                 "the same spec.\n  " + "\n  ".join(changed))
+    elif study_dir.is_dir() and any(study_dir.iterdir()):
+        raise VitreduceError(f"{study_dir} is not empty and holds no {SPEC_FILE}; choose another --out")
+    text = yaml.safe_dump(spec_tree(spec), sort_keys=False)
+    if not saved.is_file() or saved.read_text() != text:
+        rundir.write_text(saved, text)
+
+
+def spec_differences(old: StudySpec, new: StudySpec) -> list[str]:
+    """What a new spec changes in a study: its name, baseline, runs added or removed, run configs changed."""
+    lines = [f"{key}: {getattr(old, key)} -> {getattr(new, key)}" for key in ("name", "baseline", "nproc_per_node")
+             if getattr(old, key) != getattr(new, key)]
+    runs = [{(v.name, s): run_tree(spec, v, s) for v in spec.variants for s in spec.seeds} for spec in (old, new)]
+    for what, a, b in (("runs removed", runs[0], runs[1]), ("runs added", runs[1], runs[0])):
+        extra = [f"{v}/seed{s}" for v, s in a if (v, s) not in b]
+        if extra:
+            lines.append(f"{what}: {', '.join(extra)}")
+    where: dict[str, list[str]] = {}
+    common = [k for k in runs[1] if k in runs[0]]
+    for v, s in common:
+        for line in differences(runs[0][v, s], runs[1][v, s]):
+            if not line.startswith("seed:"):
+                where.setdefault(line, []).append(f"{v}/seed{s}")
+    for line, labels in where.items():
+        lines.append(f"{line} ({'all runs' if len(labels) == len(common) else ', '.join(labels)})")
+    return lines
+
+
+def ensure_synth_data(plans: list[RunPlan]) -> None:
+    """Generate each built-in dataset a study needs once, up front (parallel runs would race to make it)."""
+    from vitreduce.trainer import ensure_synth  # generates a missing one, refuses one made with other settings
+
+    for (data, synth), _ in _distinct(plans, lambda p: (p.config.data, p.config.synth)):
+        if synth is None:
+            continue
+        root = Path(data.root).expanduser()
+        root.parent.mkdir(parents=True, exist_ok=True)
+        with open(root.parent / f".{root.name}.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # a second study making the same dataset waits for the first
+            with contextlib.redirect_stdout(sys.stderr):  # its "generating ..." line is progress, not a result
+                ensure_synth(root, synth)
+
+
+def prepare_runs(plans: list[RunPlan]) -> dict[str, str]:
+    """Each run's status ("new", "resume", "done"); config.yaml written for every unfinished one.
+
+    A run directory made with another config is refused here, before any run starts (``rundir.inspect``).
+    """
+    starts = {p.label: rundir.inspect(p.run_dir, p.config).status for p in plans}
+    for plan in plans:
+        if starts[plan.label] != "done":
+            rundir.begin(plan.run_dir, plan.config)  # before the lock file: the engine wants config.yaml first
+    return starts
+
+
+# ---------------------------------------------------------------------------------------------------
+# Running
+
+
+@dataclass
+class Outcome:
+    """What became of one run in this invocation."""
+
+    plan: RunPlan
+    status: str  # "skipped" (finished before), "trained", "locked" (another process has it), "failed"
+    message: str = ""
+    wall_s: float = 0.0
+
+
+@dataclass
+class StudyResult:
+    study_dir: Path
+    outcomes: list[Outcome] = field(default_factory=list)
+    report: Any = None  # vitreduce.report.ReportPaths, or None when no run has finished
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+
+class RunLock:
+    """An exclusive, non-blocking flock on RUN_DIR/.lock, held while the run trains.
+
+    The lock belongs to the open file, so a torchrun child given the descriptor keeps it held even if
+    the study process dies first; the kernel releases it when the last holder exits.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / LOCK
+        self.handle = None
+
+    def acquire(self) -> bool:
+        handle = open(self.path, "a+")  # noqa: SIM115 (held open for the run's lifetime)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self.handle = handle
+        return True
+
+    def holder(self) -> str:
+        with contextlib.suppress(OSError):
+            return self.path.read_text().strip() or "?"
+        return "?"
+
+    def release(self) -> None:
+        if self.handle is not None:
+            self.handle.close()  # closing the last descriptor releases the flock
+            self.handle = None
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def run_study(spec: StudySpec, out: str | os.PathLike | None = None, jobs: int = 1, echo=_stderr,
+              dry_run: bool = False) -> StudyResult:
+    """Run (or resume, or just report) a study; a failing run is reported without stopping the others.
+
+    Args:
+        spec: the validated spec (``load_spec``).
+        out: study directory (default: the spec's ``out``, else runs/studies/<name>).
+        jobs: runs trained at once. 1: one after another in this process; N > 1: N worker processes
+            with ``max(1, cores // N)`` threads each (under torchrun, ``nproc_per_node`` processes per run,
+            threads divided between all of them).
+        echo: where the study's progress lines go (default: stderr; the engine's own lines go to stderr).
+        dry_run: check everything, write study.yaml and every run's config.yaml, print each unfinished
+            run's command (to launch by hand or submit to a cluster), train nothing.
+    """
+    if jobs < 1:
+        raise VitreduceError(f"--jobs {jobs}: use 1 or more")
+    if jobs > 1 and spec.launcher == "torchrun":
+        raise VitreduceError("--jobs > 1 with launcher: torchrun would put every run on the same GPUs; run them one "
+                             "at a time, or start one `vitreduce study` per machine on a shared study directory "
+                             "(each run is locked while it trains)")
+    study_dir = study_dir_of(spec, out)
+    plans = expand(spec, study_dir)
+    preflight(spec, plans)
+    prepare_study_dir(study_dir, spec)
+    ensure_synth_data(plans)
+    starts = prepare_runs(plans)
+    todo = [(i, p, starts[p.label]) for i, p in enumerate(plans, 1) if starts[p.label] != "done"]
+    jobs = min(jobs, max(len(todo), 1))
+    threads = max(1, cpu_count() // (jobs * spec.nproc_per_node))
+    resume = sum(status == "resume" for *_, status in todo)
+    echo(f"study {spec.name}: {len(spec.variants)} variant(s) x {len(spec.seeds)} seed(s) = {len(plans)} runs in "
+         f"{study_dir}; {len(plans) - len(todo)} finished, {resume} to resume, {len(todo) - resume} to train"
+         + (f"; {jobs} at a time, {threads} thread(s) each" if jobs > 1 else ""))
+    result = StudyResult(study_dir)
+    runner = _Runner(spec.launcher, spec.nproc_per_node, threads, len(plans))
+    if dry_run:
+        for index, plan, status in todo:
+            echo(f"[{index}/{len(plans)}] {plan.label} ({status}): {' '.join(runner.command(plan, display=True))}")
+        return result
+    for index, plan in enumerate(plans, 1):
+        if starts[plan.label] == "done":
+            echo(f"[{index}/{len(plans)}] {plan.label}: finished before (done.json), skipped")
+            result.outcomes.append(Outcome(plan, "skipped"))
+    if jobs == 1:
+        result.outcomes += [runner.run(plan, index, status, echo) for index, plan, status in todo]
+    else:
+        result.outcomes += _run_pool(runner, todo, jobs, echo)
+    _summarise(result, echo)
+    if spec.throughput and all((p.run_dir / rundir.DONE).is_file() for p in plans):
+        _throughput(spec, plans, study_dir, echo)  # not while runs fail or train elsewhere: timings would suffer
+    if any((p.run_dir / rundir.DONE).is_file() for p in plans):
+        from vitreduce.report import write_report
+
+        result.report = write_report(study_dir)
+    return result
+
+
+@dataclass(frozen=True)
+class _Runner:
+    """Trains one run under its lock, its output also appended to RUN_DIR/train.log."""
+
+    launcher: str
+    nproc_per_node: int
+    threads: int
+    total: int
+    prefix: bool = False  # prefix the run's lines with its label (runs side by side)
+
+    def run(self, plan: RunPlan, index: int, status: str, echo) -> Outcome:
+        tag = f"[{index}/{self.total}] {plan.label}"
+        lock = RunLock(plan.run_dir)
+        if not lock.acquire():
+            message = f"being trained by another process (pid {lock.holder()}, {lock.path}); skipped here"
+            echo(f"{tag}: {message}")
+            return Outcome(plan, "locked", message)
+        if (plan.run_dir / rundir.DONE).is_file():  # another process finished it since this study looked
+            lock.release()
+            echo(f"{tag}: finished by another process meanwhile, skipped")
+            return Outcome(plan, "skipped")
+        verb = "resuming" if status == "resume" else "training"
+        echo(f"{tag}: {verb} in {plan.run_dir} (log: {plan.run_dir / LOG})")
+        start = time.perf_counter()
+        try:
+            with open(plan.run_dir / LOG, "a") as log, _tee(log, f"  [{plan.label}] " if self.prefix else ""):
+                error = self._train(plan, lock)
+        finally:
+            lock.release()
+        wall = time.perf_counter() - start
+        if error:
+            echo(f"{tag}: FAILED: {error} (log: {plan.run_dir / LOG})")
+            return Outcome(plan, "failed", f"{error} (log: {plan.run_dir / LOG})", wall)
+        final = json.loads((plan.run_dir / rundir.DONE).read_text()).get("final") or {}
+        scores = ", ".join(f"{kind} top-1 {final[kind]['top1']:.2f}" for kind in ("ema", "raw") if final.get(kind))
+        echo(f"{tag}: done in {wall:.{0 if wall >= 10 else 1}f} s ({scores})")
+        return Outcome(plan, "trained", wall_s=wall)
+
+    def _train(self, plan: RunPlan, lock: RunLock) -> str:
+        """Train; '' on success, else what went wrong (the traceback, if any, goes to the log)."""
+        if self.launcher == "torchrun":
+            return self._torchrun(plan, lock)
+        from vitreduce.trainer import train
+
+        config = plan.config
+        if self.prefix and config.logging.progress == "auto":  # side by side, bars would overwrite each other
+            config = config.model_copy(update={"logging": config.logging.model_copy(update={"progress": "lines"})})
+        try:
+            train(config, plan.run_dir)
+        except VitreduceError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return str(err)
+        except Exception as err:  # noqa: BLE001 (a crash of one run is reported; the study goes on)
+            traceback.print_exc()
+            return f"{type(err).__name__}: {err}"
+        return ""
+
+    def command(self, plan: RunPlan, display: bool = False) -> list[str]:
+        """The command that trains ``plan`` (``display``: as a user would type it)."""
+        train = ["vitreduce", "train", str(plan.run_dir / rundir.CONFIG), "--out", str(plan.run_dir)]
+        if self.launcher == "python":
+            return train if display else [sys.executable, "-m", *train]
+        torchrun = ["torchrun"] if display else [sys.executable, "-m", "torch.distributed.run"]
+        return [*torchrun, "--standalone", f"--nproc_per_node={self.nproc_per_node}", "-m", *train]
+
+    def _torchrun(self, plan: RunPlan, lock: RunLock) -> str:
+        command = self.command(plan)
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "PYTHONUNBUFFERED": "1"}
+        print(f"$ {' '.join(command)}", file=sys.stderr)
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                              text=True, env=env, pass_fds=(lock.handle.fileno(),)) as proc:
+            last, error = "", ""
+            for line in proc.stdout:
+                print(line, end="", file=sys.stderr, flush=True)
+                last = line.strip() if line.strip().strip("=") else last  # torchrun's ==== rules say nothing
+                error = line.strip() if "error:" in line else error  # `vitreduce train: error: ...`
+        if proc.returncode == 0 and (plan.run_dir / rundir.DONE).is_file():
+            return ""
+        return f"torchrun exit code {proc.returncode}: {error or last or 'no output'}"
+
+
+class _Tee:
+    """A text stream that also appends complete lines to a log (a progress bar's \\r redraws: last state only).
+
+    With a prefix, the terminal gets whole lines, each prefixed (several runs share one terminal).
+    """
+
+    def __init__(self, stream, log, prefix: str = ""):
+        self.stream, self.log, self.prefix, self.partial = stream, log, prefix, ""
+
+    def write(self, text: str) -> int:
+        if not self.prefix:
+            self.stream.write(text)
+        *lines, self.partial = (self.partial + text).split("\n")
+        for line in lines:
+            line = line.rsplit("\r", 1)[-1]
+            self.log.write(line + "\n")
+            if self.prefix:
+                self.stream.write(f"{self.prefix}{line}\n")
+        self.log.flush()
+        return len(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def _tee(log, prefix: str = ""):
+    with contextlib.redirect_stdout(_Tee(sys.stdout, log, prefix)), \
+            contextlib.redirect_stderr(_Tee(sys.stderr, log, prefix)):
+        yield
+
+
+# Worker processes: each imports torch once and trains runs one after another (a process per run would
+# pay the import, several seconds, for every run).
+
+
+def _work(conn, runner: _Runner) -> None:
+    import torch
+
+    torch.set_num_threads(runner.threads)
+    try:
+        while (task := conn.recv()) is not None:
+            plan, index, status = task
+            conn.send(runner.run(plan, index, status, _stderr))
+    except (KeyboardInterrupt, EOFError, BrokenPipeError):
+        pass  # Ctrl-C reaches the study process too, which reports it; EOF: the study process is gone
+
+
+def _run_pool(runner: _Runner, todo: list[tuple[int, RunPlan, str]], jobs: int, echo) -> list[Outcome]:
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    ctx = multiprocessing.get_context("spawn")
+    runner = dataclasses.replace(runner, prefix=True)
+
+    def start():
+        parent, child = ctx.Pipe()
+        saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        os.environ.update(OMP_NUM_THREADS=str(runner.threads), MKL_NUM_THREADS=str(runner.threads))
+        try:  # the environment is read when the worker starts, before torch is imported
+            proc = ctx.Process(target=_work, args=(child, runner), daemon=True)
+            proc.start()
+        finally:
+            for key, value in saved.items():
+                os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+        child.close()
+        return {"conn": parent, "proc": proc, "task": None}
+
+    workers, pending, outcomes = [start() for _ in range(jobs)], list(todo), []
+    try:
+        while pending or any(w["task"] for w in workers):
+            for w in workers:
+                if w["task"] is None and pending:
+                    index, plan, status = w["task"] = pending.pop(0)
+                    w["conn"].send((plan, index, status))
+            busy = [w for w in workers if w["task"]]
+            wait([w["conn"] for w in busy] + [w["proc"].sentinel for w in busy])
+            for w in busy:
+                try:
+                    if w["conn"].poll():
+                        outcomes.append(w["conn"].recv())
+                        w["task"] = None
+                        continue
+                except EOFError:
+                    pass
+                if not w["proc"].is_alive():  # killed (out of memory, a signal): report it, replace the worker
+                    index, plan, _ = w["task"]
+                    message = f"its worker process died (exit code {w['proc'].exitcode}); see {plan.run_dir / LOG}"
+                    echo(f"[{index}/{runner.total}] {plan.label}: FAILED: {message}")
+                    outcomes.append(Outcome(plan, "failed", message))
+                    workers[workers.index(w)] = start()
+    finally:
+        for w in workers:
+            with contextlib.suppress(OSError, BrokenPipeError):
+                w["conn"].send(None)
+        for w in workers:
+            w["proc"].join(timeout=5 if not (pending or any(x["task"] for x in workers)) else 0)
+            if w["proc"].is_alive():
+                w["proc"].terminate()
+                w["proc"].join()
+    return outcomes
+
+
+def _summarise(result: StudyResult, echo) -> None:
+    counts = {s: sum(o.status == s for o in result.outcomes) for s in ("trained", "skipped", "locked", "failed")}
+    echo(f"study {result.study_dir}: {counts['trained']} trained, {counts['skipped']} finished before, "
+         f"{counts['locked']} left to another process, {counts['failed']} failed")
+    for o in result.outcomes:
+        if o.status in ("failed", "locked"):
+            echo(f"  {o.plan.label}: {o.status}: {o.message}")
+
+
+def _throughput(spec: StudySpec, plans: list[RunPlan], study_dir: Path, echo) -> None:
+    """throughput.json via vitreduce.profiling, once (delete the file to measure again)."""
+    path = study_dir / "throughput.json"
+    if path.is_file():
+        echo(f"throughput: {path} exists (delete it to measure again)")
+        return
+    try:
+        from vitreduce.profiling import write_throughput_json
+    except ImportError:
+        echo("throughput: vitreduce.profiling.write_throughput_json is not available in this version; skipped")
+        return
+    model = plans[0].config.model
+    kwargs = {k: v for k, v in model.timm_kwargs().items() if k not in ("num_classes", "img_size", "drop_rate",
+                                                                        "drop_path_rate", "weight_init")}
+    options = spec.throughput if isinstance(spec.throughput, dict) else {}
+    echo(f"throughput: profiling {len(spec.variants)} variant(s) of {model.name} for {path}")
+    reductions = {p.variant: p.config.model.reduction for p in plans}
+    write_throughput_json(study_dir, reductions, model.name, img_size=model.img_size, num_classes=model.num_classes,
+                          model_kwargs=kwargs, **options)
+
+
+def print_results(result: StudyResult, note: str = "") -> None:
+    """The results table and the report's path on stdout (what `vitreduce study` and `demo` end with)."""
+    if result.report is None:
+        print(f"no run of {result.study_dir} has finished yet: no report")
+        return
+    from vitreduce.report import format_results_table
+
+    print(format_results_table(result.report.summary))
+    if note:
+        print(f"\n{note}")
+    print(f"\nreport: {result.report.markdown} (and {result.report.html.name}, {result.report.summary_json.name}, "
+          "figures/)")
