@@ -31,6 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vitreduce import rundir
+from vitreduce.analysis import AnalysisConfig
 from vitreduce.config import ModelConfig, TrainConfig, apply_override, differences, merge, read_yaml, validate
 from vitreduce.errors import VitreduceError
 
@@ -93,6 +94,7 @@ class StudySpec(_Strict):
     seeds: list[int] = Field([42], min_length=1)
     baseline: str | None = None  # a variant name; default the first
     throughput: bool | dict[str, Any] = False  # true, or options of vitreduce.profiling.profile_variants
+    analysis: AnalysisConfig | None = None  # sharpness/landscape of final and peak checkpoints (vitreduce.analysis)
     launcher: Literal["python", "torchrun"] = "python"
     nproc_per_node: int = Field(1, ge=1)  # processes per run under torchrun
     out: str | None = None  # default runs/studies/<name>
@@ -557,6 +559,8 @@ def run_study(spec: StudySpec, out: str | os.PathLike | None = None, jobs: int =
     _summarise(result, echo)
     if spec.throughput and all((p.run_dir / rundir.DONE).is_file() for p in plans):
         _throughput(spec, plans, study_dir, echo)  # not while runs fail or train elsewhere: timings would suffer
+    if spec.analysis is not None:
+        _analyse(spec.analysis, plans, echo)
     if any((p.run_dir / rundir.DONE).is_file() for p in plans):
         from vitreduce.report import write_report
 
@@ -755,6 +759,15 @@ def _summarise(result: StudyResult, echo) -> None:
     for o in result.outcomes:
         if o.status in ("failed", "locked"):
             echo(f"  {o.plan.label}: {o.status}: {o.message}")
+
+
+def _analyse(config: AnalysisConfig, plans: list[RunPlan], echo) -> None:
+    """Sharpness and landscape of every finished run; results with the same options are reused."""
+    from vitreduce.analysis import analyze_run
+
+    for plan in plans:
+        if (plan.run_dir / rundir.DONE).is_file():
+            analyze_run(plan.run_dir, config, log=echo)
 
 
 def _throughput(spec: StudySpec, plans: list[RunPlan], study_dir: Path, echo) -> None:
