@@ -15,7 +15,8 @@ import yaml
 from vitreduce import cli, rundir
 from vitreduce.commands import demo_cmd
 from vitreduce.errors import VitreduceError
-from vitreduce.study import (
+from vitreduce.study import run_study
+from vitreduce.study_spec import (
     LOCK,
     LOG,
     ensure_synth_data,
@@ -25,7 +26,6 @@ from vitreduce.study import (
     preflight,
     prepare_runs,
     prepare_study_dir,
-    run_study,
 )
 from vitreduce.trainer import KILL_ENV, train
 

@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vitreduce.errors import VitreduceError
-    from vitreduce.study import cpu_count, load_spec, print_results, run_study
+    from vitreduce.study import cpu_count, print_results, run_study
+    from vitreduce.study_spec import load_spec
 
     path = STUDIES / ("tiny/demo.yaml" if args.quick else "demo.yaml")
     if not path.is_file():

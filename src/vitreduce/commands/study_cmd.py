@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitreduce.study import load_spec, print_results, run_study
+    from vitreduce.study import print_results, run_study
+    from vitreduce.study_spec import load_spec
 
     spec = load_spec(args.spec, args.sets)
     result = run_study(spec, args.out, jobs=args.jobs, dry_run=args.dry_run)
