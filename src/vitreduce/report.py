@@ -93,6 +93,13 @@ def _pm(mean, std, digits: int = 2) -> str:
     return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def _gmacs(x) -> str:
+    """Two decimals like the paper (16.85), but never a bare 0.00 for a tiny model: 3 significant digits."""
+    if x is None:
+        return NA
+    return f"{x:.2f}" if abs(x) >= 1 else f"{x:.3g}"
+
+
 def _count(x) -> str:
     return NA if x is None else f"{x:,}"
 
@@ -122,7 +129,7 @@ def architecture_table(summary: dict) -> tuple[list[str], list[list[str]]]:
     headers = ["variant", "reduction", "params", "MLP params", "unique MLPs", "GMACs (linear)",
                "GMACs (incl. attention)", "MLP hidden", "expansion"]
     rows = [[_variant_label(name, e), e.get("reduction") or NA, _count(e["params"]), _count(e["mlp_params"]),
-             _count(e["unique_mlps"]), _num(e["macs_linear_g"]), _num(e["macs_total_g"]), _count(e["mlp_hidden"]),
+             _count(e["unique_mlps"]), _gmacs(e["macs_linear_g"]), _gmacs(e["macs_total_g"]), _count(e["mlp_hidden"]),
              _num(e["expansion"])] for name, e in summary.items()]
     return headers, rows
 
