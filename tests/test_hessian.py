@@ -15,15 +15,6 @@ from vitreduce.hessian import (
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny problems: thread hand-offs cost more than they save, badly so on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def symmetric(eigenvalues, seed=0):
     """A = Q diag(eigenvalues) Q^T with a random orthogonal Q."""
     n = len(eigenvalues)

@@ -17,15 +17,6 @@ from vitreduce.params import unique_named_parameters
 TINY = dict(img_size=8, patch_size=4, embed_dim=8, num_heads=2, num_classes=3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: thread hand-offs cost more than they save, badly so on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_vit(reduction="grouped", depth=2, seed=0, **overrides):
     torch.manual_seed(seed)
     return vitreduce.create_model("vit_tiny_patch16_224", reduction=reduction, depth=depth, **{**TINY, **overrides})

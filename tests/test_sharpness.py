@@ -21,15 +21,6 @@ from vitreduce.sharpness import analysis_mode, analyze_sharpness, batch_losses, 
 TINY = dict(img_size=8, patch_size=4, in_chans=1, embed_dim=8, num_heads=2, mlp_ratio=2.0, num_classes=3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: thread hand-offs cost more than they save, badly so on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_vit(reduction="none", depth=1, seed=0, **overrides):
     torch.manual_seed(seed)
     return vitreduce.create_model("vit_tiny_patch16_224", reduction=reduction, depth=depth, **{**TINY, **overrides})

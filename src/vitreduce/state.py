@@ -34,7 +34,7 @@ from torch import nn
 
 from vitreduce import checkpoint
 from vitreduce.errors import VitreduceError
-from vitreduce.files import atomic_write
+from vitreduce.files import atomic_write, fsync_dir
 from vitreduce.params import alias_groups
 from vitreduce.weights import check_names_and_shapes
 
@@ -111,9 +111,9 @@ def save(ckpt_dir: str | os.PathLike, kinds: list[str], trainables: Trainables, 
     atomic_write(tmp / _STATE, lambda path: save_file({**tensors, **rng_tensors}, path, metadata=meta))
     if on_written is not None:
         on_written()
-    _fsync(tmp)
+    fsync_dir(tmp)
     os.replace(tmp, final)
-    _fsync(ckpt_dir)
+    fsync_dir(ckpt_dir)
     for kind in kinds:
         _point(ckpt_dir / kind, name)
     _prune(ckpt_dir)
@@ -140,7 +140,7 @@ def _point(link: Path, target: str) -> None:
     tmp.unlink(missing_ok=True)
     os.symlink(target, tmp)
     os.replace(tmp, link)
-    _fsync(link.parent)
+    fsync_dir(link.parent)
 
 
 def _referenced(ckpt_dir: Path) -> set[str]:
@@ -153,14 +153,6 @@ def _prune(ckpt_dir: Path) -> None:
     for entry in ckpt_dir.iterdir():
         if entry.name not in keep and entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
-
-
-def _fsync(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------
