@@ -40,6 +40,12 @@ def test_analysis_writes_once_and_reuses(study):
     changed = FAST.model_copy(update={"rho": 0.1, "landscape": False})
     assert {p.name for p in analyze_run(run, changed, log=lambda _: None)} == {"sharpness_final.json",
                                                                               "sharpness_peak.json"}
+    assert not list((run / "analysis" / "landscape").glob("*.csv"))  # not left to mix with the new results
+    final_only = FAST.model_copy(update={"checkpoints": ["final"]})
+    analyze_run(run, final_only, log=lambda _: None)
+    assert not (run / "analysis" / "sharpness_peak.json").exists()
+    assert (run / "analysis" / "landscape" / "surface_1d.csv").is_file()
+    assert not (run / "analysis" / "landscape" / "interpolation.csv").exists()
 
 
 def test_report_has_the_sharpness_table_and_figures(study):

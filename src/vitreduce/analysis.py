@@ -112,7 +112,21 @@ def analyze_run(run_dir: str | Path, config: AnalysisConfig, log=print) -> list[
         written.append(target)
     if config.landscape and "final" in models:
         written += _landscape(run_dir, config, models, batches, log)
+    _remove_stale(out, config)
     return written
+
+
+def _remove_stale(out: Path, config: AnalysisConfig) -> None:
+    """Results of an earlier analysis that the current options no longer produce, so that a report never
+    mixes them with the current ones."""
+    stale = [out / f"sharpness_{which}.json" for which in CHECKPOINTS if which not in config.checkpoints]
+    landscape = out / "landscape"
+    if not (config.landscape and "final" in config.checkpoints):
+        stale += list(landscape.glob("*")) if landscape.is_dir() else []
+    elif "peak" not in config.checkpoints:
+        stale += [landscape / "interpolation.csv", landscape / "interpolation.png"]
+    for path in stale:
+        path.unlink(missing_ok=True)
 
 
 def _landscape(run_dir: Path, config: AnalysisConfig, models: dict, batches, log) -> list[Path]:

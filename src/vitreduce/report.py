@@ -368,7 +368,8 @@ def _document(study: StudyRuns, summary: dict, comparisons: list[Comparison], fi
     sharpness = sharpness_rows(study)
     if sharpness:
         b.append(("h2", "Sharpness (the flat-minima hypothesis)"))
-        b.append(("p", "Measured by vitreduce.analysis on each run's final and peak checkpoints (options in "
+        b.append(("p", "Measured by vitreduce.analysis on each run's final and/or peak (best epoch) checkpoint "
+                       "(options in "
                        "runs/*/seed*/analysis/sharpness_*.json): the training loss on a fixed seeded subset of the "
                        "training split with the eval transform, in eval mode; mean ± sample std over seeds. "
                        "Larger = sharper."))
