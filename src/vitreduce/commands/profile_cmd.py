@@ -39,7 +39,7 @@ def resolve_model(model: str) -> tuple[str, dict, list[str] | None]:
     from vitreduce.checkpoint import read_metadata
 
     path = Path(model)
-    if not (path.suffix == ".safetensors" or path.exists()):
+    if not (path.suffix == ".safetensors" or path.is_file()):
         return model, {}, None
     metadata = read_metadata(path)
     kwargs = json.loads(metadata["model_kwargs"])
