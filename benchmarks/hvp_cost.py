@@ -2,7 +2,7 @@
 
 A training step is forward + cross-entropy + backward + AdamW step in train mode, timed twice: with
 fused attention as timm builds it ("train"), and with the plain attention path ("train, unfused").
-An HVP is vitreduce.hessian.hessian_vector_product over the unique parameters (eval mode, fused
+An HVP is vitreduce.sharpness.hessian.hessian_vector_product over the unique parameters (eval mode, fused
 attention off: double backward needs the plain path), so "HVP / train" is what an analysis costs
 against real training and "HVP / unfused" isolates the double backward. Times are medians of
 interleaved repeats (train, unfused, HVP, train, ...) after one warm-up each, so drifting machine load
@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 
 import vitreduce
-from vitreduce.hessian import hessian_vector_product
-from vitreduce.params import unique_parameters
-from vitreduce.sharpness import analysis_mode, batch_losses
+from vitreduce.reduction.params import unique_parameters
+from vitreduce.sharpness.hessian import hessian_vector_product
+from vitreduce.sharpness.measures import analysis_mode, batch_losses
 
 REDUCTIONS = ("none", "grouped", "shallow:ratio=0.5")
 OPERATIONS = ("train", "unfused", "hvp")

@@ -1,6 +1,6 @@
 """Efficiency of the paper's variants on this machine: throughput ratios and training-memory savings.
 
-Profiles none / grouped / shallow of ViT-B/16 and ViT-S/16 with `vitreduce.profiling.profile_variants`
+Profiles none / grouped / shallow of ViT-B/16 and ViT-S/16 with `vitreduce.efficiency.profiler.profile_variants`
 (variants interleaved in one process, peak memory in a fresh process per variant) in each precision,
 prints the full tables, and rewrites the section "## Efficiency (profile_variants.py)" of
 benchmarks/README.md with the measured ratios, the machine, the date and the exact command.
@@ -23,8 +23,8 @@ from pathlib import Path
 import timm
 import torch
 
+from vitreduce.efficiency.profiler import VariantProfile, device_name, format_table, profile_variants
 from vitreduce.files import atomic_write
-from vitreduce.profiling import VariantProfile, device_name, format_table, profile_variants
 
 HEADING = "## Efficiency (profile_variants.py)"
 README = Path(__file__).resolve().parent / "README.md"

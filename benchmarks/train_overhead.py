@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 import vitreduce
-from vitreduce.config import OptimizerConfig
-from vitreduce.ema import Ema
-from vitreduce.engine import StepContext, autocast, train_step
-from vitreduce.optim import create_optimizer
+from vitreduce.train.config import OptimizerConfig
+from vitreduce.train.ema import Ema
+from vitreduce.train.optim import create_optimizer
+from vitreduce.train.step import StepContext, autocast, train_step
 
 
 def parse() -> argparse.Namespace:

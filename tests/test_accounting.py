@@ -6,7 +6,7 @@ import torch
 from conftest import tiny_model
 
 import vitreduce
-from vitreduce.accounting import count_macs
+from vitreduce.reduction.accounting import count_macs
 
 PAPER = {  # reduction: (params, MLP params, unique MLPs, MLP hidden, GMACs linear, GMACs incl. attention)
     "none": (86_567_656, 56_669_184, 12, 3072, 16.85, 17.56),

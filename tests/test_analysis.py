@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from vitreduce.analysis import AnalysisConfig, analyze_run, checkpoint_path
-from vitreduce.config import load_config
+from vitreduce.data.synth import make_dataset
 from vitreduce.errors import VitreduceError
-from vitreduce.report import write_report
-from vitreduce.synth import make_dataset
-from vitreduce.trainer import train
+from vitreduce.study.analysis import AnalysisConfig, analyze_run, checkpoint_path
+from vitreduce.study.report import write_report
+from vitreduce.train.config import load_config
+from vitreduce.train.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = AnalysisConfig(batches=1, batch_size=8, iters=10, trace_samples=2, landscape_steps=3)

@@ -11,10 +11,10 @@ from conftest import TINY, tiny_model
 from safetensors.torch import save_file
 
 import vitreduce
-from vitreduce.checkpoint import read_metadata
-from vitreduce.cli import main
+from vitreduce.cli.main import main
 from vitreduce.errors import VitreduceError
-from vitreduce.reduce import unique_mlps
+from vitreduce.reduction.checkpoint import read_metadata
+from vitreduce.reduction.surgery import unique_mlps
 
 
 def _same_sharing(a, b) -> bool:

@@ -5,8 +5,8 @@ import json
 import subprocess
 import sys
 
-from vitreduce import __version__
-from vitreduce.cli import main
+from vitreduce.cli.main import main
+from vitreduce.version import __version__
 
 
 def test_python_dash_m_and_version():

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vitreduce.cli import main
-from vitreduce.config import TrainConfig, differences, dump, load_config, validate
+from vitreduce.cli.main import main
 from vitreduce.errors import VitreduceError
+from vitreduce.train.config import TrainConfig, differences, dump, load_config, validate
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = sorted((REPO / "configs" / "paper").glob("*.yaml"))

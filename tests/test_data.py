@@ -11,7 +11,7 @@ from PIL import Image, ImageFile
 from pydantic import ValidationError
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-from vitreduce.data import (
+from vitreduce.data.loaders import (
     AugmentConfig,
     BadImageTracker,
     DataConfig,
@@ -22,8 +22,8 @@ from vitreduce.data import (
     train_loss_fn,
     train_transform,
 )
+from vitreduce.data.sampling import epoch_order
 from vitreduce.errors import VitreduceError
-from vitreduce.sampling import epoch_order
 
 CLASSES = ("ant", "bee", "cow")
 SIZE = 16  # model input size: small enough that an epoch of RandAugment takes milliseconds

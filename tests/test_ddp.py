@@ -12,9 +12,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from vitreduce.config import validate
-from vitreduce.synth import make_dataset
-from vitreduce.trainer import train
+from vitreduce.data.synth import make_dataset
+from vitreduce.train.config import validate
+from vitreduce.train.loop import train
 
 
 def config_tree(root: Path, batch_size: int, accum_steps: int) -> dict:

@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 import vitreduce
-from vitreduce.config import OptimizerConfig
-from vitreduce.ema import Ema
-from vitreduce.engine import NonFiniteError, StepContext, evaluate, train_step
-from vitreduce.optim import create_optimizer, param_groups
-from vitreduce.params import unique_named_parameters
+from vitreduce.reduction.params import unique_named_parameters
+from vitreduce.train.config import OptimizerConfig
+from vitreduce.train.ema import Ema
+from vitreduce.train.optim import create_optimizer, param_groups
+from vitreduce.train.step import NonFiniteError, StepContext, evaluate, train_step
 
 TINY = dict(img_size=16, patch_size=4, embed_dim=16, depth=4, num_heads=2, num_classes=5)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vitreduce.hessian import (
+from vitreduce.sharpness.hessian import (
     hessian_vector_product,
     hutchinson_trace,
     mean_loss_and_gradient,

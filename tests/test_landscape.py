@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 
 import vitreduce
-from vitreduce import landscape
-from vitreduce.cli import main
+from vitreduce.cli.main import main
 from vitreduce.errors import VitreduceError
-from vitreduce.params import unique_named_parameters
+from vitreduce.reduction.params import unique_named_parameters
+from vitreduce.sharpness import landscape
 
 TINY = dict(img_size=8, patch_size=4, embed_dim=8, num_heads=2, num_classes=3)
 

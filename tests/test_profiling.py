@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import vitreduce
-from vitreduce.cli import main
+from vitreduce.cli.main import main
+from vitreduce.efficiency.memory import MB, static_memory
+from vitreduce.efficiency.profiler import TrainStep, make_batch, profile_variants, write_throughput_json
 from vitreduce.errors import VitreduceError
-from vitreduce.memory import MB, static_memory
-from vitreduce.profiling import TrainStep, make_batch, profile_variants, write_throughput_json
-from vitreduce.report import read_throughput
+from vitreduce.study.report import read_throughput
 
 # Small enough to build and step in milliseconds; 2 blocks so grouped shares one MLP.
 SMALL = dict(img_size=16, patch_size=8, embed_dim=16, depth=2, num_heads=2)

@@ -11,7 +11,7 @@ from conftest import TINY, tiny_model
 
 import vitreduce
 from vitreduce.errors import VitreduceError
-from vitreduce.reduce import group_assignment, unique_mlps
+from vitreduce.reduction.surgery import group_assignment, unique_mlps
 
 
 def test_shallow_ratio_one_and_grouped_size_one_leave_outputs_unchanged(images):

@@ -6,9 +6,9 @@ import re
 import numpy as np
 import pytest
 
-from vitreduce.commands import report_cmd
+from vitreduce.cli import report_cmd
 from vitreduce.errors import VitreduceError
-from vitreduce.report import format_results_table, write_report
+from vitreduce.study.report import format_results_table, write_report
 
 REQUIRED_KIND_KEYS = {"top1_final_mean", "top1_final_std", "top1_peak_mean", "peak_epoch_mean", "p2f_mean",
                       "p2f_std"}

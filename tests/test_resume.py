@@ -13,9 +13,9 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from vitreduce.cli import main
-from vitreduce.synth import make_dataset
-from vitreduce.trainer import KILL_ENV
+from vitreduce.cli.main import main
+from vitreduce.data.synth import make_dataset
+from vitreduce.train.loop import KILL_ENV
 
 TIMING = ("img_s", "epoch_time_s")  # wall-clock fields: the only ones allowed to differ
 

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from vitreduce.errors import VitreduceError
-from vitreduce.runmetrics import (
+from vitreduce.study.runs import (
     find_loss_spikes,
     load_run,
     load_study,

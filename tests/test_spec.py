@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vitreduce.errors import VitreduceError
-from vitreduce.spec import ReductionSpec
+from vitreduce.reduction.spec import ReductionSpec
 
 
 @pytest.mark.parametrize(

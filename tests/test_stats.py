@@ -7,8 +7,8 @@ import pytest
 from scipy import stats as sps
 
 from vitreduce.errors import VitreduceError
-from vitreduce.runmetrics import load_run
-from vitreduce.stats import (
+from vitreduce.study.runs import load_run
+from vitreduce.study.stats import (
     Bootstrap,
     McNemar,
     compare_to_baseline,

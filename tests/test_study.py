@@ -12,11 +12,11 @@ import pytest
 import torch
 import yaml
 
-from vitreduce import cli, rundir
-from vitreduce.commands import demo_cmd
+from vitreduce import cli
+from vitreduce.cli import demo_cmd
 from vitreduce.errors import VitreduceError
-from vitreduce.study import run_study
-from vitreduce.study_spec import (
+from vitreduce.study.runner import run_study
+from vitreduce.study.spec import (
     LOCK,
     LOG,
     ensure_synth_data,
@@ -27,7 +27,8 @@ from vitreduce.study_spec import (
     prepare_runs,
     prepare_study_dir,
 )
-from vitreduce.trainer import KILL_ENV, train
+from vitreduce.train import rundir
+from vitreduce.train.loop import KILL_ENV, train
 
 REPO = Path(__file__).resolve().parents[1]
 STUDIES = REPO / "studies"

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitreduce import synth
-from vitreduce.cli import main
+from vitreduce.cli.main import main
+from vitreduce.data import synth
 from vitreduce.errors import VitreduceError
 
 SMALL = dict(classes=3, train_per_class=4, val_per_class=2, size=16)

@@ -11,10 +11,10 @@ import torch
 import yaml
 
 import vitreduce
-from vitreduce.cli import main
-from vitreduce.config import ModelConfig, load_config
-from vitreduce.synth import make_dataset
-from vitreduce.transfer import build_model
+from vitreduce.cli.main import main
+from vitreduce.data.synth import make_dataset
+from vitreduce.train.config import ModelConfig, load_config
+from vitreduce.train.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "configs" / "paper").glob("*.yaml")) + sorted((REPO / "configs" / "demo").glob("*.yaml"))
@@ -80,8 +80,8 @@ def test_synth_data_tensorboard_and_eval(tmp_path, capsys):
 
 
 def test_synth_folder_made_with_other_settings_is_refused(dataset):
-    from vitreduce.config import SynthConfig
-    from vitreduce.trainer import ensure_synth
+    from vitreduce.train.config import SynthConfig
+    from vitreduce.train.loop import ensure_synth
 
     ensure_synth(dataset, SynthConfig(classes=4, train_per_class=8, val_per_class=4, size=16))  # matches: used
     with pytest.raises(vitreduce.VitreduceError, match="delete that folder or point data.root elsewhere"):
@@ -225,8 +225,8 @@ def test_finetune_from_a_timm_state_dict_applies_the_reduction(tmp_path):
 
 def test_paper_recipe_builds_on_a_real_vit_b16_layout():
     """The full-size grouped recipe builds (meta device: no memory) with one optimizer entry per unique tensor."""
-    from vitreduce.optim import create_optimizer, param_groups
-    from vitreduce.params import unique_parameters
+    from vitreduce.reduction.params import unique_parameters
+    from vitreduce.train.optim import create_optimizer, param_groups
 
     config = load_config(REPO / "configs" / "paper" / "vit_b16_in1k_grouped.yaml")
     model = vitreduce.create_model(config.model.name, reduction=config.model.reduction, device="meta",

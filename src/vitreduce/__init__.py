@@ -1,12 +1,11 @@
 """vitreduce: MLP parameter reduction (sharing, width slicing) for timm Vision Transformers."""
-from vitreduce.accounting import ModelDescription, describe
-from vitreduce.checkpoint import load, save
 from vitreduce.errors import VitreduceError
-from vitreduce.models import create_model
-from vitreduce.reduce import reduce
-from vitreduce.spec import ReductionSpec
-
-__version__ = "0.1.0"
+from vitreduce.reduction.accounting import ModelDescription, describe
+from vitreduce.reduction.checkpoint import load, save
+from vitreduce.reduction.models import create_model
+from vitreduce.reduction.spec import ReductionSpec
+from vitreduce.reduction.surgery import reduce
+from vitreduce.version import __version__
 
 __all__ = [
     "ModelDescription",

@@ -1,5 +1,5 @@
 import sys
 
-from vitreduce.cli import main
+from vitreduce.cli.main import main
 
 sys.exit(main())

@@ -1,0 +1,41 @@
+"""Evaluate a vitreduce checkpoint (model file or run directory): top-1, top-5 and loss on an ImageFolder split.
+
+CHECKPOINT is a model .safetensors written by vitreduce (vitreduce.save / a run's model files), or a
+run directory, whose model.safetensors (or model_ema.safetensors with --ema) is used. Images get
+the model's eval transform as in timm's validate.py: the run's augment settings (resize, centre crop
+of crop_pct, mean/std) when a config.yaml sits in the run directory, the recipe's defaults otherwise.
+
+Examples:
+  vitreduce eval runs/baseline --data data/synth --ema
+  vitreduce eval runs/baseline/checkpoints/best/model.safetensors --data data/synth --json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path, help="model .safetensors file or run directory")
+    parser.add_argument("--data", type=Path, required=True, help="ImageFolder root holding the split folder")
+    parser.add_argument("--split", default="val", help="split folder under --data (default: val)")
+    parser.add_argument("--ema", action="store_true", help="with a run directory: evaluate model_ema.safetensors")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
+    parser.add_argument("--workers", type=int, default=2, help="data-loading worker processes (default 2)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast (default fp32)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device (default auto)")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    from vitreduce.train.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, ema=args.ema, batch_size=args.batch_size,
+                                 workers=args.workers, precision=args.precision, device=args.device)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['checkpoint']} on {result['data']}/{result['split']} ({result['images']} images): "
+              f"top1 {result['top1']:.2f}  top5 {result['top5']:.2f}  loss {result['loss']:.4f}")
+    return 0

@@ -1,0 +1,88 @@
+"""Architecture table of a model under one or more reductions (params, MLPs, MACs), side by side.
+
+MODEL is a timm model name or a vitreduce checkpoint. Models are built on the meta device, so even
+ViT-H takes seconds and no memory. Ratios are against the first reduction listed.
+
+Examples:
+  vitreduce inspect vit_base_patch16_224 --reduction none --reduction grouped --reduction shallow
+  vitreduce inspect runs/demo/model.safetensors --json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from vitreduce.reduction.accounting import ModelDescription, describe
+from vitreduce.reduction.checkpoint import build_from_metadata, read_metadata
+from vitreduce.reduction.models import add_model_arg_option, create_model, parse_model_args
+from vitreduce.reduction.spec import ReductionSpec
+
+JSON_KEYS = ("model", "reduction", "params", "mlp_params", "unique_mlps", "mlp_hidden", "macs_linear_g", "macs_total_g")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="timm model name (e.g. vit_base_patch16_224) or a vitreduce .safetensors file")
+    parser.add_argument(
+        "--reduction", action="append", metavar="SPEC",
+        help="reduction spec, repeatable (default: the checkpoint's own, or none, grouped, shallow for a name)",
+    )
+    parser.add_argument("--img-size", type=int, help="input size for the MAC count (default: the model's)")
+    add_model_arg_option(parser)
+    parser.add_argument("--json", action="store_true", help="print a JSON list, one object per reduction")
+
+
+def run(args: argparse.Namespace) -> int:
+    descriptions = describe_variants(args.model, args.reduction, args.img_size, parse_model_args(args.model_arg))
+    if args.json:
+        print(json.dumps([{key: d.as_dict()[key] for key in JSON_KEYS} for d in descriptions], indent=2))
+    else:
+        print(format_table(descriptions))
+    return 0
+
+
+def describe_variants(model: str, reductions: list[str] | None, img_size: int | None,
+                      model_args: dict | None = None) -> list[ModelDescription]:
+    """Describe the model (name or checkpoint) under each reduction, building on the meta device."""
+    specs = [ReductionSpec.parse(r) for r in reductions or []]  # refuse a bad spec before building
+    is_checkpoint = model.endswith(".safetensors") or Path(model).is_file()
+    if is_checkpoint:
+        metadata = read_metadata(model)
+        kwargs = json.loads(metadata["model_kwargs"])
+        base = metadata["base_model"]
+        specs = specs or [ReductionSpec.parse(metadata["reduction"])]
+    else:
+        base, kwargs = model, {}
+        specs = specs or [ReductionSpec.parse(s) for s in ("none", "grouped", "shallow")]
+    kwargs.update(model_args or {})
+    if img_size:
+        kwargs["img_size"] = img_size
+    if is_checkpoint and not reductions:
+        return [describe(build_from_metadata({**metadata, "model_kwargs": json.dumps(kwargs)}, device="meta"))]
+    return [describe(create_model(base, reduction=spec, device="meta", **kwargs)) for spec in specs]
+
+
+def format_table(descriptions: list[ModelDescription]) -> str:
+    """The paper's architecture table, with ratios against the first row."""
+    first = descriptions[0]
+    header = ["reduction", "params", "MLP params", "unique MLPs", "MLP hidden", "expansion",
+              "GMACs linear", "GMACs +attn", "params ratio", "MACs ratio"]
+    rows = [header]
+    for d in descriptions:
+        rows.append([
+            d.reduction, f"{d.params:,}", f"{d.mlp_params:,}", str(d.unique_mlps), _hidden(d.mlp_hidden),
+            f"{d.expansion:g}", f"{d.macs_linear_g:.2f}", f"{d.macs_total_g:.2f}",
+            f"{d.params / first.params:.3f}", f"{d.macs_linear_g / first.macs_linear_g:.3f}",
+        ])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [f"model: {first.model}"]
+    for index, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True)]
+        lines.append("  ".join(cells))
+        if index == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _hidden(hidden: int | list[int]) -> str:
+    return str(hidden) if isinstance(hidden, int) else "/".join(map(str, hidden))

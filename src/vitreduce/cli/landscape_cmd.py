@@ -1,0 +1,90 @@
+"""Loss landscape of a checkpoint: 1D and 2D surfaces along filter-normalised random directions, and interpolation.
+
+Evaluates the training loss (cross-entropy over a fixed, seeded subset of an ImageFolder split, the
+model's eval transform, eval mode) at w + alpha d1 (1D) and w + alpha d1 + beta d2 (2D) on an even grid
+over [-span, span], with d1, d2 Gaussian directions scaled filter by filter to the weights (Li et al.
+2018); biases and norm parameters are left still unless --include-bias-norm. With --other, also the
+linear interpolation (1 - alpha) w1 + alpha w2 for alpha in [-0.25, 1.25] between two checkpoints of one
+architecture (e.g. the peak epoch's and the final one). Writes CSV grids and PNG plots to --out.
+
+Examples:
+  vitreduce landscape runs/grouped/seed42/model.safetensors --data data/synth --steps 11
+  vitreduce landscape peak.safetensors --other final.safetensors --data data/synth --out plots/grouped
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path, help="model .safetensors written by vitreduce")
+    parser.add_argument("--data", type=Path, required=True, help="ImageFolder root holding the split folder")
+    parser.add_argument("--split", default="train", help="split folder under --data (default: train)")
+    parser.add_argument("--other", type=Path, default=None,
+                        help="second checkpoint of the same architecture: also interpolate from CHECKPOINT to it")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output directory (default: <checkpoint stem>_landscape beside the checkpoint)")
+    parser.add_argument("--steps", type=int, default=21,
+                        help="grid points per axis, odd (default 21; the 2D grid is steps x steps)")
+    parser.add_argument("--span", type=float, default=1.0, help="alpha and beta range [-span, span] (default 1)")
+    parser.add_argument("--include-bias-norm", action="store_true",
+                        help="move biases and norm parameters too (default: zero direction for 1-D tensors)")
+    parser.add_argument("--no-2d", action="store_true", help="skip the 2D surface (steps x steps evaluations)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the data subset and of the directions (d2 uses seed + 1) (default 0)")
+    parser.add_argument("--batches", type=int, default=4, help="fixed batches the loss averages (default 4)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device (default auto)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from vitreduce.errors import VitreduceError
+    from vitreduce.reduction.checkpoint import load
+    from vitreduce.sharpness import landscape
+    from vitreduce.sharpness.measures import ConsoleProgress, load_batches
+
+    landscape.grid(args.steps, args.span)  # refuse a bad grid before loading anything
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise VitreduceError("--device cuda but no CUDA device is available; use --device cpu")
+    model = load(args.checkpoint, device=device)
+    other = load(args.other, device=device) if args.other is not None else None
+    if other is not None:
+        landscape.check_same_architecture(model, other)
+    out = args.out or args.checkpoint.with_name(f"{args.checkpoint.stem}_landscape")
+    batches = load_batches(model, args.data, split=args.split, batches=args.batches, batch_size=args.batch_size,
+                           seed=args.seed, device=device)
+    alphas = landscape.interpolation_alphas(args.steps)
+    evaluations = args.steps + (0 if args.no_2d else args.steps**2) + (len(alphas) if other is not None else 0)
+    print(f"{args.checkpoint}: {evaluations} loss evaluations on {args.batches} batches x {args.batch_size} images "
+          f"of {args.data}/{args.split} (seed {args.seed}), eval mode, on {device}")
+    progress = ConsoleProgress(evaluations, "evaluation", quiet=args.quiet)
+    try:
+        d1 = landscape.random_direction(model, args.seed, include_bias_norm=args.include_bias_norm)
+        line = landscape.surface_1d(model, batches, d1, steps=args.steps, span=args.span, progress=progress)
+        surface = None
+        if not args.no_2d:
+            d2 = landscape.random_direction(model, args.seed + 1, include_bias_norm=args.include_bias_norm)
+            surface = landscape.surface_2d(model, batches, d1, d2, steps=args.steps, span=args.span,
+                                           progress=progress)
+        interpolation = (landscape.interpolate(model, other, batches, alphas=alphas, progress=progress)
+                         if other is not None else None)
+    finally:
+        progress.close()
+    written = landscape.write_landscape(out, line=line, surface=surface, interpolation=interpolation,
+                                        title=args.checkpoint.stem, other_title=args.other.stem if other else "")
+    center = line.losses[len(line.losses) // 2]
+    print(f"loss at the checkpoint {center:.6g}; along d1: min {min(line.losses):.6g}, max {max(line.losses):.6g}")
+    if interpolation is not None:
+        by_alpha = dict(zip(interpolation.alphas, interpolation.losses, strict=True))
+        between = max(loss for alpha, loss in by_alpha.items() if 0.0 <= alpha <= 1.0)
+        print(f"interpolation: loss {by_alpha[0.0]:.6g} at alpha 0, {by_alpha[1.0]:.6g} at alpha 1, "
+              f"max {between:.6g} for alpha in [0, 1]")
+    print(f"wrote to {out}:")
+    for path in written:
+        print(f"  {path.name}")
+    return 0

@@ -1,0 +1,77 @@
+"""The `vitreduce` command: one verb per task, each verb in its own module under `vitreduce.cli`.
+
+Every command module defines `add_arguments(parser)` and `run(args) -> int`; its docstring is its help.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from vitreduce.errors import VitreduceError
+
+# verb -> module in vitreduce.cli (the module name differs only where the verb is a Python keyword).
+VERBS = {
+    "inspect": "inspect_cmd",
+    "reduce": "reduce_cmd",
+    "train": "train_cmd",
+    "eval": "eval_cmd",
+    "data": "data_cmd",
+    "study": "study_cmd",
+    "report": "report_cmd",
+    "demo": "demo_cmd",
+    "profile": "profile_cmd",
+    "sharpness": "sharpness_cmd",
+    "landscape": "landscape_cmd",
+}
+
+
+def _available_commands():
+    for verb, module_name in VERBS.items():
+        try:
+            module = importlib.import_module(f"vitreduce.cli.{module_name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"vitreduce.cli.{module_name}":
+                continue  # verb not implemented in this version
+            raise
+        yield verb, module
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vitreduce.version import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="vitreduce", description="MLP parameter reduction for timm Vision Transformers."
+    )
+    parser.add_argument("--version", action="version", version=f"vitreduce {__version__}")
+    subparsers = parser.add_subparsers(dest="verb", metavar="COMMAND")
+    for verb, module in _available_commands():
+        doc = (module.__doc__ or "").strip()
+        summary = doc.splitlines()[0] if doc else verb
+        sub = subparsers.add_parser(
+            verb, help=summary, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        module.add_arguments(sub)
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except VitreduceError as err:
+        # Errors meant for the user: one clear message, no traceback.
+        print(f"vitreduce {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vitreduce {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

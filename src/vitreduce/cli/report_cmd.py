@@ -1,0 +1,43 @@
+"""Write a study's report: report.md, report.html, summary.json and figures/ from its run directories.
+
+Reads STUDY_DIR/runs/<variant>/seed<S>/ (docs/run-directory.md) and STUDY_DIR/study.yaml (`baseline:`,
+`variants:`, `name:`), compares every variant with the baseline (paired t-test over seeds; paired
+bootstrap CI and McNemar's exact test on per-image predictions), prints the results table. Every figure
+is defined in docs/metrics.md.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vitreduce.study.runs import DEFAULT_SPIKE_THRESHOLD, DEFAULT_SPIKE_WINDOW
+from vitreduce.study.stats import DEFAULT_ALPHA, DEFAULT_BOOTSTRAP_SEED, DEFAULT_RESAMPLES
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("study_dir", type=Path, metavar="STUDY_DIR", help="the --out directory of `vitreduce study`")
+    parser.add_argument("--baseline", default=None,
+                        help="baseline variant (default: study.yaml's baseline, else the first variant)")
+    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                        help=f"significance level of every test (default {DEFAULT_ALPHA})")
+    parser.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
+                        help=f"bootstrap resamples (default {DEFAULT_RESAMPLES})")
+    parser.add_argument("--bootstrap-seed", type=int, default=DEFAULT_BOOTSTRAP_SEED,
+                        help=f"seed of the bootstrap's random generator (default {DEFAULT_BOOTSTRAP_SEED})")
+    parser.add_argument("--include-unfinished", action="store_true",
+                        help="include runs without done.json, as far as they got (default: list them, leave out)")
+    parser.add_argument("--spike-window", type=int, default=DEFAULT_SPIKE_WINDOW,
+                        help=f"loss spike reference: previous epochs (default {DEFAULT_SPIKE_WINDOW})")
+    parser.add_argument("--spike-threshold", type=float, default=DEFAULT_SPIKE_THRESHOLD,
+                        help=f"loss spike: relative rise over the reference (default {DEFAULT_SPIKE_THRESHOLD})")
+
+
+def run(args: argparse.Namespace) -> int:
+    from vitreduce.study.report import format_results_table, write_report
+
+    paths = write_report(args.study_dir, args.baseline, alpha=args.alpha, n_resamples=args.resamples,
+                         bootstrap_seed=args.bootstrap_seed, include_unfinished=args.include_unfinished,
+                         spike_window=args.spike_window, spike_threshold=args.spike_threshold)
+    print(format_results_table(paths.summary))
+    print(f"\nreport: {paths.markdown} (and {paths.html.name}, {paths.summary_json.name}, figures/)")
+    return 0

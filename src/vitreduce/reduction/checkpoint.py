@@ -1,0 +1,126 @@
+"""Self-describing safetensors checkpoints of (reduced) models.
+
+One file holds the weights, each shared tensor stored once, and in its header metadata the base
+timm model name, its kwargs, the reduction spec, the alias map and the vitreduce version, so
+``load(path)`` rebuilds the architecture and re-ties the sharing with no other input. (timm's own
+export uses safetensors' ``save_file``, which refuses shared tensors.)
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from vitreduce.errors import VitreduceError
+from vitreduce.files import atomic_write
+from vitreduce.reduction.models import build_info, create_model
+from vitreduce.reduction.params import alias_groups
+from vitreduce.reduction.spec import ReductionSpec
+from vitreduce.reduction.surgery import REDUCTION_ATTR
+from vitreduce.reduction.weights import check_names_and_shapes
+
+FORMAT = "vitreduce.model.v1"
+
+
+def save(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    """Write the model as one self-describing safetensors file (atomically).
+
+    Args:
+        model: a model from ``vitreduce.create_model`` or any timm ViT reduced with ``vitreduce.reduce``.
+        path: destination ``.safetensors`` file.
+        metadata: extra string entries for the header (e.g. epoch, which weights: raw or EMA).
+    """
+    info = build_info(model)
+    state = model.state_dict()
+    aliases = _state_aliases(model, state)
+    stored = {name: t.detach().cpu().contiguous() for name, t in state.items() if name not in aliases}
+    header = {
+        "format": FORMAT,
+        "vitreduce_version": _version(),
+        "base_model": info["base"],
+        "model_kwargs": json.dumps(info["kwargs"], sort_keys=True),
+        "reduction": str(ReductionSpec.parse(getattr(model, REDUCTION_ATTR, None))),
+        "aliases": json.dumps(aliases, sort_keys=True),
+    }
+    clash = set(header) & set(metadata or {})
+    if clash:
+        raise VitreduceError(f"metadata keys {sorted(clash)} are reserved by vitreduce; rename them")
+    header.update({k: str(v) for k, v in (metadata or {}).items()})
+    atomic_write(path, lambda tmp: save_file(stored, tmp, metadata=header))
+    return Path(path)
+
+
+def _state_aliases(model: nn.Module, state: dict) -> dict[str, str]:
+    """{alias: stored name} for the state-dict entries that repeat a tensor stored under another name."""
+    return {n: c for n, c in alias_groups(model).items() if n != c and n in state}
+
+
+def _version() -> str:
+    from vitreduce.version import __version__
+
+    return __version__
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The header metadata of a vitreduce checkpoint; clear errors for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise VitreduceError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise VitreduceError(
+            f"{str(path)!r} is not a readable safetensors file ({err}); it may be truncated or corrupted"
+        ) from None
+    if metadata.get("format") != FORMAT:
+        raise VitreduceError(
+            f"{str(path)!r} is not a vitreduce model checkpoint (no '{FORMAT}' header); for plain timm "
+            "weights use `vitreduce reduce BASE --weights FILE --reduction SPEC --out FILE`"
+        )
+    return metadata
+
+
+def build_from_metadata(metadata: dict[str, str], **overrides: Any) -> nn.Module:
+    """Rebuild the (untrained) architecture a checkpoint header describes."""
+    kwargs = json.loads(metadata["model_kwargs"])
+    kwargs.update(overrides)
+    return create_model(metadata["base_model"], reduction=metadata["reduction"], **kwargs)
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model from a vitreduce checkpoint, re-tie its sharing, load its weights strictly.
+
+    Missing, unexpected or mis-shaped tensors, or a sharing layout that differs from the one the
+    header describes, raise VitreduceError naming them.
+    """
+    metadata = read_metadata(path)
+    model = build_from_metadata(metadata, device=device)
+    state = model.state_dict(keep_vars=True)
+    expected_aliases = _state_aliases(model, state)
+    if json.loads(metadata.get("aliases", "{}")) != expected_aliases:
+        raise VitreduceError(
+            f"{str(path)!r}: its shared-tensor layout differs from what reduction "
+            f"{metadata['reduction']!r} builds; the file was written by a different vitreduce or edited"
+        )
+    targets = {n: t for n, t in state.items() if n not in expected_aliases}
+    _load_tensors(path, targets)
+    return model
+
+
+def _load_tensors(path: str | os.PathLike, targets: dict[str, torch.Tensor]) -> None:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            stored = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+            check_names_and_shapes(path, stored, {n: tuple(t.shape) for n, t in targets.items()})
+            with torch.no_grad():
+                for name, target in targets.items():
+                    target.copy_(handle.get_tensor(name))
+    except SafetensorError as err:
+        raise VitreduceError(f"{str(path)!r} could not be read ({err}); it may be truncated or corrupted") from None

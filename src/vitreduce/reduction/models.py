@@ -1,0 +1,169 @@
+"""Building reduced models: `create_model(base, reduction, **timm_kwargs)` and timm registrations.
+
+The paper's three variants are registered with timm when vitreduce is imported, so
+``timm.create_model("vit_base_patch16_224_grouped_mlp", num_classes=...)`` works in any timm script.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import timm
+from timm.models import register_model
+from torch import nn
+
+from vitreduce.errors import VitreduceError
+from vitreduce.reduction.spec import ReductionSpec
+from vitreduce.reduction.surgery import BASE_HIDDEN_ATTR, reduce, vit_blocks
+
+BUILD_ATTR = "vitreduce_build"  # {"base": name, "kwargs": {...}} as passed to timm.create_model
+
+
+def create_model(base_name: str, reduction: str | ReductionSpec | None = None, **timm_kwargs: Any) -> nn.Module:
+    """Build a timm model and apply a reduction to it.
+
+    Args:
+        base_name: any timm ViT name, e.g. ``vit_base_patch16_224`` or ``deit_small_patch16_224``.
+        reduction: spec string or ReductionSpec (``None``/``"none"``: unreduced).
+        **timm_kwargs: passed to ``timm.create_model`` (num_classes, img_size, drop_path_rate,
+            weight_init, device, ...). They are recorded so a checkpoint can rebuild the model.
+    """
+    spec = ReductionSpec.parse(reduction)  # refuse a bad spec before building anything
+    if base_name not in timm.list_models() and base_name not in timm.list_models(pretrained=True):
+        close = timm.list_models(f"*{base_name.split('_')[0]}*")[:5] if base_name else []
+        raise VitreduceError(
+            f"unknown timm model {base_name!r}" + (f"; similar: {', '.join(close)}" if close else "")
+        )
+    model = timm.create_model(base_name, **timm_kwargs)
+    setattr(model, BUILD_ATTR, {"base": base_name, "kwargs": _recordable(timm_kwargs)})
+    return reduce(model, spec)
+
+
+def _recordable(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The kwargs that describe the architecture, JSON-safe (device/dtype/pretrained are not)."""
+    skipped = {"device", "dtype", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path"}
+    recordable = {}
+    for key, value in kwargs.items():
+        if key in skipped:
+            continue
+        if isinstance(value, tuple):
+            value = list(value)
+        try:
+            json.dumps(value)
+        except TypeError:
+            raise VitreduceError(
+                f"timm kwarg {key}={value!r} cannot be recorded in a checkpoint; pass a plain value"
+            ) from None
+        recordable[key] = value
+    return recordable
+
+
+def add_model_arg_option(parser) -> None:
+    """The CLI option for extra timm kwargs, shared by every command that builds a model."""
+    parser.add_argument(
+        "--model-arg", action="append", default=[], metavar="KEY=VALUE",
+        help="extra timm.create_model kwarg, value parsed as YAML (e.g. depth=6, img_size=32); repeatable",
+    )
+
+
+def parse_model_args(items: list[str]) -> dict[str, Any]:
+    """``["depth=6", "qkv_bias=false"]`` -> ``{"depth": 6, "qkv_bias": False}``."""
+    import yaml
+
+    kwargs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise VitreduceError(f"--model-arg {item!r} must look like KEY=VALUE, e.g. depth=6")
+        try:
+            kwargs[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise VitreduceError(f"--model-arg {item!r}: value is not valid YAML ({err})") from None
+    return kwargs
+
+
+def build_info(model: nn.Module) -> dict[str, Any]:
+    """Base model name and kwargs that rebuild this model's architecture before reduction.
+
+    Taken from ``create_model``'s record when there is one; otherwise read from the model itself
+    (timm records only the architecture name), covering the structural ViT options.
+    """
+    recorded = getattr(model, BUILD_ATTR, None)
+    if recorded:
+        return {"base": recorded["base"], "kwargs": dict(recorded["kwargs"])}
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    base = cfg.get("architecture")
+    if not base:
+        raise VitreduceError(
+            f"cannot tell which timm architecture this {type(model).__name__} is; build it with "
+            "timm.create_model or vitreduce.create_model"
+        )
+    return {"base": base, "kwargs": _introspect_vit_kwargs(model)}
+
+
+def _introspect_vit_kwargs(model: nn.Module) -> dict[str, Any]:
+    blocks = vit_blocks(model)
+    first = blocks[0]
+    embed_dim = first.mlp.fc1.in_features
+    base_hidden = getattr(model, BASE_HIDDEN_ATTR, first.mlp.fc1.out_features)
+    kwargs = {
+        "num_classes": model.num_classes,
+        "img_size": list(model.patch_embed.img_size),
+        "patch_size": list(model.patch_embed.patch_size),
+        "in_chans": model.patch_embed.proj.in_channels,
+        "embed_dim": embed_dim,
+        "depth": len(blocks),
+        "num_heads": first.attn.num_heads,
+        "mlp_ratio": base_hidden / embed_dim,
+        "qkv_bias": first.attn.qkv.bias is not None,
+        "class_token": getattr(model, "cls_token", None) is not None,
+        "reg_tokens": getattr(model, "num_reg_tokens", 0),
+        "global_pool": model.global_pool,
+        "no_embed_class": getattr(model, "no_embed_class", False),
+        "init_values": _layer_scale_init(first),
+        "weight_init": _weight_init_mode(model),
+        "fix_init": bool(getattr(model, "fix_init", False)),
+    }
+    return kwargs
+
+
+def _weight_init_mode(model: nn.Module) -> str:
+    mode = getattr(model, "weight_init_mode", "") or ""
+    return "" if mode == "reset" else mode  # timm stores 'skip' as 'reset'
+
+
+def _layer_scale_init(block: nn.Module) -> float | None:
+    # LayerScale's init value is not recoverable from trained weights and does not affect shapes;
+    # only its presence matters for rebuilding, so any positive value rebuilds the same layout.
+    gamma = getattr(getattr(block, "ls1", None), "gamma", None)
+    return 1e-5 if gamma is not None else None
+
+
+def _variant(reduction: str, base: str = "vit_base_patch16_224"):
+    def build(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+        if pretrained:
+            raise VitreduceError(
+                "vitreduce variants have no pretrained weights; reduce local full-width weights with "
+                "`vitreduce reduce BASE --weights FILE --reduction SPEC --out FILE`"
+            )
+        return create_model(base, reduction=reduction, **kwargs)
+
+    return build
+
+
+@register_model
+def vit_base_patch16_224_grouped_mlp(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """ViT-B/16 with each MLP shared by two adjacent blocks, scaled 1/sqrt(2) (the paper's GroupedMLP)."""
+    return _variant("grouped")(pretrained, **kwargs)
+
+
+@register_model
+def vit_base_patch16_224_shallow_mlp(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """ViT-B/16 keeping the first half of each MLP's hidden units (the paper's ShallowMLP)."""
+    return _variant("shallow:ratio=0.5")(pretrained, **kwargs)
+
+
+@register_model
+def vit_base_patch16_224_thin_mlp(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """ViT-B/16 with freshly initialised half-width MLPs (the ablation control; mlp_ratio=2)."""
+    return _variant("thin:ratio=0.5")(pretrained, **kwargs)

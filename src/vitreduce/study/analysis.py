@@ -1,0 +1,164 @@
+"""Sharpness and loss-landscape analysis of a study's trained runs (the paper's flat-minima question).
+
+For each finished run directory it measures the final and/or peak checkpoint (``model*.safetensors``
+and ``checkpoints/best/model*.safetensors``, raw or EMA weights) on a fixed seeded subset of the
+run's own training split, and writes ``RUN/analysis/sharpness_<final|peak>.json`` (the
+``vitreduce sharpness --json`` object plus the options used) and ``RUN/analysis/landscape/`` (a 1D
+filter-normalised surface around the final checkpoint and the interpolation peak -> final, CSV +
+PNG). A result whose options match is reused, so rerunning a study costs nothing. The report
+(vitreduce.study.report) reads these files; nothing here is needed to read them.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from vitreduce.errors import VitreduceError
+from vitreduce.files import atomic_write
+
+ANALYSIS_DIR = "analysis"
+CHECKPOINTS = ("final", "peak")
+
+
+class AnalysisConfig(BaseModel):
+    """What a study measures on its finished runs (the `analysis:` section of a study spec)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoints: list[Literal["final", "peak"]] = Field(default_factory=lambda: ["final", "peak"])
+    weights: Literal["ema", "raw"] = "ema"  # the paper's reported accuracy is the EMA model's
+    split: str = "train"  # sharpness of the training loss
+    batches: int = Field(4, ge=1)
+    batch_size: int = Field(32, ge=1)
+    seed: int = 0
+    top_k: int = Field(1, ge=0)
+    iters: int = Field(50, ge=1)
+    tol: float = Field(1e-3, gt=0)
+    trace_samples: int = Field(10, ge=0)
+    rho: float = Field(0.05, gt=0)
+    method: Literal["power", "lanczos"] = "lanczos"
+    landscape: bool = True  # 1D surface around the final checkpoint, interpolation peak -> final
+    landscape_steps: int = Field(11, ge=3)
+    landscape_span: float = Field(1.0, gt=0)
+
+
+def checkpoint_path(run_dir: Path, which: str, weights: str) -> Path:
+    """The model file of a run's final or peak (``checkpoints/best``) weights."""
+    name = "model_ema.safetensors" if weights == "ema" else "model.safetensors"
+    path = run_dir / name if which == "final" else run_dir / "checkpoints" / "best" / name
+    if not path.is_file():
+        raise VitreduceError(f"{path} is missing: the run has no {which} {weights} checkpoint "
+                             "(set analysis.weights: raw for runs without EMA)")
+    return path
+
+
+def _data_root(run_dir: Path) -> Path:
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    return Path(config["data"]["root"])
+
+
+def _options_key(config: AnalysisConfig, which: str) -> dict:
+    return {**config.model_dump(exclude={"checkpoints", "landscape", "landscape_steps", "landscape_span"}),
+            "checkpoint": which}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def _reusable(path: Path, options: dict) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text()).get("options") == options
+    except json.JSONDecodeError:
+        return False
+
+
+def analyze_run(run_dir: str | Path, config: AnalysisConfig, log=print) -> list[Path]:
+    """Measure one finished run; returns the files written (reused results are not rewritten).
+
+    Args:
+        run_dir: a finished run directory (docs/run-directory.md).
+        config: what to measure.
+        log: where progress lines go.
+    """
+    from vitreduce.reduction.checkpoint import load
+    from vitreduce.sharpness.measures import analyze_sharpness, load_batches
+
+    run_dir = Path(run_dir)
+    out = run_dir / ANALYSIS_DIR
+    written: list[Path] = []
+    models = {}
+    batches = None
+    for which in config.checkpoints:
+        models[which] = load(checkpoint_path(run_dir, which, config.weights))
+        target = out / f"sharpness_{which}.json"
+        options = _options_key(config, which)
+        if _reusable(target, options):
+            continue
+        if batches is None:
+            batches = load_batches(models[which], _data_root(run_dir), split=config.split, batches=config.batches,
+                                   batch_size=config.batch_size, seed=config.seed)
+        log(f"sharpness of {run_dir} ({which}, {config.weights} weights)")
+        result = analyze_sharpness(models[which], batches, top_k=config.top_k, max_iters=config.iters,
+                                   tol=config.tol, trace_samples=config.trace_samples, rho=config.rho,
+                                   seed=config.seed, method=config.method)
+        _write_json(target, {**result.to_dict(), "options": options})
+        written.append(target)
+    if config.landscape and "final" in models:
+        written += _landscape(run_dir, config, models, batches, log)
+    _remove_stale(out, config)
+    return written
+
+
+def _remove_stale(out: Path, config: AnalysisConfig) -> None:
+    """Results of an earlier analysis that the current options no longer produce, so that a report never
+    mixes them with the current ones."""
+    stale = [out / f"sharpness_{which}.json" for which in CHECKPOINTS if which not in config.checkpoints]
+    landscape = out / "landscape"
+    if not (config.landscape and "final" in config.checkpoints):
+        stale += list(landscape.glob("*")) if landscape.is_dir() else []
+    elif "peak" not in config.checkpoints:
+        stale += [landscape / "interpolation.csv", landscape / "interpolation.png"]
+    for path in stale:
+        path.unlink(missing_ok=True)
+
+
+def _landscape(run_dir: Path, config: AnalysisConfig, models: dict, batches, log) -> list[Path]:
+    from vitreduce.sharpness.landscape import interpolate, random_direction, surface_1d, write_landscape
+    from vitreduce.sharpness.measures import load_batches
+
+    out = run_dir / ANALYSIS_DIR / "landscape"
+    marker = out / "options.json"
+    options = {**_options_key(config, "final"), "steps": config.landscape_steps, "span": config.landscape_span,
+               "interpolation": "peak" in models}
+    if _reusable(marker, options):
+        return []
+    final = models["final"]
+    if batches is None:
+        batches = load_batches(final, _data_root(run_dir), split=config.split, batches=config.batches,
+                               batch_size=config.batch_size, seed=config.seed)
+    log(f"loss landscape of {run_dir}")
+    # Both evaluate in eval mode and put the weights back bitwise.
+    line = surface_1d(final, batches, random_direction(final, config.seed), steps=config.landscape_steps,
+                      span=config.landscape_span)
+    path = interpolate(models["peak"], final, batches) if "peak" in models else None
+    written = write_landscape(out, line=line, interpolation=path, title=f"{run_dir.name} final",
+                              other_title="final" if path else "")
+    _write_json(marker, {"options": options})
+    return [*written, marker]
+
+
+def read_run_analysis(run_dir: str | Path) -> dict[str, dict]:
+    """``{"final": {...}, "peak": {...}}``: the sharpness results a run has (missing ones left out)."""
+    results = {}
+    for which in CHECKPOINTS:
+        path = Path(run_dir) / ANALYSIS_DIR / f"sharpness_{which}.json"
+        if path.is_file():
+            results[which] = json.loads(path.read_text())
+    return results

@@ -1,0 +1,347 @@
+"""The training config: one typed tree, validated when loaded, saved with every run.
+
+A config is YAML. Several files merge left to right (a later file overrides single keys of an
+earlier one), then ``--set a.b=value`` overrides apply, each value parsed as YAML. Every section
+forbids unknown keys: a typo or a wrong type fails before any work starts, naming the dotted key and
+the closest valid ones. ``config.yaml`` in a run directory is the resolved tree (every default filled
+in); reloading it gives the same config.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import timm
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from vitreduce.data.loaders import AugmentConfig, DataConfig
+from vitreduce.errors import VitreduceError
+from vitreduce.reduction.spec import ReductionSpec
+
+_WEIGHT_INITS = ("", "jax", "jax_nlhb", "moco")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Section):
+    """Which model: a timm ViT, its reduction and the timm kwargs that shape it."""
+
+    name: str = "vit_base_patch16_224"  # any timm ViT name
+    reduction: str = "none"  # a ReductionSpec string, stored canonical
+    num_classes: int = Field(1000, ge=1)
+    drop_path_rate: float = Field(0.1, ge=0, lt=1)
+    drop_rate: float = Field(0.0, ge=0, lt=1)
+    # Architecture overrides passed to timm.create_model; null keeps the named model's value.
+    img_size: int | None = Field(None, ge=1)
+    patch_size: int | None = Field(None, ge=1)
+    embed_dim: int | None = Field(None, ge=1)
+    depth: int | None = Field(None, ge=1)
+    num_heads: int | None = Field(None, ge=1)
+    mlp_ratio: float | None = Field(None, gt=0)
+    weight_init: str = ""  # timm's: '' (trunc normal), jax, jax_nlhb, moco
+    # Fine-tuning: a vitreduce checkpoint or a timm state dict (.safetensors/.pth) to start from;
+    # the head is re-initialised when its size differs from num_classes.
+    init_checkpoint: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        names = timm.list_models()
+        if value not in names:
+            close = difflib.get_close_matches(value, names, n=3, cutoff=0.6)
+            raise ValueError(f"unknown timm model {value!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+        return value
+
+    @field_validator("reduction")
+    @classmethod
+    def _canonical_reduction(cls, value: str) -> str:
+        return str(ReductionSpec.parse(value))  # VitreduceError is a ValueError: pydantic reports it
+
+    @field_validator("weight_init")
+    @classmethod
+    def _weight_init(cls, value: str) -> str:
+        if value not in _WEIGHT_INITS:
+            raise ValueError(f"must be one of {', '.join(repr(v) for v in _WEIGHT_INITS)}")
+        return value
+
+    def timm_kwargs(self) -> dict[str, Any]:
+        """The kwargs for ``vitreduce.create_model`` (architecture overrides left unset are omitted)."""
+        kwargs = {"num_classes": self.num_classes, "drop_path_rate": self.drop_path_rate, "drop_rate": self.drop_rate}
+        for key in ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio"):
+            if getattr(self, key) is not None:
+                kwargs[key] = getattr(self, key)
+        if self.weight_init:
+            kwargs["weight_init"] = self.weight_init
+        return kwargs
+
+
+class OptimizerConfig(_Section):
+    """timm's optimizer factory over unique parameters, plus accumulation and clipping."""
+
+    name: str = "adamw"  # a timm optimizer name (timm.optim.list_optimizers())
+    lr: float = Field(1e-3, gt=0)  # used as given: not rescaled by the batch size
+    weight_decay: float = Field(0.05, ge=0)  # not applied to biases, norms, pos_embed, cls_token
+    betas: tuple[float, float] | None = (0.9, 0.999)  # Adam-family only; null for others
+    eps: float | None = Field(1e-8, gt=0)
+    momentum: float = Field(0.9, ge=0)  # SGD-family only
+    no_weight_decay: list[str] = []  # extra name patterns (fnmatch) without weight decay
+    accum_steps: int = Field(1, ge=1)  # micro-batches per optimizer step
+    clip_grad: float | None = Field(None, gt=0)  # max global grad norm; null: no clipping
+
+    @field_validator("name")
+    @classmethod
+    def _known_optimizer(cls, value: str) -> str:
+        from timm.optim import list_optimizers
+
+        names = list_optimizers()
+        if value not in names:
+            close = difflib.get_close_matches(value, names, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(f"unknown timm optimizer {value!r}{hint}")
+        return value
+
+
+class ScheduleConfig(_Section):
+    """timm's create_scheduler_v2: per-epoch by default, as in timm's train.py."""
+
+    name: Literal["cosine", "tanh", "step", "multistep", "poly"] = "cosine"
+    warmup_epochs: int = Field(5, ge=0)
+    warmup_lr: float = Field(1e-5, ge=0)
+    min_lr: float = Field(0.0, ge=0)
+    cooldown_epochs: int = Field(0, ge=0)
+    decay_epochs: float = Field(90, gt=0)  # step schedule
+    decay_milestones: list[int] = [90, 180, 270]  # multistep schedule
+    decay_rate: float = Field(0.1, gt=0)
+    on_updates: bool = False  # step the schedule every optimizer update instead of every epoch
+
+
+class EmaConfig(_Section):
+    """Exponential moving average of the weights, updated once per optimizer step."""
+
+    enabled: bool = True
+    decay: float = Field(0.9998, gt=0, lt=1)
+
+
+class CheckpointConfig(_Section):
+    """Training-state checkpoints under RUN_DIR/checkpoints (see docs/training.md)."""
+
+    recovery_every_steps: int = Field(0, ge=0)  # 0: no mid-epoch recovery checkpoints
+    best_metric: Literal["auto", "ema_top1", "raw_top1"] = "auto"  # auto: EMA when enabled
+
+
+class LoggingConfig(_Section):
+    """What a run prints and writes besides metrics.jsonl."""
+
+    tensorboard: bool = False  # RUN_DIR/tensorboard event files
+    progress: Literal["auto", "bar", "lines", "none"] = "auto"  # auto: a bar on a terminal, else lines
+    every_steps: int = Field(50, ge=1)  # optimizer steps between plain progress lines
+
+
+class FaultsConfig(_Section):
+    """What to do when a step's loss or gradient is not finite."""
+
+    nonfinite: Literal["halt", "skip"] = "halt"
+
+
+class SynthConfig(_Section):
+    """Generate data.root with vitreduce.data.synth when it does not exist (the built-in demo dataset)."""
+
+    seed: int = Field(0, ge=0)
+    classes: int = Field(10, ge=2)
+    train_per_class: int = Field(500, ge=1)
+    val_per_class: int = Field(100, ge=1)
+    size: int = Field(32, ge=8)
+
+
+class TrainConfig(_Section):
+    """Everything one training run depends on."""
+
+    seed: int = Field(42, ge=0)
+    epochs: int = Field(300, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16 uses a GradScaler and needs CUDA
+    compile: bool = False  # torch.compile the model
+    model: ModelConfig = ModelConfig()
+    data: DataConfig
+    augment: AugmentConfig = AugmentConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    ema: EmaConfig = EmaConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    logging: LoggingConfig = LoggingConfig()
+    faults: FaultsConfig = FaultsConfig()
+    synth: SynthConfig | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.precision == "fp16" and self.device == "cpu":
+            raise ValueError("precision: fp16 needs a CUDA GPU (its GradScaler is CUDA-only); on CPU use bf16 or fp32")
+        if self.checkpoint.best_metric == "ema_top1" and not self.ema.enabled:
+            raise ValueError("checkpoint.best_metric: ema_top1 needs ema.enabled: true (or use raw_top1/auto)")
+        return self
+
+    @property
+    def best_metric(self) -> str:
+        """'ema_top1' or 'raw_top1', with 'auto' resolved."""
+        if self.checkpoint.best_metric == "auto":
+            return "ema_top1" if self.ema.enabled else "raw_top1"
+        return self.checkpoint.best_metric
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved tree as plain YAML/JSON types."""
+        return self.model_dump(mode="json")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(paths: str | os.PathLike | list, overrides: list[str] = ()) -> TrainConfig:
+    """Read, merge, override and validate a config.
+
+    Args:
+        paths: one YAML file or several, merged left to right.
+        overrides: ``dotted.key=value`` strings; the value is parsed as YAML (``lr=1e-3`` is a float,
+            ``betas=[0.9,0.95]`` a list, ``init_checkpoint=null`` None).
+    """
+    paths = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+    if not paths:
+        raise VitreduceError("no config file given")
+    tree: dict[str, Any] = {}
+    for path in paths:
+        tree = merge(tree, read_yaml(path))
+    for item in overrides:
+        apply_override(tree, item)
+    return validate(tree, source=", ".join(str(p) for p in paths))
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML file holding a mapping; clear errors for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise VitreduceError(f"config file {path} does not exist")
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise VitreduceError(f"{path} is not valid YAML: {err}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise VitreduceError(f"{path} must hold a mapping of config sections, found {type(tree).__name__}")
+    return tree
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive merge: mappings merge key by key, anything else in ``update`` replaces."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def apply_override(tree: dict[str, Any], item: str) -> None:
+    """Apply one ``a.b.c=value`` override in place (value parsed as YAML)."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise VitreduceError(f"--set {item!r}: expected dotted.key=value, e.g. optimizer.lr=0.002")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise VitreduceError(f"--set {item!r}: the value is not valid YAML ({err})") from None
+    *parents, leaf = key.split(".")
+    node = tree
+    for depth, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(parents[: depth + 1])
+            raise VitreduceError(f"--set {item!r}: {where} is a value ({child!r}), not a section")
+        node = child
+    node[leaf] = value
+
+
+def validate(tree: dict[str, Any], source: str = "config") -> TrainConfig:
+    """Validate a config tree; one VitreduceError listing every problem with its dotted key."""
+    try:
+        return TrainConfig.model_validate(tree)
+    except ValidationError as err:
+        problems = [_describe(error) for error in err.errors()]
+        raise VitreduceError(f"invalid config ({source}):\n  " + "\n  ".join(problems)) from None
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = [str(part) for part in error["loc"] if not str(part).endswith("Config")]  # drop union tags
+    key = ".".join(loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        valid = _valid_keys(loc[:-1])
+        close = difflib.get_close_matches(loc[-1], valid, n=3, cutoff=0.5)
+        prefix = ".".join(loc[:-1] + [""])
+        hint = f"did you mean {', '.join(prefix + c for c in close)}? " if close else ""
+        return f"{key}: unknown key; {hint}valid keys here: {', '.join(valid)}"
+    if error["type"] == "missing":
+        return f"{key}: required, not set"
+    message = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    return f"{key}: {message} (got {error.get('input')!r})"
+
+
+def _valid_keys(loc: list[str]) -> list[str]:
+    """Field names of the section at a dotted location (empty when it is not a section)."""
+    model: Any = TrainConfig
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = _section_type(field.annotation)
+    return list(getattr(model, "model_fields", {}))
+
+
+def _section_type(annotation: Any) -> Any:
+    for candidate in getattr(annotation, "__args__", (annotation,)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return annotation
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving and comparing
+
+
+def dump(config: TrainConfig) -> str:
+    """The resolved config as YAML text (sections in definition order)."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{dotted.key: leaf value} of a nested mapping."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+# Keys that may change when a run resumes: they do not affect the weights or the metrics.
+RESUMABLE_CHANGES = ("logging.", "data.workers", "data.pin_memory")
+
+
+def differences(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = RESUMABLE_CHANGES) -> list[str]:
+    """Lines ``key: old -> new`` for the leaves that differ, skipping keys starting with ``ignore``."""
+    flat_old, flat_new = flatten(old), flatten(new)
+    lines = []
+    for key in sorted(set(flat_old) | set(flat_new)):
+        if key.startswith(ignore):
+            continue
+        a, b = flat_old.get(key, "<unset>"), flat_new.get(key, "<unset>")
+        if a != b:
+            lines.append(f"{key}: {a} -> {b}")
+    return lines

@@ -1,0 +1,290 @@
+"""Training-state checkpoints for exact resume, with no pickled objects.
+
+Layout (docs/training.md)::
+
+    RUN_DIR/checkpoints/
+      last -> last-00000120/          symlinks, each swapped atomically
+      best -> last-00000080/          the peak epoch's state (by checkpoint.best_metric)
+      recovery -> recovery-00000100/  mid-epoch state, every checkpoint.recovery_every_steps steps
+      last-00000120/
+        model.safetensors             raw weights, a vitreduce model checkpoint (vitreduce.load)
+        model_ema.safetensors         EMA weights (when the run has an EMA)
+        state.safetensors             optimizer state keyed by parameter name, every rank's RNG
+                                      states; its header holds the rest as JSON
+
+A checkpoint directory is written under a temporary name, synced and renamed, and only then do the
+symlinks point at it, so a run killed at any moment leaves the previous checkpoint intact. Shared
+tensors are stored once (by their first name), in the model files and in the optimizer state.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vitreduce.errors import VitreduceError
+from vitreduce.files import atomic_write, fsync_dir
+from vitreduce.reduction import checkpoint
+from vitreduce.reduction.params import alias_groups
+from vitreduce.reduction.weights import check_names_and_shapes
+
+FORMAT = "vitreduce.trainstate.v1"
+KINDS = ("last", "best", "recovery")
+_MODEL, _EMA, _STATE = "model.safetensors", "model_ema.safetensors", "state.safetensors"
+
+
+@dataclass
+class Position:
+    """Where training stands: what a resumed run continues from."""
+
+    epochs_done: int = 0  # completed epochs (trained, evaluated, logged)
+    batch: int = 0  # batches of epoch epochs_done + 1 already trained (per rank)
+    step: int = 0  # optimizer steps taken in total (skipped ones included)
+    world_size: int = 1
+    wall_s: float = 0.0  # training wall time so far, over every session of the run
+    # Running sums of the epoch in progress, so its train_loss comes out identical after a resume.
+    sums: dict[str, float] = field(default_factory=lambda: {"loss": 0.0, "steps": 0, "images": 0, "skipped": 0,
+                                                            "bad_images": 0, "elapsed_s": 0.0})
+    best: dict[str, Any] | None = None  # {"metric": "ema_top1", "value": 81.2, "epoch": 219}
+
+
+@dataclass
+class Trainables:
+    """The objects a checkpoint saves and restores."""
+
+    module: nn.Module  # the unwrapped model
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # a timm scheduler
+    scaler: torch.amp.GradScaler
+    ema: Any = None  # vitreduce.train.ema.Ema or None
+    names: dict[int, str] = field(default_factory=dict)  # id(param) -> name (optim.param_names)
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving
+
+
+def save(ckpt_dir: str | os.PathLike, kinds: list[str], trainables: Trainables, position: Position,
+         rng_states: list[dict[str, Any]], on_written=None) -> Path:
+    """Write one checkpoint and point each of ``kinds`` ('last', 'best', 'recovery') at it.
+
+    Args:
+        ckpt_dir: RUN_DIR/checkpoints.
+        kinds: the symlinks to point at the new checkpoint (its directory is named after the first).
+        trainables: model, optimizer, scheduler, scaler, EMA.
+        position: where training stands.
+        rng_states: every rank's ``capture_rng()``, in rank order.
+        on_written: called after the files are written, before they become visible (a test hook).
+    """
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    name = f"{kinds[0]}-{position.step:08d}"
+    final, tmp = ckpt_dir / name, ckpt_dir / f".{name}.tmp"
+    if final.exists() and name in _referenced(ckpt_dir):
+        raise VitreduceError(f"checkpoint {final} already exists and is in use; the step counter went backwards")
+    for stale in (final, tmp):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp.mkdir()
+    metadata = {"epoch": str(position.epochs_done), "step": str(position.step)}
+    checkpoint.save(trainables.module, tmp / _MODEL, metadata={**metadata, "weights": "raw"})
+    if trainables.ema is not None:
+        checkpoint.save(trainables.ema.module, tmp / _EMA, metadata={**metadata, "weights": "ema"})
+    tensors, header = _optimizer_tensors(trainables)
+    rng_tensors, rng_header = _rng_tensors(rng_states)
+    header.update(rng_header)
+    header.update({
+        "position": asdict(position),
+        "scheduler": trainables.scheduler.state_dict(),
+        "scaler": trainables.scaler.state_dict(),
+    })
+    meta = {"format": FORMAT, "state": json.dumps(header)}
+    atomic_write(tmp / _STATE, lambda path: save_file({**tensors, **rng_tensors}, path, metadata=meta))
+    if on_written is not None:
+        on_written()
+    fsync_dir(tmp)
+    os.replace(tmp, final)
+    fsync_dir(ckpt_dir)
+    for kind in kinds:
+        _point(ckpt_dir / kind, name)
+    _prune(ckpt_dir)
+    return final
+
+
+def _optimizer_tensors(t: Trainables) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Optimizer state keyed ``optim/<param name>/<key>``; hyperparameters and scalars as JSON."""
+    tensors, scalars, groups = {}, {}, []
+    for group in t.optimizer.param_groups:
+        names = [t.names[id(p)] for p in group["params"]]
+        groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": names})
+        for param, name in zip(group["params"], names, strict=True):
+            for key, value in t.optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"optim/{name}/{key}"] = value.detach().cpu().contiguous()
+                else:
+                    scalars.setdefault(name, {})[key] = value
+    return tensors, {"param_groups": groups, "optim_scalars": scalars}
+
+
+def _point(link: Path, target: str) -> None:
+    tmp = link.with_name(f".{link.name}.link")
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+    fsync_dir(link.parent)
+
+
+def _referenced(ckpt_dir: Path) -> set[str]:
+    return {os.readlink(ckpt_dir / kind) for kind in KINDS if (ckpt_dir / kind).is_symlink()}
+
+
+def _prune(ckpt_dir: Path) -> None:
+    """Remove checkpoint directories no symlink points at (superseded, or left by a killed save)."""
+    keep = _referenced(ckpt_dir) | set(KINDS)
+    for entry in ckpt_dir.iterdir():
+        if entry.name not in keep and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG states (every rank's: each rank draws its own drop-path masks)
+
+
+def capture_rng() -> dict[str, Any]:
+    """This process's python, numpy, torch CPU and CUDA RNG states (plain values and tensors)."""
+    version, words, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": torch.tensor(words, dtype=torch.int64),
+        "python_meta": [version, gauss],
+        "numpy": torch.from_numpy(keys.astype(np.int64)),
+        "numpy_meta": [kind, int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Set this process's RNGs to a ``capture_rng()`` result."""
+    version, gauss = state["python_meta"]
+    random.setstate((version, tuple(state["python"].tolist()), gauss))
+    kind, pos, has_gauss, cached = state["numpy_meta"]
+    np.random.set_state((kind, state["numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _rng_tensors(states: list[dict[str, Any]]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors, meta = {}, []
+    for rank, state in enumerate(states):
+        tensors[f"rng/{rank}/python"] = state["python"]
+        tensors[f"rng/{rank}/numpy"] = state["numpy"]
+        tensors[f"rng/{rank}/torch"] = state["torch"]
+        for device, cuda_state in enumerate(state["cuda"]):
+            tensors[f"rng/{rank}/cuda/{device}"] = cuda_state
+        meta.append({"python": state["python_meta"], "numpy": state["numpy_meta"], "cuda": len(state["cuda"])})
+    return tensors, {"rng": meta}
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding and loading
+
+
+def latest(ckpt_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint directory among ``last`` and ``recovery`` (most steps), or None."""
+    ckpt_dir = Path(ckpt_dir)
+    found = []
+    for kind in ("last", "recovery"):
+        link = ckpt_dir / kind
+        if link.is_symlink() and (link / _STATE).is_file():
+            found.append((read_position(link).step, kind == "last", link.resolve()))
+    return max(found)[2] if found else None
+
+
+def _header(path: Path) -> tuple[dict[str, Any], set[str]]:
+    with safe_open(str(path / _STATE), framework="pt") as handle:
+        meta, keys = handle.metadata() or {}, set(handle.keys())  # noqa: SIM118 (safe_open has no __iter__)
+    if meta.get("format") != FORMAT:
+        raise VitreduceError(f"{path / _STATE} is not a vitreduce training state")
+    return json.loads(meta["state"]), keys
+
+
+def read_position(path: str | os.PathLike) -> Position:
+    """The position stored in a checkpoint directory."""
+    return Position(**_header(Path(path))[0]["position"])
+
+
+def load(path: str | os.PathLike, trainables: Trainables, rank: int) -> tuple[Position, dict[str, Any]]:
+    """Restore model, EMA, optimizer, scheduler and scaler from a checkpoint directory.
+
+    Returns the position and this rank's RNG state (restore it with ``restore_rng`` at the moment
+    the saving run captured it).
+    """
+    path = Path(path)
+    header, _ = _header(path)
+    load_model_file(path / _MODEL, trainables.module)
+    if trainables.ema is not None:
+        if not (path / _EMA).is_file():
+            raise VitreduceError(f"{path} has no EMA weights, but the config enables the EMA")
+        load_model_file(path / _EMA, trainables.ema.module)
+    tensors = load_file(str(path / _STATE))
+    _load_optimizer(trainables, header, tensors, source=path)
+    trainables.scheduler.load_state_dict(header["scheduler"])
+    if header["scaler"]:
+        trainables.scaler.load_state_dict(header["scaler"])
+    position = Position(**header["position"])
+    meta = header["rng"][rank]
+    rng = {
+        "python": tensors[f"rng/{rank}/python"], "python_meta": meta["python"],
+        "numpy": tensors[f"rng/{rank}/numpy"], "numpy_meta": meta["numpy"],
+        "torch": tensors[f"rng/{rank}/torch"],
+        "cuda": [tensors[f"rng/{rank}/cuda/{d}"] for d in range(meta["cuda"])],
+    }
+    return position, rng
+
+
+def load_model_file(path: str | os.PathLike, module: nn.Module) -> None:
+    """Copy a vitreduce model file's tensors into an existing model of the same layout (strict)."""
+    aliases = alias_groups(module)
+    targets = {n: t for n, t in module.state_dict(keep_vars=True).items() if aliases.get(n, n) == n}
+    stored = load_file(str(path))
+    check_names_and_shapes(path, {n: tuple(t.shape) for n, t in stored.items()},
+                           {n: tuple(t.shape) for n, t in targets.items()})
+    with torch.no_grad():
+        for name, target in targets.items():
+            target.copy_(stored[name])
+
+
+def _load_optimizer(t: Trainables, header: dict[str, Any], tensors: dict[str, torch.Tensor], source: Path) -> None:
+    index, groups = {}, []
+    for group, saved in zip(t.optimizer.param_groups, header["param_groups"], strict=False):
+        names = [t.names[id(p)] for p in group["params"]]
+        if names != saved["params"]:
+            raise VitreduceError(f"{source}: the optimizer's parameter groups differ from this model's")
+        for name in names:
+            index[name] = len(index)
+        groups.append({**{k: _tuple_if_list(v) for k, v in saved.items()}, "params": [index[n] for n in names]})
+    if len(groups) != len(header["param_groups"]) or len(groups) != len(t.optimizer.param_groups):
+        raise VitreduceError(f"{source}: the optimizer has a different number of parameter groups")
+    state: dict[int, dict[str, Any]] = {}
+    for key, tensor in tensors.items():
+        if key.startswith("optim/"):
+            name, _, item = key[len("optim/"):].rpartition("/")
+            state.setdefault(index[name], {})[item] = tensor
+    for name, values in header["optim_scalars"].items():
+        state.setdefault(index[name], {}).update(values)
+    t.optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _tuple_if_list(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
