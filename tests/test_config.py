@@ -8,7 +8,7 @@ import yaml
 
 from vitreduce.cli.main import main
 from vitreduce.errors import VitreduceError
-from vitreduce.train.config import TrainConfig, differences, dump, load_config, validate
+from vitreduce.train.config import TrainConfig, changed_keys, dump, load_config, validate
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = sorted((REPO / "configs" / "paper").glob("*.yaml"))
@@ -49,13 +49,13 @@ def test_paper_configs_state_the_recipe():
     assert [c.model.reduction for c in configs] == ["none", "grouped", "shallow:ratio=0.5"]
     dicts = [c.to_dict() for c in configs]
     for other in dicts[1:]:
-        assert differences(dicts[0], other) == [f"model.reduction: none -> {other['model']['reduction']}"]
+        assert changed_keys(dicts[0], other) == [f"model.reduction: none -> {other['model']['reduction']}"]
 
 
 def test_demo_configs_differ_only_by_reduction():
     dicts = [load_config(p).to_dict() for p in DEMO]
     for other in dicts[1:]:
-        assert [line.split(":")[0] for line in differences(dicts[0], other)] == ["model.reduction"]
+        assert [line.split(":")[0] for line in changed_keys(dicts[0], other)] == ["model.reduction"]
 
 
 def _write(tmp_path, tree) -> Path:
@@ -122,9 +122,9 @@ def test_resolved_config_round_trips_and_differences_name_keys(tmp_path):
     again = load_config(path)
     assert again == config
     changed = load_config(path, ["optimizer.lr=0.004"])
-    assert differences(config.to_dict(), changed.to_dict()) == [f"optimizer.lr: {config.optimizer.lr} -> 0.004"]
+    assert changed_keys(config.to_dict(), changed.to_dict()) == [f"optimizer.lr: {config.optimizer.lr} -> 0.004"]
     # Keys that cannot change the result may differ on resume.
-    assert differences(config.to_dict(), load_config(path, ["data.workers=7"]).to_dict()) == []
+    assert changed_keys(config.to_dict(), load_config(path, ["data.workers=7"]).to_dict()) == []
 
 
 def test_cli_refuses_a_bad_config_before_any_work(tmp_path, capsys):

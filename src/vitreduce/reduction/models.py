@@ -12,6 +12,7 @@ import timm
 from timm.models import register_model
 from torch import nn
 
+from vitreduce.config_tree import parse_assignment
 from vitreduce.errors import VitreduceError
 from vitreduce.reduction.spec import ReductionSpec
 from vitreduce.reduction.surgery import BASE_HIDDEN_ATTR, reduce, vit_blocks
@@ -68,18 +69,7 @@ def add_model_arg_option(parser) -> None:
 
 def parse_model_args(items: list[str]) -> dict[str, Any]:
     """``["depth=6", "qkv_bias=false"]`` -> ``{"depth": 6, "qkv_bias": False}``."""
-    import yaml
-
-    kwargs = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise VitreduceError(f"--model-arg {item!r} must look like KEY=VALUE, e.g. depth=6")
-        try:
-            kwargs[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as err:
-            raise VitreduceError(f"--model-arg {item!r}: value is not valid YAML ({err})") from None
-    return kwargs
+    return dict(parse_assignment(item, "--model-arg", "depth=6", form="KEY=VALUE") for item in items)
 
 
 def build_info(model: nn.Module) -> dict[str, Any]:

@@ -24,10 +24,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vitreduce.config_tree import apply_override, merge, read_yaml
 from vitreduce.errors import VitreduceError
 from vitreduce.study.analysis import AnalysisConfig
 from vitreduce.train import rundir
-from vitreduce.train.config import ModelConfig, TrainConfig, apply_override, differences, merge, read_yaml, validate
+from vitreduce.train.config import ModelConfig, TrainConfig, changed_keys, validate
 
 SPEC_FILE, RUNS, LOCK, LOG = "study.yaml", "runs", ".lock", "train.log"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -400,7 +401,7 @@ def spec_differences(old: StudySpec, new: StudySpec) -> list[str]:
     where: dict[str, list[str]] = {}
     common = [k for k in runs[1] if k in runs[0]]
     for v, s in common:
-        for line in differences(runs[0][v, s], runs[1][v, s]):
+        for line in changed_keys(runs[0][v, s], runs[1][v, s]):
             if not line.startswith("seed:"):
                 where.setdefault(line, []).append(f"{v}/seed{s}")
     for line, labels in where.items():

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import difflib
 import os
-from pathlib import Path
 from typing import Any, Literal
 
 import timm
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vitreduce.config_tree import apply_override, differences, explain_error, merge, read_yaml
 from vitreduce.data.loaders import AugmentConfig, DataConfig
 from vitreduce.errors import VitreduceError
 from vitreduce.reduction.spec import ReductionSpec
@@ -220,76 +220,17 @@ def load_config(paths: str | os.PathLike | list, overrides: list[str] = ()) -> T
     return validate(tree, source=", ".join(str(p) for p in paths))
 
 
-def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """A YAML file holding a mapping; clear errors for a missing or malformed file."""
-    path = Path(path)
-    if not path.is_file():
-        raise VitreduceError(f"config file {path} does not exist")
-    try:
-        tree = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise VitreduceError(f"{path} is not valid YAML: {err}") from None
-    if tree is None:
-        return {}
-    if not isinstance(tree, dict):
-        raise VitreduceError(f"{path} must hold a mapping of config sections, found {type(tree).__name__}")
-    return tree
-
-
-def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Recursive merge: mappings merge key by key, anything else in ``update`` replaces."""
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def apply_override(tree: dict[str, Any], item: str) -> None:
-    """Apply one ``a.b.c=value`` override in place (value parsed as YAML)."""
-    key, sep, text = item.partition("=")
-    key = key.strip()
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise VitreduceError(f"--set {item!r}: expected dotted.key=value, e.g. optimizer.lr=0.002")
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise VitreduceError(f"--set {item!r}: the value is not valid YAML ({err})") from None
-    *parents, leaf = key.split(".")
-    node = tree
-    for depth, part in enumerate(parents):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            where = ".".join(parents[: depth + 1])
-            raise VitreduceError(f"--set {item!r}: {where} is a value ({child!r}), not a section")
-        node = child
-    node[leaf] = value
-
-
 def validate(tree: dict[str, Any], source: str = "config") -> TrainConfig:
     """Validate a config tree; one VitreduceError listing every problem with its dotted key."""
     try:
         return TrainConfig.model_validate(tree)
     except ValidationError as err:
-        problems = [_describe(error) for error in err.errors()]
+        problems = [explain_error(e, _valid_keys, loc=_location(e)) for e in err.errors()]
         raise VitreduceError(f"invalid config ({source}):\n  " + "\n  ".join(problems)) from None
 
 
-def _describe(error: dict[str, Any]) -> str:
-    loc = [str(part) for part in error["loc"] if not str(part).endswith("Config")]  # drop union tags
-    key = ".".join(loc) or "(top level)"
-    if error["type"] == "extra_forbidden":
-        valid = _valid_keys(loc[:-1])
-        close = difflib.get_close_matches(loc[-1], valid, n=3, cutoff=0.5)
-        prefix = ".".join(loc[:-1] + [""])
-        hint = f"did you mean {', '.join(prefix + c for c in close)}? " if close else ""
-        return f"{key}: unknown key; {hint}valid keys here: {', '.join(valid)}"
-    if error["type"] == "missing":
-        return f"{key}: required, not set"
-    message = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    return f"{key}: {message} (got {error.get('input')!r})"
+def _location(error: dict[str, Any]) -> list[str]:
+    return [str(part) for part in error["loc"] if not str(part).endswith("Config")]  # drop union tags
 
 
 def _valid_keys(loc: list[str]) -> list[str]:
@@ -319,29 +260,10 @@ def dump(config: TrainConfig) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
 
 
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{dotted.key: leaf value} of a nested mapping."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 # Keys that may change when a run resumes: they do not affect the weights or the metrics.
 RESUMABLE_CHANGES = ("logging.", "data.workers", "data.pin_memory")
 
 
-def differences(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = RESUMABLE_CHANGES) -> list[str]:
-    """Lines ``key: old -> new`` for the leaves that differ, skipping keys starting with ``ignore``."""
-    flat_old, flat_new = flatten(old), flatten(new)
-    lines = []
-    for key in sorted(set(flat_old) | set(flat_new)):
-        if key.startswith(ignore):
-            continue
-        a, b = flat_old.get(key, "<unset>"), flat_new.get(key, "<unset>")
-        if a != b:
-            lines.append(f"{key}: {a} -> {b}")
-    return lines
+def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Lines ``key: old -> new`` for the settings that differ and would change a resumed run."""
+    return differences(old, new, ignore=RESUMABLE_CHANGES)

@@ -4,10 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vitreduce.config_tree import read_yaml
 from vitreduce.data.loaders import AugmentConfig, DataConfig, build_eval_loader
 from vitreduce.errors import VitreduceError
 from vitreduce.reduction import checkpoint
-from vitreduce.train.config import read_yaml
 from vitreduce.train.distributed import resolve_device
 from vitreduce.train.rundir import CONFIG
 from vitreduce.train.step import evaluate

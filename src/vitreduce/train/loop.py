@@ -19,15 +19,17 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from vitreduce.console import Progress
 from vitreduce.data import loaders as data
 from vitreduce.errors import VitreduceError
+from vitreduce.files import write_json
 from vitreduce.reduction import checkpoint
 from vitreduce.reduction.accounting import describe
 from vitreduce.train import distributed, rundir, state
 from vitreduce.train.config import SynthConfig, TrainConfig
 from vitreduce.train.distributed import DistInfo, gather_objects
 from vitreduce.train.ema import Ema
-from vitreduce.train.logs import MetricsFile, Progress, TensorBoard
+from vitreduce.train.logs import MetricsFile, TensorBoard
 from vitreduce.train.model import build_model
 from vitreduce.train.optim import create_optimizer, create_scheduler, param_names
 from vitreduce.train.step import EvalResult, NonFiniteError, StepContext, evaluate, train_step
@@ -137,7 +139,7 @@ class _Run:
                   "embed_dim": desc.embed_dim, "macs_linear_g": desc.macs_linear_g, "macs_total_g": desc.macs_total_g,
                   "num_classes": self.cfg.model.num_classes, "epochs": self.cfg.epochs,
                   "vitreduce_version": __version__, "world_size": self.info.world_size}
-        self.info.on_main(rundir.write_json, self.out / rundir.RUN, record)
+        self.info.on_main(write_json, self.out / rundir.RUN, record)
         _seed_everything(self.cfg.seed + self.info.rank)  # per-rank streams for drop-path, as timm does
         return state.Position(world_size=self.info.world_size)
 
@@ -311,7 +313,7 @@ class _Run:
         if self.ema is not None:
             checkpoint.save(self.ema.module, self.out / "model_ema.safetensors", {**metadata, "weights": "ema"})
         wall = self.wall_base + time.perf_counter() - self.session_start
-        rundir.write_json(self.out / rundir.DONE, {"epochs": self.cfg.epochs, "wall_s": wall, "final": self.final})
+        write_json(self.out / rundir.DONE, {"epochs": self.cfg.epochs, "wall_s": wall, "final": self.final})
         self.progress.write(f"done: {self.out} ({_summary({'epoch': self.cfg.epochs, **self.final}, self.cfg.epochs)})")
 
     def _kill_hook(self, event: str) -> None:

@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 
 from vitreduce.errors import VitreduceError
-from vitreduce.files import atomic_write
-from vitreduce.train.config import TrainConfig, differences, dump
+from vitreduce.files import write_text
+from vitreduce.train.config import TrainConfig, changed_keys, dump
 from vitreduce.train.state import latest
 
 CONFIG, RUN, METRICS, PREDICTIONS, DONE = "config.yaml", "run.json", "metrics.jsonl", "predictions.csv", "done.json"
@@ -49,7 +49,7 @@ def inspect(out: Path, config: TrainConfig, must_exist: bool = False) -> RunStar
             old = yaml.safe_load(saved.read_text())
         except yaml.YAMLError as err:
             raise VitreduceError(f"{saved} is not valid YAML ({err}); it was not written by vitreduce") from None
-        changed = differences(old or {}, config.to_dict())
+        changed = changed_keys(old or {}, config.to_dict())
         if changed:
             raise VitreduceError(
                 f"{out} holds a run made with a different config; use another --out, or the same config.\n  "
@@ -77,18 +77,6 @@ def begin(out: Path, config: TrainConfig) -> None:
         raise VitreduceError(f"run directory {out} is not writable; choose another --out or fix its permissions")
     if not (out / CONFIG).is_file():
         write_text(out / CONFIG, dump(config))
-
-
-def write_text(path: Path, text: str) -> None:
-    """Atomic text write with a clear error when the run directory is not writable."""
-    try:
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-    except OSError as err:
-        raise VitreduceError(f"cannot write {path}: {err.strerror or err}; choose a writable --out") from None
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def write_predictions(path: Path, indices, labels, raw, ema=None) -> None:
