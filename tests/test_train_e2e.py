@@ -80,8 +80,7 @@ def test_synth_data_tensorboard_and_eval(tmp_path, capsys):
 
 
 def test_synth_folder_made_with_other_settings_is_refused(dataset):
-    from vitreduce.train.config import SynthConfig
-    from vitreduce.train.loop import ensure_synth
+    from vitreduce.data.synth import SynthConfig, ensure_synth
 
     ensure_synth(dataset, SynthConfig(classes=4, train_per_class=8, val_per_class=4, size=16))  # matches: used
     with pytest.raises(vitreduce.VitreduceError, match="delete that folder or point data.root elsewhere"):

@@ -18,8 +18,6 @@ from vitreduce.reduction.checkpoint import build_from_metadata, read_metadata
 from vitreduce.reduction.models import add_model_arg_option, create_model, parse_model_args
 from vitreduce.reduction.spec import ReductionSpec
 
-JSON_KEYS = ("model", "reduction", "params", "mlp_params", "unique_mlps", "mlp_hidden", "macs_linear_g", "macs_total_g")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="timm model name (e.g. vit_base_patch16_224) or a vitreduce .safetensors file")
@@ -35,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     descriptions = describe_variants(args.model, args.reduction, args.img_size, parse_model_args(args.model_arg))
     if args.json:
-        print(json.dumps([{key: d.as_dict()[key] for key in JSON_KEYS} for d in descriptions], indent=2))
+        # The run.json record without embed_dim, which the architecture table does not show either.
+        rows = [{k: v for k, v in d.record().items() if k != "embed_dim"} for d in descriptions]
+        print(json.dumps(rows, indent=2))
     else:
         print(format_table(descriptions))
     return 0

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
 
 from vitreduce.errors import VitreduceError
 
@@ -368,3 +369,31 @@ def _swap_in(new: Path, out: Path) -> None:
         os.replace(new / MARKER, out / MARKER)
     finally:
         shutil.rmtree(trash, ignore_errors=True)
+
+
+class SynthConfig(BaseModel):
+    """The ``synth:`` section of a train config: generate data.root with this module when it does not exist."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = Field(0, ge=0)
+    classes: int = Field(10, ge=2)
+    train_per_class: int = Field(500, ge=1)
+    val_per_class: int = Field(100, ge=1)
+    size: int = Field(32, ge=8)
+
+
+def ensure_synth(root: Path, synth: SynthConfig) -> None:
+    """Generate the built-in dataset at ``root`` if missing; refuse one generated with other settings."""
+    wanted = {"seed": synth.seed, "classes": synth.classes, "size": synth.size,
+              "train_per_class": synth.train_per_class, "val_per_class": synth.val_per_class}
+    if not root.exists():
+        print(f"data.root {root} does not exist: generating the built-in dataset there ({synth})")
+        make_dataset(root, **wanted)
+        return
+    if (root / MARKER).is_file():
+        marker = json.loads((root / MARKER).read_text())
+        found = {**{k: marker.get(k) for k in wanted}, "classes": len(marker.get("classes", []))}
+        if found != wanted:
+            raise VitreduceError(f"data.root {root} holds a synthetic dataset made with {found}, the config's synth "
+                                 f"section asks for {wanted}: delete that folder or point data.root elsewhere")

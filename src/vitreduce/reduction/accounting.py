@@ -19,6 +19,11 @@ from vitreduce.reduction.params import count_unique
 from vitreduce.reduction.spec import ReductionSpec
 from vitreduce.reduction.surgery import REDUCTION_ATTR, unique_mlps, vit_blocks
 
+# What a run directory's run.json and `vitreduce inspect --json` record of a model (``expansion``
+# follows from mlp_hidden / embed_dim).
+RECORD_FIELDS = ("model", "reduction", "params", "mlp_params", "unique_mlps", "mlp_hidden", "embed_dim",
+                 "macs_linear_g", "macs_total_g")
+
 
 @dataclass(frozen=True)
 class ModelDescription:
@@ -37,6 +42,10 @@ class ModelDescription:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def record(self) -> dict:
+        """The fields of RECORD_FIELDS, in that order."""
+        return {key: getattr(self, key) for key in RECORD_FIELDS}
 
 
 def model_name(model: nn.Module) -> str:

@@ -23,7 +23,7 @@ from vitreduce.reduction.models import build_info, create_model
 from vitreduce.reduction.params import alias_groups
 from vitreduce.reduction.spec import ReductionSpec
 from vitreduce.reduction.surgery import REDUCTION_ATTR
-from vitreduce.reduction.weights import check_names_and_shapes
+from vitreduce.reduction.weights import copy_unique_tensors
 
 FORMAT = "vitreduce.model.v1"
 
@@ -109,18 +109,16 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
             f"{str(path)!r}: its shared-tensor layout differs from what reduction "
             f"{metadata['reduction']!r} builds; the file was written by a different vitreduce or edited"
         )
-    targets = {n: t for n, t in state.items() if n not in expected_aliases}
-    _load_tensors(path, targets)
+    read_weights_into(model, path)
     return model
 
 
-def _load_tensors(path: str | os.PathLike, targets: dict[str, torch.Tensor]) -> None:
+def read_weights_into(model: nn.Module, path: str | os.PathLike) -> None:
+    """Copy a vitreduce model file's tensors into a model of the same layout, strictly (each shared
+    tensor is stored once, under its first name)."""
     try:
         with safe_open(str(path), framework="pt") as handle:
-            stored = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-            check_names_and_shapes(path, stored, {n: tuple(t.shape) for n, t in targets.items()})
-            with torch.no_grad():
-                for name, target in targets.items():
-                    target.copy_(handle.get_tensor(name))
+            shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+            copy_unique_tensors(model, shapes, handle.get_tensor, path)
     except SafetensorError as err:
         raise VitreduceError(f"{str(path)!r} could not be read ({err}); it may be truncated or corrupted") from None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from vitreduce.errors import VitreduceError
+from vitreduce.reduction.params import alias_groups
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin")
 _WRAPPER_KEYS = ("state_dict", "model", "module")  # timm train.py / DeiT / generic checkpoints
@@ -96,3 +97,25 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str | os
     expected = {n: tuple(t.shape) for n, t in model.state_dict().items()}
     check_names_and_shapes(source, {n: tuple(t.shape) for n, t in state.items()}, expected)
     model.load_state_dict(state, strict=True)
+
+
+def copy_unique_tensors(model: nn.Module, shapes: dict[str, tuple], get: Callable[[str], torch.Tensor],
+                        source: str | os.PathLike, keep_fresh: Iterable[str] = ()) -> None:
+    """Copy stored tensors into each distinct tensor of ``model`` (a shared one once, by its first name).
+
+    Args:
+        model: the model to fill; its sharing is already built.
+        shapes: {name: shape} of what the source holds (aliases of shared tensors left out).
+        get: reads one stored tensor by name (lazily, so a large file is never held twice).
+        source: named in errors.
+        keep_fresh: names to leave as initialised (e.g. a classifier head of another size).
+    """
+    keep_fresh = set(keep_fresh)
+    aliases = alias_groups(model)
+    targets = {n: t for n, t in model.state_dict(keep_vars=True).items()
+               if aliases.get(n, n) == n and n not in keep_fresh}
+    stored = {n: shape for n, shape in shapes.items() if n not in keep_fresh}
+    check_names_and_shapes(source, stored, {n: tuple(t.shape) for n, t in targets.items()})
+    with torch.no_grad():
+        for name, target in targets.items():
+            target.copy_(get(name))

@@ -15,18 +15,16 @@ import numpy as np
 import yaml
 
 from vitreduce.errors import VitreduceError
+from vitreduce.numbers import is_finite
+from vitreduce.reduction.accounting import RECORD_FIELDS
+from vitreduce.train.logs import read_metrics
 
 MODEL_KINDS = ("raw", "ema")
 DEFAULT_SPIKE_THRESHOLD = 0.10  # an epoch's train loss more than 10% above the reference minimum
 DEFAULT_SPIKE_WINDOW = 5  # reference = minimum over the previous 5 logged epochs
 # run.json fields that describe the model; every seed of a variant must agree on them.
-ARCH_KEYS = ("model", "reduction", "params", "mlp_params", "unique_mlps", "mlp_hidden", "embed_dim",
-             "macs_linear_g", "macs_total_g", "num_classes", "epochs")
+ARCH_KEYS = (*RECORD_FIELDS, "num_classes", "epochs")
 _SEED_DIR = re.compile(r"seed(\d+)")
-
-
-def _finite(x) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _read_json(path: Path) -> dict:
@@ -37,33 +35,6 @@ def _read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise VitreduceError(f"{path} must hold a JSON object, found {type(data).__name__}")
     return data
-
-
-def read_metrics(path: Path | str) -> list[dict]:
-    """The epoch records of a metrics.jsonl, sorted by epoch.
-
-    A last line without a newline that does not parse is a write in progress and is ignored. A bad line
-    anywhere else is corruption and raises. When an epoch is logged twice (a run resumed from an earlier
-    checkpoint logs the epochs after it again), the later record wins.
-    """
-    path = Path(path)
-    lines = path.read_text().split("\n")  # a complete file ends with "\n", so the last item is ""
-    by_epoch: dict[int, dict] = {}
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        partial = i == len(lines) - 1
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            if partial:
-                break
-            raise VitreduceError(f"{path}:{i + 1} is not a JSON line ({err.msg}); fix or delete that line") from err
-        epoch = record.get("epoch") if isinstance(record, dict) else None
-        if not isinstance(epoch, int) or isinstance(epoch, bool):
-            raise VitreduceError(f"{path}:{i + 1} has no integer 'epoch'; every line must be one epoch's record")
-        by_epoch[epoch] = record
-    return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 @dataclass(frozen=True)
@@ -85,7 +56,7 @@ def model_metrics(records: Sequence[dict], kind: str) -> ModelMetrics | None:
     if kind not in MODEL_KINDS:
         raise ValueError(f"kind must be one of {MODEL_KINDS}, got {kind!r}")
     points = [(r["epoch"], r[kind]) for r in records
-              if isinstance(r.get(kind), dict) and _finite(r[kind].get("top1"))]
+              if isinstance(r.get(kind), dict) and is_finite(r[kind].get("top1"))]
     if not points:
         return None
     epochs = tuple(e for e, _ in points)
@@ -94,7 +65,7 @@ def model_metrics(records: Sequence[dict], kind: str) -> ModelMetrics | None:
     peak_i = top1.index(peak)  # first occurrence: ties go to the earliest epoch
     top5 = points[-1][1].get("top5")
     return ModelMetrics(
-        epochs=epochs, top1=top1, top1_final=top1[-1], top5_final=float(top5) if _finite(top5) else None,
+        epochs=epochs, top1=top1, top1_final=top1[-1], top5_final=float(top5) if is_finite(top5) else None,
         top1_peak=peak, peak_epoch=epochs[peak_i], final_epoch=epochs[-1], p2f=peak - top1[-1],
     )
 
@@ -278,7 +249,7 @@ def summarize_variant(variant: str, runs: Sequence[RunMetrics]) -> dict:
     for key in ARCH_KEYS:
         out[key] = _common(runs, key, variant)
     hidden, embed = out["mlp_hidden"], out["embed_dim"]
-    out["expansion"] = hidden / embed if _finite(hidden) and _finite(embed) and embed else None
+    out["expansion"] = hidden / embed if is_finite(hidden) and is_finite(embed) and embed else None
     out["loss_spikes_mean"], out["loss_spikes_std"], _ = mean_std([r.loss_spikes for r in runs])
     for kind in MODEL_KINDS:
         out[kind] = summarize_kind(runs, kind)
@@ -291,7 +262,7 @@ def summarize_study(study: StudyRuns, throughput: dict | None = None) -> dict[st
     for variant, runs in study.variants.items():
         entry = summarize_variant(variant, runs)
         value = ((throughput or {}).get(variant) or {}).get("infer_img_s")
-        entry["throughput_img_s"] = float(value) if _finite(value) else None
+        entry["throughput_img_s"] = float(value) if is_finite(value) else None
         entry["baseline"] = variant == study.baseline
         summary[variant] = entry
     return summary

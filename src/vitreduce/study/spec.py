@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vitreduce.config_tree import apply_override, merge, read_yaml
+from vitreduce.data.synth import ensure_synth
 from vitreduce.errors import VitreduceError
 from vitreduce.study.analysis import AnalysisConfig
 from vitreduce.train import rundir
@@ -411,7 +412,6 @@ def spec_differences(old: StudySpec, new: StudySpec) -> list[str]:
 
 def ensure_synth_data(plans: list[RunPlan]) -> None:
     """Generate each built-in dataset a study needs once, up front (parallel runs would race to make it)."""
-    from vitreduce.train.loop import ensure_synth  # generates a missing one, refuses one made with other settings
 
     for (data, synth), _ in _distinct(plans, lambda p: (p.config.data, p.config.synth)):
         if synth is None:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from vitreduce.config_tree import apply_override, differences, explain_error, merge, read_yaml
 from vitreduce.data.loaders import AugmentConfig, DataConfig
+from vitreduce.data.synth import SynthConfig
 from vitreduce.errors import VitreduceError
 from vitreduce.reduction.spec import ReductionSpec
 
@@ -146,16 +147,6 @@ class FaultsConfig(_Section):
     """What to do when a step's loss or gradient is not finite."""
 
     nonfinite: Literal["halt", "skip"] = "halt"
-
-
-class SynthConfig(_Section):
-    """Generate data.root with vitreduce.data.synth when it does not exist (the built-in demo dataset)."""
-
-    seed: int = Field(0, ge=0)
-    classes: int = Field(10, ge=2)
-    train_per_class: int = Field(500, ge=1)
-    val_per_class: int = Field(100, ge=1)
-    size: int = Field(32, ge=8)
 
 
 class TrainConfig(_Section):

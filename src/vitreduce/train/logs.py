@@ -1,4 +1,4 @@
-"""What a run records besides checkpoints: metrics.jsonl and TensorBoard event files.
+"""What a run records besides checkpoints: metrics.jsonl (written and read here) and TensorBoard event files.
 
 All of it is rank 0's job; the trainer builds these objects through ``DistInfo.on_main``.
 """
@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from vitreduce.errors import VitreduceError
 from vitreduce.files import atomic_write
 
 
@@ -42,6 +43,33 @@ class MetricsFile:
             handle.write(line)
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def read_metrics(path: Path | str) -> list[dict]:
+    """The epoch records of a metrics.jsonl, sorted by epoch.
+
+    A last line without a newline that does not parse is a write in progress and is ignored. A bad line
+    anywhere else is corruption and raises. When an epoch is logged twice (a run resumed from an earlier
+    checkpoint logs the epochs after it again), the later record wins.
+    """
+    path = Path(path)
+    lines = path.read_text().split("\n")  # a complete file ends with "\n", so the last item is ""
+    by_epoch: dict[int, dict] = {}
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        partial = i == len(lines) - 1
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            if partial:
+                break
+            raise VitreduceError(f"{path}:{i + 1} is not a JSON line ({err.msg}); fix or delete that line") from err
+        epoch = record.get("epoch") if isinstance(record, dict) else None
+        if not isinstance(epoch, int) or isinstance(epoch, bool):
+            raise VitreduceError(f"{path}:{i + 1} has no integer 'epoch'; every line must be one epoch's record")
+        by_epoch[epoch] = record
+    return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 class TensorBoard:

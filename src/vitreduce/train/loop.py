@@ -6,7 +6,6 @@ calls it; only rank 0 writes.
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -21,12 +20,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from vitreduce.console import Progress
 from vitreduce.data import loaders as data
+from vitreduce.data.synth import ensure_synth
 from vitreduce.errors import VitreduceError
 from vitreduce.files import write_json
 from vitreduce.reduction import checkpoint
 from vitreduce.reduction.accounting import describe
 from vitreduce.train import distributed, rundir, state
-from vitreduce.train.config import SynthConfig, TrainConfig
+from vitreduce.train.config import TrainConfig
 from vitreduce.train.distributed import DistInfo, gather_objects
 from vitreduce.train.ema import Ema
 from vitreduce.train.logs import MetricsFile, TensorBoard
@@ -134,11 +134,8 @@ class _Run:
 
     def _fresh(self) -> state.Position:
         desc = describe(self.module)
-        record = {"model": desc.model, "reduction": desc.reduction, "seed": self.cfg.seed, "params": desc.params,
-                  "mlp_params": desc.mlp_params, "unique_mlps": desc.unique_mlps, "mlp_hidden": desc.mlp_hidden,
-                  "embed_dim": desc.embed_dim, "macs_linear_g": desc.macs_linear_g, "macs_total_g": desc.macs_total_g,
-                  "num_classes": self.cfg.model.num_classes, "epochs": self.cfg.epochs,
-                  "vitreduce_version": __version__, "world_size": self.info.world_size}
+        record = {**desc.record(), "seed": self.cfg.seed, "num_classes": self.cfg.model.num_classes,
+                  "epochs": self.cfg.epochs, "vitreduce_version": __version__, "world_size": self.info.world_size}
         self.info.on_main(write_json, self.out / rundir.RUN, record)
         _seed_everything(self.cfg.seed + self.info.rank)  # per-rank streams for drop-path, as timm does
         return state.Position(world_size=self.info.world_size)
@@ -326,24 +323,6 @@ class _Run:
             self.kills[event] = self.kills.get(event, 0) + 1
             if self.kills[event] == int(count):
                 os.kill(os.getpid(), signal.SIGKILL)
-
-
-def ensure_synth(root: Path, synth: SynthConfig) -> None:
-    """Generate the built-in dataset at ``root`` if missing; refuse one generated with other settings."""
-    from vitreduce.data.synth import MARKER, make_dataset
-
-    wanted = {"seed": synth.seed, "classes": synth.classes, "size": synth.size,
-              "train_per_class": synth.train_per_class, "val_per_class": synth.val_per_class}
-    if not root.exists():
-        print(f"data.root {root} does not exist: generating the built-in dataset there ({synth})")
-        make_dataset(root, **wanted)
-        return
-    if (root / MARKER).is_file():
-        marker = json.loads((root / MARKER).read_text())
-        found = {**{k: marker.get(k) for k in wanted}, "classes": len(marker.get("classes", []))}
-        if found != wanted:
-            raise VitreduceError(f"data.root {root} holds a synthetic dataset made with {found}, the config's synth "
-                                 f"section asks for {wanted}: delete that folder or point data.root elsewhere")
 
 
 def _seed_everything(seed: int) -> None:

@@ -22,7 +22,7 @@ from vitreduce.reduction.models import create_model
 from vitreduce.reduction.params import alias_groups
 from vitreduce.reduction.spec import ReductionSpec
 from vitreduce.reduction.surgery import reduce
-from vitreduce.reduction.weights import check_names_and_shapes, read_state_dict
+from vitreduce.reduction.weights import copy_unique_tensors, read_state_dict
 from vitreduce.train.config import ModelConfig
 
 
@@ -65,15 +65,7 @@ def _is_vitreduce(path: Path) -> bool:
 def _copy_weights(source: dict[str, torch.Tensor], model: nn.Module, path: Path) -> None:
     """Copy every unique tensor of ``model`` from ``source`` except a head of another size (kept fresh)."""
     aliases = alias_groups(model)
-    targets = {n: t for n, t in model.state_dict(keep_vars=True).items() if aliases.get(n, n) == n}
     source = {n: t for n, t in source.items() if aliases.get(n, n) == n}  # aliases repeat a stored tensor
-    fresh = {n for n in targets if n.startswith("head.") and n in source and source[n].shape != targets[n].shape}
-    check_names_and_shapes(
-        path,
-        {n: tuple(t.shape) for n, t in source.items() if n not in fresh},
-        {n: tuple(t.shape) for n, t in targets.items() if n not in fresh},
-    )
-    with torch.no_grad():
-        for name, target in targets.items():
-            if name not in fresh:
-                target.copy_(source[name])
+    targets = model.state_dict()
+    fresh = {n for n in source if n.startswith("head.") and n in targets and source[n].shape != targets[n].shape}
+    copy_unique_tensors(model, {n: tuple(t.shape) for n, t in source.items()}, source.__getitem__, path, fresh)

@@ -35,8 +35,6 @@ from torch import nn
 from vitreduce.errors import VitreduceError
 from vitreduce.files import atomic_write, fsync_dir
 from vitreduce.reduction import checkpoint
-from vitreduce.reduction.params import alias_groups
-from vitreduce.reduction.weights import check_names_and_shapes
 
 FORMAT = "vitreduce.trainstate.v1"
 KINDS = ("last", "best", "recovery")
@@ -232,11 +230,11 @@ def load(path: str | os.PathLike, trainables: Trainables, rank: int) -> tuple[Po
     """
     path = Path(path)
     header, _ = _header(path)
-    load_model_file(path / _MODEL, trainables.module)
+    checkpoint.read_weights_into(trainables.module, path / _MODEL)
     if trainables.ema is not None:
         if not (path / _EMA).is_file():
             raise VitreduceError(f"{path} has no EMA weights, but the config enables the EMA")
-        load_model_file(path / _EMA, trainables.ema.module)
+        checkpoint.read_weights_into(trainables.ema.module, path / _EMA)
     tensors = load_file(str(path / _STATE))
     _load_optimizer(trainables, header, tensors, source=path)
     trainables.scheduler.load_state_dict(header["scheduler"])
@@ -251,18 +249,6 @@ def load(path: str | os.PathLike, trainables: Trainables, rank: int) -> tuple[Po
         "cuda": [tensors[f"rng/{rank}/cuda/{d}"] for d in range(meta["cuda"])],
     }
     return position, rng
-
-
-def load_model_file(path: str | os.PathLike, module: nn.Module) -> None:
-    """Copy a vitreduce model file's tensors into an existing model of the same layout (strict)."""
-    aliases = alias_groups(module)
-    targets = {n: t for n, t in module.state_dict(keep_vars=True).items() if aliases.get(n, n) == n}
-    stored = load_file(str(path))
-    check_names_and_shapes(path, {n: tuple(t.shape) for n, t in stored.items()},
-                           {n: tuple(t.shape) for n, t in targets.items()})
-    with torch.no_grad():
-        for name, target in targets.items():
-            target.copy_(stored[name])
 
 
 def _load_optimizer(t: Trainables, header: dict[str, Any], tensors: dict[str, torch.Tensor], source: Path) -> None:
