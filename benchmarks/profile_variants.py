@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import shlex
@@ -23,8 +22,9 @@ from pathlib import Path
 import timm
 import torch
 
-from vitreduce.efficiency.profiler import VariantProfile, device_name, format_table, profile_variants
-from vitreduce.files import atomic_write
+from vitreduce.efficiency.profiler import profile_variants
+from vitreduce.efficiency.results import VariantProfile, device_name, format_table
+from vitreduce.files import write_json, write_text
 
 HEADING = "## Efficiency (profile_variants.py)"
 README = Path(__file__).resolve().parent / "README.md"
@@ -115,7 +115,7 @@ def section(args: argparse.Namespace, results: list[tuple[str, str, list[Variant
         "- **train-memory saving**: 1 - peak training memory of the variant / the baseline's. Peak memory on CPU: "
         "peak RSS of a fresh process running one step, minus its RSS before the model was built (weights, batch, "
         "activations, grads, AdamW state and allocator overhead); blocks of 64 KiB or more are mmapped so RSS "
-        "follows live tensors (see src/vitreduce/memory.py).",
+        "follows live tensors (see src/vitreduce/efficiency/memory.py).",
         "- **static saving**: the same for the exact bytes of weights + grads + AdamW state alone (no activations).",
         "- The paper's figures were measured on a GPU whose model, batch and precision were not published; its "
         "memory method was not published either.",
@@ -148,7 +148,7 @@ def update_readme(path: Path, text: str) -> None:
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
         rest = "".join(lines[end:])
         new = "".join(lines[:start]) + text + ("\n" + rest if rest else "")
-    atomic_write(path, lambda tmp: Path(tmp).write_text(new))
+    write_text(path, new)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + text)
     if args.json_out:
         payload = [{"model": m, "precision": p, "rows": [r.as_dict() for r in rows]} for m, p, rows in results]
-        atomic_write(args.json_out, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2) + "\n"))
+        write_json(args.json_out, payload)
     if not args.no_readme:
         update_readme(args.readme, text)
         print(f"updated {args.readme}")

@@ -21,10 +21,11 @@ import torch
 from torch import nn
 
 import vitreduce
+from vitreduce.device import autocast
 from vitreduce.train.config import OptimizerConfig
 from vitreduce.train.ema import Ema
 from vitreduce.train.optim import create_optimizer
-from vitreduce.train.step import StepContext, autocast, train_step
+from vitreduce.train.step import StepContext, train_step
 
 
 def parse() -> argparse.Namespace:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vitreduce.data.synth import make_dataset
+from vitreduce.data.synth import write_synth_dataset
 from vitreduce.errors import VitreduceError
 from vitreduce.study.analysis import AnalysisConfig, analyze_run, checkpoint_path
 from vitreduce.study.report import write_report
@@ -22,7 +22,7 @@ FAST = AnalysisConfig(batches=1, batch_size=8, iters=10, trace_samples=2, landsc
 def study(tmp_path_factory) -> Path:
     """A two-variant, one-seed study directory trained for 2 epochs on a tiny dataset."""
     root = tmp_path_factory.mktemp("study")
-    data = make_dataset(root / "data", classes=4, train_per_class=8, val_per_class=4, size=16)
+    data = write_synth_dataset(root / "data", classes=4, train_per_class=8, val_per_class=4, size=16)
     for variant, reduction in (("baseline", "none"), ("grouped", "grouped")):
         config = load_config([REPO / "configs" / "demo" / "baseline.yaml", REPO / "configs" / "tiny.yaml"],
                              [f"data.root={data}", f"model.reduction={reduction}", "epochs=2"])

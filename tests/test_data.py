@@ -11,7 +11,7 @@ from PIL import Image, ImageFile
 from pydantic import ValidationError
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-from vitreduce.data.loaders import (
+from vitreduce.data import (
     AugmentConfig,
     BadImageTracker,
     DataConfig,

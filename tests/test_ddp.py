@@ -12,7 +12,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from vitreduce.data.synth import make_dataset
+from vitreduce.data.synth import write_synth_dataset
 from vitreduce.train.config import validate
 from vitreduce.train.loop import train
 
@@ -36,7 +36,7 @@ def config_tree(root: Path, batch_size: int, accum_steps: int) -> dict:
 
 @pytest.mark.slow
 def test_two_ranks_match_one_process(tmp_path):
-    root = make_dataset(tmp_path / "data", classes=4, train_per_class=8, val_per_class=4, size=16)
+    root = write_synth_dataset(tmp_path / "data", classes=4, train_per_class=8, val_per_class=4, size=16)
     single = tmp_path / "single"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

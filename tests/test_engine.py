@@ -12,8 +12,9 @@ import vitreduce
 from vitreduce.reduction.params import unique_named_parameters
 from vitreduce.train.config import OptimizerConfig
 from vitreduce.train.ema import Ema
+from vitreduce.train.evaluate import evaluate
 from vitreduce.train.optim import create_optimizer, param_groups
-from vitreduce.train.step import NonFiniteError, StepContext, evaluate, train_step
+from vitreduce.train.step import NonFiniteError, StepContext, train_step
 
 TINY = dict(img_size=16, patch_size=4, embed_dim=16, depth=4, num_heads=2, num_classes=5)
 

@@ -75,7 +75,7 @@ def test_surfaces_restore_the_weights_bitwise_and_pass_through_the_checkpoint():
     model = tiny_vit()
     batches = random_batches()
     saved = snapshot(model)
-    base_loss, base_acc = landscape.evaluate(model, batches)
+    base_loss, base_acc = landscape.loss_and_accuracy(model, batches)
     d1 = landscape.random_direction(model, seed=0)
     d2 = landscape.random_direction(model, seed=1)
     line = landscape.surface_1d(model, batches, d1, steps=5, span=0.5)
@@ -109,8 +109,8 @@ def test_interpolation_endpoints_are_the_two_checkpoints():
     assert_bitwise_equal(second, saved_second)
     assert curve.alphas[0] == -0.25 and curve.alphas[-1] == 1.25
     losses = dict(zip(curve.alphas, curve.losses, strict=True))
-    assert losses[0.0] == landscape.evaluate(first, batches)[0]
-    assert losses[1.0] == landscape.evaluate(second, batches)[0]
+    assert losses[0.0] == landscape.loss_and_accuracy(first, batches)[0]
+    assert losses[1.0] == landscape.loss_and_accuracy(second, batches)[0]
 
 
 def test_interpolation_refuses_different_architectures():

@@ -9,7 +9,8 @@ import torch
 import vitreduce
 from vitreduce.cli.main import main
 from vitreduce.efficiency.memory import MB, static_memory
-from vitreduce.efficiency.profiler import TrainStep, make_batch, profile_variants, write_throughput_json
+from vitreduce.efficiency.profiler import profile_variants, write_throughput_json
+from vitreduce.efficiency.workload import TrainStep, make_batch
 from vitreduce.errors import VitreduceError
 from vitreduce.study.report import read_throughput
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from killer import KILLER
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from vitreduce.cli.main import main
-from vitreduce.data.synth import make_dataset
-from vitreduce.train.loop import KILL_ENV
+from vitreduce.data.synth import write_synth_dataset
 
 TIMING = ("img_s", "epoch_time_s")  # wall-clock fields: the only ones allowed to differ
 
@@ -38,8 +38,8 @@ def tiny_config(root: Path, workers: int) -> dict:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    return make_dataset(tmp_path_factory.mktemp("data") / "synth", classes=4, train_per_class=8, val_per_class=4,
-                        size=16)
+    return write_synth_dataset(tmp_path_factory.mktemp("data") / "synth", classes=4, train_per_class=8,
+                               val_per_class=4, size=16)
 
 
 def write_config(path: Path, tree: dict) -> Path:
@@ -48,12 +48,11 @@ def write_config(path: Path, tree: dict) -> Path:
 
 
 def run_cli(config: Path, out: Path, kill: str | None = None) -> subprocess.CompletedProcess:
+    """``vitreduce train CONFIG --out OUT``; with ``kill`` ("step:7"), tests/killer.py's run killed at that event."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same thread count in every run
-    env.pop(KILL_ENV, None)
-    if kill:
-        env[KILL_ENV] = kill
-    return subprocess.run([sys.executable, "-m", "vitreduce", "train", str(config), "--out", str(out)],
-                          env=env, capture_output=True, text=True, timeout=600)
+    command = [str(KILLER), kill, str(config), str(out)] if kill else ["-m", "vitreduce", "train", str(config),
+                                                                        "--out", str(out)]
+    return subprocess.run([sys.executable, *command], env=env, capture_output=True, text=True, timeout=600)
 
 
 def metrics(out: Path) -> list[dict]:

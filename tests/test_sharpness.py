@@ -14,8 +14,9 @@ import vitreduce
 from vitreduce.cli.main import main
 from vitreduce.errors import VitreduceError
 from vitreduce.reduction.params import unique_named_parameters, unique_parameters
+from vitreduce.sharpness.batches import load_batches
 from vitreduce.sharpness.hessian import top_eigenvalues
-from vitreduce.sharpness.measures import analysis_mode, analyze_sharpness, batch_losses, load_batches
+from vitreduce.sharpness.measures import analysis_mode, analyze_sharpness, batch_losses
 
 # Small enough for a dense Hessian (about 1k unique parameters), big enough to have every ViT part.
 TINY = dict(img_size=8, patch_size=4, in_chans=1, embed_dim=8, num_heads=2, mlp_ratio=2.0, num_classes=3)

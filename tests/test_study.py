@@ -11,24 +11,24 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from killer import KILLER
 
 from vitreduce import cli
 from vitreduce.cli import demo_cmd
 from vitreduce.errors import VitreduceError
-from vitreduce.study.runner import run_study
-from vitreduce.study.spec import (
+from vitreduce.study.plan import (
     LOCK,
     LOG,
     ensure_synth_data,
     expand,
-    load_spec,
-    parse_spec,
     preflight,
     prepare_runs,
     prepare_study_dir,
 )
+from vitreduce.study.runner import run_study
+from vitreduce.study.spec import load_spec, parse_spec
 from vitreduce.train import rundir
-from vitreduce.train.loop import KILL_ENV, train
+from vitreduce.train.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 STUDIES = REPO / "studies"
@@ -200,9 +200,8 @@ def test_interrupted_study_resumes_and_finished_runs_are_left_alone(tmp_path, ca
     prepare_study_dir(study, spec)
     ensure_synth_data(plans)
     prepare_runs([killed])
-    proc = subprocess.run([sys.executable, "-m", "vitreduce", "train", str(killed.run_dir / "config.yaml"),
-                           "--out", str(killed.run_dir)], env={**os.environ, KILL_ENV: "step:5",
-                                                               "OMP_NUM_THREADS": "1"}, capture_output=True)
+    proc = subprocess.run([sys.executable, str(KILLER), "step:5", str(killed.run_dir / "config.yaml"),
+                           str(killed.run_dir)], env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     assert not (killed.run_dir / rundir.DONE).exists()
 

@@ -48,16 +48,16 @@ def splits():
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
-    a = _files(synth.make_dataset(tmp_path / "a", seed=3, **SMALL))
-    b = _files(synth.make_dataset(tmp_path / "b", seed=3, **SMALL))
-    c = _files(synth.make_dataset(tmp_path / "c", seed=4, **SMALL))
+    a = _files(synth.write_synth_dataset(tmp_path / "a", seed=3, **SMALL))
+    b = _files(synth.write_synth_dataset(tmp_path / "b", seed=3, **SMALL))
+    c = _files(synth.write_synth_dataset(tmp_path / "c", seed=4, **SMALL))
     assert a == b
     assert a.keys() == c.keys()
     assert all(a[k] != c[k] for k in a if k.endswith(".png"))
 
 
 def test_files_match_in_memory_images(tmp_path):
-    out = synth.make_dataset(tmp_path / "d", seed=1, **SMALL)
+    out = synth.write_synth_dataset(tmp_path / "d", seed=1, **SMALL)
     images, labels = synth.generate(2, seed=1, classes=3, size=16, split="val")
     names = synth.class_names(3)
     for i, (img, label) in enumerate(zip(images, labels, strict=True)):
@@ -77,7 +77,7 @@ def test_train_and_val_differ():
 def test_layout_reads_as_timm_imagefolder(tmp_path):
     from timm.data import create_dataset
 
-    out = synth.make_dataset(tmp_path / "d", seed=0, **SMALL)
+    out = synth.write_synth_dataset(tmp_path / "d", seed=0, **SMALL)
     train = create_dataset("", root=str(out), split="train")
     val = create_dataset("", root=str(out), split="validation")  # timm looks for val/ too
     assert len(train) == 3 * 4 and len(val) == 3 * 2
@@ -111,7 +111,7 @@ def test_spatial_structure_is_learnable(splits):
 )
 def test_bad_arguments_write_nothing(tmp_path, kwargs, flag):
     with pytest.raises(VitreduceError, match=flag):
-        synth.make_dataset(tmp_path / "d", **{**SMALL, **kwargs})
+        synth.write_synth_dataset(tmp_path / "d", **{**SMALL, **kwargs})
     assert list(tmp_path.iterdir()) == []
 
 
@@ -121,16 +121,16 @@ def test_crash_leaves_no_dataset(tmp_path, monkeypatch):
 
     monkeypatch.setattr(synth.Image.Image, "save", boom)
     with pytest.raises(RuntimeError):
-        synth.make_dataset(tmp_path / "d", **SMALL)
+        synth.write_synth_dataset(tmp_path / "d", **SMALL)
     assert list(tmp_path.iterdir()) == []  # neither OUT nor the temporary directory
 
 
 def test_overwrite_replaces_only_its_own_files(tmp_path):
-    out = synth.make_dataset(tmp_path / "d", seed=0, **SMALL)
+    out = synth.write_synth_dataset(tmp_path / "d", seed=0, **SMALL)
     (out / "notes.txt").write_text("mine")
     with pytest.raises(VitreduceError, match="--overwrite"):
-        synth.make_dataset(out, seed=1, **SMALL)
-    synth.make_dataset(out, seed=1, overwrite=True, **{**SMALL, "classes": 2})
+        synth.write_synth_dataset(out, seed=1, **SMALL)
+    synth.write_synth_dataset(out, seed=1, overwrite=True, **{**SMALL, "classes": 2})
     assert (out / "notes.txt").read_text() == "mine"
     assert json.loads((out / synth.MARKER).read_text())["seed"] == 1
     assert sorted(p.name for p in (out / "train").iterdir()) == synth.class_names(2)
@@ -142,12 +142,12 @@ def test_overwrite_refuses_foreign_files(tmp_path):
     (foreign / "train").mkdir(parents=True)
     (foreign / "train" / "x.jpg").write_bytes(b"not ours")
     with pytest.raises(VitreduceError, match="not written by"):
-        synth.make_dataset(foreign, overwrite=True, **SMALL)
-    out = synth.make_dataset(tmp_path / "d", **SMALL)
+        synth.write_synth_dataset(foreign, overwrite=True, **SMALL)
+    out = synth.write_synth_dataset(tmp_path / "d", **SMALL)
     stray = out / "train" / synth.class_names(3)[0] / "extra.jpg"
     stray.write_bytes(b"user file")
     with pytest.raises(VitreduceError, match="extra.jpg"):
-        synth.make_dataset(out, overwrite=True, **SMALL)
+        synth.write_synth_dataset(out, overwrite=True, **SMALL)
     assert stray.read_bytes() == b"user file" and (foreign / "train" / "x.jpg").exists()
 
 
@@ -172,9 +172,9 @@ def test_cli_bad_argument_exits_2(tmp_path, capsys):
 
 def test_parallel_writers_of_one_dataset_agree(tmp_path):
     # Two runs of a study may both generate the same data.root; the second rename finds it full.
-    out = synth.make_dataset(tmp_path / "d", **SMALL)
-    twin = synth.make_dataset(tmp_path / "twin", **SMALL)
+    out = synth.write_synth_dataset(tmp_path / "d", **SMALL)
+    twin = synth.write_synth_dataset(tmp_path / "twin", **SMALL)
     synth._rename_into(twin, out, (twin / synth.MARKER).read_text())
-    other = synth.make_dataset(tmp_path / "other", seed=9, **SMALL)
+    other = synth.write_synth_dataset(tmp_path / "other", seed=9, **SMALL)
     with pytest.raises(VitreduceError, match="filled by something else"):
         synth._rename_into(other, out, (other / synth.MARKER).read_text())

@@ -12,7 +12,7 @@ import yaml
 
 import vitreduce
 from vitreduce.cli.main import main
-from vitreduce.data.synth import make_dataset
+from vitreduce.data.synth import write_synth_dataset
 from vitreduce.train.config import ModelConfig, load_config
 from vitreduce.train.model import build_model
 
@@ -35,8 +35,8 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    return make_dataset(tmp_path_factory.mktemp("data") / "synth", classes=4, train_per_class=8, val_per_class=4,
-                        size=16)
+    return write_synth_dataset(tmp_path_factory.mktemp("data") / "synth", classes=4, train_per_class=8,
+                               val_per_class=4, size=16)
 
 
 def train_cli(*args: str) -> int:

@@ -55,15 +55,16 @@ def parse_assignment(item: str, option: str = "--set", example: str = "optimizer
         raise VitreduceError(f"{option} {item!r}: the value is not valid YAML ({err})") from None
 
 
-def set_key(tree: dict[str, Any], key: str, value: Any, item: str | None = None) -> None:
-    """Set ``tree[a][b][c] = value`` for ``key`` 'a.b.c', creating sections; refuses to descend into a value."""
+def set_key(tree: dict[str, Any], key: str, value: Any, item: str | None = None, option: str = "--set") -> None:
+    """Set ``tree[a][b][c] = value`` for ``key`` 'a.b.c', creating sections; refuses to descend into a value
+    (the error names ``option`` and ``item``, e.g. ``--set 'a.b.c=1'``)."""
     *parents, leaf = key.split(".")
     node = tree
     for depth, part in enumerate(parents):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             where = ".".join(parents[: depth + 1])
-            raise VitreduceError(f"--set {item or key!r}: {where} is a value ({child!r}), not a section")
+            raise VitreduceError(f"{option} {item or key!r}: {where} is a value ({child!r}), not a section")
         node = child
     node[leaf] = value
 
@@ -99,7 +100,7 @@ def differences(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...
 
 
 def explain_error(error: dict[str, Any], valid_keys: Callable[[list[str]], list[str]], *,
-                  loc: list[str] | None = None, show_input: bool = True) -> str:
+                  loc: list[str] | None = None, show_input: bool = True, unknown: str = "unknown key") -> str:
     """One line for one pydantic error: the dotted key, what is wrong, and for an unknown key the
     close matches and the valid keys at that place.
 
@@ -108,6 +109,7 @@ def explain_error(error: dict[str, Any], valid_keys: Callable[[list[str]], list[
         valid_keys: the field names of the section at a location (a list of keys).
         loc: the location to report (default: the error's own).
         show_input: add the rejected value to value errors.
+        unknown: what an unknown key is called there (e.g. "unknown profile option").
     """
     loc = [str(part) for part in error["loc"]] if loc is None else loc
     key = ".".join(loc) or "(top level)"
@@ -116,10 +118,25 @@ def explain_error(error: dict[str, Any], valid_keys: Callable[[list[str]], list[
         close = difflib.get_close_matches(loc[-1], valid, n=3, cutoff=0.5)
         prefix = ".".join(loc[:-1] + [""])
         hint = f"did you mean {', '.join(prefix + c for c in close)}? " if close else ""
-        return f"{key}: unknown key; {hint}valid keys here: {', '.join(valid)}"
+        return f"{key}: {unknown}; {hint}valid keys here: {', '.join(valid)}"
     if error["type"] == "missing":
         return f"{key}: required, not set"
     message = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if show_input:
         message += f" (got {error.get('input')!r})"
     return f"{key}: {message}"
+
+
+def kwargs_from(source: Any, *names: str, **renamed: str) -> dict[str, Any]:
+    """Keyword arguments read from attributes of ``source`` (a config section, parsed CLI arguments),
+    for handing settings to a factory without repeating ``name=source.name`` for each one.
+
+    Args:
+        source: the object holding the values.
+        names: attributes passed under their own name.
+        renamed: ``keyword="attribute"`` pairs, for a factory that calls a setting by another name.
+
+    ``kwargs_from(cfg, "min_lr", rate="decay_rate")`` is ``{"min_lr": cfg.min_lr, "rate": cfg.decay_rate}``.
+    """
+    return {**{name: getattr(source, name) for name in names},
+            **{keyword: getattr(source, name) for keyword, name in renamed.items()}}

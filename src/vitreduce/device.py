@@ -26,10 +26,10 @@ def resolve_device(preference: str, option: str = "device") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     kind, _, index = text.partition(":")
     if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
-        raise VitreduceError(f"{option} {preference!r}: unknown device; use auto, cpu, cuda or cuda:N")
+        raise VitreduceError(f"{option}: unknown device {preference!r}; use auto, cpu, cuda or cuda:N")
     if kind == "cuda" and not torch.cuda.is_available():
-        raise VitreduceError(f"{option} {preference!r}, but torch {torch.__version__} sees no CUDA GPU; "
-                             f"use {option} cpu or auto")
+        raise VitreduceError(f"{option} {preference!r}, but CUDA is not available: torch {torch.__version__} "
+                             f"sees no CUDA GPU; use {option} cpu or auto")
     if index and int(index) >= torch.cuda.device_count():
         raise VitreduceError(f"{option} {preference!r}: only {torch.cuda.device_count()} CUDA device(s)")
     return torch.device(text)

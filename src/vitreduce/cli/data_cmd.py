@@ -10,6 +10,7 @@ import argparse
 import textwrap
 import time
 
+from vitreduce.config_tree import kwargs_from
 from vitreduce.data import synth
 
 _SYNTH_HELP = """Write the built-in synthetic dataset as OUT/train/<class>/*.png and OUT/val/<class>/*.png.
@@ -52,14 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # Only one verb so far; argparse has already refused any other.
     start = time.perf_counter()
-    out = synth.make_dataset(
-        args.out,
-        seed=args.seed,
-        classes=args.classes,
-        train_per_class=args.train_per_class,
-        val_per_class=args.val_per_class,
-        size=args.size,
-        overwrite=args.overwrite,
+    out = synth.write_synth_dataset(
+        args.out, **kwargs_from(args, "seed", "classes", "train_per_class", "val_per_class", "size", "overwrite")
     )
     n_train, n_val = args.classes * args.train_per_class, args.classes * args.val_per_class
     print(

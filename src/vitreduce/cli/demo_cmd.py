@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-# The studies/ folder of the source tree this package runs from (src/vitreduce/commands/ -> repo root).
+# The studies/ folder of the source tree this package runs from (src/vitreduce/cli/ -> repo root).
 STUDIES = Path(__file__).resolve().parents[3] / "studies"
 QUICK_NOTE = ("QUICK DEMO: 2 epochs on 400 training images, a smoke test of the pipeline; its numbers mean "
               "nothing. Run `vitreduce demo` (about 4 minutes on 2 cores) for the real demo.")

@@ -40,17 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from vitreduce.errors import VitreduceError
+    from vitreduce.device import resolve_device
     from vitreduce.reduction.checkpoint import load
     from vitreduce.sharpness import landscape
-    from vitreduce.sharpness.measures import ConsoleProgress, load_batches
+    from vitreduce.sharpness.batches import load_batches
+    from vitreduce.sharpness.progress import ConsoleProgress
 
     landscape.grid(args.steps, args.span)  # refuse a bad grid before loading anything
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    if device == "cuda" and not torch.cuda.is_available():
-        raise VitreduceError("--device cuda but no CUDA device is available; use --device cpu")
+    device = resolve_device(args.device, "--device")
     model = load(args.checkpoint, device=device)
     other = load(args.other, device=device) if args.other is not None else None
     if other is not None:

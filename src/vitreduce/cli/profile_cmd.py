@@ -3,8 +3,8 @@
 MODEL is a timm model name or a vitreduce checkpoint (its architecture is profiled with random
 weights; default variants then: none and the checkpoint's own reduction). Variants are timed in one
 process, interleaved (each repeat times every variant once), so machine drift cancels in the ratios;
-peak memory is measured in a fresh process per variant (see vitreduce/memory.py for what it
-includes). Ratios are against the first variant.
+peak memory is measured in a fresh process per variant (see vitreduce/efficiency/memory.py for what
+it includes). Ratios are against the first variant.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reduction", action="append", metavar="SPEC", default=None,
                         help="a variant to profile; repeat for several, the first is the reference "
                              "(default: none, grouped, shallow; for a checkpoint: none and its own)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     parser.add_argument("--precision", default="fp32",
                         help="fp32, bf16 (autocast) or fp16 (autocast + GradScaler, cuda only); default fp32")
     parser.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
@@ -47,7 +47,8 @@ def resolve_model(model: str) -> tuple[str, dict, list[str] | None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitreduce.efficiency.profiler import format_table, profile_variants
+    from vitreduce.efficiency.profiler import profile_variants
+    from vitreduce.efficiency.results import format_table
 
     base, kwargs, default_variants = resolve_model(args.model)
     num_classes = kwargs.pop("num_classes", 1000)

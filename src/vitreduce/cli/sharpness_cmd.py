@@ -27,57 +27,60 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from vitreduce.sharpness.options import METHODS, SharpnessOptions
+
+    default = SharpnessOptions()  # each option's flag is its field name: --top-k is top_k
     parser.add_argument("checkpoint", type=Path, help="model .safetensors written by vitreduce")
     parser.add_argument("--data", type=Path, required=True, help="ImageFolder root holding the split folder")
-    parser.add_argument("--split", default="train", help="split folder under --data (default: train)")
-    parser.add_argument("--batches", type=int, default=10, help="fixed batches the loss averages (default 10)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
-    parser.add_argument("--top-k", type=int, default=1, help="top Hessian eigenvalues to find (default 1; 0: none)")
-    parser.add_argument("--iters", type=int, default=100,
-                        help="power iterations per eigenvalue (Lanczos: iterations) at most (default 100)")
-    parser.add_argument("--method", choices=("power", "lanczos"), default="power",
-                        help="eigenvalue method (default power: k + 2 model-sized vectors of memory; lanczos: "
-                             "one per iteration, fewer products)")
-    parser.add_argument("--tol", type=float, default=1e-3,
-                        help="relative residual of an eigenvalue that counts as converged (default 1e-3)")
-    parser.add_argument("--trace-samples", type=int, default=100,
-                        help="Rademacher vectors for the Hutchinson trace (default 100; 0: no trace)")
-    parser.add_argument("--rho", type=float, default=0.05, help="SAM radius (default 0.05)")
+    parser.add_argument("--split", default=default.split, help=f"split folder under --data (default: {default.split})")
+    parser.add_argument("--batches", type=int, default=default.batches,
+                        help=f"fixed batches the loss averages (default {default.batches})")
+    parser.add_argument("--batch-size", type=int, default=default.batch_size,
+                        help=f"images per batch (default {default.batch_size})")
+    parser.add_argument("--top-k", type=int, default=default.top_k,
+                        help=f"top Hessian eigenvalues to find (default {default.top_k}; 0: none)")
+    parser.add_argument("--iters", type=int, default=default.iters,
+                        help=f"power iterations per eigenvalue (Lanczos: iterations) at most (default {default.iters})")
+    parser.add_argument("--method", choices=METHODS, default=default.method,
+                        help=f"eigenvalue method (default {default.method}: k + 2 model-sized vectors of memory; "
+                             "lanczos: one per iteration, fewer products)")
+    parser.add_argument("--tol", type=float, default=default.tol,
+                        help=f"relative residual of an eigenvalue that counts as converged (default {default.tol:g})")
+    parser.add_argument("--trace-samples", type=int, default=default.trace_samples,
+                        help=f"Rademacher vectors for the Hutchinson trace (default {default.trace_samples}; "
+                             "0: no trace)")
+    parser.add_argument("--rho", type=float, default=default.rho, help=f"SAM radius (default {default.rho:g})")
     parser.add_argument("--adaptive", action="store_true", help="also report ASAM (adaptive) sharpness")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data subset and random vectors (default 0)")
+    parser.add_argument("--seed", type=int, default=default.seed,
+                        help=f"seed of the data subset and random vectors (default {default.seed})")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device (default auto)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from vitreduce.errors import VitreduceError
+    from vitreduce.device import resolve_device
     from vitreduce.reduction.checkpoint import load
-    from vitreduce.sharpness.measures import ConsoleProgress, analyze_sharpness, check_options, load_batches
+    from vitreduce.sharpness.batches import load_batches
+    from vitreduce.sharpness.measures import analyze_sharpness
+    from vitreduce.sharpness.options import SharpnessOptions
+    from vitreduce.sharpness.progress import ConsoleProgress
 
-    check_options(top_k=args.top_k, max_iters=args.iters, tol=args.tol, trace_samples=args.trace_samples,
-                  rho=args.rho, method=args.method)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    if device == "cuda" and not torch.cuda.is_available():
-        raise VitreduceError("--device cuda but no CUDA device is available; use --device cpu")
+    # Refuse impossible options before loading anything.
+    options = SharpnessOptions.checked(**{name: getattr(args, name) for name in SharpnessOptions.model_fields})
+    device = resolve_device(args.device, "--device")
     model = load(args.checkpoint, device=device)
     fused = sum(bool(getattr(module, "fused_attn", False)) for module in model.modules())
-    batches = load_batches(model, args.data, split=args.split, batches=args.batches, batch_size=args.batch_size,
-                           seed=args.seed, device=device)
+    batches = load_batches(model, args.data, **options.subset(), device=device)
     # Text meant for a person goes to stderr under --json, so stdout stays one JSON object.
     info = sys.stderr if args.json else sys.stdout
     print(f"{args.checkpoint}: {args.batches} batches x {args.batch_size} images of {args.data}/{args.split} "
           f"(seed {args.seed}), eval mode, on {device}", file=info)
     print(f"fused attention disabled for double-backward in {fused} attention modules (timm's fused SDPA has "
           "no double backward on CPU)", file=info)
-    eigen_products = args.iters * (args.top_k if args.method == "power" else min(args.top_k, 1))
-    progress = ConsoleProgress(eigen_products + args.trace_samples, "HVP", quiet=args.quiet)
+    progress = ConsoleProgress(options.planned_products(), "HVP", quiet=args.quiet)
     try:
-        result = analyze_sharpness(model, batches, top_k=args.top_k, max_iters=args.iters, tol=args.tol,
-                                   trace_samples=args.trace_samples, rho=args.rho, adaptive=args.adaptive,
-                                   seed=args.seed, method=args.method, progress=progress)
+        result = analyze_sharpness(model, batches, options, progress=progress)
     finally:
         progress.close()
     if args.json:

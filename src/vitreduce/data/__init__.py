@@ -1,0 +1,30 @@
+"""Data: ImageFolder trees, timm's transforms and Mixup, exactly reproducible batches, the synthetic dataset.
+
+Modules: ``config`` (the ``data:``/``augment:`` sections), ``images`` (scanning, checking and reading
+image folders), ``transforms`` (timm's transforms and the matching loss), ``sampling`` (seeded epoch
+orders), ``loaders`` (train/eval batches), ``synth`` (the built-in dataset). The names other packages
+use are re-exported here.
+"""
+from vitreduce.data.config import AugmentConfig, DataConfig
+from vitreduce.data.images import BadImageTracker, check_dataset
+from vitreduce.data.loaders import Batch, EvalLoader, TrainLoader, build_eval_loader, build_train_loader
+from vitreduce.data.synth import SynthConfig, ensure_synth, write_synth_dataset
+from vitreduce.data.transforms import eval_transform, train_loss_fn, train_transform
+
+__all__ = [
+    "AugmentConfig",
+    "BadImageTracker",
+    "Batch",
+    "DataConfig",
+    "EvalLoader",
+    "SynthConfig",
+    "TrainLoader",
+    "build_eval_loader",
+    "build_train_loader",
+    "check_dataset",
+    "ensure_synth",
+    "eval_transform",
+    "train_loss_fn",
+    "train_transform",
+    "write_synth_dataset",
+]

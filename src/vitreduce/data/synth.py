@@ -6,7 +6,7 @@ background colours are drawn from the same distribution for every class, so the 
 image says nothing about its class: only spatial structure does. Pixel noise, line distractors
 and textures clipped to random windows keep a tiny ViT well below 100%.
 
-`generate` makes images in memory; `make_dataset` writes them as an ImageFolder tree
+`generate` makes images in memory; `write_synth_dataset` writes them as an ImageFolder tree
 (`OUT/train/<class>/*.png`, `OUT/val/<class>/*.png`) plus a marker file recording the parameters.
 The same seed gives byte-identical files.
 """
@@ -23,13 +23,14 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from vitreduce.config_tree import kwargs_from
 from vitreduce.errors import VitreduceError
 
 # Bump when a change alters the images a seed produces; recorded in the marker file.
 GENERATOR_VERSION = 1
 MARKER = "vitreduce_synth.json"
 SPLITS = ("train", "val")
-# Defaults of `make_dataset` and `vitreduce data synth`: 6,000 32x32 images in a few seconds.
+# Defaults of `write_synth_dataset` and `vitreduce data synth`: 6,000 32x32 images in a few seconds.
 CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, SIZE = 10, 500, 100, 32
 # Pixels per generation chunk: bounds memory at large sizes (16 MiB per float64 array).
 _CHUNK_ELEMENTS = 1 << 21
@@ -218,7 +219,7 @@ def _iter_class(seed: int, split: str, label: int, count: int, size: int) -> Ite
 def generate(
     per_class: int, seed: int = 0, classes: int = CLASSES, size: int = SIZE, split: str = "train"
 ) -> tuple[Array, Array]:
-    """Images and labels in memory, identical to what `make_dataset` writes for that split.
+    """Images and labels in memory, identical to what `write_synth_dataset` writes for that split.
 
     Args:
         per_class: images per class.
@@ -243,7 +244,7 @@ def _check_seed(seed: int) -> None:
         raise VitreduceError(f"--seed is {seed!r}; use a non-negative integer")
 
 
-def make_dataset(
+def write_synth_dataset(
     out_dir: str | os.PathLike,
     seed: int = 0,
     classes: int = CLASSES,
@@ -385,11 +386,10 @@ class SynthConfig(BaseModel):
 
 def ensure_synth(root: Path, synth: SynthConfig) -> None:
     """Generate the built-in dataset at ``root`` if missing; refuse one generated with other settings."""
-    wanted = {"seed": synth.seed, "classes": synth.classes, "size": synth.size,
-              "train_per_class": synth.train_per_class, "val_per_class": synth.val_per_class}
+    wanted = kwargs_from(synth, "seed", "classes", "size", "train_per_class", "val_per_class")
     if not root.exists():
         print(f"data.root {root} does not exist: generating the built-in dataset there ({synth})")
-        make_dataset(root, **wanted)
+        write_synth_dataset(root, **wanted)
         return
     if (root / MARKER).is_file():
         marker = json.loads((root / MARKER).read_text())

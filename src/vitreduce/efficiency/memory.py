@@ -36,11 +36,13 @@ import resource
 import signal
 import subprocess
 import sys
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from torch import nn
 
+from vitreduce.device import Precision
+from vitreduce.efficiency.workload import StepKind, TrainStep, build_model, infer_step, make_batch
 from vitreduce.errors import VitreduceError
 from vitreduce.reduction.params import unique_parameters
 
@@ -53,6 +55,20 @@ _USER_ERROR_EXIT = 3  # child exit status: a user-fixable error (e.g. the batch 
 CUDA_METHOD = "torch.cuda.max_memory_allocated in a fresh process: weights, batch, activations (+ grads, AdamW state)"
 CPU_METHOD = ("peak RSS of a fresh process (blocks >= 64 KiB mmapped) minus its RSS before building the model: "
               "weights, batch, activations (+ grads, AdamW state) and allocator overhead")
+
+
+class MemoryJob(TypedDict):
+    """One variant's measurement, sent to the child process as JSON."""
+
+    model_name: str
+    model_kwargs: dict[str, Any]  # timm kwargs, num_classes and img_size included
+    reduction: str  # a reduction spec's canonical text
+    device: str
+    precision: Precision
+    batch_size: int
+    modes: list[StepKind]  # the steps to measure
+    compile: bool
+    threads: int
 
 
 def static_memory(model: nn.Module) -> dict[str, int]:
@@ -136,13 +152,11 @@ def available_ram_bytes() -> int | None:
 # Peak memory, measured in a fresh process per variant
 
 
-def measure_peak_memory(job: dict[str, Any]) -> dict[str, Any]:
+def measure_peak_memory(job: MemoryJob) -> dict[str, Any]:
     """Run one variant in a fresh ``python -m vitreduce.efficiency.memory`` process and return its peak memory.
 
     Args:
-        job: JSON-safe description of the run: ``model_name``, ``model_kwargs``, ``reduction``,
-            ``device``, ``precision``, ``batch_size``, ``modes`` (a list of 'infer'/'train'),
-            ``compile``, ``threads``.
+        job: what to build and which steps to measure.
 
     Returns:
         ``{"infer_bytes": int | None, "train_bytes": int | None, "method": str}``.
@@ -178,11 +192,16 @@ def _status_kb(field: str) -> int | None:
     return None
 
 
+def _max_rss_bytes() -> int:
+    """The process's resident high-water mark since it started (macOS reports bytes, Linux KiB)."""
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
 def _rss_bytes() -> int:
     kb = _status_kb("VmRSS")
     if kb is None:  # not Linux: the high-water mark is all there is
-        scale = 1 if sys.platform == "darwin" else 1024
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+        return _max_rss_bytes()
     return kb * 1024
 
 
@@ -231,8 +250,7 @@ class _PeakMeter:
             return torch.cuda.max_memory_allocated(self.device) - self.baseline
         hwm_kb = _status_kb("VmHWM") if self.resettable else None
         if hwm_kb is None:
-            scale = 1 if sys.platform == "darwin" else 1024
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale - self.baseline
+            return _max_rss_bytes() - self.baseline
         return hwm_kb * 1024 - self.baseline
 
     def method(self) -> str:
@@ -241,41 +259,37 @@ class _PeakMeter:
         return CPU_METHOD if self.resettable else CPU_METHOD + " (ru_maxrss: also the model-building transient)"
 
 
-def _warm_up_libraries(device: torch.device, precision: str) -> None:
+def _warm_up_libraries(device: torch.device, precision: Precision) -> None:
     """Run a tiny ViT through the same ops once, so lazily loaded code and thread pools are in the baseline."""
     from timm.models.vision_transformer import VisionTransformer
 
-    from vitreduce.efficiency import profiler as profiling
-
     tiny = VisionTransformer(img_size=32, patch_size=16, embed_dim=32, depth=1, num_heads=2, num_classes=10)
     tiny = tiny.to(device)
-    images, labels = profiling.make_batch(tiny, 2, device)
-    profiling.infer_step(tiny, images, precision)
-    step = profiling.TrainStep(tiny, precision)
+    images, labels = make_batch(tiny, 2, device)
+    infer_step(tiny, images, precision)
+    step = TrainStep(tiny, precision)
     step(images, labels)
     del tiny, images, labels, step
 
 
-def _child(job: dict[str, Any]) -> dict[str, Any]:
-    from vitreduce.efficiency import profiler as profiling
-
+def _child(job: MemoryJob) -> dict[str, Any]:
     torch.set_num_threads(int(job["threads"]))
     device = torch.device(job["device"])
     _warm_up_libraries(device, job["precision"])
     meter = _PeakMeter(device)  # baseline: before the model exists
-    model = profiling.build_model(job["model_name"], job["reduction"], job["model_kwargs"], device)
+    model = build_model(job["model_name"], job["reduction"], job["model_kwargs"], device)
     if job["compile"]:
         model = torch.compile(model)
-    images, labels = profiling.make_batch(model, int(job["batch_size"]), device)
+    images, labels = make_batch(model, int(job["batch_size"]), device)
     result: dict[str, Any] = {"infer_bytes": None, "train_bytes": None}
     if "infer" in job["modes"]:
         if job["compile"]:
-            profiling.infer_step(model, images, job["precision"])  # compiles outside the measurement
+            infer_step(model, images, job["precision"])  # compiles outside the measurement
         meter.reset()
-        profiling.infer_step(model, images, job["precision"])
+        infer_step(model, images, job["precision"])
         result["infer_bytes"] = meter.peak()
     if "train" in job["modes"]:
-        step = profiling.TrainStep(model, job["precision"])  # AdamW state allocated here
+        step = TrainStep(model, job["precision"])  # AdamW state allocated here
         if job["compile"]:
             step(images, labels)
         meter.reset()

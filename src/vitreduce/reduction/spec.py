@@ -15,12 +15,7 @@ from typing import Any
 
 from vitreduce.errors import VitreduceError
 
-# strategy -> {key: (default, parser)}; dict order is the canonical key order.
 _Choice = tuple[str, ...]
-
-
-def _parse_int(text: str) -> int:
-    return int(text)
 
 
 def _parse_ratio(text: str) -> float:
@@ -48,23 +43,22 @@ def _parse_choice(choices: _Choice):
     return parse
 
 
-def _parse_seed(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError("must be >= 0")
-    return value
+def _parse_int_from(low: int, note: str = ""):
+    """A parser for integers >= ``low``; ``note`` explains the bound in the error."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise ValueError(f"must be >= {low}{note}")
+        return value
+
+    return parse
 
 
-def _parse_size(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError("must be >= 1 (1 = no sharing)")
-    return value
-
-
+# strategy -> {key: (default, parser)}; dict order is the canonical key order.
 STRATEGIES: dict[str, dict[str, tuple[Any, Any]]] = {
     "grouped": {
-        "size": (2, _parse_size),
+        "size": (2, _parse_int_from(1, " (1 = no sharing)")),
         "scale": ("auto", _parse_scale),
         "init": ("first", _parse_choice(("first", "mean"))),
         "pattern": ("sequence", _parse_choice(("sequence", "cycle"))),
@@ -72,7 +66,7 @@ STRATEGIES: dict[str, dict[str, tuple[Any, Any]]] = {
     "shallow": {
         "ratio": (0.5, _parse_ratio),
         "keep": ("first", _parse_choice(("first", "magnitude", "random"))),
-        "seed": (0, _parse_seed),
+        "seed": (0, _parse_int_from(0)),
     },
     "thin": {
         "ratio": (0.5, _parse_ratio),

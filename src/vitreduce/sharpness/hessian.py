@@ -14,28 +14,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
+from vitreduce.sharpness.options import METHODS, Method
+from vitreduce.sharpness.progress import ProgressSink, Silent
+
 LossFn = Callable[[], torch.Tensor]
 Vector = list[torch.Tensor]
-
-
-class Progress(Protocol):
-    """Receives one ``step`` per Hessian-vector product; ``resize`` changes the planned total."""
-
-    def step(self, note: str = "") -> None: ...
-
-    def resize(self, delta: int) -> None: ...
-
-
-class _Silent:
-    def step(self, note: str = "") -> None:
-        pass
-
-    def resize(self, delta: int) -> None:
-        pass
 
 
 @dataclass(frozen=True)
@@ -157,7 +143,7 @@ def _term_hvp(term: LossFn, params: list[torch.Tensor], v: Vector) -> tuple[torc
 
 
 def _power_iteration(hvp: Callable[[Vector], Vector], start: Vector, found: list[Vector], shift: float,
-                     max_iters: int, tol: float, progress: Progress, label: str) -> tuple[float, Vector, bool, int]:
+                     max_iters: int, tol: float, progress: ProgressSink, label: str) -> tuple[float, Vector, bool, int]:
     """Dominant eigenpair of (H - shift I) restricted to the complement of ``found``.
 
     Converged when the residual ||(H - shift I) v - mu v|| of the unit vector v and its Rayleigh
@@ -187,12 +173,9 @@ def _power_iteration(hvp: Callable[[Vector], Vector], start: Vector, found: list
     return estimate, v, False, max_iters
 
 
-METHODS = ("power", "lanczos")
-
-
 def top_eigenvalues(loss_fn: LossFn | Sequence[LossFn], params: Sequence[torch.Tensor], k: int = 1, *,
-                    max_iters: int = 100, tol: float = 1e-3, seed: int = 0, method: str = "power",
-                    progress: Progress | None = None) -> EigenResult:
+                    max_iters: int = 100, tol: float = 1e-3, seed: int = 0, method: Method = "power",
+                    progress: ProgressSink | None = None) -> EigenResult:
     """The k largest eigenvalues of the Hessian, by power iteration with deflation or by Lanczos.
 
     Both report an eigenvalue as converged when the residual ||H y - theta y|| of its unit vector y is at
@@ -224,7 +207,7 @@ def top_eigenvalues(loss_fn: LossFn | Sequence[LossFn], params: Sequence[torch.T
                          f"(got k={k}, max_iters={max_iters}, tol={tol}, method={method!r})")
     params = _check_params(params)
     terms = _loss_terms(loss_fn)
-    progress = progress or _Silent()
+    progress = progress or Silent()
     generator = torch.Generator().manual_seed(seed)
 
     def hvp(v: Vector) -> Vector:
@@ -252,7 +235,7 @@ def top_eigenvalues(loss_fn: LossFn | Sequence[LossFn], params: Sequence[torch.T
 
 
 def _lanczos(hvp: Callable[[Vector], Vector], start: Vector, k: int, max_iters: int, tol: float,
-             progress: Progress) -> EigenResult:
+             progress: ProgressSink) -> EigenResult:
     """Lanczos with full reorthogonalisation; the k largest Ritz pairs of the tridiagonal T."""
     basis = [_scaled(start, 1.0 / _norm(start))]  # orthonormal q_1 .. q_m
     alphas: list[float] = []
@@ -296,7 +279,7 @@ def _tridiagonal_eigh(alphas: list[float], betas: list[float]) -> tuple[torch.Te
 
 
 def hutchinson_trace(loss_fn: LossFn | Sequence[LossFn], params: Sequence[torch.Tensor], samples: int = 100, *,
-                     seed: int = 0, progress: Progress | None = None) -> TraceResult:
+                     seed: int = 0, progress: ProgressSink | None = None) -> TraceResult:
     """Hutchinson's estimate of tr(H): mean of z^T H z over Rademacher vectors z, with its standard error.
 
     Args:
@@ -310,7 +293,7 @@ def hutchinson_trace(loss_fn: LossFn | Sequence[LossFn], params: Sequence[torch.
         raise ValueError(f"samples must be >= 2 for a standard error (got {samples})")
     params = _check_params(params)
     terms = _loss_terms(loss_fn)
-    progress = progress or _Silent()
+    progress = progress or Silent()
     generator = torch.Generator().manual_seed(seed)
     estimates = []
     for index in range(samples):

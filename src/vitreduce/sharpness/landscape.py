@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +25,9 @@ from torch import nn
 from vitreduce.errors import VitreduceError
 from vitreduce.files import atomic_write
 from vitreduce.reduction.params import alias_groups, unique_named_parameters
+from vitreduce.sharpness.batches import LossBatch
+from vitreduce.sharpness.progress import ProgressSink
 
-Batch = tuple[torch.Tensor, torch.Tensor]
 Direction = dict[str, torch.Tensor]  # first parameter name -> tensor shaped like it
 
 
@@ -72,7 +73,7 @@ def random_direction(model: nn.Module, seed: int, include_bias_norm: bool = Fals
     return direction
 
 
-def evaluate(model: nn.Module, batches: Sequence[Batch]) -> tuple[float, float]:
+def loss_and_accuracy(model: nn.Module, batches: Sequence[LossBatch]) -> tuple[float, float]:
     """Mean cross-entropy and top-1 accuracy (%) over the batches, in eval mode, without gradients.
 
     Args:
@@ -135,8 +136,8 @@ def grid(steps: int, span: float) -> list[float]:
     return [span * (2 * i / (steps - 1) - 1) for i in range(steps)]
 
 
-def surface_1d(model: nn.Module, batches: Sequence[Batch], direction: Direction, *, steps: int = 21,
-               span: float = 1.0, progress=None) -> Curve:
+def surface_1d(model: nn.Module, batches: Sequence[LossBatch], direction: Direction, *, steps: int = 21,
+               span: float = 1.0, progress: ProgressSink | None = None) -> Curve:
     """Loss of w + alpha d for alpha on an even grid in [-span, span].
 
     Args:
@@ -145,26 +146,14 @@ def surface_1d(model: nn.Module, batches: Sequence[Batch], direction: Direction,
         direction: from ``random_direction``.
         steps: grid points (odd).
         span: alpha range half-width (1 = one weight norm per filter).
-        progress: a ``vitreduce.sharpness.hessian.Progress``, told about every evaluation.
+        progress: a ``vitreduce.sharpness.progress.ProgressSink``, told about every evaluation.
     """
     _check_direction(model, direction)
-    alphas = grid(steps, span)
-    weights = _Weights(model)
-    losses, accuracies = [], []
-    try:
-        for alpha in alphas:
-            weights.set(lambda name, w, a=alpha: w + a * direction[name])
-            loss, acc = evaluate(model, batches)
-            losses.append(loss)
-            accuracies.append(acc)
-            _step(progress, f"alpha {alpha:+.3f}: loss {loss:.4f}")
-    finally:
-        weights.restore()
-    return Curve(alphas, losses, accuracies)
+    return _curve(model, batches, grid(steps, span), lambda alpha, name, w: w + alpha * direction[name], progress)
 
 
-def surface_2d(model: nn.Module, batches: Sequence[Batch], direction1: Direction, direction2: Direction, *,
-               steps: int = 21, span: float = 1.0, progress=None) -> Surface:
+def surface_2d(model: nn.Module, batches: Sequence[LossBatch], direction1: Direction, direction2: Direction, *,
+               steps: int = 21, span: float = 1.0, progress: ProgressSink | None = None) -> Surface:
     """Loss of w + alpha d1 + beta d2 on a steps x steps grid over [-span, span]^2.
 
     Args:
@@ -174,7 +163,7 @@ def surface_2d(model: nn.Module, batches: Sequence[Batch], direction1: Direction
         direction2: second direction (beta), e.g. ``random_direction(model, seed + 1)``.
         steps: grid points per axis (odd).
         span: half-width of both ranges.
-        progress: a ``vitreduce.sharpness.hessian.Progress``, told about every evaluation.
+        progress: a ``vitreduce.sharpness.progress.ProgressSink``, told about every evaluation.
     """
     _check_direction(model, direction1)
     _check_direction(model, direction2)
@@ -186,7 +175,7 @@ def surface_2d(model: nn.Module, batches: Sequence[Batch], direction1: Direction
             loss_row, acc_row = [], []
             for beta in betas:
                 weights.set(lambda name, w, a=alpha, b=beta: w + a * direction1[name] + b * direction2[name])
-                loss, acc = evaluate(model, batches)
+                loss, acc = loss_and_accuracy(model, batches)
                 loss_row.append(loss)
                 acc_row.append(acc)
                 _step(progress, f"({alpha:+.3f}, {beta:+.3f}): loss {loss:.4f}")
@@ -211,8 +200,8 @@ def interpolation_alphas(steps: int = 21, low: float = -0.25, high: float = 1.25
     return sorted(set(even) | {0.0, 1.0})
 
 
-def interpolate(model: nn.Module, other: nn.Module, batches: Sequence[Batch], *, alphas: Sequence[float] | None = None,
-                progress=None) -> Curve:
+def interpolate(model: nn.Module, other: nn.Module, batches: Sequence[LossBatch], *,
+                alphas: Sequence[float] | None = None, progress: ProgressSink | None = None) -> Curve:
     """Loss of (1 - alpha) w1 + alpha w2 between two checkpoints of one architecture.
 
     alpha 0 is ``model`` and alpha 1 is ``other`` exactly; the combination runs in ``model``, whose
@@ -223,17 +212,27 @@ def interpolate(model: nn.Module, other: nn.Module, batches: Sequence[Batch], *,
         other: second model (w2), e.g. the final checkpoint; same architecture and sharing.
         batches: the fixed (images, targets) batches.
         alphas: where to evaluate (default ``interpolation_alphas()``: -0.25..1.25 with 0 and 1).
-        progress: a ``vitreduce.sharpness.hessian.Progress``, told about every evaluation.
+        progress: a ``vitreduce.sharpness.progress.ProgressSink``, told about every evaluation.
     """
     check_same_architecture(model, other)
     targets = {name: p.detach() for name, p in unique_named_parameters(other)}
     alphas = list(interpolation_alphas() if alphas is None else alphas)
+    return _curve(model, batches, alphas, lambda alpha, name, w: (1 - alpha) * w + alpha * targets[name].to(w),
+                  progress)
+
+
+def _curve(model: nn.Module, batches: Sequence[LossBatch], alphas: list[float],
+           combine: Callable[[float, str, torch.Tensor], torch.Tensor], progress: ProgressSink | None) -> Curve:
+    """Loss and accuracy with each parameter set to combine(alpha, name, original), for each alpha.
+
+    The weights are restored bitwise afterwards, even when an evaluation raises.
+    """
     weights = _Weights(model)
     losses, accuracies = [], []
     try:
         for alpha in alphas:
-            weights.set(lambda name, w, a=alpha: (1 - a) * w + a * targets[name].to(w))
-            loss, acc = evaluate(model, batches)
+            weights.set(lambda name, w, a=alpha: combine(a, name, w))
+            loss, acc = loss_and_accuracy(model, batches)
             losses.append(loss)
             accuracies.append(acc)
             _step(progress, f"alpha {alpha:+.3f}: loss {loss:.4f}")
@@ -263,7 +262,7 @@ def check_same_architecture(model: nn.Module, other: nn.Module) -> None:
                          f"{detail}")
 
 
-def _step(progress, note: str) -> None:
+def _step(progress: ProgressSink | None, note: str) -> None:
     if progress is not None:
         progress.step(note)
 

@@ -12,35 +12,47 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from vitreduce.errors import VitreduceError
-from vitreduce.files import atomic_write
+from vitreduce.files import write_json
+from vitreduce.sharpness.options import Method, SharpnessOptions
 
 ANALYSIS_DIR = "analysis"
-CHECKPOINTS = ("final", "peak")
+AnalysedCheckpoint = Literal["final", "peak"]  # the last epoch's weights, and the best epoch's (checkpoints/best)
+ANALYSED_CHECKPOINTS: tuple[str, ...] = get_args(AnalysedCheckpoint)
 
 
-class AnalysisConfig(BaseModel):
-    """What a study measures on its finished runs (the `analysis:` section of a study spec)."""
+class _RunCheckpoints(BaseModel):
+    """Which model files of a run are measured."""
 
     model_config = ConfigDict(extra="forbid")
 
-    checkpoints: list[Literal["final", "peak"]] = Field(default_factory=lambda: ["final", "peak"])
+    checkpoints: list[AnalysedCheckpoint] = Field(default_factory=lambda: list(ANALYSED_CHECKPOINTS))
     weights: Literal["ema", "raw"] = "ema"  # the paper's reported accuracy is the EMA model's
-    split: str = "train"  # sharpness of the training loss
+
+
+# _RunCheckpoints is the last base so that its fields come first (pydantic orders fields base-first):
+# study.yaml lists the `analysis:` keys in the order it always had.
+class AnalysisConfig(SharpnessOptions, _RunCheckpoints):
+    """What a study measures on its finished runs (the `analysis:` section of a study spec).
+
+    The sharpness keys are ``vitreduce.sharpness.options.SharpnessOptions``'s; the defaults that
+    differ from the CLI's are cheaper, because a study measures every run at up to two checkpoints
+    where the CLI measures one checkpoint once.
+    """
+
     batches: int = Field(4, ge=1)
     batch_size: int = Field(32, ge=1)
-    seed: int = 0
-    top_k: int = Field(1, ge=0)
     iters: int = Field(50, ge=1)
-    tol: float = Field(1e-3, gt=0)
-    trace_samples: int = Field(10, ge=0)
-    rho: float = Field(0.05, gt=0)
-    method: Literal["power", "lanczos"] = "lanczos"
+    trace_samples: int = 10
+    method: Method = "lanczos"  # the top eigenvalue in far fewer products than power iteration
+    # The report has no ASAM column, so a study does not measure it; excluded from study.yaml and the
+    # options recorded with each result, which predate the field.
+    adaptive: Literal[False] = Field(False, exclude=True)
     landscape: bool = True  # 1D surface around the final checkpoint, interpolation peak -> final
     landscape_steps: int = Field(11, ge=3)
     landscape_span: float = Field(1.0, gt=0)
@@ -66,10 +78,6 @@ def _options_key(config: AnalysisConfig, which: str) -> dict:
             "checkpoint": which}
 
 
-def _write_json(path: Path, data: dict) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
-
-
 def _reusable(path: Path, options: dict) -> bool:
     if not path.is_file():
         return False
@@ -88,7 +96,8 @@ def analyze_run(run_dir: str | Path, config: AnalysisConfig, log=print) -> list[
         log: where progress lines go.
     """
     from vitreduce.reduction.checkpoint import load
-    from vitreduce.sharpness.measures import analyze_sharpness, load_batches
+    from vitreduce.sharpness.batches import load_batches
+    from vitreduce.sharpness.measures import analyze_sharpness
 
     run_dir = Path(run_dir)
     out = run_dir / ANALYSIS_DIR
@@ -102,13 +111,10 @@ def analyze_run(run_dir: str | Path, config: AnalysisConfig, log=print) -> list[
         if _reusable(target, options):
             continue
         if batches is None:
-            batches = load_batches(models[which], _data_root(run_dir), split=config.split, batches=config.batches,
-                                   batch_size=config.batch_size, seed=config.seed)
+            batches = load_batches(models[which], _data_root(run_dir), **config.subset())
         log(f"sharpness of {run_dir} ({which}, {config.weights} weights)")
-        result = analyze_sharpness(models[which], batches, top_k=config.top_k, max_iters=config.iters,
-                                   tol=config.tol, trace_samples=config.trace_samples, rho=config.rho,
-                                   seed=config.seed, method=config.method)
-        _write_json(target, {**result.to_dict(), "options": options})
+        result = analyze_sharpness(models[which], batches, config)
+        write_json(target, {**result.to_dict(), "options": options})
         written.append(target)
     if config.landscape and "final" in models:
         written += _landscape(run_dir, config, models, batches, log)
@@ -119,7 +125,7 @@ def analyze_run(run_dir: str | Path, config: AnalysisConfig, log=print) -> list[
 def _remove_stale(out: Path, config: AnalysisConfig) -> None:
     """Results of an earlier analysis that the current options no longer produce, so that a report never
     mixes them with the current ones."""
-    stale = [out / f"sharpness_{which}.json" for which in CHECKPOINTS if which not in config.checkpoints]
+    stale = [out / f"sharpness_{which}.json" for which in ANALYSED_CHECKPOINTS if which not in config.checkpoints]
     landscape = out / "landscape"
     if not (config.landscape and "final" in config.checkpoints):
         stale += list(landscape.glob("*")) if landscape.is_dir() else []
@@ -130,8 +136,8 @@ def _remove_stale(out: Path, config: AnalysisConfig) -> None:
 
 
 def _landscape(run_dir: Path, config: AnalysisConfig, models: dict, batches, log) -> list[Path]:
+    from vitreduce.sharpness.batches import load_batches
     from vitreduce.sharpness.landscape import interpolate, random_direction, surface_1d, write_landscape
-    from vitreduce.sharpness.measures import load_batches
 
     out = run_dir / ANALYSIS_DIR / "landscape"
     marker = out / "options.json"
@@ -141,8 +147,7 @@ def _landscape(run_dir: Path, config: AnalysisConfig, models: dict, batches, log
         return []
     final = models["final"]
     if batches is None:
-        batches = load_batches(final, _data_root(run_dir), split=config.split, batches=config.batches,
-                               batch_size=config.batch_size, seed=config.seed)
+        batches = load_batches(final, _data_root(run_dir), **config.subset())
     log(f"loss landscape of {run_dir}")
     # Both evaluate in eval mode and put the weights back bitwise.
     line = surface_1d(final, batches, random_direction(final, config.seed), steps=config.landscape_steps,
@@ -150,14 +155,14 @@ def _landscape(run_dir: Path, config: AnalysisConfig, models: dict, batches, log
     path = interpolate(models["peak"], final, batches) if "peak" in models else None
     written = write_landscape(out, line=line, interpolation=path, title=f"{run_dir.name} final",
                               other_title="final" if path else "")
-    _write_json(marker, {"options": options})
+    write_json(marker, {"options": options})
     return [*written, marker]
 
 
 def read_run_analysis(run_dir: str | Path) -> dict[str, dict]:
     """``{"final": {...}, "peak": {...}}``: the sharpness results a run has (missing ones left out)."""
     results = {}
-    for which in CHECKPOINTS:
+    for which in ANALYSED_CHECKPOINTS:
         path = Path(run_dir) / ANALYSIS_DIR / f"sharpness_{which}.json"
         if path.is_file():
             results[which] = json.loads(path.read_text())

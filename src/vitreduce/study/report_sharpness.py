@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from vitreduce.files import atomic_write
-from vitreduce.study.analysis import ANALYSIS_DIR, CHECKPOINTS, read_run_analysis
+from vitreduce.study.analysis import ANALYSED_CHECKPOINTS, ANALYSIS_DIR, read_run_analysis
 from vitreduce.study.runs import StudyRuns, mean_std
 
 _MEASURES = (("top eigenvalue", lambda r: r["top_eigenvalues"][0] if r.get("top_eigenvalues") else None),
@@ -32,7 +32,7 @@ def sharpness_rows(study: StudyRuns) -> list[list[str]]:
     rows = []
     for variant, runs in study.variants.items():
         results = [read_run_analysis(run.run_dir) for run in runs]
-        for which in CHECKPOINTS:
+        for which in ANALYSED_CHECKPOINTS:
             present = [r[which] for r in results if which in r]
             if not present:
                 continue

@@ -10,6 +10,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import yaml
@@ -19,7 +20,9 @@ from vitreduce.numbers import is_finite
 from vitreduce.reduction.accounting import RECORD_FIELDS
 from vitreduce.train.logs import read_metrics
 
-MODEL_KINDS = ("raw", "ema")
+ModelKind = Literal["raw", "ema"]  # the trained weights, or their exponential moving average
+MODEL_KINDS: tuple[ModelKind, ...] = ("raw", "ema")
+KIND_TITLE: dict[ModelKind, str] = {"raw": "raw model", "ema": "EMA model"}  # as tables and figures name them
 DEFAULT_SPIKE_THRESHOLD = 0.10  # an epoch's train loss more than 10% above the reference minimum
 DEFAULT_SPIKE_WINDOW = 5  # reference = minimum over the previous 5 logged epochs
 # run.json fields that describe the model; every seed of a variant must agree on them.
@@ -51,7 +54,7 @@ class ModelMetrics:
     p2f: float  # peak-to-final degradation, top1_peak - top1_final (>= 0), percentage points
 
 
-def model_metrics(records: Sequence[dict], kind: str) -> ModelMetrics | None:
+def model_metrics(records: Sequence[dict], kind: ModelKind) -> ModelMetrics | None:
     """Peak, final and peak-to-final of `kind` ("raw" or "ema"); None when no epoch evaluated that model."""
     if kind not in MODEL_KINDS:
         raise ValueError(f"kind must be one of {MODEL_KINDS}, got {kind!r}")
@@ -118,7 +121,7 @@ class RunMetrics:
     def loss_spikes(self) -> int:
         return len(self.loss_spike_epochs)
 
-    def model(self, kind: str) -> ModelMetrics | None:
+    def model(self, kind: ModelKind) -> ModelMetrics | None:
         return self.raw if kind == "raw" else self.ema
 
 
@@ -230,7 +233,7 @@ def _common(runs: Sequence[RunMetrics], key: str, variant: str):
     return runs[0].info.get(key)
 
 
-def summarize_kind(runs: Sequence[RunMetrics], kind: str) -> dict:
+def summarize_kind(runs: Sequence[RunMetrics], kind: ModelKind) -> dict:
     """Mean and std (ddof=1) over seeds of one model kind's figures; None where undefined."""
     models = [r.model(kind) for r in runs]
     models = [m for m in models if m is not None]

@@ -7,6 +7,7 @@ from the computed p-value or interval (the `verdict_*` helpers), never from the 
 from __future__ import annotations
 
 import csv
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 from scipy import stats as sps
 
 from vitreduce.errors import VitreduceError
-from vitreduce.study.runs import MODEL_KINDS, RunMetrics
+from vitreduce.study.runs import MODEL_KINDS, ModelKind, RunMetrics
 
 DEFAULT_ALPHA = 0.05
 DEFAULT_RESAMPLES = 2000
@@ -163,7 +164,7 @@ class Predictions:
     raw: np.ndarray  # (N,) int
     ema: np.ndarray | None  # (N,) int, None when the run has no EMA
 
-    def correct(self, kind: str) -> np.ndarray | None:
+    def correct(self, kind: ModelKind) -> np.ndarray | None:
         pred = self.raw if kind == "raw" else self.ema
         return None if pred is None else pred == self.label
 
@@ -187,7 +188,7 @@ def read_predictions(path: Path | str) -> Predictions:
     return Predictions(cols[0][order], cols[1][order], cols[2][order], None if ema is None else ema[order])
 
 
-def _pair(base: Predictions, variant: Predictions, kind: str, where: str) -> tuple[np.ndarray, np.ndarray] | None:
+def _pair(base: Predictions, variant: Predictions, kind: ModelKind, where: str) -> tuple[np.ndarray, np.ndarray] | None:
     a, b = base.correct(kind), variant.correct(kind)
     if a is None or b is None:
         return None
@@ -210,7 +211,7 @@ class PairedTest:
 
 @dataclass(frozen=True)
 class KindComparison:
-    kind: str
+    kind: ModelKind
     top1: TTest  # paired t-test of final top-1 over seeds
     p2f: TTest  # paired t-test of peak-to-final over seeds
     per_seed: list[PairedTest] = field(default_factory=list)
@@ -224,7 +225,7 @@ class Comparison:
     baseline: str
     alpha: float
     seeds: list[int]  # seeds finished in both
-    kinds: dict[str, KindComparison]  # "raw", and "ema" where both have an EMA
+    kinds: dict[ModelKind, KindComparison]  # "raw", and "ema" where both have an EMA
 
 
 def _paired_test(label: str, a: np.ndarray, b: np.ndarray, *, n_resamples: int, seed: int,
@@ -243,15 +244,8 @@ def compare_to_baseline(variant: str, variant_runs: Sequence[RunMetrics], baseli
         raise VitreduceError(f"alpha must be in (0, 1), got {alpha}")
     base_by_seed = {r.seed: r for r in baseline_runs}
     pairs = [(base_by_seed[r.seed], r) for r in variant_runs if r.seed in base_by_seed]
-    seeds = [v.seed for _, v in pairs]
-    preds: dict[int, tuple[Predictions, Predictions]] = {}
-    missing = []
-    for base, var in pairs:
-        paths = base.run_dir / "predictions.csv", var.run_dir / "predictions.csv"
-        if all(p.is_file() for p in paths):
-            preds[var.seed] = read_predictions(paths[0]), read_predictions(paths[1])
-        else:
-            missing.append(var.seed)
+    preds, missing = _read_pairs(pairs)
+    test = functools.partial(_paired_test, n_resamples=n_resamples, seed=seed, alpha=alpha)
     kinds = {}
     for kind in MODEL_KINDS:
         kept = [(b.model(kind), v.model(kind)) for b, v in pairs]
@@ -262,29 +256,43 @@ def compare_to_baseline(variant: str, variant_runs: Sequence[RunMetrics], baseli
         per_seed, outcomes = [], []
         for s, (pb, pv) in preds.items():
             paired = _pair(pb, pv, kind, f"{variant} vs {baseline}, seed {s}")
-            if paired is None:
-                continue
-            outcomes.append((*paired, pb.index))
-            per_seed.append(_paired_test(f"seed {s}", *paired, n_resamples=n_resamples, seed=seed, alpha=alpha))
-        pooled = None
-        if len(outcomes) > 1:
-            same_images = all(np.array_equal(o[2], outcomes[0][2]) for o in outcomes)
-            if same_images:
-                # (N, S): the bootstrap resamples images, keeping every seed's outcome on an image together.
-                a, b = np.stack([o[0] for o in outcomes], 1), np.stack([o[1] for o in outcomes], 1)
-                notes.append(f"pooled: the {len(outcomes)} seeds' paired outcomes concatenated; the bootstrap "
-                             "resamples images with all seeds' outcomes on an image together, McNemar treats "
-                             "every (image, seed) pair as independent, which overstates its evidence")
-            else:
-                a, b = np.concatenate([o[0] for o in outcomes]), np.concatenate([o[1] for o in outcomes])
-                notes.append(f"pooled: the {len(outcomes)} seeds' paired outcomes concatenated (the seeds were not "
-                             "scored on the same images, so every (image, seed) pair is treated as independent)")
-            pooled = _paired_test(f"pooled ({len(outcomes)} seeds)", a, b, n_resamples=n_resamples, seed=seed,
-                                  alpha=alpha)
+            if paired is not None:
+                outcomes.append((*paired, pb.index))
+                per_seed.append(test(f"seed {s}", *paired))
+        pooled = _pooled(outcomes, notes, test) if len(outcomes) > 1 else None
         kinds[kind] = KindComparison(
             kind=kind,
             top1=paired_ttest([b.top1_final for b, _ in kept], [v.top1_final for _, v in kept]),
             p2f=paired_ttest([b.p2f for b, _ in kept], [v.p2f for _, v in kept]),
             per_seed=per_seed, pooled=pooled, notes=notes,
         )
-    return Comparison(variant, baseline, alpha, seeds, kinds)
+    return Comparison(variant, baseline, alpha, [v.seed for _, v in pairs], kinds)
+
+
+def _read_pairs(pairs: list[tuple[RunMetrics, RunMetrics]]) -> tuple[dict[int, tuple[Predictions, Predictions]],
+                                                                      list[int]]:
+    """The (baseline, variant) predictions of each seed that has both, and the seeds that do not."""
+    preds: dict[int, tuple[Predictions, Predictions]] = {}
+    missing = []
+    for base, var in pairs:
+        paths = base.run_dir / "predictions.csv", var.run_dir / "predictions.csv"
+        if all(p.is_file() for p in paths):
+            preds[var.seed] = read_predictions(paths[0]), read_predictions(paths[1])
+        else:
+            missing.append(var.seed)
+    return preds, missing
+
+
+def _pooled(outcomes: list[tuple[np.ndarray, np.ndarray, np.ndarray]], notes: list[str], test) -> PairedTest:
+    """The per-image tests over every seed's (baseline, variant, image index) outcomes; says how in ``notes``."""
+    if all(np.array_equal(o[2], outcomes[0][2]) for o in outcomes):
+        # (N, S): the bootstrap resamples images, keeping every seed's outcome on an image together.
+        a, b = np.stack([o[0] for o in outcomes], 1), np.stack([o[1] for o in outcomes], 1)
+        notes.append(f"pooled: the {len(outcomes)} seeds' paired outcomes concatenated; the bootstrap "
+                     "resamples images with all seeds' outcomes on an image together, McNemar treats "
+                     "every (image, seed) pair as independent, which overstates its evidence")
+    else:
+        a, b = np.concatenate([o[0] for o in outcomes]), np.concatenate([o[1] for o in outcomes])
+        notes.append(f"pooled: the {len(outcomes)} seeds' paired outcomes concatenated (the seeds were not "
+                     "scored on the same images, so every (image, seed) pair is treated as independent)")
+    return test(f"pooled ({len(outcomes)} seeds)", a, b)

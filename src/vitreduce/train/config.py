@@ -17,8 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vitreduce.config_tree import apply_override, differences, explain_error, merge, read_yaml
-from vitreduce.data.loaders import AugmentConfig, DataConfig
-from vitreduce.data.synth import SynthConfig
+from vitreduce.data import AugmentConfig, DataConfig, SynthConfig
 from vitreduce.errors import VitreduceError
 from vitreduce.reduction.spec import ReductionSpec
 
@@ -27,6 +26,14 @@ _WEIGHT_INITS = ("", "jax", "jax_nlhb", "moco")
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _known(value: str, names: list[str], kind: str) -> str:
+    """``value`` when it is one of ``names``; else a ValueError naming the closest ones."""
+    if value not in names:
+        close = difflib.get_close_matches(value, names, n=3)
+        raise ValueError(f"unknown {kind} {value!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+    return value
 
 
 class ModelConfig(_Section):
@@ -52,11 +59,7 @@ class ModelConfig(_Section):
     @field_validator("name")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        names = timm.list_models()
-        if value not in names:
-            close = difflib.get_close_matches(value, names, n=3, cutoff=0.6)
-            raise ValueError(f"unknown timm model {value!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
-        return value
+        return _known(value, timm.list_models(), "timm model")
 
     @field_validator("reduction")
     @classmethod
@@ -99,12 +102,7 @@ class OptimizerConfig(_Section):
     def _known_optimizer(cls, value: str) -> str:
         from timm.optim import list_optimizers
 
-        names = list_optimizers()
-        if value not in names:
-            close = difflib.get_close_matches(value, names, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ValueError(f"unknown timm optimizer {value!r}{hint}")
-        return value
+        return _known(value, list_optimizers(), "timm optimizer")
 
 
 class ScheduleConfig(_Section):

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from vitreduce.device import resolve_device
 from vitreduce.errors import VitreduceError
 
 T = TypeVar("T")
@@ -70,15 +71,6 @@ class DistInfo:
             dist.barrier()
 
 
-def resolve_device(preference: str) -> torch.device:
-    """'auto' -> cuda when available else cpu; 'cuda' without a GPU is refused."""
-    if preference == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if preference == "cuda" and not torch.cuda.is_available():
-        raise VitreduceError("device: cuda, but torch sees no CUDA GPU; use device: cpu or auto")
-    return torch.device(preference)
-
-
 def init(device: str = "auto") -> DistInfo:
     """Join the torchrun process group if there is one; otherwise describe a single process.
 
@@ -86,7 +78,7 @@ def init(device: str = "auto") -> DistInfo:
         device: the config's device preference ('auto', 'cpu', 'cuda').
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    target = resolve_device(device)
+    target = resolve_device(device, "device:")
     if world_size == 1:
         return DistInfo(device=target)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))

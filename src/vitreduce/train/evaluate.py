@@ -1,24 +1,99 @@
-"""Evaluating a saved model on an ImageFolder split (``vitreduce eval``), with timm's validate.py semantics."""
+"""Evaluation with timm's validate.py semantics: ``evaluate`` (a model over an eval loader, summed over
+ranks; the trainer's per-epoch eval) and ``evaluate_checkpoint`` (a saved model on an ImageFolder split,
+``vitreduce eval``)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+from torch import nn
+
 from vitreduce.config_tree import read_yaml
-from vitreduce.data.loaders import AugmentConfig, DataConfig, build_eval_loader
+from vitreduce.data import AugmentConfig, DataConfig, build_eval_loader
+from vitreduce.device import Precision, autocast, resolve_device
 from vitreduce.errors import VitreduceError
 from vitreduce.reduction import checkpoint
-from vitreduce.train.distributed import resolve_device
-from vitreduce.train.rundir import CONFIG
-from vitreduce.train.step import evaluate
+from vitreduce.train.distributed import all_sum
+from vitreduce.train.rundir import CONFIG, DONE
+from vitreduce.train.state import EMA_MODEL, MODEL
+
+
+@dataclass
+class EvalResult:
+    top1: float  # percent
+    top5: float  # percent (top-k with k = min(5, classes))
+    loss: float  # mean cross-entropy
+    count: int  # images evaluated (over all ranks)
+    indices: torch.Tensor | None = None  # (N,) dataset positions of this rank's images
+    labels: torch.Tensor | None = None  # (N,) their true classes
+    predictions: torch.Tensor | None = None  # (N,) arg-max class of each
+
+    def metrics(self) -> dict[str, float]:
+        return {"top1": self.top1, "top5": self.top5, "loss": self.loss}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, precision: Precision, device: torch.device,
+             keep_predictions: bool = False) -> EvalResult:
+    """Top-1, top-5 and cross-entropy over an eval loader (timm's validate.py semantics), summed over ranks.
+
+    Args:
+        model: the model to evaluate (switched to eval mode, restored after).
+        loader: yields ``(images (B,C,H,W), targets (B,), indices (B,))``, disjoint shards per rank.
+        precision: 'fp32', 'bf16' or 'fp16' (autocast, as in training).
+        device: where the model is.
+        keep_predictions: also return this rank's per-image arg-max predictions.
+    """
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1, top-k, count
+    indices, labels, predictions = [], [], []
+    try:
+        for images, targets, positions in loader:
+            images = images.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            with autocast(precision, device):
+                logits = model(images)  # (B, K)
+            logits = logits.float()
+            k = min(5, logits.shape[1])
+            top = logits.topk(k, dim=1).indices  # (B, k)
+            hits = top.eq(targets[:, None])
+            sums += torch.stack([
+                F.cross_entropy(logits, targets, reduction="sum").double(),
+                hits[:, 0].sum().double(),
+                hits.any(dim=1).sum().double(),
+                torch.tensor(len(targets), dtype=torch.float64, device=device),
+            ])
+            if keep_predictions:
+                indices.append(positions.cpu())
+                labels.append(targets.cpu())
+                predictions.append(top[:, 0].cpu())
+    finally:
+        model.train(was_training)
+    loss, top1, topk, count = all_sum(sums).tolist()
+    if count == 0:
+        raise VitreduceError("the eval split gave no readable images")
+    kept = keep_predictions and indices
+    return EvalResult(
+        top1=100.0 * top1 / count,
+        top5=100.0 * topk / count,
+        loss=loss / count,
+        count=int(count),
+        indices=torch.cat(indices) if kept else None,
+        labels=torch.cat(labels) if kept else None,
+        predictions=torch.cat(predictions) if kept else None,
+    )
 
 
 def resolve_model_file(path: Path, ema: bool) -> Path:
     """A model file, or a run directory's model.safetensors / model_ema.safetensors."""
     if path.is_dir():
-        name = "model_ema.safetensors" if ema else "model.safetensors"
+        name = EMA_MODEL if ema else MODEL
         if not (path / name).is_file():
-            done = "" if (path / "done.json").is_file() else " (the run has not finished: see its checkpoints/)"
+            done = "" if (path / DONE).is_file() else " (the run has not finished: see its checkpoints/)"
             raise VitreduceError(f"{path} has no {name}{done}")
         return path / name
     if ema:
@@ -35,7 +110,7 @@ def run_augment(model_file: Path) -> tuple[AugmentConfig, str]:
 
 
 def evaluate_checkpoint(path: str | Path, data_root: str | Path, *, split: str = "val", ema: bool = False,
-                        batch_size: int = 256, workers: int = 2, precision: str = "fp32",
+                        batch_size: int = 256, workers: int = 2, precision: Precision = "fp32",
                         device: str = "auto") -> dict[str, Any]:
     """Top-1 / top-5 (percent) and mean cross-entropy of a saved model on one split.
 
@@ -50,7 +125,7 @@ def evaluate_checkpoint(path: str | Path, data_root: str | Path, *, split: str =
         device: 'auto', 'cpu' or 'cuda'.
     """
     model_file = resolve_model_file(Path(path), ema)
-    target = resolve_device(device)
+    target = resolve_device(device, "device:")
     if precision == "fp16" and target.type != "cuda":
         raise VitreduceError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
     if batch_size < 1:

@@ -2,40 +2,52 @@
 
 ``train(config, out_dir)`` runs (or resumes, or reports as finished) one run directory as described
 in docs/run-directory.md; ``vitreduce train`` is its command-line face. Under torchrun every rank
-calls it; only rank 0 writes.
+calls it; only rank 0 writes. ``Trainer`` builds every part of a run in ``__init__``; ``Trainer.run``
+is the epoch loop, handing each step to ``train_step``, each evaluation to ``evaluate`` and each
+checkpoint to ``state.save``.
 """
 from __future__ import annotations
 
 import os
 import random
-import signal
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+import vitreduce.data as data
 from vitreduce.console import Progress
-from vitreduce.data import loaders as data
-from vitreduce.data.synth import ensure_synth
+from vitreduce.data import ensure_synth
 from vitreduce.errors import VitreduceError
-from vitreduce.files import write_json
-from vitreduce.reduction import checkpoint
-from vitreduce.reduction.accounting import describe
 from vitreduce.train import distributed, rundir, state
 from vitreduce.train.config import TrainConfig
 from vitreduce.train.distributed import DistInfo, gather_objects
 from vitreduce.train.ema import Ema
+from vitreduce.train.evaluate import EvalResult, evaluate
 from vitreduce.train.logs import MetricsFile, TensorBoard
 from vitreduce.train.model import build_model
 from vitreduce.train.optim import create_optimizer, create_scheduler, param_names
-from vitreduce.train.step import EvalResult, NonFiniteError, StepContext, evaluate, train_step
-from vitreduce.version import __version__
+from vitreduce.train.rundir import RunStatus
+from vitreduce.train.state import EpochTotals
+from vitreduce.train.step import NonFiniteError, StepContext, train_step
 
-KILL_ENV = "VITREDUCE_TEST_KILL"  # "step:N" or "save:N": SIGKILL this process at the N-th event (tests)
+Event = Literal["step", "save"]
+# Called with "step" after every optimizer step, and on rank 0 with "save" once a checkpoint's files are
+# written but before they become visible: where tests inject faults (tests/killer.py SIGKILLs there).
+EventHook = Callable[[Event], None]
+Evaluation = dict[str, EvalResult | None]  # {"raw": ..., "ema": ... or None}
+
+
+class TrainStatus(StrEnum):
+    FINISHED = "finished"  # trained now (the whole run, or what a resume left)
+    ALREADY_DONE = "already-done"  # done.json was there: nothing ran
 
 
 @dataclass
@@ -43,102 +55,93 @@ class RunResult:
     """What ``train`` did."""
 
     run_dir: Path
-    status: str  # "finished" (trained now) or "already-done"
+    status: TrainStatus
     epochs: int
     final: dict[str, Any] = field(default_factory=dict)  # {"raw": {...}, "ema": {...} or None}
     resumed_from: str | None = None
 
 
-def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False) -> RunResult:
+def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
+          on_event: EventHook | None = None) -> RunResult:
     """Train (or resume) the run directory ``out_dir`` with ``config``.
 
     Args:
         config: the validated config.
         out_dir: run directory; created if missing, resumed if it holds this config's run.
         resume: require an existing run to resume (``--resume``).
+        on_event: fault injection for tests (see ``EventHook``); None in normal use.
     """
+    out = Path(out_dir)
     info = distributed.init(config.device)
+    session_start = time.perf_counter()
     try:
-        return _Run(config, Path(out_dir), info).run(resume)
+        if config.precision == "fp16" and info.device.type != "cuda":
+            raise VitreduceError("precision: fp16 needs a CUDA GPU (GradScaler); on CPU set precision: bf16 or fp32")
+        start = info.agree(lambda: _preflight(config, out, resume))
+        if start.status is RunStatus.DONE:
+            info.on_main(print, f"{out}: run already finished (done.json); nothing to do")
+            return RunResult(out, TrainStatus.ALREADY_DONE, config.epochs, start.done.get("final", {}))
+        return Trainer(config, out, info, start.checkpoint, session_start, on_event).run()
     finally:
         distributed.shutdown(info)
 
 
-class _Run:
-    def __init__(self, config: TrainConfig, out: Path, info: DistInfo):
-        self.cfg, self.out, self.info = config, out, info
-        self.ckpt_dir = out / rundir.CHECKPOINTS
-        self.kills: dict[str, int] = {}
-        self.bad_paths: list[str] = []  # this rank's unreadable files not yet counted in the position
-        self.session_start = time.perf_counter()
-
-    # ---- set-up -------------------------------------------------------------------------------
-
-    def run(self, resume: bool) -> RunResult:
-        cfg, info = self.cfg, self.info
-        if cfg.precision == "fp16" and info.device.type != "cuda":
-            raise VitreduceError("precision: fp16 needs a CUDA GPU (GradScaler); on CPU set precision: bf16 or fp32")
-        start = info.agree(lambda: self._preflight(resume))
-        if start.status == "done":
-            info.on_main(print, f"{self.out}: run already finished (done.json); nothing to do")
-            return RunResult(self.out, "already-done", cfg.epochs, start.done.get("final", {}))
-        self._build()
-        position = self._resume(start.checkpoint) if start.checkpoint else self._fresh()
-        self.wall_base = position.wall_s
-        self._wrap()
-        self.metrics_file = MetricsFile(self.out / rundir.METRICS)
-        info.on_main(self.metrics_file.truncate, position.epochs_done)
-        self.tensorboard = info.on_main(self._tensorboard, position) if cfg.logging.tensorboard else None
-        self.progress = Progress(cfg.logging.progress if info.is_main else "none", cfg.epochs, cfg.logging.every_steps)
-        if start.checkpoint:
-            self.progress.write(f"resuming {self.out} from {start.checkpoint} (epoch {position.epochs_done + 1}, "
-                                f"batch {position.batch}, step {position.step})")
-        try:
-            final = self._epochs(position)
-            self._finish(position, final)
-        finally:
-            if self.tensorboard is not None:
-                self.tensorboard.close()
-        return RunResult(self.out, "finished", cfg.epochs, self.final, start.checkpoint)
-
-    def _preflight(self, resume: bool) -> rundir.RunStart:
-        """Every check that can fail, before any work: run directory, data, init checkpoint."""
-        cfg = self.cfg
-        start = rundir.inspect(self.out, cfg, must_exist=resume)
-        if start.status == "done":
-            return start
-        if cfg.synth is not None:
-            ensure_synth(Path(cfg.data.root).expanduser(), cfg.synth)
-        data.check_dataset(cfg.data, cfg.model.num_classes)
-        if cfg.model.init_checkpoint and not Path(cfg.model.init_checkpoint).is_file():
-            raise VitreduceError(f"model.init_checkpoint {cfg.model.init_checkpoint} does not exist")
-        rundir.begin(self.out, cfg)
+def _preflight(config: TrainConfig, out: Path, resume: bool) -> rundir.RunStart:
+    """Every check that can fail, before any work: run directory, data, init checkpoint."""
+    start = rundir.inspect(out, config, must_exist=resume)
+    if start.status is RunStatus.DONE:
         return start
+    if config.synth is not None:
+        ensure_synth(Path(config.data.root).expanduser(), config.synth)
+    data.check_dataset(config.data, config.model.num_classes)
+    if config.model.init_checkpoint and not Path(config.model.init_checkpoint).is_file():
+        raise VitreduceError(f"model.init_checkpoint {config.model.init_checkpoint} does not exist")
+    rundir.begin(out, config)
+    return start
 
-    def _build(self) -> None:
-        cfg, info = self.cfg, self.info
-        _seed_everything(cfg.seed)  # the same initial weights on every rank
-        self.module = build_model(cfg.model).to(info.device)
-        img_size = tuple(self.module.patch_embed.img_size)
-        self.ema = Ema(self.module, cfg.ema.decay) if cfg.ema.enabled else None
-        self.optimizer = create_optimizer(self.module, cfg.optimizer)
-        self.loader = data.build_train_loader(cfg.data, cfg.augment, img_size, cfg.model.num_classes, seed=cfg.seed,
-                                              rank=info.rank, world_size=info.world_size)
-        self.eval_loader = data.build_eval_loader(cfg.data, cfg.augment, img_size, rank=info.rank,
-                                                  world_size=info.world_size)
-        self.steps_per_epoch = -(-len(self.loader) // cfg.optimizer.accum_steps)
-        self.scheduler = create_scheduler(self.optimizer, cfg.schedule, cfg.epochs, self.steps_per_epoch)
-        self.scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.precision == "fp16")
+
+class Trainer:
+    """One run directory in training. ``__init__`` builds every part, in the order that keeps a resumed
+    run bitwise identical to an uninterrupted one (weights seeded alike on every rank, then the RNG
+    streams restored or seeded per rank, then the DDP wrapper, which broadcasts rank 0's weights).
+
+    Args:
+        config: the validated config.
+        out: the run directory (``_preflight`` has checked it and written config.yaml).
+        info: this process's rank and device.
+        checkpoint: the checkpoint directory to resume from, or None for a new run.
+        session_start: ``time.perf_counter()`` when this session began (for the run's wall time).
+        on_event: see ``EventHook``.
+    """
+
+    def __init__(self, config: TrainConfig, out: Path, info: DistInfo, checkpoint: str | None,
+                 session_start: float, on_event: EventHook | None = None):
+        self.cfg, self.out, self.info = config, out, info
+        self.resumed_from, self.session_start = checkpoint, session_start
+        self.on_event: EventHook = on_event or _no_event
+        self.ckpt_dir = out / rundir.CHECKPOINTS
+        self.bad_paths: list[str] = []  # this rank's unreadable files not yet counted in the position
+
+        _seed_everything(config.seed)  # the same initial weights on every rank
+        self.module = build_model(config.model).to(info.device)
+        self.ema = Ema(self.module, config.ema.decay) if config.ema.enabled else None
+        self.optimizer = create_optimizer(self.module, config.optimizer)
+        self.loader, self.eval_loader = _loaders(config, info, tuple(self.module.patch_embed.img_size))
+        steps_per_epoch = -(-len(self.loader) // config.optimizer.accum_steps)
+        self.scheduler = create_scheduler(self.optimizer, config.schedule, config.epochs, steps_per_epoch)
+        self.scaler = torch.amp.GradScaler(info.device.type, enabled=config.precision == "fp16")
         self.trainables = state.Trainables(self.module, self.optimizer, self.scheduler, self.scaler, self.ema,
                                            param_names(self.module))
+        self.position = self._resume(checkpoint) if checkpoint else self._fresh()
+        self.wall_base = self.position.wall_s
+        self.eval_model, self.step_context = self._wrap()
+        self.last_lr = self.optimizer.param_groups[0]["lr"]  # of the latest step, for the epoch's record
 
-    def _fresh(self) -> state.Position:
-        desc = describe(self.module)
-        record = {**desc.record(), "seed": self.cfg.seed, "num_classes": self.cfg.model.num_classes,
-                  "epochs": self.cfg.epochs, "vitreduce_version": __version__, "world_size": self.info.world_size}
-        self.info.on_main(write_json, self.out / rundir.RUN, record)
-        _seed_everything(self.cfg.seed + self.info.rank)  # per-rank streams for drop-path, as timm does
-        return state.Position(world_size=self.info.world_size)
+        self.metrics_file = MetricsFile(out / rundir.METRICS)
+        info.on_main(self.metrics_file.truncate, self.position.epochs_done)
+        self.tensorboard = info.on_main(self._tensorboard) if config.logging.tensorboard else None
+        progress = config.logging.progress if info.is_main else "none"
+        self.progress = Progress(progress, config.epochs, config.logging.every_steps)
 
     def _resume(self, path: str) -> state.Position:
         position, rng = state.load(path, self.trainables, self.info.rank)
@@ -150,77 +153,75 @@ class _Run:
         state.restore_rng(rng)
         return position
 
-    def _wrap(self) -> None:
-        model = self.module
-        if self.cfg.compile:
-            model = torch.compile(model)
-        self.eval_model = model  # evaluation needs no gradient synchronisation
+    def _fresh(self) -> state.Position:
+        self.info.on_main(rundir.write_run_record, self.out, self.module, self.cfg, self.info.world_size)
+        _seed_everything(self.cfg.seed + self.info.rank)  # per-rank streams for drop-path, as timm does
+        return state.Position(world_size=self.info.world_size)
+
+    def _wrap(self) -> tuple[nn.Module, StepContext]:
+        """The model evaluation runs (compiled or not) and the step's context (DDP-wrapped when distributed)."""
+        model = torch.compile(self.module) if self.cfg.compile else self.module
+        eval_model = model  # evaluation needs no gradient synchronisation
         if self.info.distributed:
             ids = [self.info.device.index] if self.info.device.type == "cuda" else None
             model = DistributedDataParallel(model, device_ids=ids)
-        self.model = model
-        self.ctx = StepContext.build(
+        context = StepContext.build(
             model, self.module, loss_fn=data.train_loss_fn(self.cfg.augment), optimizer=self.optimizer,
             scaler=self.scaler, ema=self.ema, precision=self.cfg.precision, device=self.info.device,
             clip_grad=self.cfg.optimizer.clip_grad, nonfinite=self.cfg.faults.nonfinite,
         )
+        return eval_model, context
 
-    def _tensorboard(self, position: state.Position) -> TensorBoard:
-        return TensorBoard(self.out / "tensorboard", purge_step=position.step + 1 if position.step else None)
+    def _tensorboard(self) -> TensorBoard:
+        step = self.position.step
+        return TensorBoard(self.out / "tensorboard", purge_step=step + 1 if step else None)
 
     # ---- the loop -----------------------------------------------------------------------------
 
-    def _epochs(self, position: state.Position) -> dict[str, EvalResult | None] | None:
-        final = None
-        for epoch in range(position.epochs_done, self.cfg.epochs):
-            self._train_epoch(epoch, position)
-            final = self._end_epoch(epoch, position, last=epoch == self.cfg.epochs - 1)
-        return final
+    def run(self) -> RunResult:
+        """Train the remaining epochs, then write the run's final files."""
+        position = self.position
+        if self.resumed_from:
+            self.progress.write(f"resuming {self.out} from {self.resumed_from} (epoch {position.epochs_done + 1}, "
+                                f"batch {position.batch}, step {position.step})")
+        try:
+            final = None
+            for epoch in range(position.epochs_done, self.cfg.epochs):
+                train_time = self._train_epoch(epoch)
+                final = self._end_epoch(epoch, train_time, last=epoch == self.cfg.epochs - 1)
+            if final is None:  # resumed after the last epoch's checkpoint: evaluate once more
+                final = self._evaluate(keep_predictions=True)
+            metrics = self._finish(final)
+        finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+        return RunResult(self.out, TrainStatus.FINISHED, self.cfg.epochs, metrics, self.resumed_from)
 
-    def _train_epoch(self, epoch: int, position: state.Position) -> None:
-        """Train epoch ``epoch`` (from 0) from ``position.batch`` on, updating ``position`` as it goes."""
-        accum = self.cfg.optimizer.accum_steps
+    def _train_epoch(self, epoch: int) -> float:
+        """Train epoch ``epoch`` (from 0) from ``position.batch`` on; its training time (all sessions)."""
+        position = self.position
         self.loader.set_epoch(epoch, start_batch=position.batch)
         self.progress.start_epoch(epoch + 1, len(self.loader), position.batch)
-        started = time.perf_counter() - position.sums["elapsed_s"]
-        pending: list[data.Batch] = []
-        for batch in self.loader:
-            self.bad_paths.extend(batch.bad_paths)
-            if pending and batch.index // accum != pending[0].index // accum:
-                self._step(epoch, pending, position, started)  # a group cut short by an all-bad batch
-                pending = []
-            pending.append(batch)
-            if (batch.index + 1) % accum == 0 or batch.index == len(self.loader) - 1:
-                self._step(epoch, pending, position, started)
-                pending = []
-        if pending:
-            self._step(epoch, pending, position, started)
-        self.train_time = time.perf_counter() - started
+        started = time.perf_counter() - position.sums.elapsed_s
+        for batches in _step_groups(self.loader, self.cfg.optimizer.accum_steps, self.bad_paths):
+            self._step(epoch, batches, started)
+        train_time = time.perf_counter() - started
         self.progress.end_epoch()
+        return train_time
 
-    def _step(self, epoch: int, batches: list[data.Batch], position: state.Position, started: float) -> None:
-        device = self.info.device
+    def _step(self, epoch: int, batches: list[data.Batch], started: float) -> None:
+        """One optimizer step over ``batches``, counted in the position; a recovery checkpoint when due."""
+        device, position = self.info.device, self.position
         micro = [(b.images.to(device, non_blocking=True), b.targets.to(device, non_blocking=True)) for b in batches]
         try:
-            result = train_step(self.ctx, micro)
+            result = train_step(self.step_context, micro)
         except NonFiniteError as err:
-            last = self.ckpt_dir / "last"
-            where = f"last good checkpoint: {last} -> {os.readlink(last)}" if last.is_symlink() else "no checkpoint yet"
-            raise VitreduceError(
-                f"epoch {epoch + 1}, step {position.step + 1} (batch {batches[-1].index}): {err}; the step was not "
-                f"taken and the run stopped ({where}). Lower optimizer.lr, set optimizer.clip_grad, or set "
-                "faults.nonfinite: skip to skip such steps"
-            ) from None
-        sums = position.sums
+            raise self._halted(epoch, position.step + 1, batches[-1].index, err) from None
         position.step += 1
         position.batch = batches[-1].index + 1
         images = sum(len(b.images) for b in batches) * self.info.world_size
-        if result.loss == result.loss and abs(result.loss) != float("inf"):
-            sums["loss"] += result.loss
-            sums["steps"] += 1
-        sums["skipped"] += int(result.skipped)
-        sums["images"] += images
-        sums["elapsed_s"] = time.perf_counter() - started
+        position.sums.add_step(result.loss, result.skipped, images)
+        position.sums.elapsed_s = time.perf_counter() - started
         self.last_lr = self.optimizer.param_groups[0]["lr"]
         if result.skipped:
             self.progress.write(f"epoch {epoch + 1} step {position.step}: step skipped (loss {result.loss:.4g}, "
@@ -229,100 +230,104 @@ class _Run:
         self.progress.update(len(batches), images, result.loss, self.last_lr)
         every = self.cfg.checkpoint.recovery_every_steps
         if every and position.step % every == 0 and position.batch < len(self.loader):
-            self._save(["recovery"], position)
-        self._kill_hook("step")
+            self._save(["recovery"])
+        self.on_event("step")
 
-    def _end_epoch(self, epoch: int, position: state.Position, last: bool) -> dict[str, EvalResult | None]:
-        self._count_bad_images(position)
-        epoch_start = time.perf_counter() - self.train_time
+    def _halted(self, epoch: int, step: int, batch: int, err: NonFiniteError) -> VitreduceError:
+        last = self.ckpt_dir / "last"
+        where = f"last good checkpoint: {last} -> {os.readlink(last)}" if last.is_symlink() else "no checkpoint yet"
+        return VitreduceError(
+            f"epoch {epoch + 1}, step {step} (batch {batch}): {err}; the step was not taken and the run stopped "
+            f"({where}). Lower optimizer.lr, set optimizer.clip_grad, or set faults.nonfinite: skip to skip such steps"
+        )
+
+    def _end_epoch(self, epoch: int, train_time: float, last: bool) -> Evaluation:
+        """Evaluate, log the epoch's record, step the schedule and save the epoch's checkpoint."""
+        self._count_bad_images()
+        epoch_start = time.perf_counter() - train_time
         results = self._evaluate(keep_predictions=last)
-        sums = position.sums
-        record = {
-            "epoch": epoch + 1,
-            "step": position.step,
-            "lr": getattr(self, "last_lr", self.optimizer.param_groups[0]["lr"]),
-            "train_loss": sums["loss"] / sums["steps"] if sums["steps"] else None,  # None: no finite step
-            "img_s": sums["images"] / self.train_time if self.train_time > 0 else 0.0,
-            "epoch_time_s": time.perf_counter() - epoch_start,
-            "raw": results["raw"].metrics(),
-            "ema": results["ema"].metrics() if results["ema"] else None,
-            "skipped_steps": int(sums["skipped"]),
-            "bad_images": int(sums["bad_images"]),
-        }
+        record = self._record(epoch, train_time, epoch_start, results)
         self.info.on_main(self.metrics_file.append, record)
         if self.tensorboard is not None:
             self.tensorboard.epoch(record)
         self.progress.write(_summary(record, self.cfg.epochs))
         self.scheduler.step(epoch + 1)
-        kinds = ["last"] + (["best"] if self._is_best(record, position) else [])
-        position.epochs_done, position.batch = epoch + 1, 0
-        position.sums = state.Position().sums
-        self._save(kinds, position)
+        kinds = ["last"] + (["best"] if self._is_best(record) else [])
+        self.position.epochs_done, self.position.batch, self.position.sums = epoch + 1, 0, EpochTotals()
+        self._save(kinds)
         return results
 
-    def _evaluate(self, keep_predictions: bool) -> dict[str, EvalResult | None]:
-        def run(model):
+    def _record(self, epoch: int, train_time: float, epoch_start: float, results: Evaluation) -> dict[str, Any]:
+        """The epoch's line of metrics.jsonl (docs/run-directory.md)."""
+        totals = self.position.sums
+        return {
+            "epoch": epoch + 1,
+            "step": self.position.step,
+            "lr": self.last_lr,
+            "train_loss": totals.train_loss,  # None: no finite step
+            "img_s": totals.images / train_time if train_time > 0 else 0.0,
+            "epoch_time_s": time.perf_counter() - epoch_start,
+            "raw": results["raw"].metrics(),
+            "ema": results["ema"].metrics() if results["ema"] else None,
+            "skipped_steps": totals.skipped,
+            "bad_images": totals.bad_images,
+        }
+
+    def _evaluate(self, keep_predictions: bool) -> Evaluation:
+        def run(model: nn.Module) -> EvalResult:
             return evaluate(model, self.eval_loader, self.cfg.precision, self.info.device, keep_predictions)
 
         return {"raw": run(self.eval_model), "ema": run(self.ema.module) if self.ema is not None else None}
 
-    def _is_best(self, record: dict[str, Any], position: state.Position) -> bool:
+    def _is_best(self, record: dict[str, Any]) -> bool:
+        """Whether this epoch beats the best so far by ``best_metric`` (recording it if so; ties keep the first)."""
         kind, _ = self.cfg.best_metric.split("_")
         value = record[kind]["top1"]
-        if position.best is not None and value <= position.best["value"]:
+        best = self.position.best
+        if best is not None and value <= best["value"]:
             return False
-        position.best = {"metric": self.cfg.best_metric, "value": value, "epoch": record["epoch"]}
+        self.position.best = {"metric": self.cfg.best_metric, "value": value, "epoch": record["epoch"]}
         return True
 
-    def _count_bad_images(self, position: state.Position) -> None:
+    def _count_bad_images(self) -> None:
         """Add every rank's unreadable images since the last count to the position, and log their paths."""
         paths = [p for part in gather_objects(self.bad_paths, self.info) or [] for p in part]
-        self.bad_paths = []
+        self.bad_paths.clear()  # the list _step_groups fills
         mine = torch.tensor(len(paths) if self.info.is_main else 0, device=self.info.device)
-        count = int(distributed.all_sum(mine).item())
-        position.sums["bad_images"] += count
+        self.position.sums.bad_images += int(distributed.all_sum(mine).item())
         if paths:
             self.progress.write(f"skipped {len(paths)} unreadable image(s): {', '.join(paths)}")
 
-    def _save(self, kinds: list[str], position: state.Position) -> None:
-        self._count_bad_images(position)
-        position.wall_s = self.wall_base + time.perf_counter() - self.session_start
+    def _save(self, kinds: list[str]) -> None:
+        self._count_bad_images()
+        self.position.wall_s = self._wall_s()
         rng = gather_objects(state.capture_rng(), self.info)
-        self.info.on_main(state.save, self.ckpt_dir, kinds, self.trainables, position, rng,
-                          on_written=lambda: self._kill_hook("save"))
+        self.info.on_main(state.save, self.ckpt_dir, kinds, self.trainables, self.position, rng,
+                          on_written=lambda: self.on_event("save"))
         self.info.barrier()
+
+    def _wall_s(self) -> float:
+        """Training wall time of the run so far, over every session."""
+        return self.wall_base + time.perf_counter() - self.session_start
 
     # ---- the end ------------------------------------------------------------------------------
 
-    def _finish(self, position: state.Position, final: dict[str, EvalResult | None] | None) -> None:
-        """predictions.csv, model files, done.json (re-evaluating when resumed after the last epoch)."""
-        if final is None:
-            final = self._evaluate(keep_predictions=True)
+    def _finish(self, final: Evaluation) -> dict[str, Any]:
+        """predictions.csv, the model files, done.json; returns the final metrics."""
         gathered = {kind: _gather_predictions(result, self.info) if result else None for kind, result in final.items()}
-        self.final = {kind: result.metrics() if result else None for kind, result in final.items()}
+        metrics = {kind: result.metrics() if result else None for kind, result in final.items()}
         if not self.info.is_main:
-            return
+            return metrics
         indices, labels, raw = gathered["raw"]
-        ema = gathered["ema"][2] if gathered["ema"] else None
-        rundir.write_predictions(self.out / rundir.PREDICTIONS, indices, labels, raw, ema)
-        metadata = {"epoch": str(position.epochs_done), "step": str(position.step)}
-        checkpoint.save(self.module, self.out / "model.safetensors", {**metadata, "weights": "raw"})
-        if self.ema is not None:
-            checkpoint.save(self.ema.module, self.out / "model_ema.safetensors", {**metadata, "weights": "ema"})
-        wall = self.wall_base + time.perf_counter() - self.session_start
-        write_json(self.out / rundir.DONE, {"epochs": self.cfg.epochs, "wall_s": wall, "final": self.final})
-        self.progress.write(f"done: {self.out} ({_summary({'epoch': self.cfg.epochs, **self.final}, self.cfg.epochs)})")
+        rundir.write_predictions(self.out, indices, labels, raw, gathered["ema"][2] if gathered["ema"] else None)
+        rundir.write_final_models(self.out, self.module, self.ema, self.position)
+        rundir.write_done(self.out, self.cfg.epochs, self._wall_s(), metrics)
+        self.progress.write(f"done: {self.out} ({_summary({'epoch': self.cfg.epochs, **metrics}, self.cfg.epochs)})")
+        return metrics
 
-    def _kill_hook(self, event: str) -> None:
-        """Test hook: with VITREDUCE_TEST_KILL=event:n the process SIGKILLs itself at the n-th event."""
-        spec = os.environ.get(KILL_ENV)
-        if not spec:
-            return
-        target, _, count = spec.partition(":")
-        if target == event:
-            self.kills[event] = self.kills.get(event, 0) + 1
-            if self.kills[event] == int(count):
-                os.kill(os.getpid(), signal.SIGKILL)
+
+def _no_event(event: Event) -> None:
+    """The default ``on_event``: nothing."""
 
 
 def _seed_everything(seed: int) -> None:
@@ -331,7 +336,39 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _gather_predictions(result: EvalResult, info: DistInfo):
+def _loaders(config: TrainConfig, info: DistInfo,
+             img_size: tuple[int, int]) -> tuple[data.TrainLoader, data.EvalLoader]:
+    """This rank's shard of the training and eval splits."""
+    train_loader = data.build_train_loader(config.data, config.augment, img_size, config.model.num_classes,
+                                           seed=config.seed, rank=info.rank, world_size=info.world_size)
+    eval_loader = data.build_eval_loader(config.data, config.augment, img_size, rank=info.rank,
+                                         world_size=info.world_size)
+    return train_loader, eval_loader
+
+
+def _step_groups(loader: data.TrainLoader, accum: int, bad_paths: list[str]) -> Iterator[list[data.Batch]]:
+    """The loader's batches grouped into optimizer steps of ``accum`` micro-batches.
+
+    A group ends at a multiple of ``accum`` or at the epoch's last batch, or early when a batch of the
+    next group arrives first (the loader leaves out batches with no readable image). Each batch's
+    unreadable paths go to ``bad_paths`` as it arrives.
+    """
+    pending: list[data.Batch] = []
+    for batch in loader:
+        bad_paths.extend(batch.bad_paths)
+        if pending and batch.index // accum != pending[0].index // accum:
+            yield pending
+            pending = []
+        pending.append(batch)
+        if (batch.index + 1) % accum == 0 or batch.index == len(loader) - 1:
+            yield pending
+            pending = []
+    if pending:
+        yield pending
+
+
+def _gather_predictions(result: EvalResult, info: DistInfo) -> tuple[torch.Tensor, ...] | None:
+    """(indices, labels, predictions) of every rank's eval images on rank 0 (None elsewhere)."""
     parts = gather_objects((result.indices, result.labels, result.predictions), info)
     if not info.is_main:
         return None
@@ -348,4 +385,3 @@ def _summary(record: dict[str, Any], epochs: int) -> str:
             m = record[kind]
             text += f" | {kind} top1 {m['top1']:.2f} top5 {m['top5']:.2f} loss {m['loss']:.4f}"
     return text
-

@@ -13,6 +13,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch import nn
 
+from vitreduce.config_tree import kwargs_from
 from vitreduce.reduction.params import unique_named_parameters
 from vitreduce.train.config import OptimizerConfig, ScheduleConfig
 
@@ -72,23 +73,10 @@ def create_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, epoc
         optimizer,
         sched=cfg.name,
         num_epochs=epochs,
-        decay_epochs=cfg.decay_epochs,
-        decay_milestones=cfg.decay_milestones,
-        cooldown_epochs=cfg.cooldown_epochs,
-        decay_rate=cfg.decay_rate,
-        min_lr=cfg.min_lr,
-        warmup_lr=cfg.warmup_lr,
-        warmup_epochs=cfg.warmup_epochs,
         step_on_epochs=not cfg.on_updates,
         updates_per_epoch=updates_per_epoch,
+        **kwargs_from(cfg, "decay_epochs", "decay_milestones", "cooldown_epochs", "decay_rate", "min_lr", "warmup_lr",
+                      "warmup_epochs"),
     )
     return scheduler
 
-
-def position_scheduler(scheduler, epoch: int, updates: int, on_updates: bool) -> None:
-    """Set the LR for the start of ``epoch`` (from 0) after ``updates`` optimizer steps, as timm's
-    train.py does when it starts or resumes (timm's schedules are functions of the epoch/update)."""
-    if on_updates:
-        scheduler.step_update(updates)
-    else:
-        scheduler.step(epoch)

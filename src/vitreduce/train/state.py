@@ -34,11 +34,40 @@ from torch import nn
 
 from vitreduce.errors import VitreduceError
 from vitreduce.files import atomic_write, fsync_dir
+from vitreduce.numbers import is_finite
 from vitreduce.reduction import checkpoint
+from vitreduce.train.ema import Ema
 
 FORMAT = "vitreduce.trainstate.v1"
 KINDS = ("last", "best", "recovery")
-_MODEL, _EMA, _STATE = "model.safetensors", "model_ema.safetensors", "state.safetensors"
+MODEL, EMA_MODEL = "model.safetensors", "model_ema.safetensors"  # also a finished run directory's model files
+_STATE = "state.safetensors"
+
+
+@dataclass
+class EpochTotals:
+    """Running totals of the epoch in progress, saved with the position so that a resumed epoch's
+    train_loss and img/s come out as if it had not stopped. Saved as the position's ``sums`` (JSON)."""
+
+    loss: float = 0.0  # sum of the finite step losses
+    steps: int = 0  # steps whose loss was finite (the divisor of train_loss)
+    images: int = 0  # images trained, over all ranks
+    skipped: int = 0  # steps the optimizer did not take
+    bad_images: int = 0  # unreadable images met, over all ranks
+    elapsed_s: float = 0.0  # training time of the epoch so far
+
+    def add_step(self, loss: float, skipped: bool, images: int) -> None:
+        """Count one optimizer step; a non-finite loss (a skipped step) stays out of the mean."""
+        if is_finite(loss):
+            self.loss += loss
+            self.steps += 1
+        self.skipped += int(skipped)
+        self.images += images
+
+    @property
+    def train_loss(self) -> float | None:
+        """The epoch's mean step loss; None when no step had a finite loss."""
+        return self.loss / self.steps if self.steps else None
 
 
 @dataclass
@@ -50,10 +79,13 @@ class Position:
     step: int = 0  # optimizer steps taken in total (skipped ones included)
     world_size: int = 1
     wall_s: float = 0.0  # training wall time so far, over every session of the run
-    # Running sums of the epoch in progress, so its train_loss comes out identical after a resume.
-    sums: dict[str, float] = field(default_factory=lambda: {"loss": 0.0, "steps": 0, "images": 0, "skipped": 0,
-                                                            "bad_images": 0, "elapsed_s": 0.0})
+    sums: EpochTotals = field(default_factory=EpochTotals)  # of the epoch in progress
     best: dict[str, Any] | None = None  # {"metric": "ema_top1", "value": 81.2, "epoch": 219}
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> Position:
+        """The position a checkpoint header holds (``asdict`` of one)."""
+        return cls(**{**saved, "sums": EpochTotals(**saved["sums"])})
 
 
 @dataclass
@@ -64,7 +96,7 @@ class Trainables:
     optimizer: torch.optim.Optimizer
     scheduler: Any  # a timm scheduler
     scaler: torch.amp.GradScaler
-    ema: Any = None  # vitreduce.train.ema.Ema or None
+    ema: Ema | None = None
     names: dict[int, str] = field(default_factory=dict)  # id(param) -> name (optim.param_names)
 
 
@@ -93,10 +125,7 @@ def save(ckpt_dir: str | os.PathLike, kinds: list[str], trainables: Trainables, 
     for stale in (final, tmp):
         shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir()
-    metadata = {"epoch": str(position.epochs_done), "step": str(position.step)}
-    checkpoint.save(trainables.module, tmp / _MODEL, metadata={**metadata, "weights": "raw"})
-    if trainables.ema is not None:
-        checkpoint.save(trainables.ema.module, tmp / _EMA, metadata={**metadata, "weights": "ema"})
+    write_model_files(tmp, trainables.module, trainables.ema, position)
     tensors, header = _optimizer_tensors(trainables)
     rng_tensors, rng_header = _rng_tensors(rng_states)
     header.update(rng_header)
@@ -116,6 +145,15 @@ def save(ckpt_dir: str | os.PathLike, kinds: list[str], trainables: Trainables, 
         _point(ckpt_dir / kind, name)
     _prune(ckpt_dir)
     return final
+
+
+def write_model_files(folder: Path, module: nn.Module, ema: Ema | None, position: Position) -> None:
+    """model.safetensors and, with an EMA, model_ema.safetensors: vitreduce model checkpoints
+    (``vitreduce.load``) whose metadata names the epoch and step they hold."""
+    metadata = {"epoch": str(position.epochs_done), "step": str(position.step)}
+    checkpoint.save(module, folder / MODEL, metadata={**metadata, "weights": "raw"})
+    if ema is not None:
+        checkpoint.save(ema.module, folder / EMA_MODEL, metadata={**metadata, "weights": "ema"})
 
 
 def _optimizer_tensors(t: Trainables) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -219,7 +257,7 @@ def _header(path: Path) -> tuple[dict[str, Any], set[str]]:
 
 def read_position(path: str | os.PathLike) -> Position:
     """The position stored in a checkpoint directory."""
-    return Position(**_header(Path(path))[0]["position"])
+    return Position.from_dict(_header(Path(path))[0]["position"])
 
 
 def load(path: str | os.PathLike, trainables: Trainables, rank: int) -> tuple[Position, dict[str, Any]]:
@@ -230,17 +268,17 @@ def load(path: str | os.PathLike, trainables: Trainables, rank: int) -> tuple[Po
     """
     path = Path(path)
     header, _ = _header(path)
-    checkpoint.read_weights_into(trainables.module, path / _MODEL)
+    checkpoint.read_weights_into(trainables.module, path / MODEL)
     if trainables.ema is not None:
-        if not (path / _EMA).is_file():
+        if not (path / EMA_MODEL).is_file():
             raise VitreduceError(f"{path} has no EMA weights, but the config enables the EMA")
-        checkpoint.read_weights_into(trainables.ema.module, path / _EMA)
+        checkpoint.read_weights_into(trainables.ema.module, path / EMA_MODEL)
     tensors = load_file(str(path / _STATE))
     _load_optimizer(trainables, header, tensors, source=path)
     trainables.scheduler.load_state_dict(header["scheduler"])
     if header["scaler"]:
         trainables.scaler.load_state_dict(header["scaler"])
-    position = Position(**header["position"])
+    position = Position.from_dict(header["position"])
     meta = header["rng"][rank]
     rng = {
         "python": tensors[f"rng/{rank}/python"], "python_meta": meta["python"],

@@ -1,4 +1,4 @@
-"""The training step and evaluation: small functions, no orchestration (that is vitreduce.train.loop).
+"""The training step: one small function, no orchestration (that is vitreduce.train.loop).
 
 ``train_step`` is one optimizer step over ``optimizer.accum_steps`` micro-batches: forward, loss,
 backward, unscale, clip, a finiteness check, step, EMA. The gradient norm is taken over unique
@@ -8,28 +8,21 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from vitreduce.device import Precision, autocast
 from vitreduce.errors import VitreduceError
+from vitreduce.numbers import is_finite
 from vitreduce.reduction.params import unique_parameters
-from vitreduce.train.distributed import all_mean, all_sum
+from vitreduce.train.distributed import all_mean
 from vitreduce.train.ema import Ema
-
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteError(VitreduceError):
     """A step's loss or gradient norm was NaN or infinite (the weights were not updated)."""
-
-
-def autocast(precision: str, device: torch.device):
-    """The forward-pass context for a precision: autocast for bf16/fp16, nothing for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=_AUTOCAST_DTYPES[precision])
 
 
 @dataclass
@@ -46,10 +39,10 @@ class StepContext:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     ema: Ema | None
-    precision: str
+    precision: Precision
     device: torch.device
     clip_grad: float | None = None
-    nonfinite: str = "halt"  # or "skip"
+    nonfinite: Literal["halt", "skip"] = "halt"  # the config's faults.nonfinite
 
     @classmethod
     def build(cls, model: nn.Module, module: nn.Module, **kwargs) -> StepContext:
@@ -86,7 +79,7 @@ def train_step(ctx: StepContext, micro_batches: list[tuple[torch.Tensor, torch.T
     # (loss, gradient norm) averaged over ranks: one sync gives every rank the same verdict.
     check = all_mean(torch.stack([loss_sum / total, grad_norm.double()]))
     loss_value, norm_value = check.tolist()
-    loss_finite, norm_finite = _finite(loss_value), _finite(norm_value)
+    loss_finite, norm_finite = is_finite(loss_value), is_finite(norm_value)
     if ctx.scaler.is_enabled() and loss_finite and not norm_finite:
         # fp16 overflow: the scaler skips this step and lowers its scale (expected, counted).
         ctx.scaler.step(ctx.optimizer)
@@ -105,73 +98,3 @@ def train_step(ctx: StepContext, micro_batches: list[tuple[torch.Tensor, torch.T
     if ctx.ema is not None:
         ctx.ema.update()
     return StepResult(loss_value, norm_value, skipped=False)
-
-
-def _finite(value: float) -> bool:
-    return value == value and abs(value) != float("inf")
-
-
-@dataclass
-class EvalResult:
-    top1: float  # percent
-    top5: float  # percent (top-k with k = min(5, classes))
-    loss: float  # mean cross-entropy
-    count: int  # images evaluated (over all ranks)
-    indices: torch.Tensor | None = None  # (N,) dataset positions of this rank's images
-    labels: torch.Tensor | None = None  # (N,) their true classes
-    predictions: torch.Tensor | None = None  # (N,) arg-max class of each
-
-    def metrics(self) -> dict[str, float]:
-        return {"top1": self.top1, "top5": self.top5, "loss": self.loss}
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, precision: str, device: torch.device,
-             keep_predictions: bool = False) -> EvalResult:
-    """Top-1, top-5 and cross-entropy over an eval loader (timm's validate.py semantics), summed over ranks.
-
-    Args:
-        model: the model to evaluate (switched to eval mode, restored after).
-        loader: yields ``(images (B,C,H,W), targets (B,), indices (B,))``, disjoint shards per rank.
-        precision: 'fp32', 'bf16' or 'fp16' (autocast, as in training).
-        device: where the model is.
-        keep_predictions: also return this rank's per-image arg-max predictions.
-    """
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1, top-k, count
-    indices, labels, predictions = [], [], []
-    try:
-        for images, targets, positions in loader:
-            images = images.to(device, non_blocking=True)
-            targets = targets.to(device, non_blocking=True)
-            with autocast(precision, device):
-                logits = model(images)  # (B, K)
-            logits = logits.float()
-            k = min(5, logits.shape[1])
-            top = logits.topk(k, dim=1).indices  # (B, k)
-            hits = top.eq(targets[:, None])
-            sums += torch.stack([
-                F.cross_entropy(logits, targets, reduction="sum").double(),
-                hits[:, 0].sum().double(),
-                hits.any(dim=1).sum().double(),
-                torch.tensor(len(targets), dtype=torch.float64, device=device),
-            ])
-            if keep_predictions:
-                indices.append(positions.cpu())
-                labels.append(targets.cpu())
-                predictions.append(top[:, 0].cpu())
-    finally:
-        model.train(was_training)
-    loss, top1, topk, count = all_sum(sums).tolist()
-    if count == 0:
-        raise VitreduceError("the eval split gave no readable images")
-    return EvalResult(
-        top1=100.0 * top1 / count,
-        top5=100.0 * topk / count,
-        loss=loss / count,
-        count=int(count),
-        indices=torch.cat(indices) if keep_predictions and indices else None,
-        labels=torch.cat(labels) if keep_predictions and labels else None,
-        predictions=torch.cat(predictions) if keep_predictions and predictions else None,
-    )

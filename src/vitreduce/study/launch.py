@@ -1,0 +1,199 @@
+"""Training one run of a study: under its lock file, its output also appended to RUN_DIR/train.log, in
+this process or under torchrun. What became of the run is an ``Outcome``."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from vitreduce.errors import VitreduceError
+from vitreduce.study.plan import LOCK, LOG, RunPlan
+from vitreduce.study.spec import Launcher
+from vitreduce.train import rundir
+
+
+def to_stderr(line: str) -> None:
+    """Where a study's progress lines go by default (its results go to stdout)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+class OutcomeStatus(StrEnum):
+    """What became of one run in this invocation."""
+
+    SKIPPED = "skipped"  # finished before, or by another process meanwhile
+    TRAINED = "trained"
+    LOCKED = "locked"  # another process is training it
+    FAILED = "failed"
+
+
+@dataclass
+class Outcome:
+    """What became of one run in this invocation."""
+
+    plan: RunPlan
+    status: OutcomeStatus
+    message: str = ""
+    wall_s: float = 0.0
+
+
+class RunLock:
+    """An exclusive, non-blocking flock on RUN_DIR/.lock, held while the run trains.
+
+    The lock belongs to the open file, so a torchrun child given the descriptor keeps it held even if
+    the study process dies first; the kernel releases it when the last holder exits.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / LOCK
+        self.handle = None
+
+    def acquire(self) -> bool:
+        handle = open(self.path, "a+")  # noqa: SIM115 (held open for the run's lifetime)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self.handle = handle
+        return True
+
+    def holder(self) -> str:
+        with contextlib.suppress(OSError):
+            return self.path.read_text().strip() or "?"
+        return "?"
+
+    def release(self) -> None:
+        if self.handle is not None:
+            self.handle.close()  # closing the last descriptor releases the flock
+            self.handle = None
+
+
+@dataclass(frozen=True)
+class RunLauncher:
+    """Trains one run under its lock, its output also appended to RUN_DIR/train.log."""
+
+    launcher: Launcher
+    nproc_per_node: int
+    threads: int
+    total: int  # runs in the study, for the "[index/total]" tag
+    prefix: bool = False  # prefix the run's lines with its label (runs side by side)
+
+    def run(self, plan: RunPlan, index: int, status: rundir.RunStatus, echo) -> Outcome:
+        """Train (or resume) ``plan``, the ``index``-th run; progress lines go to ``echo``."""
+        tag = f"[{index}/{self.total}] {plan.label}"
+        lock = RunLock(plan.run_dir)
+        if not lock.acquire():
+            message = f"being trained by another process (pid {lock.holder()}, {lock.path}); skipped here"
+            echo(f"{tag}: {message}")
+            return Outcome(plan, OutcomeStatus.LOCKED, message)
+        if (plan.run_dir / rundir.DONE).is_file():  # another process finished it since this study looked
+            lock.release()
+            echo(f"{tag}: finished by another process meanwhile, skipped")
+            return Outcome(plan, OutcomeStatus.SKIPPED)
+        verb = "resuming" if status == rundir.RunStatus.RESUME else "training"
+        echo(f"{tag}: {verb} in {plan.run_dir} (log: {plan.run_dir / LOG})")
+        start = time.perf_counter()
+        try:
+            with open(plan.run_dir / LOG, "a") as log, _tee(log, f"  [{plan.label}] " if self.prefix else ""):
+                error = self._train(plan, lock)
+        finally:
+            lock.release()
+        wall = time.perf_counter() - start
+        if error:
+            echo(f"{tag}: FAILED: {error} (log: {plan.run_dir / LOG})")
+            return Outcome(plan, OutcomeStatus.FAILED, f"{error} (log: {plan.run_dir / LOG})", wall)
+        final = json.loads((plan.run_dir / rundir.DONE).read_text()).get("final") or {}
+        scores = ", ".join(f"{kind} top-1 {final[kind]['top1']:.2f}" for kind in ("ema", "raw") if final.get(kind))
+        echo(f"{tag}: done in {wall:.{0 if wall >= 10 else 1}f} s ({scores})")
+        return Outcome(plan, OutcomeStatus.TRAINED, wall_s=wall)
+
+    def lost(self, plan: RunPlan, index: int, exitcode: int | None, echo) -> Outcome:
+        """The outcome of a run whose worker process died (out of memory, a signal)."""
+        message = f"its worker process died (exit code {exitcode}); see {plan.run_dir / LOG}"
+        echo(f"[{index}/{self.total}] {plan.label}: FAILED: {message}")
+        return Outcome(plan, OutcomeStatus.FAILED, message)
+
+    def _train(self, plan: RunPlan, lock: RunLock) -> str:
+        """Train; '' on success, else what went wrong (the traceback, if any, goes to the log)."""
+        if self.launcher == "torchrun":
+            return self._torchrun(plan, lock)
+        from vitreduce.train.loop import train
+
+        config = plan.config
+        if self.prefix and config.logging.progress == "auto":  # side by side, bars would overwrite each other
+            config = config.model_copy(update={"logging": config.logging.model_copy(update={"progress": "lines"})})
+        try:
+            train(config, plan.run_dir)
+        except VitreduceError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return str(err)
+        except Exception as err:  # noqa: BLE001 (a crash of one run is reported; the study goes on)
+            traceback.print_exc()
+            return f"{type(err).__name__}: {err}"
+        return ""
+
+    def command(self, plan: RunPlan, display: bool = False) -> list[str]:
+        """The command that trains ``plan`` (``display``: as a user would type it)."""
+        train = ["vitreduce", "train", str(plan.run_dir / rundir.CONFIG), "--out", str(plan.run_dir)]
+        if self.launcher == "python":
+            return train if display else [sys.executable, "-m", *train]
+        torchrun = ["torchrun"] if display else [sys.executable, "-m", "torch.distributed.run"]
+        return [*torchrun, "--standalone", f"--nproc_per_node={self.nproc_per_node}", "-m", *train]
+
+    def _torchrun(self, plan: RunPlan, lock: RunLock) -> str:
+        command = self.command(plan)
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "PYTHONUNBUFFERED": "1"}
+        print(f"$ {' '.join(command)}", file=sys.stderr)
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                              text=True, env=env, pass_fds=(lock.handle.fileno(),)) as proc:
+            last, error = "", ""
+            for line in proc.stdout:
+                print(line, end="", file=sys.stderr, flush=True)
+                last = line.strip() if line.strip().strip("=") else last  # torchrun's ==== rules say nothing
+                error = line.strip() if "error:" in line else error  # `vitreduce train: error: ...`
+        if proc.returncode == 0 and (plan.run_dir / rundir.DONE).is_file():
+            return ""
+        return f"torchrun exit code {proc.returncode}: {error or last or 'no output'}"
+
+
+class _Tee:
+    """A text stream that also appends complete lines to a log (a progress bar's \\r redraws: last state only).
+
+    With a prefix, the terminal gets whole lines, each prefixed (several runs share one terminal).
+    """
+
+    def __init__(self, stream, log, prefix: str = ""):
+        self.stream, self.log, self.prefix, self.partial = stream, log, prefix, ""
+
+    def write(self, text: str) -> int:
+        if not self.prefix:
+            self.stream.write(text)
+        *lines, self.partial = (self.partial + text).split("\n")
+        for line in lines:
+            line = line.rsplit("\r", 1)[-1]
+            self.log.write(line + "\n")
+            if self.prefix:
+                self.stream.write(f"{self.prefix}{line}\n")
+        self.log.flush()
+        return len(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def _tee(log, prefix: str = ""):
+    with contextlib.redirect_stdout(_Tee(sys.stdout, log, prefix)), \
+            contextlib.redirect_stderr(_Tee(sys.stderr, log, prefix)):
+        yield

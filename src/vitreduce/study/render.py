@@ -1,0 +1,93 @@
+"""The report as a document: a list of blocks (headings, paragraphs, lists, tables, images) rendered
+to markdown (report.md) and to a standalone HTML page (report.html)."""
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Heading:
+    text: str
+    level: int = 2  # 1: the title; 2: a section; 3: a subsection
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    text: str
+
+
+@dataclass(frozen=True)
+class Bullets:
+    items: Sequence[str]
+
+
+@dataclass(frozen=True)
+class Table:
+    headers: Sequence[str]
+    rows: Sequence[Sequence[str]]  # cells already formatted
+
+
+@dataclass(frozen=True)
+class Image:
+    src: str  # relative to the report
+    caption: str
+
+
+Block = Heading | Paragraph | Bullets | Table | Image
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def _markdown(block: Block) -> str:
+    match block:
+        case Heading(text, level):
+            return f"{'#' * level} {text}"
+        case Paragraph(text):
+            return text
+        case Bullets(items):
+            return "\n".join(f"- {item}" for item in items)
+        case Table(headers, rows):
+            lines = ["| " + " | ".join(map(_md_cell, headers)) + " |", "|" + "---|" * len(headers)]
+            lines += ["| " + " | ".join(map(_md_cell, r)) + " |" for r in rows]
+            return "\n".join(lines)
+        case Image(src, caption):
+            return f"![{caption}]({src})\n\n*{caption}*"
+    raise TypeError(f"not a report block: {block!r}")
+
+
+def render_markdown(blocks: Sequence[Block]) -> str:
+    return "\n\n".join(map(_markdown, blocks)) + "\n"
+
+
+_CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.4}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;text-align:left}"
+        "th{background:#eee}img{max-width:100%}figcaption{font-style:italic}")
+
+
+def _html(block: Block) -> str:
+    esc = html.escape
+    match block:
+        case Heading(text, level):
+            return f"<h{level}>{esc(text)}</h{level}>"
+        case Paragraph(text):
+            return f"<p>{esc(text)}</p>"
+        case Bullets(items):
+            return "<ul>" + "".join(f"<li>{esc(i)}</li>" for i in items) + "</ul>"
+        case Table(headers, rows):
+            head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+            body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+            return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        case Image(src, caption):
+            return (f"<figure><img src='{esc(src)}' alt='{esc(caption)}'>"
+                    f"<figcaption>{esc(caption)}</figcaption></figure>")
+    raise TypeError(f"not a report block: {block!r}")
+
+
+def render_html(blocks: Sequence[Block], title: str) -> str:
+    head = (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body>")
+    return "\n".join([head, *map(_html, blocks)]) + "\n</body></html>\n"
