@@ -10,7 +10,7 @@ import sys
 
 from vitreduce.errors import VitreduceError
 
-# verb -> module in vitreduce.cli (the module name differs only where the verb is a Python keyword).
+# verb -> its module in vitreduce.cli (tests/test_layout.py checks that the table and the modules agree).
 VERBS = {
     "inspect": "inspect_cmd",
     "reduce": "reduce_cmd",
@@ -26,15 +26,9 @@ VERBS = {
 }
 
 
-def _available_commands():
+def _commands():
     for verb, module_name in VERBS.items():
-        try:
-            module = importlib.import_module(f"vitreduce.cli.{module_name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"vitreduce.cli.{module_name}":
-                continue  # verb not implemented in this version
-            raise
-        yield verb, module
+        yield verb, importlib.import_module(f"vitreduce.cli.{module_name}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vitreduce {__version__}")
     subparsers = parser.add_subparsers(dest="verb", metavar="COMMAND")
-    for verb, module in _available_commands():
+    for verb, module in _commands():
         doc = (module.__doc__ or "").strip()
         summary = doc.splitlines()[0] if doc else verb
         sub = subparsers.add_parser(

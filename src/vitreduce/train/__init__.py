@@ -1,0 +1,13 @@
+"""Training: one run directory from one config, resumable bit for bit, on CPU, one GPU or torchrun.
+
+Modules: ``config`` (the typed config tree), ``model`` (the model a config names, fine-tuning starts),
+``step`` (one optimizer step), ``optim`` (parameter groups over unique tensors, timm's factories),
+``ema``, ``evaluate`` (top-1/top-5/loss, ``vitreduce eval``), ``state`` (training-state checkpoints),
+``rundir`` (new / resume / finished, the files written once), ``logs`` (metrics.jsonl, TensorBoard),
+``distributed`` (torchrun), ``loop`` (the ``Trainer`` that runs the epochs).
+"""
+from vitreduce.train.config import TrainConfig, load_config
+from vitreduce.train.evaluate import evaluate_checkpoint
+from vitreduce.train.loop import RunResult, train
+
+__all__ = ["RunResult", "TrainConfig", "evaluate_checkpoint", "load_config", "train"]
