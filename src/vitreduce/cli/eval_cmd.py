@@ -15,16 +15,17 @@ import argparse
 import json
 from pathlib import Path
 
+from vitreduce.cli.args import add_data_options, add_device_option
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, help="model .safetensors file or run directory")
-    parser.add_argument("--data", type=Path, required=True, help="ImageFolder root holding the split folder")
-    parser.add_argument("--split", default="val", help="split folder under --data (default: val)")
+    add_data_options(parser, split="val")
     parser.add_argument("--ema", action="store_true", help="with a run directory: evaluate model_ema.safetensors")
     parser.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
     parser.add_argument("--workers", type=int, default=2, help="data-loading worker processes (default 2)")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast (default fp32)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device (default auto)")
+    add_device_option(parser)
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 

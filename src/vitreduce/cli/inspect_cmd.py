@@ -13,9 +13,10 @@ import argparse
 import json
 from pathlib import Path
 
+from vitreduce.cli.args import add_model_arg_option, parse_model_args
 from vitreduce.reduction.accounting import ModelDescription, describe
 from vitreduce.reduction.checkpoint import build_from_metadata, read_metadata
-from vitreduce.reduction.models import add_model_arg_option, create_model, parse_model_args
+from vitreduce.reduction.models import create_model
 from vitreduce.reduction.spec import ReductionSpec
 
 

@@ -16,11 +16,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vitreduce.cli.args import add_data_options, add_device_option
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, help="model .safetensors written by vitreduce")
-    parser.add_argument("--data", type=Path, required=True, help="ImageFolder root holding the split folder")
-    parser.add_argument("--split", default="train", help="split folder under --data (default: train)")
+    add_data_options(parser, split="train")
     parser.add_argument("--other", type=Path, default=None,
                         help="second checkpoint of the same architecture: also interpolate from CHECKPOINT to it")
     parser.add_argument("--out", type=Path, default=None,
@@ -35,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seed of the data subset and of the directions (d2 uses seed + 1) (default 0)")
     parser.add_argument("--batches", type=int, default=4, help="fixed batches the loss averages (default 4)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device (default auto)")
+    add_device_option(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 

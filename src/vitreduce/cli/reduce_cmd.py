@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vitreduce.cli.args import add_model_arg_option, parse_model_args
 from vitreduce.errors import VitreduceError
 from vitreduce.reduction.accounting import describe
 from vitreduce.reduction.checkpoint import save
-from vitreduce.reduction.models import add_model_arg_option, create_model, parse_model_args
+from vitreduce.reduction.models import create_model
 from vitreduce.reduction.spec import ReductionSpec
 from vitreduce.reduction.surgery import reduce
 from vitreduce.reduction.weights import load_into, read_state_dict

@@ -25,14 +25,15 @@ import json
 import sys
 from pathlib import Path
 
+from vitreduce.cli.args import add_data_options, add_device_option
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from vitreduce.sharpness.options import METHODS, SharpnessOptions
 
     default = SharpnessOptions()  # each option's flag is its field name: --top-k is top_k
     parser.add_argument("checkpoint", type=Path, help="model .safetensors written by vitreduce")
-    parser.add_argument("--data", type=Path, required=True, help="ImageFolder root holding the split folder")
-    parser.add_argument("--split", default=default.split, help=f"split folder under --data (default: {default.split})")
+    add_data_options(parser, split=default.split)
     parser.add_argument("--batches", type=int, default=default.batches,
                         help=f"fixed batches the loss averages (default {default.batches})")
     parser.add_argument("--batch-size", type=int, default=default.batch_size,
@@ -53,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adaptive", action="store_true", help="also report ASAM (adaptive) sharpness")
     parser.add_argument("--seed", type=int, default=default.seed,
                         help=f"seed of the data subset and random vectors (default {default.seed})")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device (default auto)")
+    add_device_option(parser)
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 

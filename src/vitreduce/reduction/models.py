@@ -12,7 +12,6 @@ import timm
 from timm.models import register_model
 from torch import nn
 
-from vitreduce.config_tree import parse_assignment
 from vitreduce.errors import VitreduceError
 from vitreduce.reduction.spec import ReductionSpec
 from vitreduce.reduction.surgery import BASE_HIDDEN_ATTR, reduce, vit_blocks
@@ -57,19 +56,6 @@ def _recordable(kwargs: dict[str, Any]) -> dict[str, Any]:
             ) from None
         recordable[key] = value
     return recordable
-
-
-def add_model_arg_option(parser) -> None:
-    """The CLI option for extra timm kwargs, shared by every command that builds a model."""
-    parser.add_argument(
-        "--model-arg", action="append", default=[], metavar="KEY=VALUE",
-        help="extra timm.create_model kwarg, value parsed as YAML (e.g. depth=6, img_size=32); repeatable",
-    )
-
-
-def parse_model_args(items: list[str]) -> dict[str, Any]:
-    """``["depth=6", "qkv_bias=false"]`` -> ``{"depth": 6, "qkv_bias": False}``."""
-    return dict(parse_assignment(item, "--model-arg", "depth=6", form="KEY=VALUE") for item in items)
 
 
 def build_info(model: nn.Module) -> dict[str, Any]:
