@@ -3,7 +3,8 @@
     python tests/killer.py EVENT:N CONFIG OUT
 
 EVENT is "step" (after an optimizer step) or "save" (a checkpoint's files written, not yet visible);
-see vitreduce.train.loop.EventHook. The tests that check exact resume start this as a subprocess.
+see vitreduce.train.loop.EventHook. The tests that check exact resume start this as a subprocess
+(conftest's ``killer`` fixture gives its path).
 """
 from __future__ import annotations
 

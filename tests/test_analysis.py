@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from vitreduce.data.synth import write_synth_dataset
 from vitreduce.errors import VitreduceError
 from vitreduce.study.analysis import AnalysisConfig, analyze_run, checkpoint_path
 from vitreduce.study.report import write_report
@@ -19,13 +18,12 @@ FAST = AnalysisConfig(batches=1, batch_size=8, iters=10, trace_samples=2, landsc
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory) -> Path:
-    """A two-variant, one-seed study directory trained for 2 epochs on a tiny dataset."""
+def study(tiny_dataset, tmp_path_factory) -> Path:
+    """A two-variant, one-seed study directory trained for 2 epochs on the tiny dataset."""
     root = tmp_path_factory.mktemp("study")
-    data = write_synth_dataset(root / "data", classes=4, train_per_class=8, val_per_class=4, size=16)
     for variant, reduction in (("baseline", "none"), ("grouped", "grouped")):
         config = load_config([REPO / "configs" / "demo" / "baseline.yaml", REPO / "configs" / "tiny.yaml"],
-                             [f"data.root={data}", f"model.reduction={reduction}", "epochs=2"])
+                             [f"data.root={tiny_dataset}", f"model.reduction={reduction}", "epochs=2"])
         train(config, root / "runs" / variant / "seed0")
     return root
 

@@ -7,7 +7,7 @@ import pickle
 import pytest
 import timm
 import torch
-from conftest import TINY, tiny_model
+from conftest import TINY_VIT, tiny_model
 from safetensors.torch import save_file
 
 import vitreduce
@@ -48,7 +48,7 @@ def test_shared_tensors_are_stored_once(tmp_path):
 
 def test_any_timm_vit_reduced_in_place_round_trips(tmp_path, images):
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", **TINY, qkv_bias=False, global_pool="avg").eval()
+    model = timm.create_model("vit_tiny_patch16_224", **TINY_VIT, qkv_bias=False, global_pool="avg").eval()
     vitreduce.reduce(model, "shallow:ratio=0.5")
     vitreduce.reduce(model, "grouped")  # composed across two calls
     loaded = vitreduce.load(vitreduce.save(model, tmp_path / "m.safetensors")).eval()
@@ -127,7 +127,7 @@ def test_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path, capsys
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_reduce_command_reduces_local_weights(tmp_path, images, suffix):
-    full = timm.create_model("vit_tiny_patch16_224", **TINY).eval()
+    full = timm.create_model("vit_tiny_patch16_224", **TINY_VIT).eval()
     weights = tmp_path / f"full{suffix}"
     if suffix == ".pth":
         torch.save({"state_dict": {f"module.{k}": v for k, v in full.state_dict().items()}}, weights)
@@ -136,7 +136,7 @@ def test_reduce_command_reduces_local_weights(tmp_path, images, suffix):
     out = tmp_path / "shallow.safetensors"
     args = ["reduce", "vit_tiny_patch16_224", "--reduction", "shallow", "--weights", str(weights), "--out", str(out)]
     assert main(args) == 2  # tiny kwargs differ from vit_tiny's defaults: the strict load names the problem
-    model_args = [f"--model-arg={k}={v}" for k, v in TINY.items() if k != "num_classes"]
+    model_args = [f"--model-arg={k}={v}" for k, v in TINY_VIT.items() if k != "num_classes"]
     assert main(args + model_args) == 0
     expected = vitreduce.reduce(full, "shallow")
     assert torch.equal(vitreduce.load(out).eval()(images), expected(images))

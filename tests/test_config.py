@@ -13,7 +13,7 @@ from vitreduce.train.config import TrainConfig, changed_keys, dump, load_config,
 REPO = Path(__file__).resolve().parents[1]
 PAPER = sorted((REPO / "configs" / "paper").glob("*.yaml"))
 DEMO = sorted((REPO / "configs" / "demo").glob("*.yaml"))
-TINY = REPO / "configs" / "tiny.yaml"
+TINY_CONFIG = REPO / "configs" / "tiny.yaml"
 
 
 def test_shipped_configs_exist():
@@ -25,7 +25,7 @@ def test_shipped_configs_exist():
 def test_shipped_config_and_its_tiny_variant_validate(path):
     config = load_config(path)
     assert isinstance(config, TrainConfig)
-    tiny = load_config([path, TINY])
+    tiny = load_config([path, TINY_CONFIG])
     assert tiny.model.embed_dim == 16 and tiny.precision == "fp32" and tiny.epochs == 1
     assert tiny.model.reduction == config.model.reduction  # the variant keeps what it is a variant of
 

@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_model
 from torch import nn
 
-import vitreduce
 from vitreduce.reduction.params import unique_named_parameters
 from vitreduce.train.config import OptimizerConfig
 from vitreduce.train.ema import Ema
@@ -16,20 +16,10 @@ from vitreduce.train.evaluate import evaluate
 from vitreduce.train.optim import create_optimizer, param_groups
 from vitreduce.train.step import NonFiniteError, StepContext, train_step
 
-TINY = dict(img_size=16, patch_size=4, embed_dim=16, depth=4, num_heads=2, num_classes=5)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops: threads only add contention
-    yield
-    torch.set_num_threads(threads)
-
 
 def grouped(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return vitreduce.create_model("vit_tiny_patch16_224", reduction="grouped", **TINY)
+    """conftest's tiny model at width 16, grouped, in training mode (as built)."""
+    return tiny_model("grouped", seed, embed_dim=16).train()
 
 
 def batch(n: int = 8, seed: int = 1):

@@ -14,12 +14,13 @@ from vitreduce.errors import VitreduceError
 from vitreduce.reduction.params import unique_named_parameters
 from vitreduce.sharpness import landscape
 
-TINY = dict(img_size=8, patch_size=4, embed_dim=8, num_heads=2, num_classes=3)
+LANDSCAPE_VIT = dict(img_size=8, patch_size=4, embed_dim=8, num_heads=2, num_classes=3)
 
 
 def tiny_vit(reduction="grouped", depth=2, seed=0, **overrides):
     torch.manual_seed(seed)
-    return vitreduce.create_model("vit_tiny_patch16_224", reduction=reduction, depth=depth, **{**TINY, **overrides})
+    kwargs = {**LANDSCAPE_VIT, **overrides}
+    return vitreduce.create_model("vit_tiny_patch16_224", reduction=reduction, depth=depth, **kwargs)
 
 
 def random_batches(count=2, size=4, seed=0):

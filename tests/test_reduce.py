@@ -7,7 +7,7 @@ import math
 import pytest
 import timm
 import torch
-from conftest import TINY, tiny_model
+from conftest import TINY_VIT, tiny_model
 
 import vitreduce
 from vitreduce.errors import VitreduceError
@@ -143,7 +143,7 @@ def test_thin_has_fresh_width_statistics_and_shallow_full_width_ones(weight_init
 
 
 def test_thin_respects_fix_init():
-    kwargs = dict(TINY, embed_dim=256, num_heads=4, depth=2)
+    kwargs = dict(TINY_VIT, embed_dim=256, num_heads=4, depth=2)
     torch.manual_seed(0)
     plain = vitreduce.create_model("vit_tiny_patch16_224", reduction="thin", **kwargs)
     torch.manual_seed(0)
@@ -159,10 +159,10 @@ def test_bad_inputs_are_refused_clearly():
         vitreduce.reduce(torch.nn.Linear(2, 2), "grouped")
     with pytest.raises(VitreduceError, match="would repeat"):
         vitreduce.reduce(tiny_model("grouped"), "grouped")
-    swiglu = timm.create_model("vit_tiny_patch16_224", mlp_layer=timm.layers.SwiGLU, **TINY)
+    swiglu = timm.create_model("vit_tiny_patch16_224", mlp_layer=timm.layers.SwiGLU, **TINY_VIT)
     with pytest.raises(VitreduceError, match="SwiGLU"):
         vitreduce.reduce(swiglu, "shallow")
-    gated = timm.create_model("vit_tiny_patch16_224", mlp_layer=timm.layers.GluMlp, **TINY)
+    gated = timm.create_model("vit_tiny_patch16_224", mlp_layer=timm.layers.GluMlp, **TINY_VIT)
     with pytest.raises(VitreduceError, match="gated"):
         vitreduce.reduce(gated, "grouped")
 

@@ -19,12 +19,13 @@ from vitreduce.sharpness.hessian import top_eigenvalues
 from vitreduce.sharpness.measures import analysis_mode, analyze_sharpness, batch_losses
 
 # Small enough for a dense Hessian (about 1k unique parameters), big enough to have every ViT part.
-TINY = dict(img_size=8, patch_size=4, in_chans=1, embed_dim=8, num_heads=2, mlp_ratio=2.0, num_classes=3)
+HESSIAN_VIT = dict(img_size=8, patch_size=4, in_chans=1, embed_dim=8, num_heads=2, mlp_ratio=2.0, num_classes=3)
 
 
 def tiny_vit(reduction="none", depth=1, seed=0, **overrides):
     torch.manual_seed(seed)
-    return vitreduce.create_model("vit_tiny_patch16_224", reduction=reduction, depth=depth, **{**TINY, **overrides})
+    kwargs = {**HESSIAN_VIT, **overrides}
+    return vitreduce.create_model("vit_tiny_patch16_224", reduction=reduction, depth=depth, **kwargs)
 
 
 def random_batches(count=2, size=4, channels=1, seed=0, dtype=torch.float64):

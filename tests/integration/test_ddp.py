@@ -2,57 +2,41 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 
-from vitreduce.data.synth import write_synth_dataset
 from vitreduce.train.config import validate
 from vitreduce.train.loop import train
 
 
-def config_tree(root: Path, batch_size: int, accum_steps: int) -> dict:
-    # No augmentation and no drop-path: the only randomness left is the data order, which is the same
-    # global order for any number of ranks.
-    return {
-        "seed": 5, "epochs": 2, "device": "cpu", "precision": "fp32",
-        "model": {"name": "vit_tiny_patch16_224", "reduction": "grouped", "num_classes": 4, "img_size": 16,
-                  "patch_size": 4, "embed_dim": 16, "depth": 2, "num_heads": 2, "drop_path_rate": 0.0},
-        "data": {"root": str(root), "batch_size": batch_size, "workers": 0},
-        "augment": {"enabled": False},
+def config_tree(tiny_train_config, batch_size: int, accum_steps: int) -> dict:
+    """The tiny train config with no augmentation and no drop-path: the only randomness left is the data
+    order, which is the same global order for any number of ranks."""
+    return tiny_train_config(
+        seed=5, epochs=2, model={"drop_path_rate": 0.0}, data={"batch_size": batch_size, "workers": 0},
+        augment={"enabled": False},  # the eval transform; no mixup/cutmix, erasing or repeats
         # SGD, not AdamW: Adam is nearly invariant to the gradient's scale, so it would hide a wrong average.
-        "optimizer": {"name": "momentum", "lr": 0.05, "betas": None, "eps": None, "accum_steps": accum_steps},
-        "schedule": {"warmup_epochs": 1},
-        "ema": {"decay": 0.9},
-        "logging": {"progress": "lines"},
-    }
+        optimizer={"name": "momentum", "lr": 0.05, "betas": None, "eps": None, "accum_steps": accum_steps},
+        checkpoint={"recovery_every_steps": 0}, logging={"every_steps": 50},  # the defaults: no recovery saves
+    )
 
 
 @pytest.mark.slow
-def test_two_ranks_match_one_process(tmp_path):
-    root = write_synth_dataset(tmp_path / "data", classes=4, train_per_class=8, val_per_class=4, size=16)
+def test_two_ranks_match_one_process(tiny_train_config, python_one_thread, tmp_path):
     single = tmp_path / "single"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(validate(config_tree(root, batch_size=8, accum_steps=1)), single)
-    finally:
-        torch.set_num_threads(threads)
+    # One thread here (conftest) and in each rank (python_one_thread).
+    train(validate(config_tree(tiny_train_config, batch_size=8, accum_steps=1)), single)
     # 2 ranks x 2 images x 2 accumulated micro-batches = the same 8 images per optimizer step.
     config = tmp_path / "ddp.yaml"
-    config.write_text(yaml.safe_dump(config_tree(root, batch_size=2, accum_steps=2)))
+    config.write_text(yaml.safe_dump(config_tree(tiny_train_config, batch_size=2, accum_steps=2)))
     ddp = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "vitreduce", "train", str(config), "--out", str(ddp)],
-        env=env, capture_output=True, text=True, timeout=600,
+    proc = python_one_thread(
+        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "vitreduce", "train", config, "--out", ddp,
+        capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     for name in ("model.safetensors", "model_ema.safetensors"):

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 import vitreduce
 from vitreduce.cli.main import main
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "v0_1"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "v0_1"
 pytestmark = pytest.mark.xdist_group("formats")
 
 

@@ -3,15 +3,10 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from killer import KILLER
 
 from vitreduce import cli
 from vitreduce.cli import demo_cmd
@@ -30,19 +25,10 @@ from vitreduce.study.spec import load_spec, parse_spec
 from vitreduce.train import rundir
 from vitreduce.train.loop import train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STUDIES = REPO / "studies"
 SHIPPED = sorted(STUDIES.glob("*.yaml"))
-TINY = sorted(p for p in (STUDIES / "tiny").glob("*.yaml") if not p.name.startswith("_"))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Runs train in this process: one thread, as each of 2 jobs would get on a 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+TINY_SPECS = sorted(p for p in (STUDIES / "tiny").glob("*.yaml") if not p.name.startswith("_"))
 
 
 def base_tree(data_root: Path) -> dict:
@@ -191,7 +177,7 @@ def test_changed_spec_is_refused_saying_what_differs(tmp_path):
 # Running: resume, skip, lock, --jobs
 
 
-def test_interrupted_study_resumes_and_finished_runs_are_left_alone(tmp_path, capfd):
+def test_interrupted_study_resumes_and_finished_runs_are_left_alone(python_one_thread, killer, tmp_path, capfd):
     study = tmp_path / "study"
     spec = tiny_spec(tmp_path, variants=("baseline", "grouped"))
     plans = expand(spec, study)
@@ -200,8 +186,7 @@ def test_interrupted_study_resumes_and_finished_runs_are_left_alone(tmp_path, ca
     prepare_study_dir(study, spec)
     ensure_synth_data(plans)
     prepare_runs([killed])
-    proc = subprocess.run([sys.executable, str(KILLER), "step:5", str(killed.run_dir / "config.yaml"),
-                           str(killed.run_dir)], env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
+    proc = python_one_thread(killer, "step:5", killed.run_dir / "config.yaml", killed.run_dir, capture_output=True)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     assert not (killed.run_dir / rundir.DONE).exists()
 
@@ -275,7 +260,7 @@ def test_jobs_2_runs_side_by_side_and_reports_a_failing_run(tmp_path, capfd):
 # Shipped studies
 
 
-@pytest.mark.parametrize("path", SHIPPED + TINY, ids=lambda p: str(p.relative_to(STUDIES)))
+@pytest.mark.parametrize("path", SHIPPED + TINY_SPECS, ids=lambda p: str(p.relative_to(STUDIES)))
 def test_shipped_specs_validate(path, tmp_path):
     spec = load_spec(path)
     plans = expand(spec, tmp_path)  # every run's config validates

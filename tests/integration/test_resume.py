@@ -2,44 +2,18 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from killer import KILLER
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from vitreduce.cli.main import main
-from vitreduce.data.synth import write_synth_dataset
 
 TIMING = ("img_s", "epoch_time_s")  # wall-clock fields: the only ones allowed to differ
-
-
-def tiny_config(root: Path, workers: int) -> dict:
-    """3 epochs x 4 steps; drop-path, RandAugment, erasing, mixup/cutmix and EMA on, so RNG state matters."""
-    return {
-        "seed": 3, "epochs": 3, "device": "cpu", "precision": "fp32",
-        "model": {"name": "vit_tiny_patch16_224", "reduction": "grouped", "num_classes": 4, "img_size": 16,
-                  "patch_size": 4, "embed_dim": 16, "depth": 2, "num_heads": 2, "drop_path_rate": 0.1},
-        "data": {"root": str(root), "batch_size": 8, "workers": workers},
-        "augment": {"repeated_aug": 1, "mixup": 0.8, "cutmix": 1.0, "reprob": 0.25},
-        "optimizer": {"lr": 1e-3},
-        "schedule": {"warmup_epochs": 1},
-        "ema": {"decay": 0.9},
-        "checkpoint": {"recovery_every_steps": 2},
-        "logging": {"progress": "lines", "every_steps": 1},
-    }
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return write_synth_dataset(tmp_path_factory.mktemp("data") / "synth", classes=4, train_per_class=8,
-                               val_per_class=4, size=16)
 
 
 def write_config(path: Path, tree: dict) -> Path:
@@ -47,12 +21,10 @@ def write_config(path: Path, tree: dict) -> Path:
     return path
 
 
-def run_cli(config: Path, out: Path, kill: str | None = None) -> subprocess.CompletedProcess:
-    """``vitreduce train CONFIG --out OUT``; with ``kill`` ("step:7"), tests/killer.py's run killed at that event."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same thread count in every run
-    command = [str(KILLER), kill, str(config), str(out)] if kill else ["-m", "vitreduce", "train", str(config),
-                                                                        "--out", str(out)]
-    return subprocess.run([sys.executable, *command], env=env, capture_output=True, text=True, timeout=600)
+def run_cli(python, config: Path, out: Path) -> subprocess.CompletedProcess:
+    """``vitreduce train CONFIG --out OUT`` in a subprocess started by ``python`` (the ``python_one_thread``
+    fixture: the same thread count in every run)."""
+    return python("-m", "vitreduce", "train", config, "--out", out, capture_output=True, text=True, timeout=600)
 
 
 def metrics(out: Path) -> list[dict]:
@@ -72,11 +44,11 @@ def assert_same_run(a: Path, b: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(dataset, tmp_path_factory) -> tuple[Path, Path]:
+def reference(tiny_train_config, python_one_thread, tmp_path_factory) -> tuple[Path, Path]:
     """The uninterrupted run (no data-loader workers)."""
     tmp = tmp_path_factory.mktemp("reference")
-    config = write_config(tmp / "config.yaml", tiny_config(dataset, workers=0))
-    proc = run_cli(config, tmp / "run")
+    config = write_config(tmp / "config.yaml", tiny_train_config(data={"workers": 0}))
+    proc = run_cli(python_one_thread, config, tmp / "run")
     assert proc.returncode == 0, proc.stderr
     return config, tmp / "run"
 
@@ -86,15 +58,17 @@ def reference(dataset, tmp_path_factory) -> tuple[Path, Path]:
     ("step:7", 0, "recovery-00000006"),  # mid-epoch 2: resumes from the recovery state after step 6
     ("save:3", 2, "last-00000004"),  # while writing that recovery state: resumes from epoch 1's end
 ])
-def test_sigkill_then_rerun_is_bitwise_identical(reference, dataset, tmp_path, kill, workers, resumes_at):
-    config = write_config(tmp_path / "config.yaml", tiny_config(dataset, workers=workers))
+def test_sigkill_then_rerun_is_bitwise_identical(reference, tiny_train_config, python_one_thread, killer, tmp_path,
+                                                 kill, workers, resumes_at):
+    config = write_config(tmp_path / "config.yaml", tiny_train_config(data={"workers": workers}))
     out = tmp_path / "run"
-    killed = run_cli(config, out, kill=kill)
+    # tests/killer.py: the same run, SIGKILLed at that event
+    killed = python_one_thread(killer, kill, config, out, capture_output=True, text=True, timeout=600)
     assert killed.returncode == -9, killed.stderr
     assert not (out / "done.json").exists()
     if kill.startswith("save"):
         assert any(p.name.endswith(".tmp") for p in (out / "checkpoints").iterdir())  # the half-written one
-    resumed = run_cli(config, out)
+    resumed = run_cli(python_one_thread, config, out)
     assert resumed.returncode == 0, resumed.stderr
     assert f"from {out / 'checkpoints' / resumes_at}" in resumed.stderr
     assert_same_run(reference[1], out)

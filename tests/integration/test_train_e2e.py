@@ -12,31 +12,16 @@ import yaml
 
 import vitreduce
 from vitreduce.cli.main import main
-from vitreduce.data.synth import write_synth_dataset
 from vitreduce.train.config import ModelConfig, load_config
 from vitreduce.train.model import build_model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((REPO / "configs" / "paper").glob("*.yaml")) + sorted((REPO / "configs" / "demo").glob("*.yaml"))
-TINY = REPO / "configs" / "tiny.yaml"
+TINY_CONFIG = REPO / "configs" / "tiny.yaml"
 RUN_KEYS = {"model", "reduction", "seed", "params", "mlp_params", "unique_mlps", "mlp_hidden", "embed_dim",
             "macs_linear_g", "macs_total_g", "num_classes", "epochs", "vitreduce_version"}
 METRIC_KEYS = {"epoch", "step", "lr", "train_loss", "img_s", "epoch_time_s", "raw", "ema", "skipped_steps",
                "bad_images"}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return write_synth_dataset(tmp_path_factory.mktemp("data") / "synth", classes=4, train_per_class=8,
-                               val_per_class=4, size=16)
 
 
 def train_cli(*args: str) -> int:
@@ -44,11 +29,11 @@ def train_cli(*args: str) -> int:
 
 
 @pytest.mark.parametrize("config", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.stem}")
-def test_tiny_variant_of_each_shipped_config_trains(config, dataset, tmp_path):
+def test_tiny_variant_of_each_shipped_config_trains(config, tiny_dataset, tmp_path):
     out = tmp_path / "run"
-    assert train_cli(config, TINY, "--set", f"data.root={dataset}", "--out", out) == 0
+    assert train_cli(config, TINY_CONFIG, "--set", f"data.root={tiny_dataset}", "--out", out) == 0
     resolved = load_config(out / "config.yaml")
-    assert resolved == load_config([config, TINY], [f"data.root={dataset}"])
+    assert resolved == load_config([config, TINY_CONFIG], [f"data.root={tiny_dataset}"])
     run = json.loads((out / "run.json").read_text())
     assert set(run) >= RUN_KEYS and run["embed_dim"] == 16 and run["reduction"] == resolved.model.reduction
     (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -67,7 +52,7 @@ def test_tiny_variant_of_each_shipped_config_trains(config, dataset, tmp_path):
 def test_synth_data_tensorboard_and_eval(tmp_path, capsys):
     """data.root missing + a synth section: the dataset is generated; TensorBoard files; `vitreduce eval` agrees."""
     root, out = tmp_path / "generated", tmp_path / "run"
-    assert train_cli(REPO / "configs" / "demo" / "grouped.yaml", TINY, "--set", f"data.root={root}",
+    assert train_cli(REPO / "configs" / "demo" / "grouped.yaml", TINY_CONFIG, "--set", f"data.root={root}",
                      "--set", "logging.tensorboard=true", "--out", out) == 0
     assert (root / "vitreduce_synth.json").is_file() and list((out / "tensorboard").glob("events.out.tfevents.*"))
     capsys.readouterr()
@@ -79,19 +64,19 @@ def test_synth_data_tensorboard_and_eval(tmp_path, capsys):
     assert main(["eval", str(out / "checkpoints" / "best" / "model.safetensors"), "--data", str(root)]) == 0
 
 
-def test_synth_folder_made_with_other_settings_is_refused(dataset):
+def test_synth_folder_made_with_other_settings_is_refused(tiny_dataset):
     from vitreduce.data.synth import SynthConfig, ensure_synth
 
-    ensure_synth(dataset, SynthConfig(classes=4, train_per_class=8, val_per_class=4, size=16))  # matches: used
+    ensure_synth(tiny_dataset, SynthConfig(classes=4, train_per_class=8, val_per_class=4, size=16))  # matches: used
     with pytest.raises(vitreduce.VitreduceError, match="delete that folder or point data.root elsewhere"):
-        ensure_synth(dataset, SynthConfig(classes=4, train_per_class=9, val_per_class=4, size=16))
+        ensure_synth(tiny_dataset, SynthConfig(classes=4, train_per_class=9, val_per_class=4, size=16))
 
 
 # ---- bad input: refused before training, exit code 2 -----------------------------------------
 
 
 def _tiny_args(dataset: Path, out: Path, *sets: str) -> list:
-    args = [REPO / "configs" / "demo" / "baseline.yaml", TINY, "--set", f"data.root={dataset}", "--out", out]
+    args = [REPO / "configs" / "demo" / "baseline.yaml", TINY_CONFIG, "--set", f"data.root={dataset}", "--out", out]
     for item in sets:
         args += ["--set", item]
     return args
@@ -104,37 +89,37 @@ def test_placeholder_data_root_is_refused(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_empty_class_folder_is_refused(dataset, tmp_path, capsys):
+def test_empty_class_folder_is_refused(tiny_dataset, tmp_path, capsys):
     root = tmp_path / "data"
     for split in ("train", "val"):
         (root / split / "a").mkdir(parents=True)
         (root / split / "b").mkdir(parents=True)
-        (root / split / "a" / "x.png").write_bytes((dataset / split / "c0_stripes_h" / "00000.png").read_bytes())
+        (root / split / "a" / "x.png").write_bytes((tiny_dataset / split / "c0_stripes_h" / "00000.png").read_bytes())
     assert train_cli(*_tiny_args(root, tmp_path / "run", "model.num_classes=2")) == 2
     assert "is not a usable ImageFolder tree" in capsys.readouterr().err
 
 
-def test_num_classes_mismatch_is_refused(dataset, tmp_path, capsys):
-    assert train_cli(*_tiny_args(dataset, tmp_path / "run", "model.num_classes=7")) == 2
+def test_num_classes_mismatch_is_refused(tiny_dataset, tmp_path, capsys):
+    assert train_cli(*_tiny_args(tiny_dataset, tmp_path / "run", "model.num_classes=7")) == 2
     assert "set model.num_classes=4" in capsys.readouterr().err
 
 
-def test_unwritable_run_directory_is_refused(dataset, tmp_path, capsys):
+def test_unwritable_run_directory_is_refused(tiny_dataset, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    assert train_cli(*_tiny_args(dataset, blocker / "run")) == 2
+    assert train_cli(*_tiny_args(tiny_dataset, blocker / "run")) == 2
     assert "cannot create run directory" in capsys.readouterr().err
 
 
-def test_missing_init_checkpoint_is_refused(dataset, tmp_path, capsys):
-    assert train_cli(*_tiny_args(dataset, tmp_path / "run", f"model.init_checkpoint={tmp_path / 'no.pth'}")) == 2
+def test_missing_init_checkpoint_is_refused(tiny_dataset, tmp_path, capsys):
+    assert train_cli(*_tiny_args(tiny_dataset, tmp_path / "run", f"model.init_checkpoint={tmp_path / 'no.pth'}")) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_foreign_nonempty_directory_is_refused(dataset, tmp_path, capsys):
+def test_foreign_nonempty_directory_is_refused(tiny_dataset, tmp_path, capsys):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "notes.txt").write_text("mine")
-    assert train_cli(*_tiny_args(dataset, tmp_path / "run")) == 2
+    assert train_cli(*_tiny_args(tiny_dataset, tmp_path / "run")) == 2
     assert "holds no vitreduce run" in capsys.readouterr().err
 
 
@@ -149,8 +134,8 @@ def _copy_dataset(dataset: Path, target: Path) -> Path:
     return target
 
 
-def test_corrupt_images_are_skipped_counted_and_logged(dataset, tmp_path, capsys):
-    root = _copy_dataset(dataset, tmp_path / "data")
+def test_corrupt_images_are_skipped_counted_and_logged(tiny_dataset, tmp_path, capsys):
+    root = _copy_dataset(tiny_dataset, tmp_path / "data")
     bad = root / "train" / "c1_stripes_v" / "00003.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     assert train_cli(*_tiny_args(root, tmp_path / "ok", "data.max_bad_fraction=0.2")) == 0
@@ -164,38 +149,39 @@ def test_corrupt_images_are_skipped_counted_and_logged(dataset, tmp_path, capsys
 @pytest.fixture(scope="module")
 def nan_checkpoint(tmp_path_factory) -> Path:
     """A tiny baseline checkpoint with one NaN weight: every loss is NaN."""
-    config = load_config([REPO / "configs" / "demo" / "baseline.yaml", TINY])
+    config = load_config([REPO / "configs" / "demo" / "baseline.yaml", TINY_CONFIG])
     model = build_model(config.model)
     with torch.no_grad():
         model.head.weight[0, 0] = float("nan")
     return vitreduce.save(model, tmp_path_factory.mktemp("nan") / "nan.safetensors")
 
 
-def test_nonfinite_loss_halts_naming_epoch_and_step(dataset, nan_checkpoint, tmp_path, capsys):
-    assert train_cli(*_tiny_args(dataset, tmp_path / "run", f"model.init_checkpoint={nan_checkpoint}")) == 2
+def test_nonfinite_loss_halts_naming_epoch_and_step(tiny_dataset, nan_checkpoint, tmp_path, capsys):
+    assert train_cli(*_tiny_args(tiny_dataset, tmp_path / "run", f"model.init_checkpoint={nan_checkpoint}")) == 2
     err = capsys.readouterr().err
     assert "epoch 1, step 1" in err and "non-finite loss" in err and "no checkpoint yet" in err
     assert "faults.nonfinite: skip" in err
 
 
-def test_nonfinite_skip_counts_the_skipped_steps(dataset, nan_checkpoint, tmp_path):
+def test_nonfinite_skip_counts_the_skipped_steps(tiny_dataset, nan_checkpoint, tmp_path):
     out = tmp_path / "run"
-    assert train_cli(*_tiny_args(dataset, out, f"model.init_checkpoint={nan_checkpoint}", "faults.nonfinite=skip")) == 0
+    assert train_cli(*_tiny_args(tiny_dataset, out, f"model.init_checkpoint={nan_checkpoint}",
+                                 "faults.nonfinite=skip")) == 0
     (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert record["skipped_steps"] == record["step"] == 4 and record["train_loss"] is None
 
 
 # ---- fine-tuning -------------------------------------------------------------------------------
 
-TINY_VIT = dict(img_size=16, patch_size=4, embed_dim=16, depth=4, num_heads=2)
+FINETUNE_VIT = dict(img_size=16, patch_size=4, embed_dim=16, depth=4, num_heads=2)
 
 
 def test_finetune_from_a_grouped_checkpoint_keeps_the_sharing_with_a_new_head(tmp_path):
     torch.manual_seed(0)
-    source = vitreduce.create_model("vit_tiny_patch16_224", reduction="grouped", num_classes=5, **TINY_VIT)
+    source = vitreduce.create_model("vit_tiny_patch16_224", reduction="grouped", num_classes=5, **FINETUNE_VIT)
     path = vitreduce.save(source, tmp_path / "grouped.safetensors")
     cfg = ModelConfig(name="vit_tiny_patch16_224", reduction="grouped", num_classes=3, init_checkpoint=str(path),
-                      **TINY_VIT)
+                      **FINETUNE_VIT)
     model = build_model(cfg)
     assert model.head.weight.shape == (3, 16)
     for first in (0, 2):
@@ -209,11 +195,11 @@ def test_finetune_from_a_grouped_checkpoint_keeps_the_sharing_with_a_new_head(tm
 
 def test_finetune_from_a_timm_state_dict_applies_the_reduction(tmp_path):
     torch.manual_seed(1)
-    full = vitreduce.create_model("vit_tiny_patch16_224", num_classes=5, **TINY_VIT)
+    full = vitreduce.create_model("vit_tiny_patch16_224", num_classes=5, **FINETUNE_VIT)
     path = tmp_path / "timm.pth"
     torch.save(full.state_dict(), path)
     cfg = ModelConfig(name="vit_tiny_patch16_224", reduction="grouped", num_classes=3, init_checkpoint=str(path),
-                      **TINY_VIT)
+                      **FINETUNE_VIT)
     model = build_model(cfg)
     assert model.blocks[0].mlp is model.blocks[1].mlp and model.head.weight.shape == (3, 16)
     # The paper's rule applied to the loaded weights: block 0's MLP kept, scaled by 1/sqrt(2).
