@@ -13,7 +13,6 @@ from vitreduce.reduction.spec import ReductionSpec
     ("text", "canonical"),
     [
         ("none", "none"),
-        ("", "none"),
         ("grouped", "grouped"),
         ("grouped:size=2,scale=auto,init=first,pattern=sequence", "grouped"),
         ("grouped:pattern=cycle,init=mean,scale=1.0,size=3", "grouped:size=3,scale=1.0,init=mean,pattern=cycle"),
@@ -48,6 +47,7 @@ def test_canonical_form(text, canonical):
         ("grouped:size", "needs a value"),
         ("grouped:size=2,size=3", "given twice"),
         ("grouped:", "no key=value"),
+        ("", "write 'none'"),  # issue 10: an empty --reduction used to mean none
     ],
 )
 def test_bad_specs_name_the_fix(text, message):

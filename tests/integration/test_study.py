@@ -11,8 +11,8 @@ import yaml
 from vitreduce import cli
 from vitreduce.cli import demo_cmd
 from vitreduce.errors import VitreduceError
+from vitreduce.locks import LOCK_FILE as LOCK
 from vitreduce.study.plan import (
-    LOCK,
     LOG,
     ensure_synth_data,
     expand,

@@ -6,19 +6,23 @@ from pathlib import Path
 from typing import Any
 
 from vitreduce.config_tree import parse_assignment
+from vitreduce.reduction.architecture import check_kwargs
 
 
 def add_model_arg_option(parser: argparse.ArgumentParser) -> None:
     """``--model-arg KEY=VALUE``: extra timm kwargs, for every command that builds a model."""
     parser.add_argument(
         "--model-arg", action="append", default=[], metavar="KEY=VALUE",
-        help="extra timm.create_model kwarg, value parsed as YAML (e.g. depth=6, img_size=32); repeatable",
+        help="architecture kwarg for timm.create_model, value parsed as YAML (e.g. depth=6, img_size=32); "
+             "repeatable; never pretrained weights (use --weights)",
     )
 
 
 def parse_model_args(items: list[str]) -> dict[str, Any]:
-    """``["depth=6", "qkv_bias=false"]`` -> ``{"depth": 6, "qkv_bias": False}``."""
-    return dict(parse_assignment(item, "--model-arg", "depth=6", form="KEY=VALUE") for item in items)
+    """``["depth=6", "qkv_bias=false"]`` -> ``{"depth": 6, "qkv_bias": False}``, each checked against the
+    allow-list of architecture kwargs (no pretrained weights, paths or unknown keys)."""
+    kwargs = dict(parse_assignment(item, "--model-arg", "depth=6", form="KEY=VALUE") for item in items)
+    return check_kwargs(kwargs, source="--model-arg")
 
 
 def add_data_options(parser: argparse.ArgumentParser, split: str) -> None:

@@ -10,7 +10,7 @@ import argparse
 import textwrap
 import time
 
-from vitreduce.config_tree import kwargs_from
+from vitreduce.config_tree import SEED_MAX, kwargs_from
 from vitreduce.data import synth
 
 _SYNTH_HELP = """Write the built-in synthetic dataset as OUT/train/<class>/*.png and OUT/val/<class>/*.png.
@@ -36,14 +36,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub.add_argument("out", metavar="OUT", help="directory to create (absent or empty)")
-    sub.add_argument("--seed", type=int, default=0, help="same seed, same files (default: %(default)s)")
+    sub.add_argument("--seed", type=int, default=0,
+                     help=f"0 to {SEED_MAX}; same seed, same files (default: %(default)s)")
     sub.add_argument(
         "--classes", type=int, default=synth.CLASSES,
         help=f"number of classes, 2 to {len(synth.FAMILIES)} (default: %(default)s)",
     )
-    sub.add_argument("--train-per-class", type=int, default=synth.TRAIN_PER_CLASS, help="default: %(default)s")
-    sub.add_argument("--val-per-class", type=int, default=synth.VAL_PER_CLASS, help="default: %(default)s")
-    sub.add_argument("--size", type=int, default=synth.SIZE, help="image side in pixels (default: %(default)s)")
+    per_class = f"1 to {synth.MAX_PER_CLASS} (default: %(default)s)"
+    sub.add_argument("--train-per-class", type=int, default=synth.TRAIN_PER_CLASS, help=per_class)
+    sub.add_argument("--val-per-class", type=int, default=synth.VAL_PER_CLASS, help=per_class)
+    sub.add_argument("--size", type=int, default=synth.SIZE,
+                     help=f"image side in pixels, 8 to {synth.MAX_SIZE} (default: %(default)s)")
     sub.add_argument(
         "--overwrite", action="store_true",
         help=f"replace a dataset this command wrote before (OUT has {synth.MARKER}); other files stay",
@@ -51,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # Only one verb so far; argparse has already refused any other.
+    # Only one verb so far; argparse has already refused any other. write_synth_dataset checks every
+    # flag against the bounds the config's synth: section uses (data.synth) before writing anything.
     start = time.perf_counter()
     out = synth.write_synth_dataset(
         args.out, **kwargs_from(args, "seed", "classes", "train_per_class", "val_per_class", "size", "overwrite")

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from vitreduce.cli.args import add_data_options, add_device_option
+from vitreduce.errors import VitreduceError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +31,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vitreduce.data.config import BATCH_MAX, WORKERS_MAX
     from vitreduce.train.evaluate import evaluate_checkpoint
+
+    if not 1 <= args.batch_size <= BATCH_MAX:
+        raise VitreduceError(f"--batch-size must be in [1, {BATCH_MAX}], got {args.batch_size}")
+    if not 0 <= args.workers <= WORKERS_MAX:
+        raise VitreduceError(
+            f"--workers must be in [0, {WORKERS_MAX}] (0 loads in the main process), got {args.workers}")
 
     result = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, ema=args.ema, batch_size=args.batch_size,
                                  workers=args.workers, precision=args.precision, device=args.device)

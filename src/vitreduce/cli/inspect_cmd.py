@@ -46,21 +46,15 @@ def describe_variants(model: str, reductions: list[str] | None, img_size: int | 
                       model_args: dict | None = None) -> list[ModelDescription]:
     """Describe the model (name or checkpoint) under each reduction, building on the meta device."""
     specs = [ReductionSpec.parse(r) for r in reductions or []]  # refuse a bad spec before building
-    is_checkpoint = model.endswith(".safetensors") or Path(model).is_file()
-    if is_checkpoint:
+    extra = {**(model_args or {}), **({"img_size": img_size} if img_size else {})}
+    if model.endswith(".safetensors") or Path(model).is_file():
         metadata = read_metadata(model)
-        kwargs = json.loads(metadata["model_kwargs"])
-        base = metadata["base_model"]
         specs = specs or [ReductionSpec.parse(metadata["reduction"])]
-    else:
-        base, kwargs = model, {}
-        specs = specs or [ReductionSpec.parse(s) for s in ("none", "grouped", "shallow")]
-    kwargs.update(model_args or {})
-    if img_size:
-        kwargs["img_size"] = img_size
-    if is_checkpoint and not reductions:
-        return [describe(build_from_metadata({**metadata, "model_kwargs": json.dumps(kwargs)}, device="meta"))]
-    return [describe(create_model(base, reduction=spec, device="meta", **kwargs)) for spec in specs]
+        # The header's own reduction (or another one) over the header's architecture, --model-arg on top.
+        return [describe(build_from_metadata({**metadata, "reduction": str(spec)}, model, device="meta", **extra))
+                for spec in specs]
+    specs = specs or [ReductionSpec.parse(s) for s in ("none", "grouped", "shallow")]
+    return [describe(create_model(model, reduction=spec, device="meta", **extra)) for spec in specs]
 
 
 def format_table(descriptions: list[ModelDescription]) -> str:

@@ -44,13 +44,15 @@ def run(args: argparse.Namespace) -> int:
         raise VitreduceError(f"{args.out} exists; pass --force to overwrite it or choose another --out")
     if args.out.suffix != ".safetensors":
         raise VitreduceError(f"--out {args.out} must end in .safetensors")
+    if not 0 <= args.seed < 2**63:
+        raise VitreduceError(f"--seed {args.seed} is out of range; use 0 to 2**63 - 1")
     state = read_state_dict(args.weights) if args.weights else None
     kwargs = parse_model_args(args.model_arg)
     if args.img_size:
         kwargs["img_size"] = args.img_size
     if args.num_classes is not None:
         kwargs["num_classes"] = args.num_classes
-    elif state is not None and "head.weight" in state:
+    elif state is not None and "head.weight" in state and state["head.weight"].ndim == 2:
         kwargs["num_classes"] = state["head.weight"].shape[0]
     torch.manual_seed(args.seed)
     model = create_model(args.base, reduction=None, **kwargs)

@@ -2,8 +2,8 @@
 
 Modules: ``config`` (the ``data:``/``augment:`` sections), ``images`` (scanning, checking and reading
 image folders), ``transforms`` (timm's transforms and the matching loss), ``sampling`` (seeded epoch
-orders), ``loaders`` (train/eval batches), ``synth`` (the built-in dataset). The names other packages
-use are re-exported here.
+orders), ``loaders`` (train/eval batches), ``synth`` (the built-in dataset) and ``shapes`` (how its
+images are drawn). The names other packages use are re-exported here.
 """
 from vitreduce.data.config import AugmentConfig, DataConfig
 from vitreduce.data.images import BadImageTracker, check_dataset

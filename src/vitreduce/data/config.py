@@ -11,7 +11,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from timm.data import create_transform
 
+from vitreduce.config_tree import Real, Whole
+
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+# Upper bounds that catch typos (an extra zero or three) before they become an out-of-memory error.
+BATCH_MAX = 1 << 20  # images per rank and micro-batch
+WORKERS_MAX = 1024  # loader processes
+REPEATS_MAX = 64  # repeated augmentation and random-erasing counts
+# Floats are finite and true/false is not a number (Real), integers are integers (Whole).
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def _rule(section: str, *fields: str, ok: Callable[[Any], bool], message: str):
@@ -41,21 +49,21 @@ def _one_of(section: str, field: str, choices: tuple[str, ...]):
 class DataConfig(BaseModel):
     """Where the images are and how they are batched."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     root: str  # ImageFolder root holding <train_split>/ and <val_split>/, each with one folder per class
     train_split: str = "train"
     val_split: str = "val"
-    batch_size: int = 256  # per rank, per micro-batch
-    eval_batch_size: int | None = None  # None: batch_size
-    workers: int = 4
+    batch_size: Whole = 256  # per rank, per micro-batch
+    eval_batch_size: Whole | None = None  # None: batch_size
+    workers: Whole = 4
     pin_memory: bool = True  # only takes effect when CUDA is available
-    max_bad_fraction: float = 0.01  # fail once more than this fraction of an epoch's samples are unreadable
+    max_bad_fraction: Real = 0.01  # fail once more than this fraction of an epoch's samples are unreadable
 
-    _positive = _rule("data", "batch_size", "eval_batch_size", ok=lambda v: v >= 1,
-                      message="{key} must be >= 1, got {value}")
-    _workers = _rule("data", "workers", ok=lambda v: v >= 0,
-                     message="{key} must be >= 0 (0 loads in the main process), got {value}")
+    _positive = _rule("data", "batch_size", "eval_batch_size", ok=lambda v: 1 <= v <= BATCH_MAX,
+                      message=f"{{key}} must be in [1, {BATCH_MAX}], got {{value}}")
+    _workers = _rule("data", "workers", ok=lambda v: 0 <= v <= WORKERS_MAX,
+                     message=f"{{key}} must be in [0, {WORKERS_MAX}] (0 loads in the main process), got {{value}}")
     _fraction = _rule("data", "max_bad_fraction", ok=lambda v: 0.0 <= v < 1.0,
                       message="{key} must be in [0, 1), got {value}")
     _non_empty = _rule("data", "root", "train_split", "val_split", ok=lambda v: bool(v.strip()),
@@ -65,28 +73,28 @@ class DataConfig(BaseModel):
 class AugmentConfig(BaseModel):
     """Training augmentation and eval preprocessing; the defaults are the paper's recipe (timm's DeiT-style)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
-    scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect range
-    hflip: float = 0.5
+    scale: tuple[Real, Real] = (0.08, 1.0)  # RandomResizedCrop area range
+    ratio: tuple[Real, Real] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect range
+    hflip: Real = 0.5
     auto_augment: str | None = "rand-m9-mstd0.5-inc1"
-    color_jitter: float = 0.4  # timm's default; timm applies it only when auto_augment is None
+    color_jitter: Real = 0.4  # timm's default; timm applies it only when auto_augment is None
     interpolation: str = "bicubic"  # eval resize, and training unless train_interpolation is set
     train_interpolation: str | None = None  # None: `interpolation`; timm's train.py default is "random"
-    reprob: float = 0.25
+    reprob: Real = 0.25
     remode: str = "pixel"
-    recount: int = 1
-    mixup: float = 0.8  # mixup alpha; 0 = off
-    cutmix: float = 1.0  # cutmix alpha; 0 = off
-    mixup_prob: float = 1.0
-    mixup_switch_prob: float = 0.5
+    recount: Whole = 1
+    mixup: Real = 0.8  # mixup alpha; 0 = off
+    cutmix: Real = 1.0  # cutmix alpha; 0 = off
+    mixup_prob: Real = 1.0
+    mixup_switch_prob: Real = 0.5
     mixup_mode: str = "batch"
-    smoothing: float = 0.1  # label smoothing (a loss setting: kept even when enabled=False)
-    repeated_aug: int = 3  # repeated augmentation count; 1 = off
-    crop_pct: float = 0.9  # eval centre crop
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    smoothing: Real = 0.1  # label smoothing (a loss setting: kept even when enabled=False)
+    repeated_aug: Whole = 3  # repeated augmentation count; 1 = off
+    crop_pct: Real = 0.9  # eval centre crop
+    mean: tuple[Real, Real, Real] = (0.5, 0.5, 0.5)
+    std: tuple[Real, Real, Real] = (0.5, 0.5, 0.5)
     enabled: bool = True  # False: eval transform for training too; no mixup/cutmix/erasing/repeats
 
     _probability = _rule("augment", "hflip", "reprob", "mixup_prob", "mixup_switch_prob", ok=lambda v: 0.0 <= v <= 1.0,
@@ -95,8 +103,8 @@ class AugmentConfig(BaseModel):
                           message="{key} must be >= 0 (0 turns it off), got {value}")
     _smoothing = _rule("augment", "smoothing", ok=lambda v: 0.0 <= v < 1.0,
                        message="{key} must be in [0, 1), got {value}")
-    _count = _rule("augment", "recount", "repeated_aug", ok=lambda v: v >= 1,
-                   message="{key} must be >= 1 (1 = no repeats), got {value}")
+    _count = _rule("augment", "recount", "repeated_aug", ok=lambda v: 1 <= v <= REPEATS_MAX,
+                   message=f"{{key}} must be in [1, {REPEATS_MAX}] (1 = no repeats), got {{value}}")
     _crop_pct = _rule("augment", "crop_pct", ok=lambda v: 0.0 < v <= 1.0,
                       message="{key} must be in (0, 1], got {value}")
     _remode = _one_of("augment", "remode", ("pixel", "rand", "const"))

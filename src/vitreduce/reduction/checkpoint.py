@@ -19,6 +19,7 @@ from torch import nn
 
 from vitreduce.errors import VitreduceError
 from vitreduce.files import atomic_write
+from vitreduce.reduction.architecture import check_architecture
 from vitreduce.reduction.models import build_info, create_model
 from vitreduce.reduction.params import alias_groups
 from vitreduce.reduction.spec import ReductionSpec
@@ -68,7 +69,7 @@ def _version() -> str:
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The header metadata of a vitreduce checkpoint; clear errors for anything else."""
+    """The header metadata of a vitreduce checkpoint, checked (``check_header``); clear errors for anything else."""
     path = Path(path)
     if not path.is_file():
         raise VitreduceError(f"checkpoint {str(path)!r} does not exist")
@@ -84,14 +85,68 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
             f"{str(path)!r} is not a vitreduce model checkpoint (no '{FORMAT}' header); for plain timm "
             "weights use `vitreduce reduce BASE --weights FILE --reduction SPEC --out FILE`"
         )
+    check_header(metadata, path)
     return metadata
 
 
-def build_from_metadata(metadata: dict[str, str], **overrides: Any) -> nn.Module:
-    """Rebuild the (untrained) architecture a checkpoint header describes."""
-    kwargs = json.loads(metadata["model_kwargs"])
-    kwargs.update(overrides)
-    return create_model(metadata["base_model"], reduction=metadata["reduction"], **kwargs)
+def check_header(metadata: dict[str, str], source: str | os.PathLike = "checkpoint") -> None:
+    """Refuse a header that does not describe a model vitreduce will build: it must name a supported timm
+    base, allowed architecture kwargs (``architecture.check_architecture``: nothing that loads weights or
+    reaches a network or a path, at most VITREDUCE_MAX_PARAMS parameters), a valid reduction and a
+    {name: name} alias map. A header describes a model; it never commands how to fetch one."""
+    base, kwargs, _ = _architecture(metadata, source)
+    aliases = _json_field(metadata, "aliases", source, default="{}")
+    if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
+        raise VitreduceError(f"{str(source)!r}: header 'aliases' must map tensor names to tensor names; {_EDITED}")
+    try:
+        check_architecture(base, kwargs, source="header model_kwargs")
+    except VitreduceError as err:
+        raise VitreduceError(f"{str(source)!r}: {err}") from None
+
+
+_EDITED = "the file was edited or damaged (vitreduce writes this header itself)"
+
+
+def _json_field(metadata: dict[str, str], key: str, source: str | os.PathLike, default: str | None = None) -> Any:
+    text = metadata.get(key, default)
+    if text is None:
+        raise VitreduceError(f"{str(source)!r}: header has no '{key}' entry; {_EDITED}")
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, TypeError, RecursionError) as err:
+        raise VitreduceError(f"{str(source)!r}: header '{key}' is not valid JSON ({err}); {_EDITED}") from None
+
+
+def _architecture(metadata: dict[str, str], source: str | os.PathLike) -> tuple[str, dict[str, Any], ReductionSpec]:
+    """(base model, model kwargs, reduction) of a header, each of the right type."""
+    kwargs = _json_field(metadata, "model_kwargs", source)
+    if not isinstance(kwargs, dict):
+        raise VitreduceError(f"{str(source)!r}: header 'model_kwargs' must be a JSON object of timm kwargs, "
+                             f"found {type(kwargs).__name__}; {_EDITED}")
+    base = metadata.get("base_model")
+    if not isinstance(base, str) or not base:
+        raise VitreduceError(f"{str(source)!r}: header has no 'base_model' name; {_EDITED}")
+    try:
+        spec = ReductionSpec.parse(metadata.get("reduction", "none"))
+    except VitreduceError as err:
+        raise VitreduceError(f"{str(source)!r}: header 'reduction': {err}") from None
+    return base, kwargs, spec
+
+
+def build_from_metadata(metadata: dict[str, str], source: str | os.PathLike = "checkpoint",
+                        **overrides: Any) -> nn.Module:
+    """Rebuild the (untrained) architecture a checkpoint header describes.
+
+    Args:
+        metadata: the header (from ``read_metadata``).
+        source: the file, named in errors.
+        **overrides: kwargs for ``create_model`` that replace or add to the header's (device, img_size, ...).
+    """
+    base, kwargs, spec = _architecture(metadata, source)
+    try:
+        return create_model(base, reduction=spec, **{**kwargs, **overrides})
+    except VitreduceError as err:
+        raise VitreduceError(f"{str(source)!r}: {err}") from None
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
@@ -101,7 +156,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
     header describes, raise VitreduceError naming them.
     """
     metadata = read_metadata(path)
-    model = build_from_metadata(metadata, device=device)
+    model = build_from_metadata(metadata, path, device=device)
     state = model.state_dict(keep_vars=True)
     expected_aliases = _state_aliases(model, state)
     if json.loads(metadata.get("aliases", "{}")) != expected_aliases:

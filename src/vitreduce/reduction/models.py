@@ -5,7 +5,6 @@ The paper's three variants are registered with timm when vitreduce is imported, 
 """
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import timm
@@ -13,49 +12,32 @@ from timm.models import register_model
 from torch import nn
 
 from vitreduce.errors import VitreduceError
+from vitreduce.reduction.architecture import check_architecture, check_kwargs, hub_offline, split_runtime
 from vitreduce.reduction.spec import ReductionSpec
 from vitreduce.reduction.surgery import BASE_HIDDEN_ATTR, reduce, vit_blocks
 
-BUILD_ATTR = "vitreduce_build"  # {"base": name, "kwargs": {...}} as passed to timm.create_model
+BUILD_ATTR = "vitreduce_build"  # {"base": name, "kwargs": {...}}: the checked architecture kwargs
 
 
 def create_model(base_name: str, reduction: str | ReductionSpec | None = None, **timm_kwargs: Any) -> nn.Module:
     """Build a timm model and apply a reduction to it.
 
     Args:
-        base_name: any timm ViT name, e.g. ``vit_base_patch16_224`` or ``deit_small_patch16_224``.
+        base_name: a timm ViT name, e.g. ``vit_base_patch16_224`` or ``deit_small_patch16_224`` (never a hub id).
         reduction: spec string or ReductionSpec (``None``/``"none"``: unreduced).
-        **timm_kwargs: passed to ``timm.create_model`` (num_classes, img_size, drop_path_rate,
-            weight_init, device, ...). They are recorded so a checkpoint can rebuild the model.
+        **timm_kwargs: architecture kwargs for ``timm.create_model`` (num_classes, img_size, drop_path_rate,
+            weight_init, ... : ``architecture.ALLOWED``), plus ``device`` and ``dtype``. They are checked
+            before anything is built (``architecture.check_architecture``: no pretrained weights, no paths,
+            consistent shapes, at most VITREDUCE_MAX_PARAMS parameters) and recorded so a checkpoint can
+            rebuild the model.
     """
     spec = ReductionSpec.parse(reduction)  # refuse a bad spec before building anything
-    if base_name not in timm.list_models() and base_name not in timm.list_models(pretrained=True):
-        close = timm.list_models(f"*{base_name.split('_')[0]}*")[:5] if base_name else []
-        raise VitreduceError(
-            f"unknown timm model {base_name!r}" + (f"; similar: {', '.join(close)}" if close else "")
-        )
-    model = timm.create_model(base_name, **timm_kwargs)
-    setattr(model, BUILD_ATTR, {"base": base_name, "kwargs": _recordable(timm_kwargs)})
+    runtime, rest = split_runtime(timm_kwargs)
+    kwargs = check_architecture(base_name, rest)
+    with hub_offline():
+        model = timm.create_model(base_name, pretrained=False, **kwargs, **runtime)
+    setattr(model, BUILD_ATTR, {"base": base_name, "kwargs": kwargs})
     return reduce(model, spec)
-
-
-def _recordable(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The kwargs that describe the architecture, JSON-safe (device/dtype/pretrained are not)."""
-    skipped = {"device", "dtype", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path"}
-    recordable = {}
-    for key, value in kwargs.items():
-        if key in skipped:
-            continue
-        if isinstance(value, tuple):
-            value = list(value)
-        try:
-            json.dumps(value)
-        except TypeError:
-            raise VitreduceError(
-                f"timm kwarg {key}={value!r} cannot be recorded in a checkpoint; pass a plain value"
-            ) from None
-        recordable[key] = value
-    return recordable
 
 
 def build_info(model: nn.Module) -> dict[str, Any]:
@@ -74,7 +56,8 @@ def build_info(model: nn.Module) -> dict[str, Any]:
             f"cannot tell which timm architecture this {type(model).__name__} is; build it with "
             "timm.create_model or vitreduce.create_model"
         )
-    return {"base": base, "kwargs": _introspect_vit_kwargs(model)}
+    # Checked as a header will be on load, so a file that cannot be loaded back is never written.
+    return {"base": base, "kwargs": check_kwargs(_introspect_vit_kwargs(model), f"the {base} model's architecture")}
 
 
 def _introspect_vit_kwargs(model: nn.Module) -> dict[str, Any]:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from vitreduce.config_tree import SEED_MAX
 from vitreduce.errors import VitreduceError
 
 _Choice = tuple[str, ...]
@@ -43,13 +45,21 @@ def _parse_choice(choices: _Choice):
     return parse
 
 
-def _parse_int_from(low: int, note: str = ""):
-    """A parser for integers >= ``low``; ``note`` explains the bound in the error."""
+_INTEGER = re.compile(r"[+-]?[0-9]{1,20}")
+
+
+def _parse_int_from(low: int, note: str = "", high: int | None = None):
+    """A parser for integers in [``low``, ``high``] written in ASCII digits (Python's int() also takes
+    '٣' and '1_0'); ``note`` explains the bound in the error."""
 
     def parse(text: str) -> int:
+        if not _INTEGER.fullmatch(text):
+            raise ValueError("must be an integer (digits 0-9)")
         value = int(text)
         if value < low:
             raise ValueError(f"must be >= {low}{note}")
+        if high is not None and value > high:
+            raise ValueError(f"must be <= {high}{note}")
         return value
 
     return parse
@@ -66,7 +76,7 @@ STRATEGIES: dict[str, dict[str, tuple[Any, Any]]] = {
     "shallow": {
         "ratio": (0.5, _parse_ratio),
         "keep": ("first", _parse_choice(("first", "magnitude", "random"))),
-        "seed": (0, _parse_int_from(0)),
+        "seed": (0, _parse_int_from(0, " (a 32-bit seed, as numpy and torch take)", SEED_MAX)),
     },
     "thin": {
         "ratio": (0.5, _parse_ratio),
@@ -121,7 +131,11 @@ class ReductionSpec:
         if not isinstance(text, str):
             raise VitreduceError(f"reduction spec must be a string, got {type(text).__name__}; {_HELP}")
         stripped = text.strip()
-        if stripped in ("", "none"):
+        if not stripped:  # an unset shell variable, most likely: say so rather than train unreduced
+            raise VitreduceError(f"reduction spec {text!r} is empty; write 'none' for no reduction")
+        if not stripped.isascii():
+            raise VitreduceError(f"reduction spec {text!r} has characters outside ASCII; {_HELP}")
+        if stripped == "none":
             return cls()
         steps = tuple(_parse_step(part.strip(), text) for part in stripped.split("+"))
         names = [step.strategy for step in steps]

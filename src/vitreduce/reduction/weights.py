@@ -1,12 +1,17 @@
 """Reading plain (timm) weight files safely and loading them strictly.
 
 Pickle-based files (.pth/.pt/.bin) are read only with ``torch.load(weights_only=True)``: a file
-whose pickle would construct arbitrary objects (and so could run code) is refused, never unpickled.
+whose pickle would construct arbitrary objects (and so could run code) is refused, never unpickled;
+a truncated or corrupted one is reported as such.
 """
 from __future__ import annotations
 
+import io
 import os
-import pickle
+import pickletools
+import re
+import warnings
+import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -21,6 +26,7 @@ from vitreduce.reduction.params import alias_groups
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin")
 _WRAPPER_KEYS = ("state_dict", "model", "module")  # timm train.py / DeiT / generic checkpoints
 _LISTED = 8  # names shown in an error before "and N more"
+_SCANNED_BYTES = 1 << 20  # of a plain pickle, to find what it imports
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -31,28 +37,75 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path))
-        except (SafetensorError, OSError) as err:
-            raise VitreduceError(f"{str(path)!r} is not a readable safetensors file ({err})") from None
+        except (SafetensorError, OSError, ValueError) as err:
+            raise VitreduceError(
+                f"{str(path)!r} is not a readable safetensors file ({err}); it may be truncated or corrupted"
+            ) from None
     if path.suffix not in PICKLE_SUFFIXES:
         raise VitreduceError(f"{str(path)!r}: unsupported weights format; use .safetensors, .pth, .pt or .bin")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as err:
-        raise VitreduceError(
-            f"refused to load {str(path)!r}: it holds pickled objects other than tensors, which could run code "
-            f"({str(err).splitlines()[0][:200]}); convert it to .safetensors in a trusted environment"
-        ) from None
-    except (EOFError, OSError, ValueError) as err:
-        raise VitreduceError(f"{str(path)!r} could not be read ({err}); it may be truncated or corrupted") from None
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 (a damaged file raises any type; _load_error tells the cases apart)
+        raise _load_error(path, err) from None
     return _unwrap(obj, path)
 
 
+def _load_error(path: Path, err: Exception) -> VitreduceError:
+    """Why torch's weights_only loader refused a file: it needs objects other than tensors (refused:
+    unpickling them could run code), or it is damaged."""
+    imported = _refused_global(path, err)
+    if imported:
+        return VitreduceError(
+            f"refused to load {str(path)!r}: it holds pickled objects other than tensors (it imports {imported}), "
+            "and unpickling them could run code; convert it to .safetensors in a trusted environment"
+        )
+    # torch wraps the unpickler's own complaint ("Unsupported operand 163") in a long generic message.
+    inner = err.__context__ if str(err).startswith("Weights only load failed") and err.__context__ else err
+    text = str(inner).strip()
+    detail = f"{type(inner).__name__}: {text.splitlines()[0][:200]}" if text else type(inner).__name__
+    return VitreduceError(f"{str(path)!r} could not be read ({detail}); it may be truncated or corrupted")
+
+
+def _refused_global(path: Path, err: Exception) -> str | None:
+    """The module.name whose import torch refused (None: the file is damaged, not unsafe)."""
+    for message in (str(err), str(err.__context__ or "")):
+        match = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+        if match:
+            return match.group(1)
+    if zipfile.is_zipfile(path):  # torch's own format names a refused global in its message (above)
+        return None
+    return _first_global(path)
+
+
+def _first_global(path: Path) -> str | None:
+    """The first module.name a plain pickle at the start of the file imports, read without running
+    anything (None when there is none, or the pickle is cut short or not a pickle at all)."""
+    with path.open("rb") as handle:
+        head = io.BytesIO(handle.read(_SCANNED_BYTES))  # BytesIO: a huge declared length cannot allocate
+    strings: list[str] = []
+    try:
+        for opcode, arg, _ in pickletools.genops(head):
+            if opcode.name in ("GLOBAL", "INST"):
+                return str(arg).replace(" ", ".")
+            if opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                return ".".join(strings[-2:])
+            if isinstance(arg, str):
+                strings.append(arg)
+    except (ValueError, EOFError):
+        return None
+    return None
+
+
 def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
+    seen: set[int] = set()  # a pickle can nest a dict in itself
     while isinstance(obj, dict) and not _is_state_dict(obj):
+        seen.add(id(obj))
         inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
-        if inner is None:
+        if inner is None or id(inner) in seen:
             raise VitreduceError(
-                f"{str(path)!r} is not a state dict (top-level keys: {sorted(obj)[:_LISTED]}); "
+                f"{str(path)!r} is not a state dict (top-level keys: {sorted(map(str, obj))[:_LISTED]}); "
                 f"expected tensors, or a dict holding them under one of {list(_WRAPPER_KEYS)}"
             )
         obj = inner
@@ -65,7 +118,7 @@ def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
 
 
 def _is_state_dict(obj: dict) -> bool:
-    return bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+    return bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 
 def listing(names: Iterable[str]) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vitreduce.data.images import ImageFolderSamples, refuse_gray_fill
 from vitreduce.errors import VitreduceError
 
 LossBatch = tuple[torch.Tensor, torch.Tensor]  # images (B, C, H, W), targets (B,)
@@ -33,7 +34,6 @@ def load_batches(model: nn.Module, data_dir: str | Path, *, split: str = "train"
         device: where the batches are kept.
     """
     import timm.data
-    import torchvision
 
     if batches < 1 or batch_size < 1:
         raise VitreduceError(f"--batches and --batch-size must be >= 1 (got {batches}, {batch_size})")
@@ -45,13 +45,11 @@ def load_batches(model: nn.Module, data_dir: str | Path, *, split: str = "train"
                              f"DIR/{split}/<class>/<image> (choose the split with --split)")
     config = timm.data.resolve_data_config(_input_size(model), model=model)
     transform = timm.data.create_transform(**config, is_training=False)
-    # torchvision's ImageFolder, not timm's reader: timm sorts class folders "naturally" (class10 after
-    # class2), training (vitreduce.data) sorts them as strings, and the labels must mean the same here.
-    try:
-        dataset = torchvision.datasets.ImageFolder(str(root / split), transform=transform)
-    except (FileNotFoundError, RuntimeError) as err:  # no class folders, or no images in them
-        raise VitreduceError(f"cannot read an image dataset from {str(root / split)!r}: {err}") from None
-    classes = len(dataset.class_to_idx)
+    # Training's scan and reader, not timm's: timm sorts class folders "naturally" (class10 after class2),
+    # and the labels, the files counted and the pixels (16-bit images, links, FIFOs) must be the same here.
+    refuse_gray_fill()
+    dataset = ImageFolderSamples(root / split, transform, root=root)
+    classes = len(dataset.classes)
     if classes != getattr(model, "num_classes", None):
         raise VitreduceError(f"the model has {getattr(model, 'num_classes', None)} classes but "
                              f"{str(root / split)!r} has {classes} class folders; use data of the model's task")
@@ -62,11 +60,19 @@ def load_batches(model: nn.Module, data_dir: str | Path, *, split: str = "train"
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:needed]
     result = []
     for chunk in order.split(batch_size):
-        samples = [dataset[int(index)] for index in chunk]
+        samples = [_read(dataset, int(index)) for index in chunk]
         images = torch.stack([image for image, _ in samples]).to(device)  # (B, C, H, W)
         targets = torch.tensor([target for _, target in samples], dtype=torch.long, device=device)
         result.append((images, targets))
     return result
+
+
+def _read(dataset: ImageFolderSamples, index: int) -> tuple[torch.Tensor, int]:
+    """One transformed image and its class; a file that cannot be read is refused, never replaced."""
+    image, target, _, problem = dataset[(index, 0)]  # the eval transform draws nothing random
+    if image is None:
+        raise VitreduceError(f"{problem}: an image of the fixed subset cannot be read; repair or delete it")
+    return image, target
 
 
 def _input_size(model: nn.Module) -> dict:

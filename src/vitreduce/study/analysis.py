@@ -14,9 +14,9 @@ import json
 from pathlib import Path
 from typing import Literal, get_args
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from vitreduce.config_tree import read_yaml
 from vitreduce.errors import VitreduceError
 from vitreduce.files import write_json
 from vitreduce.sharpness.options import Method, SharpnessOptions
@@ -69,8 +69,10 @@ def checkpoint_path(run_dir: Path, which: str, weights: str) -> Path:
 
 
 def _data_root(run_dir: Path) -> Path:
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    return Path(config["data"]["root"])
+    root = read_yaml(run_dir / "config.yaml").get("data", {}).get("root")
+    if not isinstance(root, str):
+        raise VitreduceError(f"{run_dir / 'config.yaml'} names no data.root; it was not written by vitreduce")
+    return Path(root)
 
 
 def _options_key(config: AnalysisConfig, which: str) -> dict:

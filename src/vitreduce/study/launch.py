@@ -1,9 +1,9 @@
-"""Training one run of a study: under its lock file, its output also appended to RUN_DIR/train.log, in
-this process or under torchrun. What became of the run is an ``Outcome``."""
+"""Training one run of a study: under its lock (vitreduce.locks, the one `vitreduce train` takes too), its
+output also appended to RUN_DIR/train.log, in this process or under torchrun. What became of the run is
+an ``Outcome``."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import subprocess
@@ -12,10 +12,10 @@ import time
 import traceback
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 
 from vitreduce.errors import VitreduceError
-from vitreduce.study.plan import LOCK, LOG, RunPlan
+from vitreduce.locks import RunLock
+from vitreduce.study.plan import LOG, RunPlan
 from vitreduce.study.spec import Launcher
 from vitreduce.train import rundir
 
@@ -44,41 +44,6 @@ class Outcome:
     wall_s: float = 0.0
 
 
-class RunLock:
-    """An exclusive, non-blocking flock on RUN_DIR/.lock, held while the run trains.
-
-    The lock belongs to the open file, so a torchrun child given the descriptor keeps it held even if
-    the study process dies first; the kernel releases it when the last holder exits.
-    """
-
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / LOCK
-        self.handle = None
-
-    def acquire(self) -> bool:
-        handle = open(self.path, "a+")  # noqa: SIM115 (held open for the run's lifetime)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            return False
-        handle.truncate(0)
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self.handle = handle
-        return True
-
-    def holder(self) -> str:
-        with contextlib.suppress(OSError):
-            return self.path.read_text().strip() or "?"
-        return "?"
-
-    def release(self) -> None:
-        if self.handle is not None:
-            self.handle.close()  # closing the last descriptor releases the flock
-            self.handle = None
-
-
 @dataclass(frozen=True)
 class RunLauncher:
     """Trains one run under its lock, its output also appended to RUN_DIR/train.log."""
@@ -94,7 +59,7 @@ class RunLauncher:
         tag = f"[{index}/{self.total}] {plan.label}"
         lock = RunLock(plan.run_dir)
         if not lock.acquire():
-            message = f"being trained by another process (pid {lock.holder()}, {lock.path}); skipped here"
+            message = f"being trained by another process ({lock.holder()}, {lock.path}); skipped here"
             echo(f"{tag}: {message}")
             return Outcome(plan, OutcomeStatus.LOCKED, message)
         if (plan.run_dir / rundir.DONE).is_file():  # another process finished it since this study looked
@@ -153,7 +118,7 @@ class RunLauncher:
 
     def _torchrun(self, plan: RunPlan, lock: RunLock) -> str:
         command = self.command(plan)
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **lock.child_env(), "OMP_NUM_THREADS": str(self.threads), "PYTHONUNBUFFERED": "1"}
         print(f"$ {' '.join(command)}", file=sys.stderr)
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                               text=True, env=env, pass_fds=(lock.handle.fileno(),)) as proc:

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from vitreduce.config_tree import merge, set_key
+from vitreduce.config_tree import merge, read_yaml, set_key
 from vitreduce.data import ensure_synth
 from vitreduce.errors import VitreduceError
 from vitreduce.files import write_text
@@ -31,7 +31,7 @@ from vitreduce.train.config import ModelConfig, TrainConfig, changed_keys, valid
 
 # The study directory: STUDY_DIR/study.yaml and STUDY_DIR/runs/<variant>/seed<S>/, each run with its
 # lock file (held while it trains) and train.log (its output).
-SPEC_FILE, RUNS, LOCK, LOG = "study.yaml", "runs", ".lock", "train.log"
+SPEC_FILE, RUNS, LOG = "study.yaml", "runs", "train.log"
 
 
 @dataclass(frozen=True)
@@ -165,8 +165,8 @@ def prepare_study_dir(study_dir: Path, spec: StudySpec) -> None:
     saved = study_dir / SPEC_FILE
     if saved.is_file():
         try:
-            old = parse_spec(yaml.safe_load(saved.read_text()) or {}, source=str(saved))
-        except (yaml.YAMLError, VitreduceError) as err:
+            old = parse_spec(read_yaml(saved), source=str(saved))
+        except VitreduceError as err:
             raise VitreduceError(f"{saved} cannot be read back ({err}); use another --out") from None
         changed = spec_differences(old, spec)
         if changed:

@@ -1,8 +1,15 @@
 """The report as a document: a list of blocks (headings, paragraphs, lists, tables, images) rendered
-to markdown (report.md) and to a standalone HTML page (report.html)."""
+to markdown (report.md) and to a standalone HTML page (report.html).
+
+Block text is plain text, never markup: names come from study specs and hand-edited run directories,
+so both renderers escape it. HTML escapes everything; markdown escapes what a markdown viewer would
+act on (raw HTML, autolinks, entities, inline links, line breaks in table cells), which ordinary text
+never contains, so an ordinary report.md is byte for byte what it was before escaping.
+"""
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,24 +45,34 @@ class Image:
 Block = Heading | Paragraph | Bullets | Table | Image
 
 
+_MD_TAG = re.compile(r"<(?=[A-Za-z/!?])")  # what opens raw HTML or an autolink in CommonMark
+_MD_ENTITY = re.compile(r"&(?=#?[A-Za-z0-9]+;)")  # an entity or character reference
+
+
+def _md_text(text: str) -> str:
+    """Plain text as a markdown viewer shows it literally: ``<script>`` stays text, not markup."""
+    text = _MD_ENTITY.sub("&amp;", str(text))
+    return _MD_TAG.sub("&lt;", text).replace("](", "]\\(")
+
+
 def _md_cell(text: str) -> str:
-    return str(text).replace("|", "\\|")
+    return " ".join(_md_text(text).splitlines()).replace("|", "\\|")
 
 
 def _markdown(block: Block) -> str:
     match block:
         case Heading(text, level):
-            return f"{'#' * level} {text}"
+            return f"{'#' * level} {_md_text(text)}"
         case Paragraph(text):
-            return text
+            return _md_text(text)
         case Bullets(items):
-            return "\n".join(f"- {item}" for item in items)
+            return "\n".join(f"- {_md_text(item)}" for item in items)
         case Table(headers, rows):
             lines = ["| " + " | ".join(map(_md_cell, headers)) + " |", "|" + "---|" * len(headers)]
             lines += ["| " + " | ".join(map(_md_cell, r)) + " |" for r in rows]
             return "\n".join(lines)
         case Image(src, caption):
-            return f"![{caption}]({src})\n\n*{caption}*"
+            return f"![{_md_text(caption)}]({src})\n\n*{_md_text(caption)}*"
     raise TypeError(f"not a report block: {block!r}")
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import yaml
 
+from vitreduce.config_tree import read_yaml
 from vitreduce.errors import VitreduceError
 from vitreduce.numbers import is_finite
 from vitreduce.reduction.accounting import RECORD_FIELDS
@@ -186,8 +186,7 @@ def load_study(study_dir: Path | str, *, baseline: str | None = None, include_un
         raise VitreduceError(f"study directory {study_dir} does not exist; pass the --out of `vitreduce study`")
     spec: dict = {}
     if (study_dir / "study.yaml").is_file():
-        loaded = yaml.safe_load((study_dir / "study.yaml").read_text())
-        spec = loaded if isinstance(loaded, dict) else {}
+        spec = read_yaml(study_dir / "study.yaml")
     runs_root = study_dir / "runs"
     on_disk = sorted(p.name for p in runs_root.iterdir() if p.is_dir()) if runs_root.is_dir() else []
     listed = [v for v in _spec_variant_names(spec) if v in on_disk]

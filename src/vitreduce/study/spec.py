@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from vitreduce.config_tree import explain_error, merge, parse_assignment, read_yaml, set_key
+from vitreduce.config_tree import SEED_MAX, Whole, explain_error, merge, parse_assignment, read_yaml, set_key
 from vitreduce.device import Precision
 from vitreduce.errors import VitreduceError
 from vitreduce.study.analysis import AnalysisConfig
@@ -35,10 +35,14 @@ from vitreduce.train.config import TrainConfig
 
 Launcher = Literal["python", "torchrun"]
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# A chain of `extends` longer than this is a mistake (and Python's recursion would end it as a traceback).
+MAX_EXTENDS_DEPTH = 32
+# Counts far above any real study (processes per run; throughput batch, repeats and warm-up runs).
+_COUNT_MAX = 1 << 20
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def _check_name(value: str) -> str:
@@ -48,7 +52,9 @@ def _check_name(value: str) -> str:
 
 
 def _check_overrides(value: dict[str, Any] | None) -> dict[str, Any]:
-    value = value or {}
+    value = {} if value is None else value
+    if not isinstance(value, dict):
+        raise ValueError("must be a mapping of dotted train-config keys to values, e.g. {model.reduction: grouped}")
     for key in value:
         if not isinstance(key, str) or not key or any(not part for part in key.split(".")):
             raise ValueError(f"override key {key!r} must be a dotted train-config key, e.g. model.reduction")
@@ -79,11 +85,11 @@ class ThroughputOptions(_Strict):
 
     device: str = "cpu"  # cpu, cuda or cuda:N
     precision: Precision = "fp32"  # fp32, or bf16 / fp16 through autocast
-    batch_size: int = Field(32, ge=1)  # images per timed batch
+    batch_size: Whole = Field(32, ge=1, le=_COUNT_MAX)  # images per timed batch
     mode: Literal["infer", "both"] = "infer"  # both: training steps are timed too
     compile: bool = False  # torch.compile each model (compiled during the warm-up, not timed)
-    repeats: int = Field(5, ge=1)  # timed runs per variant (median, min and max are recorded)
-    warmup: int = Field(2, ge=0)  # untimed runs per variant before timing
+    repeats: Whole = Field(5, ge=1, le=_COUNT_MAX)  # timed runs per variant (median, min and max are recorded)
+    warmup: Whole = Field(2, ge=0, le=_COUNT_MAX)  # untimed runs per variant before timing
     memory: bool = False  # also measure peak memory, in one fresh process per variant
 
 
@@ -103,12 +109,12 @@ class StudySpec(_Strict):
     base: dict[str, Any]  # the base train config tree (paths are read into a tree by load_spec)
     overrides: Overrides = {}  # dotted train-config key -> value, for every run
     variants: list[VariantSpec] = Field(min_length=1)
-    seeds: list[int] = Field([42], min_length=1)
+    seeds: list[Annotated[Whole, Field(ge=0, le=SEED_MAX)]] = Field([42], min_length=1)  # numpy's 32-bit seeds
     baseline: str | None = None  # a variant name; default the first
     throughput: Throughput = False  # true, or ThroughputOptions
     analysis: AnalysisConfig | None = None  # sharpness/landscape of final/peak checkpoints (study.analysis)
     launcher: Launcher = "python"
-    nproc_per_node: int = Field(1, ge=1)  # processes per run under torchrun
+    nproc_per_node: Whole = Field(1, ge=1, le=_COUNT_MAX)  # processes per run under torchrun
     out: str | None = None  # default runs/studies/<name>
 
     @field_serializer("throughput")
@@ -195,6 +201,8 @@ def _read_tree(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     path = path.resolve()
     if path in seen:
         raise VitreduceError(f"{path}: 'extends' goes round in a circle ({' -> '.join(map(str, seen))})")
+    if len(seen) > MAX_EXTENDS_DEPTH:
+        raise VitreduceError(f"{path}: 'extends' chains more than {MAX_EXTENDS_DEPTH} spec files; shorten the chain")
     tree = read_yaml(path)
     base = tree.get("base")
     if isinstance(base, str | list):

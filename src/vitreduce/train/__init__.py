@@ -3,6 +3,7 @@
 Modules: ``config`` (the typed config tree), ``model`` (the model a config names, fine-tuning starts),
 ``step`` (one optimizer step), ``optim`` (parameter groups over unique tensors, timm's factories),
 ``ema``, ``evaluate`` (top-1/top-5/loss, ``vitreduce eval``), ``state`` (training-state checkpoints),
+``resume`` (choosing the newest intact checkpoint, setting damaged ones aside),
 ``rundir`` (new / resume / finished, the files written once), ``logs`` (metrics.jsonl, TensorBoard),
 ``distributed`` (torchrun), ``loop`` (the ``Trainer`` that runs the epochs).
 """

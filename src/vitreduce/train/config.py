@@ -10,22 +10,29 @@ from __future__ import annotations
 
 import difflib
 import os
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import timm
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from vitreduce.config_tree import apply_override, differences, explain_error, merge, read_yaml
+from vitreduce.config_tree import SEED_MAX, Real, Whole, apply_override, differences, explain_error, merge, read_yaml
 from vitreduce.data import AugmentConfig, DataConfig, SynthConfig
 from vitreduce.errors import VitreduceError
+from vitreduce.reduction.architecture import check_architecture, check_base_name
 from vitreduce.reduction.spec import ReductionSpec
 
 _WEIGHT_INITS = ("", "jax", "jax_nlhb", "moco")
+# More than a million epochs is a typo (10^24 was accepted once): the schedule is built for every epoch.
+EPOCHS_MAX = 10**6
+# Step counts (accumulation, logging and checkpoint intervals): far above any real run, below overflow.
+STEPS_MAX = 10**9
+# Adam's betas are decay rates: 1 or more never forgets, so [0, 1).
+Beta = Annotated[Real, Field(ge=0, lt=1)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Every float finite: an inf weight decay or warmup lr used to pass and then fail as a non-finite loss.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def _known(value: str, names: list[str], kind: str) -> str:
@@ -41,16 +48,17 @@ class ModelConfig(_Section):
 
     name: str = "vit_base_patch16_224"  # any timm ViT name
     reduction: str = "none"  # a ReductionSpec string, stored canonical
-    num_classes: int = Field(1000, ge=1)
-    drop_path_rate: float = Field(0.1, ge=0, lt=1)
-    drop_rate: float = Field(0.0, ge=0, lt=1)
-    # Architecture overrides passed to timm.create_model; null keeps the named model's value.
-    img_size: int | None = Field(None, ge=1)
-    patch_size: int | None = Field(None, ge=1)
-    embed_dim: int | None = Field(None, ge=1)
-    depth: int | None = Field(None, ge=1)
-    num_heads: int | None = Field(None, ge=1)
-    mlp_ratio: float | None = Field(None, gt=0)
+    num_classes: Whole = Field(1000, ge=1)
+    drop_path_rate: Real = Field(0.1, ge=0, lt=1)
+    drop_rate: Real = Field(0.0, ge=0, lt=1)
+    # Architecture overrides passed to timm.create_model; null keeps the named model's value. Upper
+    # bounds, consistency (heads divide the width) and the size limit: reduction.architecture.
+    img_size: Whole | None = Field(None, ge=1)
+    patch_size: Whole | None = Field(None, ge=1)
+    embed_dim: Whole | None = Field(None, ge=1)
+    depth: Whole | None = Field(None, ge=1)
+    num_heads: Whole | None = Field(None, ge=1)
+    mlp_ratio: Real | None = Field(None, gt=0)
     weight_init: str = ""  # timm's: '' (trunc normal), jax, jax_nlhb, moco
     # Fine-tuning: a vitreduce checkpoint or a timm state dict (.safetensors/.pth) to start from;
     # the head is re-initialised when its size differs from num_classes.
@@ -59,7 +67,7 @@ class ModelConfig(_Section):
     @field_validator("name")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        return _known(value, timm.list_models(), "timm model")
+        return check_base_name(value)  # a timm ViT-family name, never a hub id (VitreduceError is a ValueError)
 
     @field_validator("reduction")
     @classmethod
@@ -83,19 +91,26 @@ class ModelConfig(_Section):
             kwargs["weight_init"] = self.weight_init
         return kwargs
 
+    @model_validator(mode="after")
+    def _buildable(self) -> ModelConfig:
+        """The same checks as every model vitreduce builds: allowed values, heads dividing the width,
+        patches tiling the image, at most VITREDUCE_MAX_PARAMS parameters (counted on the meta device)."""
+        check_architecture(self.name, self.timm_kwargs(), source="")
+        return self
+
 
 class OptimizerConfig(_Section):
     """timm's optimizer factory over unique parameters, plus accumulation and clipping."""
 
     name: str = "adamw"  # a timm optimizer name (timm.optim.list_optimizers())
-    lr: float = Field(1e-3, gt=0)  # used as given: not rescaled by the batch size
-    weight_decay: float = Field(0.05, ge=0)  # not applied to biases, norms, pos_embed, cls_token
-    betas: tuple[float, float] | None = (0.9, 0.999)  # Adam-family only; null for others
-    eps: float | None = Field(1e-8, gt=0)
-    momentum: float = Field(0.9, ge=0)  # SGD-family only
+    lr: Real = Field(1e-3, gt=0)  # used as given: not rescaled by the batch size
+    weight_decay: Real = Field(0.05, ge=0)  # not applied to biases, norms, pos_embed, cls_token
+    betas: tuple[Beta, Beta] | None = (0.9, 0.999)  # Adam-family only, each in [0, 1); null for others
+    eps: Real | None = Field(1e-8, gt=0)
+    momentum: Real = Field(0.9, ge=0, lt=1)  # SGD-family only; 1 or more grows the step without bound
     no_weight_decay: list[str] = []  # extra name patterns (fnmatch) without weight decay
-    accum_steps: int = Field(1, ge=1)  # micro-batches per optimizer step
-    clip_grad: float | None = Field(None, gt=0)  # max global grad norm; null: no clipping
+    accum_steps: Whole = Field(1, ge=1, le=STEPS_MAX)  # micro-batches per optimizer step
+    clip_grad: Real | None = Field(None, gt=0)  # max global grad norm; null: no clipping
 
     @field_validator("name")
     @classmethod
@@ -109,13 +124,13 @@ class ScheduleConfig(_Section):
     """timm's create_scheduler_v2: per-epoch by default, as in timm's train.py."""
 
     name: Literal["cosine", "tanh", "step", "multistep", "poly"] = "cosine"
-    warmup_epochs: int = Field(5, ge=0)
-    warmup_lr: float = Field(1e-5, ge=0)
-    min_lr: float = Field(0.0, ge=0)
-    cooldown_epochs: int = Field(0, ge=0)
-    decay_epochs: float = Field(90, gt=0)  # step schedule
-    decay_milestones: list[int] = [90, 180, 270]  # multistep schedule
-    decay_rate: float = Field(0.1, gt=0)
+    warmup_epochs: Whole = Field(5, ge=0, le=EPOCHS_MAX)
+    warmup_lr: Real = Field(1e-5, ge=0)
+    min_lr: Real = Field(0.0, ge=0)
+    cooldown_epochs: Whole = Field(0, ge=0, le=EPOCHS_MAX)
+    decay_epochs: Real = Field(90, gt=0, le=EPOCHS_MAX)  # step schedule
+    decay_milestones: list[Annotated[Whole, Field(ge=0, le=EPOCHS_MAX)]] = [90, 180, 270]  # multistep schedule
+    decay_rate: Real = Field(0.1, gt=0)
     on_updates: bool = False  # step the schedule every optimizer update instead of every epoch
 
 
@@ -123,13 +138,13 @@ class EmaConfig(_Section):
     """Exponential moving average of the weights, updated once per optimizer step."""
 
     enabled: bool = True
-    decay: float = Field(0.9998, gt=0, lt=1)
+    decay: Real = Field(0.9998, gt=0, lt=1)
 
 
 class CheckpointConfig(_Section):
     """Training-state checkpoints under RUN_DIR/checkpoints (see docs/training.md)."""
 
-    recovery_every_steps: int = Field(0, ge=0)  # 0: no mid-epoch recovery checkpoints
+    recovery_every_steps: Whole = Field(0, ge=0, le=STEPS_MAX)  # 0: no mid-epoch recovery checkpoints
     best_metric: Literal["auto", "ema_top1", "raw_top1"] = "auto"  # auto: EMA when enabled
 
 
@@ -138,7 +153,7 @@ class LoggingConfig(_Section):
 
     tensorboard: bool = False  # RUN_DIR/tensorboard event files
     progress: Literal["auto", "bar", "lines", "none"] = "auto"  # auto: a bar on a terminal, else lines
-    every_steps: int = Field(50, ge=1)  # optimizer steps between plain progress lines
+    every_steps: Whole = Field(50, ge=1, le=STEPS_MAX)  # optimizer steps between plain progress lines
 
 
 class FaultsConfig(_Section):
@@ -150,8 +165,8 @@ class FaultsConfig(_Section):
 class TrainConfig(_Section):
     """Everything one training run depends on."""
 
-    seed: int = Field(42, ge=0)
-    epochs: int = Field(300, ge=1)
+    seed: Whole = Field(42, ge=0, le=SEED_MAX)  # numpy and torch take 32-bit seeds
+    epochs: Whole = Field(300, ge=1, le=EPOCHS_MAX)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16 uses a GradScaler and needs CUDA
     compile: bool = False  # torch.compile the model
@@ -250,7 +265,9 @@ def dump(config: TrainConfig) -> str:
 
 
 # Keys that may change when a run resumes: they do not affect the weights or the metrics.
-RESUMABLE_CHANGES = ("logging.", "data.workers", "data.pin_memory")
+# data.max_bad_fraction only decides when unreadable images halt a run (they are skipped either way), so
+# the halt's advice to raise it can be followed by resuming.
+RESUMABLE_CHANGES = ("logging.", "data.workers", "data.pin_memory", "data.max_bad_fraction")
 
 
 def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from vitreduce.errors import VitreduceError
-from vitreduce.files import atomic_write
+from vitreduce.files import write_text
 
 
 class MetricsFile:
@@ -34,15 +34,19 @@ class MetricsFile:
                 kept.append(line + "\n")
         text = "".join(kept)
         if text != self.path.read_text():
-            atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
+            write_text(self.path, text)
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one epoch's record as one line, flushed and synced."""
         line = json.dumps(record, allow_nan=True) + "\n"
-        with open(self.path, "a") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(self.path, "a") as handle:
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as err:
+            raise VitreduceError(f"cannot append to {self.path}: {err.strerror or err}; the checkpoints are intact: "
+                                 "make the run directory writable (or free space) and rerun to resume") from None
 
 
 def read_metrics(path: Path | str) -> list[dict]:
@@ -96,3 +100,16 @@ class TensorBoard:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def epoch_line(record: dict[str, Any], epochs: int) -> str:
+    """The progress line of an epoch's record (or of the final metrics: no train_loss)."""
+    text = f"epoch {record['epoch']}/{epochs}"
+    if "train_loss" in record:
+        loss = float("nan") if record["train_loss"] is None else record["train_loss"]
+        text += f" train_loss {loss:.4f} lr {record['lr']:.3e} {record['img_s']:.1f} img/s"
+    for kind in ("raw", "ema"):
+        if record.get(kind):
+            m = record[kind]
+            text += f" | {kind} top1 {m['top1']:.2f} top5 {m['top5']:.2f} loss {m['loss']:.4f}"
+    return text

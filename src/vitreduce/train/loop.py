@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,21 +26,24 @@ import vitreduce.data as data
 from vitreduce.console import Progress
 from vitreduce.data import ensure_synth
 from vitreduce.errors import VitreduceError
+from vitreduce.locks import RunLock
 from vitreduce.train import distributed, rundir, state
 from vitreduce.train.config import TrainConfig
 from vitreduce.train.distributed import DistInfo, gather_objects
 from vitreduce.train.ema import Ema
 from vitreduce.train.evaluate import EvalResult, evaluate
-from vitreduce.train.logs import MetricsFile, TensorBoard
-from vitreduce.train.model import build_model
+from vitreduce.train.logs import MetricsFile, TensorBoard, epoch_line
+from vitreduce.train.model import build_model, check_init_checkpoint
 from vitreduce.train.optim import create_optimizer, create_scheduler, param_names
+from vitreduce.train.resume import choose, latest, verify
 from vitreduce.train.rundir import RunStatus
 from vitreduce.train.state import EpochTotals
 from vitreduce.train.step import NonFiniteError, StepContext, train_step
 
-Event = Literal["step", "save"]
-# Called with "step" after every optimizer step, and on rank 0 with "save" once a checkpoint's files are
-# written but before they become visible: where tests inject faults (tests/killer.py SIGKILLs there).
+Event = str
+# Called with "step" after every optimizer step, and on rank 0 after each step of a checkpoint's save:
+# "save" (its files written, not yet visible), "save:renamed", "save:link:<kind>" after each symlink
+# (best before last), "save:pruned". Where tests inject faults (tests/killer.py SIGKILLs there).
 EventHook = Callable[[Event], None]
 Evaluation = dict[str, EvalResult | None]  # {"raw": ..., "ema": ... or None}
 
@@ -74,29 +77,39 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
     out = Path(out_dir)
     info = distributed.init(config.device)
     session_start = time.perf_counter()
+    lock = RunLock(out)  # taken by rank 0 in _preflight, held until the run ends
     try:
         if config.precision == "fp16" and info.device.type != "cuda":
             raise VitreduceError("precision: fp16 needs a CUDA GPU (GradScaler); on CPU set precision: bf16 or fp32")
-        start = info.agree(lambda: _preflight(config, out, resume))
+        start = info.agree(lambda: _preflight(config, out, resume, lock))
         if start.status is RunStatus.DONE:
             info.on_main(print, f"{out}: run already finished (done.json); nothing to do")
             return RunResult(out, TrainStatus.ALREADY_DONE, config.epochs, start.done.get("final", {}))
-        return Trainer(config, out, info, start.checkpoint, session_start, on_event).run()
+        return Trainer(config, out, info, start.status is RunStatus.RESUME, session_start, on_event).run()
     finally:
+        lock.release()
         distributed.shutdown(info)
 
 
-def _preflight(config: TrainConfig, out: Path, resume: bool) -> rundir.RunStart:
-    """Every check that can fail, before any work: run directory, data, init checkpoint."""
+def _preflight(config: TrainConfig, out: Path, resume: bool, lock: RunLock) -> rundir.RunStart:
+    """Every check that can fail, before any work: run directory, data, init checkpoint; then the run lock,
+    and config.yaml written under it."""
     start = rundir.inspect(out, config, must_exist=resume)
     if start.status is RunStatus.DONE:
         return start
     if config.synth is not None:
         ensure_synth(Path(config.data.root).expanduser(), config.synth)
     data.check_dataset(config.data, config.model.num_classes)
-    if config.model.init_checkpoint and not Path(config.model.init_checkpoint).is_file():
-        raise VitreduceError(f"model.init_checkpoint {config.model.init_checkpoint} does not exist")
-    rundir.begin(out, config)
+    check_init_checkpoint(config.model)
+    rundir.create(out)
+    if not lock.acquire():
+        raise VitreduceError(
+            f"{out} is being trained by another process ({lock.holder()}; lock file {lock.path}). Wait for it to "
+            "finish, or stop it and rerun this command to resume; to train a separate run, choose another --out"
+        )
+    start = rundir.inspect(out, config, must_exist=resume)  # again, under the lock: the other may have changed it
+    if start.status is not RunStatus.DONE:
+        rundir.begin(out, config, start)
     return start
 
 
@@ -109,15 +122,16 @@ class Trainer:
         config: the validated config.
         out: the run directory (``_preflight`` has checked it and written config.yaml).
         info: this process's rank and device.
-        checkpoint: the checkpoint directory to resume from, or None for a new run.
+        resuming: resume from the newest whole checkpoint (``vitreduce.train.resume.choose``), else start a new run.
         session_start: ``time.perf_counter()`` when this session began (for the run's wall time).
         on_event: see ``EventHook``.
     """
 
-    def __init__(self, config: TrainConfig, out: Path, info: DistInfo, checkpoint: str | None,
+    def __init__(self, config: TrainConfig, out: Path, info: DistInfo, resuming: bool,
                  session_start: float, on_event: EventHook | None = None):
         self.cfg, self.out, self.info = config, out, info
-        self.resumed_from, self.session_start = checkpoint, session_start
+        self.resumed_from: str | None = None
+        self.session_start = session_start
         self.on_event: EventHook = on_event or _no_event
         self.ckpt_dir = out / rundir.CHECKPOINTS
         self.bad_paths: list[str] = []  # this rank's unreadable files not yet counted in the position
@@ -132,7 +146,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(info.device.type, enabled=config.precision == "fp16")
         self.trainables = state.Trainables(self.module, self.optimizer, self.scheduler, self.scaler, self.ema,
                                            param_names(self.module))
-        self.position = self._resume(checkpoint) if checkpoint else self._fresh()
+        self.position = self._resume() if resuming else self._fresh()
         self.wall_base = self.position.wall_s
         self.eval_model, self.step_context = self._wrap()
         self.last_lr = self.optimizer.param_groups[0]["lr"]  # of the latest step, for the epoch's record
@@ -143,13 +157,17 @@ class Trainer:
         progress = config.logging.progress if info.is_main else "none"
         self.progress = Progress(progress, config.epochs, config.logging.every_steps)
 
-    def _resume(self, path: str) -> state.Position:
-        position, rng = state.load(path, self.trainables, self.info.rank)
-        if position.world_size != self.info.world_size:
-            raise VitreduceError(
-                f"{path} was saved by {position.world_size} process(es), this run has {self.info.world_size}: "
-                "exact resume needs the same number (the data order and RNG streams are per rank)"
-            )
+    def _resume(self) -> state.Position:
+        """Load the newest whole checkpoint: rank 0 checks and loads the candidates in turn (setting damaged
+        ones aside), the other ranks then load the one it chose."""
+        loaded: dict[str, tuple[state.Position, dict[str, Any]]] = {}
+
+        def use(path: Path) -> None:
+            verify(path, self.trainables, self.info.world_size)
+            loaded[str(path)] = state.load(path, self.trainables, self.info.rank)
+
+        self.resumed_from = self.info.agree(lambda: str(choose(self.ckpt_dir, use)))
+        position, rng = loaded.get(self.resumed_from) or state.load(self.resumed_from, self.trainables, self.info.rank)
         state.restore_rng(rng)
         return position
 
@@ -234,8 +252,8 @@ class Trainer:
         self.on_event("step")
 
     def _halted(self, epoch: int, step: int, batch: int, err: NonFiniteError) -> VitreduceError:
-        last = self.ckpt_dir / "last"
-        where = f"last good checkpoint: {last} -> {os.readlink(last)}" if last.is_symlink() else "no checkpoint yet"
+        newest = self.info.on_main(latest, self.ckpt_dir)  # what a rerun resumes from
+        where = f"newest checkpoint, where a rerun resumes: {newest}" if newest else "no checkpoint yet"
         return VitreduceError(
             f"epoch {epoch + 1}, step {step} (batch {batch}): {err}; the step was not taken and the run stopped "
             f"({where}). Lower optimizer.lr, set optimizer.clip_grad, or set faults.nonfinite: skip to skip such steps"
@@ -250,7 +268,7 @@ class Trainer:
         self.info.on_main(self.metrics_file.append, record)
         if self.tensorboard is not None:
             self.tensorboard.epoch(record)
-        self.progress.write(_summary(record, self.cfg.epochs))
+        self.progress.write(epoch_line(record, self.cfg.epochs))
         self.scheduler.step(epoch + 1)
         kinds = ["last"] + (["best"] if self._is_best(record) else [])
         self.position.epochs_done, self.position.batch, self.position.sums = epoch + 1, 0, EpochTotals()
@@ -303,7 +321,7 @@ class Trainer:
         self.position.wall_s = self._wall_s()
         rng = gather_objects(state.capture_rng(), self.info)
         self.info.on_main(state.save, self.ckpt_dir, kinds, self.trainables, self.position, rng,
-                          on_written=lambda: self.on_event("save"))
+                          on_event=lambda step: self.on_event("save" if step == "written" else f"save:{step}"))
         self.info.barrier()
 
     def _wall_s(self) -> float:
@@ -322,7 +340,7 @@ class Trainer:
         rundir.write_predictions(self.out, indices, labels, raw, gathered["ema"][2] if gathered["ema"] else None)
         rundir.write_final_models(self.out, self.module, self.ema, self.position)
         rundir.write_done(self.out, self.cfg.epochs, self._wall_s(), metrics)
-        self.progress.write(f"done: {self.out} ({_summary({'epoch': self.cfg.epochs, **metrics}, self.cfg.epochs)})")
+        self.progress.write(f"done: {self.out} ({epoch_line({'epoch': self.cfg.epochs, **metrics}, self.cfg.epochs)})")
         return metrics
 
 
@@ -351,14 +369,16 @@ def _step_groups(loader: data.TrainLoader, accum: int, bad_paths: list[str]) -> 
 
     A group ends at a multiple of ``accum`` or at the epoch's last batch, or early when a batch of the
     next group arrives first (the loader leaves out batches with no readable image). Each batch's
-    unreadable paths go to ``bad_paths`` as it arrives.
+    unreadable paths go to ``bad_paths`` when it joins its group, not before the previous group's step:
+    a recovery checkpoint taken at that step must not count a batch it does not include (a run resumed
+    from it reads that batch again).
     """
     pending: list[data.Batch] = []
     for batch in loader:
-        bad_paths.extend(batch.bad_paths)
         if pending and batch.index // accum != pending[0].index // accum:
             yield pending
             pending = []
+        bad_paths.extend(batch.bad_paths)
         pending.append(batch)
         if (batch.index + 1) % accum == 0 or batch.index == len(loader) - 1:
             yield pending
@@ -373,15 +393,3 @@ def _gather_predictions(result: EvalResult, info: DistInfo) -> tuple[torch.Tenso
     if not info.is_main:
         return None
     return tuple(torch.cat([p[i] for p in parts]) for i in range(3))
-
-
-def _summary(record: dict[str, Any], epochs: int) -> str:
-    text = f"epoch {record['epoch']}/{epochs}"
-    if "train_loss" in record:
-        loss = float("nan") if record["train_loss"] is None else record["train_loss"]
-        text += f" train_loss {loss:.4f} lr {record['lr']:.3e} {record['img_s']:.1f} img/s"
-    for kind in ("raw", "ema"):
-        if record.get(kind):
-            m = record[kind]
-            text += f" | {kind} top1 {m['top1']:.2f} top5 {m['top5']:.2f} loss {m['loss']:.4f}"
-    return text

@@ -32,24 +32,37 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     Args:
         cfg: the model section of the config.
     """
+    check_init_checkpoint(cfg)
     if cfg.init_checkpoint is None:
         return create_model(cfg.name, reduction=cfg.reduction, **cfg.timm_kwargs())
     path = Path(cfg.init_checkpoint)
-    if not path.is_file():
-        raise VitreduceError(f"model.init_checkpoint {path} does not exist")
     if _is_vitreduce(path):
-        metadata = checkpoint.read_metadata(path)
-        if (metadata["base_model"], metadata["reduction"]) != (cfg.name, cfg.reduction):
-            raise VitreduceError(
-                f"model.init_checkpoint {path} is {metadata['base_model']} with reduction {metadata['reduction']!r}, "
-                f"the config asks for {cfg.name} with {cfg.reduction!r}: set model.name and model.reduction to match"
-            )
         model = create_model(cfg.name, reduction=cfg.reduction, **cfg.timm_kwargs())
         _copy_weights(checkpoint.load(path).state_dict(), model, path)
         return model
     model = create_model(cfg.name, reduction=None, **cfg.timm_kwargs())
     _copy_weights(read_state_dict(path), model, path)
     return reduce(model, ReductionSpec.parse(cfg.reduction))
+
+
+def check_init_checkpoint(cfg: ModelConfig) -> None:
+    """What ``build_model`` refuses about ``cfg.init_checkpoint`` before reading any weights: a missing
+    file, and for a vitreduce checkpoint a header that does not describe a model vitreduce builds
+    (``reduction.checkpoint.check_header``) or names another model or reduction than the config.
+    Headers only, so cheap: for the checks that run before any file of a run is written."""
+    if cfg.init_checkpoint is None:
+        return
+    path = Path(cfg.init_checkpoint)
+    if not path.is_file():
+        raise VitreduceError(f"model.init_checkpoint {path} does not exist")
+    if not _is_vitreduce(path):
+        return
+    metadata = checkpoint.read_metadata(path)
+    if (metadata["base_model"], metadata["reduction"]) != (cfg.name, cfg.reduction):
+        raise VitreduceError(
+            f"model.init_checkpoint {path} is {metadata['base_model']} with reduction {metadata['reduction']!r}, "
+            f"the config asks for {cfg.name} with {cfg.reduction!r}: set model.name and model.reduction to match"
+        )
 
 
 def _is_vitreduce(path: Path) -> bool:

@@ -10,21 +10,24 @@ import csv
 import io
 import json
 import os
+import sys
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
+from vitreduce.config_tree import read_yaml
 from vitreduce.errors import VitreduceError
 from vitreduce.files import write_json, write_text
+from vitreduce.locks import LOCK_FILE
 from vitreduce.reduction.accounting import describe
+from vitreduce.train import resume
 from vitreduce.train.config import TrainConfig, changed_keys, dump
 from vitreduce.train.ema import Ema
-from vitreduce.train.state import Position, latest, write_model_files
+from vitreduce.train.state import Position, write_model_files
 from vitreduce.version import __version__
 
 CONFIG, RUN, METRICS, PREDICTIONS, DONE = "config.yaml", "run.json", "metrics.jsonl", "predictions.csv", "done.json"
@@ -44,8 +47,9 @@ class RunStart:
     """What to do with a run directory."""
 
     status: RunStatus
-    checkpoint: str | None = None  # the checkpoint directory to resume from ("resume" only)
+    checkpoint: str | None = None  # the newest checkpoint ("resume" only; resume.choose checks it before use)
     done: dict[str, Any] | None = None  # done.json ("done" only)
+    replaces: tuple[str, ...] = ()  # "new" over a config.yaml of another config that never saved anything
 
 
 def inspect(out: Path, config: TrainConfig, must_exist: bool = False) -> RunStart:
@@ -60,31 +64,39 @@ def inspect(out: Path, config: TrainConfig, must_exist: bool = False) -> RunStar
         raise VitreduceError(f"run directory {out} exists and is not a folder; choose another --out")
     saved = out / CONFIG
     if saved.is_file():
-        try:
-            old = yaml.safe_load(saved.read_text())
-        except yaml.YAMLError as err:
-            raise VitreduceError(f"{saved} is not valid YAML ({err}); it was not written by vitreduce") from None
-        changed = changed_keys(old or {}, config.to_dict())
-        if changed:
+        changed = changed_keys(read_yaml(saved), config.to_dict())
+        if changed and not holds_nothing(out):
             raise VitreduceError(
                 f"{out} holds a run made with a different config; use another --out, or the same config.\n  "
                 + "\n  ".join(changed)
             )
         if (out / DONE).is_file():
             return RunStart(RunStatus.DONE, done=json.loads((out / DONE).read_text()))
-        found = latest(out / CHECKPOINTS)
-        if found is None:
-            return RunStart(RunStatus.NEW)
-        return RunStart(RunStatus.RESUME, checkpoint=str(found))
+        if resume.candidates(out / CHECKPOINTS):
+            found = resume.latest(out / CHECKPOINTS)
+            return RunStart(RunStatus.RESUME, checkpoint=str(found) if found else None)
+        if must_exist:
+            raise VitreduceError(f"--resume: {out} holds no checkpoint yet; nothing to resume")
+        return RunStart(RunStatus.NEW, replaces=tuple(changed))
     if must_exist:
         raise VitreduceError(f"--resume: {out} holds no run ({CONFIG} missing); nothing to resume")
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()):
         raise VitreduceError(f"{out} is not empty and holds no vitreduce run ({CONFIG} missing); choose another --out")
     return RunStart(RunStatus.NEW)
 
 
-def begin(out: Path, config: TrainConfig) -> None:
-    """Create the run directory (refusing an unwritable one) and write the resolved config.yaml."""
+def holds_nothing(out: Path) -> bool:
+    """Whether a run directory with a config.yaml holds nothing a run made: no checkpoint (not even a
+    damaged one), no metrics, no done.json. A rerun with another config may then start it afresh (a run
+    refused or stopped before its first checkpoint must not block the corrected command)."""
+    ckpt = out / CHECKPOINTS
+    saved = ckpt.is_dir() and any(not p.name.startswith(".") for p in ckpt.iterdir())
+    metrics = out / METRICS
+    return not saved and not (metrics.is_file() and metrics.stat().st_size) and not (out / DONE).exists()
+
+
+def create(out: Path) -> None:
+    """Create the run directory, refusing an unwritable one."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -92,7 +104,16 @@ def begin(out: Path, config: TrainConfig) -> None:
         raise VitreduceError(f"cannot create run directory {out}: {reason}; choose another --out") from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise VitreduceError(f"run directory {out} is not writable; choose another --out or fix its permissions")
-    if not (out / CONFIG).is_file():
+
+
+def begin(out: Path, config: TrainConfig, start: RunStart | None = None) -> None:
+    """Create the run directory and write the resolved config.yaml (replacing the one ``start.replaces`` names)."""
+    create(out)
+    if start is not None and start.replaces:
+        print(f"{out}: its config.yaml is of a run that stopped before saving anything; starting afresh with this "
+              f"config ({len(start.replaces)} key(s) differ: {'; '.join(start.replaces)})", file=sys.stderr, flush=True)
+        write_text(out / CONFIG, dump(config))
+    elif not (out / CONFIG).is_file():
         write_text(out / CONFIG, dump(config))
 
 
@@ -126,7 +147,11 @@ def write_predictions(out: Path, indices: torch.Tensor, labels: torch.Tensor, ra
 
 def write_final_models(out: Path, module: nn.Module, ema: Ema | None, position: Position) -> None:
     """model.safetensors and model_ema.safetensors of the finished run (as in its last checkpoint)."""
-    write_model_files(out, module, ema, position)
+    try:
+        write_model_files(out, module, ema, position)
+    except OSError as err:
+        raise VitreduceError(f"cannot write the final model files in {out} ({err.filename}: {err.strerror or err}); "
+                             "its checkpoints are intact: make it writable and rerun the same command") from None
 
 
 def write_done(out: Path, epochs: int, wall_s: float, final: dict[str, Any]) -> None:

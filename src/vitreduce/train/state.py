@@ -13,7 +13,10 @@ Layout (docs/training.md)::
                                       states; its header holds the rest as JSON
 
 A checkpoint directory is written under a temporary name, synced and renamed, and only then do the
-symlinks point at it, so a run killed at any moment leaves the previous checkpoint intact. Shared
+symlinks point at it (``best`` before ``last``), and superseded directories are pruned last, so a run
+killed at any moment leaves a resumable ``last`` and keeps ``best`` (``save`` says why). A save that
+would reuse the name of a directory a symlink still points at takes the name ``<name>-2``. Damaged
+checkpoints set aside on resume (``damaged-*``, vitreduce.train.resume) are never pruned. Shared
 tensors are stored once (by their first name), in the model files and in the optimizer state.
 """
 from __future__ import annotations
@@ -21,14 +24,16 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -41,7 +46,7 @@ from vitreduce.train.ema import Ema
 FORMAT = "vitreduce.trainstate.v1"
 KINDS = ("last", "best", "recovery")
 MODEL, EMA_MODEL = "model.safetensors", "model_ema.safetensors"  # also a finished run directory's model files
-_STATE = "state.safetensors"
+STATE = "state.safetensors"
 
 
 @dataclass
@@ -105,8 +110,13 @@ class Trainables:
 
 
 def save(ckpt_dir: str | os.PathLike, kinds: list[str], trainables: Trainables, position: Position,
-         rng_states: list[dict[str, Any]], on_written=None) -> Path:
+         rng_states: list[dict[str, Any]], on_event: Callable[[str], None] | None = None) -> Path:
     """Write one checkpoint and point each of ``kinds`` ('last', 'best', 'recovery') at it.
+
+    The order makes a kill at any moment harmless: the files are written under a temporary name and
+    renamed (until then no symlink knows them); ``best`` is pointed before ``last`` (a kill between the
+    two leaves ``last`` at the previous epoch, which a rerun trains again and saves as ``best`` anew, so
+    the peak is never lost); superseded directories are pruned only once every symlink is in place.
 
     Args:
         ckpt_dir: RUN_DIR/checkpoints.
@@ -114,18 +124,49 @@ def save(ckpt_dir: str | os.PathLike, kinds: list[str], trainables: Trainables, 
         trainables: model, optimizer, scheduler, scaler, EMA.
         position: where training stands.
         rng_states: every rank's ``capture_rng()``, in rank order.
-        on_written: called after the files are written, before they become visible (a test hook).
+        on_event: called after each step of the save (a test hook): "written" (files complete, not yet
+            visible), "renamed", "link:<kind>" for each symlink, "pruned".
     """
     ckpt_dir = Path(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    name = f"{kinds[0]}-{position.step:08d}"
-    final, tmp = ckpt_dir / name, ckpt_dir / f".{name}.tmp"
-    if final.exists() and name in _referenced(ckpt_dir):
-        raise VitreduceError(f"checkpoint {final} already exists and is in use; the step counter went backwards")
-    for stale in (final, tmp):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp.mkdir()
-    write_model_files(tmp, trainables.module, trainables.ema, position)
+    event = on_event or (lambda step: None)
+    final = tmp = ckpt_dir / f"{kinds[0]}-{position.step:08d}"
+    try:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        name = _free_name(ckpt_dir, f"{kinds[0]}-{position.step:08d}")
+        final, tmp = ckpt_dir / name, ckpt_dir / f".{name}.tmp"
+        for stale in (final, tmp):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+        _write_files(tmp, trainables, position, rng_states)
+        event("written")
+        fsync_dir(tmp)
+        os.replace(tmp, final)
+        fsync_dir(ckpt_dir)
+        event("renamed")
+        for kind in sorted(kinds, key=_LINK_ORDER.index):
+            point(ckpt_dir / kind, name)
+            event(f"link:{kind}")
+        prune(ckpt_dir)
+        event("pruned")
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)  # a half-written temporary directory; the next save removes it too
+        where = err.filename or ckpt_dir
+        links = ", ".join(f"{k} -> {os.readlink(ckpt_dir / k)}" for k in KINDS if (ckpt_dir / k).is_symlink())
+        intact = f"the complete checkpoints are intact ({links})" if links else "no checkpoint was complete yet"
+        raise VitreduceError(
+            f"cannot write checkpoint {final} ({where}: {err.strerror or err}); {intact}. "
+            f"Make {ckpt_dir} writable (or free space) and rerun the same command to resume"
+        ) from None
+    return final
+
+
+# The order symlinks are swapped in: best before last (see ``save``), recovery on its own.
+_LINK_ORDER = ("best", "recovery", "last")
+
+
+def _write_files(folder: Path, trainables: Trainables, position: Position, rng_states: list[dict[str, Any]]) -> None:
+    """The checkpoint's three files in ``folder``: model, EMA model, state (optimizer, RNGs, position)."""
+    write_model_files(folder, trainables.module, trainables.ema, position)
     tensors, header = _optimizer_tensors(trainables)
     rng_tensors, rng_header = _rng_tensors(rng_states)
     header.update(rng_header)
@@ -135,16 +176,7 @@ def save(ckpt_dir: str | os.PathLike, kinds: list[str], trainables: Trainables, 
         "scaler": trainables.scaler.state_dict(),
     })
     meta = {"format": FORMAT, "state": json.dumps(header)}
-    atomic_write(tmp / _STATE, lambda path: save_file({**tensors, **rng_tensors}, path, metadata=meta))
-    if on_written is not None:
-        on_written()
-    fsync_dir(tmp)
-    os.replace(tmp, final)
-    fsync_dir(ckpt_dir)
-    for kind in kinds:
-        _point(ckpt_dir / kind, name)
-    _prune(ckpt_dir)
-    return final
+    atomic_write(folder / STATE, lambda path: save_file({**tensors, **rng_tensors}, path, metadata=meta))
 
 
 def write_model_files(folder: Path, module: nn.Module, ema: Ema | None, position: Position) -> None:
@@ -171,7 +203,7 @@ def _optimizer_tensors(t: Trainables) -> tuple[dict[str, torch.Tensor], dict[str
     return tensors, {"param_groups": groups, "optim_scalars": scalars}
 
 
-def _point(link: Path, target: str) -> None:
+def point(link: Path, target: str) -> None:
     tmp = link.with_name(f".{link.name}.link")
     tmp.unlink(missing_ok=True)
     os.symlink(target, tmp)
@@ -183,11 +215,29 @@ def _referenced(ckpt_dir: Path) -> set[str]:
     return {os.readlink(ckpt_dir / kind) for kind in KINDS if (ckpt_dir / kind).is_symlink()}
 
 
-def _prune(ckpt_dir: Path) -> None:
-    """Remove checkpoint directories no symlink points at (superseded, or left by a killed save)."""
-    keep = _referenced(ckpt_dir) | set(KINDS)
+def _free_name(ckpt_dir: Path, name: str) -> str:
+    """``name``, or ``name-2``, ``name-3``... when a symlink already points at ``name``: a rerun that saves
+    the same step again (after a kill between two symlink swaps) never rewrites a directory in use."""
+    used, n, free = _referenced(ckpt_dir), 1, name
+    while free in used:
+        n += 1
+        free = f"{name}-{n}"
+    return free
+
+
+_PRUNABLE = re.compile(r"(last|best|recovery)-\d+(-\d+)?|\.(last|best|recovery)-\d+(-\d+)?\.tmp")
+
+
+def prune(ckpt_dir: str | os.PathLike) -> None:
+    """Remove checkpoint directories no symlink points at (superseded, or left by a killed save).
+
+    Only directories named as ``save`` names them are removed: a ``damaged-*`` directory set aside on
+    resume, or anything a user put there, stays.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    keep = _referenced(ckpt_dir)
     for entry in ckpt_dir.iterdir():
-        if entry.name not in keep and entry.is_dir() and not entry.is_symlink():
+        if entry.name not in keep and _PRUNABLE.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
 
 
@@ -236,28 +286,46 @@ def _rng_tensors(states: list[dict[str, Any]]) -> tuple[dict[str, torch.Tensor],
 # Finding and loading
 
 
-def latest(ckpt_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint directory among ``last`` and ``recovery`` (most steps), or None."""
-    ckpt_dir = Path(ckpt_dir)
-    found = []
-    for kind in ("last", "recovery"):
-        link = ckpt_dir / kind
-        if link.is_symlink() and (link / _STATE).is_file():
-            found.append((read_position(link).step, kind == "last", link.resolve()))
-    return max(found)[2] if found else None
+class DamagedCheckpoint(VitreduceError):
+    """A checkpoint directory that cannot be resumed from: a file missing, unreadable or not matching."""
 
 
-def _header(path: Path) -> tuple[dict[str, Any], set[str]]:
-    with safe_open(str(path / _STATE), framework="pt") as handle:
-        meta, keys = handle.metadata() or {}, set(handle.keys())  # noqa: SIM118 (safe_open has no __iter__)
-    if meta.get("format") != FORMAT:
-        raise VitreduceError(f"{path / _STATE} is not a vitreduce training state")
-    return json.loads(meta["state"]), keys
+def unreadable(file: Path, err: Exception) -> DamagedCheckpoint:
+    return DamagedCheckpoint(f"{file} could not be read ({err}); it may be missing, truncated or corrupted")
+
+
+def read_header(path: Path) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
+    """The state file's JSON header and {tensor name: shape}; DamagedCheckpoint when it cannot be read."""
+    file = path / STATE
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+        if meta.get("format") != FORMAT:
+            raise DamagedCheckpoint(f"{file} is not a vitreduce training state (no '{FORMAT}' header)")
+        header = json.loads(meta["state"])
+    except (SafetensorError, OSError) as err:
+        raise unreadable(file, err) from None
+    except (KeyError, ValueError) as err:
+        raise DamagedCheckpoint(f"{file}: its header is not valid JSON ({err})") from None
+    missing = {"position", "scheduler", "scaler", "param_groups", "optim_scalars", "rng"} - set(header)
+    if not isinstance(header, dict) or missing:
+        raise DamagedCheckpoint(f"{file}: its header lacks {sorted(missing) if missing else 'a JSON object'}")
+    return header, shapes
 
 
 def read_position(path: str | os.PathLike) -> Position:
-    """The position stored in a checkpoint directory."""
-    return Position.from_dict(_header(Path(path))[0]["position"])
+    """The position stored in a checkpoint directory; DamagedCheckpoint when it cannot be read."""
+    path = Path(path)
+    saved = read_header(path)[0]["position"]
+    try:
+        position = Position.from_dict(saved)
+    except (KeyError, TypeError) as err:
+        raise DamagedCheckpoint(f"{path / STATE}: its position is not one vitreduce wrote ({err})") from None
+    numbers = [position.epochs_done, position.batch, position.step, position.world_size]
+    if not all(type(n) is int and n >= 0 for n in numbers) or position.world_size < 1:
+        raise DamagedCheckpoint(f"{path / STATE}: its position holds impossible values ({saved})")
+    return position
 
 
 def load(path: str | os.PathLike, trainables: Trainables, rank: int) -> tuple[Position, dict[str, Any]]:
@@ -267,13 +335,22 @@ def load(path: str | os.PathLike, trainables: Trainables, rank: int) -> tuple[Po
     the saving run captured it).
     """
     path = Path(path)
-    header, _ = _header(path)
+    header, _ = read_header(path)
+    try:
+        return _load(path, header, trainables, rank)
+    except DamagedCheckpoint:
+        raise
+    except (SafetensorError, OSError, KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
+        raise DamagedCheckpoint(f"{path} could not be loaded ({type(err).__name__}: {err})") from None
+
+
+def _load(path: Path, header: dict[str, Any], trainables: Trainables, rank: int) -> tuple[Position, dict[str, Any]]:
     checkpoint.read_weights_into(trainables.module, path / MODEL)
     if trainables.ema is not None:
         if not (path / EMA_MODEL).is_file():
             raise VitreduceError(f"{path} has no EMA weights, but the config enables the EMA")
         checkpoint.read_weights_into(trainables.ema.module, path / EMA_MODEL)
-    tensors = load_file(str(path / _STATE))
+    tensors = load_file(str(path / STATE))
     _load_optimizer(trainables, header, tensors, source=path)
     trainables.scheduler.load_state_dict(header["scheduler"])
     if header["scaler"]:
