@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from torch import nn
 
 from vitreduce.config_tree import read_yaml
@@ -130,9 +131,12 @@ def evaluate_checkpoint(path: str | Path, data_root: str | Path, *, split: str =
         raise VitreduceError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
     if batch_size < 1:
         raise VitreduceError(f"--batch-size must be >= 1, got {batch_size}")
+    try:
+        data = DataConfig(root=str(data_root), val_split=split, batch_size=batch_size, workers=workers)
+    except ValidationError as err:  # the data section's messages name the setting (data.workers, ...)
+        raise VitreduceError("; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())) from None
     model = checkpoint.load(model_file, device=target)
     augment, source = run_augment(model_file)
-    data = DataConfig(root=str(data_root), val_split=split, batch_size=batch_size, workers=workers)
     loader = build_eval_loader(data, augment, tuple(model.patch_embed.img_size), split=split)
     classes = len(loader.dataset.classes)
     if classes != model.num_classes:
