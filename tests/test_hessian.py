@@ -1,6 +1,8 @@
 """Hessian-vector products, top eigenvalues, Hutchinson trace and SAM sharpness against closed forms."""
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -138,18 +140,37 @@ def test_sam_sharpness_matches_the_closed_form():
     assert torch.equal(x.detach(), w)  # restored bitwise
 
 
-def test_asam_sharpness_matches_the_closed_form():
+@pytest.mark.parametrize("eta, scaled", [(0.01, None), (0.0, None), (0.01, [True, False])])
+def test_asam_sharpness_matches_the_closed_form(eta, scaled):
     a = symmetric([5.0, 2.0, 1.0, 0.3], seed=8)
     loss, x = quadratic(a, seed=9)
     w = x.detach().clone()
     rho = 0.5
     g = a @ w
-    t = w.abs()
-    eps = rho * t * t * g / (t * g).norm()  # Kwon et al. 2021: rho T^2 g / ||T g||
+    # Kwon et al. 2021: rho T^2 g / ||T g||, T = |w| + eta on a scaled tensor, 1 on the others. Here the
+    # second tensor is y = x[2:] seen through a split of x, so one vector covers both cases.
+    t = w.abs() + eta
+    if scaled == [True, False]:
+        t[2:] = 1.0
+    eps = rho * t * t * g / (t * g).norm()
     value = lambda point: 0.5 * point @ a @ point  # noqa: E731
-    result = sam_sharpness(loss, [x], rho, adaptive=True)
+    if scaled is None:
+        result = sam_sharpness(loss, [x], rho, adaptive=True, eta=eta)
+    else:
+        head, tail = w[:2].clone().requires_grad_(), w[2:].clone().requires_grad_()
+        result = sam_sharpness(lambda: value(torch.cat([head, tail])), [head, tail], rho, adaptive=True, eta=eta,
+                               scaled=scaled)
     assert result.sharpness == pytest.approx(float(value(w + eps) - value(w)), rel=1e-10)
     assert result.adaptive and torch.equal(x.detach(), w)
+
+
+def test_asam_defaults_are_the_references():
+    loss, x = quadratic(symmetric([2.0, 1.0]))
+    with pytest.raises(ValueError, match="eta >= 0"):
+        sam_sharpness(loss, [x], 0.5, adaptive=True, eta=-0.1)
+    with pytest.raises(ValueError, match="2 flags for 1 tensors"):
+        sam_sharpness(loss, [x], 0.5, adaptive=True, scaled=[True, False])
+    assert inspect.signature(sam_sharpness).parameters["eta"].default == 0.01  # SamsungLabs/ASAM's
 
 
 def test_gradient_and_hvp_average_the_loss_terms():

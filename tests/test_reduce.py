@@ -172,3 +172,72 @@ def test_registered_variants_build_through_timm():
                          ("vit_base_patch16_224_thin_mlp", 12)):
         model = timm.create_model(name, num_classes=10, device="meta")
         assert len(unique_mlps(model)) == unique and model.num_classes == 10
+
+
+def _pooled_std(model, tensor_name: str) -> float:
+    """Std over the shared MLPs' tensors of one name (every group pooled: a steadier estimate)."""
+    values = [dict(mlp.named_parameters())[tensor_name].flatten() for _, mlp in unique_mlps(model)]
+    return torch.cat(values).std().item()
+
+
+def _wide_model(reduction: str, depth: int, **kwargs):
+    torch.manual_seed(0)
+    return vitreduce.create_model("vit_tiny_patch16_224", reduction=reduction, **{
+        **TINY_VIT, "embed_dim": 256, "num_heads": 4, "depth": depth, **kwargs})
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_grouped_auto_gives_first_and_mean_the_same_init_std(n):
+    # timm's default init: weights trunc-normal std 0.02 (biases zero). 2 groups of n blocks, width 256
+    # (fc1.weight: 2 x 1024 x 256 values, so the std estimate is good to about 0.1%).
+    for init in ("first", "mean"):
+        model = _wide_model(f"grouped:size={n},init={init}", depth=2 * n)
+        for name in ("fc1.weight", "fc2.weight"):
+            assert _pooled_std(model, name) == pytest.approx(0.02 / math.sqrt(n), rel=0.02), (init, name)
+    # jax init also draws the MLP biases (normal, std 1e-6), so all four tensors can be compared.
+    base = _wide_model("none", depth=2 * n, weight_init="jax")
+    first = _wide_model(f"grouped:size={n}", depth=2 * n, weight_init="jax")
+    mean = _wide_model(f"grouped:size={n},init=mean", depth=2 * n, weight_init="jax")
+    for name, factor, rel in (("fc1.weight", n ** -0.5, 0.02), ("fc2.weight", n ** -0.5, 0.02),
+                              ("fc1.bias", n ** -0.5, 0.1), ("fc2.bias", 1.0, 0.2)):
+        expected = _pooled_std(base, name) * factor
+        assert _pooled_std(first, name) == pytest.approx(expected, rel=rel), ("first", name)
+        assert _pooled_std(mean, name) == pytest.approx(expected, rel=rel), ("mean", name)
+
+
+def test_grouped_mean_auto_is_the_plain_mean_with_fc2_bias_times_sqrt_n():
+    full = tiny_model(weight_init="jax")
+    grouped = tiny_model("grouped:init=mean", weight_init="jax")
+    kept, pair = grouped.blocks[0].mlp, (full.blocks[0].mlp, full.blocks[1].mlp)
+    for name, factor in (("fc1.weight", 1.0), ("fc1.bias", 1.0), ("fc2.weight", 1.0), ("fc2.bias", math.sqrt(2))):
+        mean = torch.stack([dict(m.named_parameters())[name] for m in pair]).mean(dim=0)
+        torch.testing.assert_close(dict(kept.named_parameters())[name], mean * factor)
+
+
+def test_grouped_and_thin_build_the_same_model_in_either_order():
+    a, b = tiny_model("grouped+thin"), tiny_model("thin+grouped")
+    assert vitreduce.describe(a).reduction == vitreduce.describe(b).reduction == "thin:ratio=0.5+grouped"
+    assert a.state_dict().keys() == b.state_dict().keys()
+    for name, tensor in a.state_dict().items():
+        assert torch.equal(tensor, b.state_dict()[name]), name
+    # ... and both keep the 1/sqrt(2) rule on the fresh MLPs (thin draws the same values either way).
+    thin = tiny_model("thin")
+    for mlp_a, mlp_thin in ((a.blocks[0].mlp, thin.blocks[0].mlp), (a.blocks[2].mlp, thin.blocks[2].mlp)):
+        assert torch.equal(mlp_a.fc1.weight, mlp_thin.fc1.weight * (1 / math.sqrt(2)))
+        assert torch.equal(mlp_a.fc2.weight, mlp_thin.fc2.weight * (1 / math.sqrt(2)))
+
+
+def test_thin_after_grouped_in_a_second_call_is_refused_with_the_spec_to_use():
+    with pytest.raises(VitreduceError, match=r"reduce the unreduced model with 'thin:ratio=0.5\+grouped'"):
+        vitreduce.reduce(tiny_model("grouped"), "thin")
+
+
+@pytest.mark.parametrize("weight_init", ["skip", "reset"])
+def test_thin_under_skip_keeps_pytorchs_default_linear_init(weight_init):
+    thin = _wide_model("thin", depth=2, weight_init=weight_init, fix_init=weight_init == "skip")
+    fresh_fc1, fresh_fc2 = torch.nn.Linear(256, 512), torch.nn.Linear(512, 256)  # what timm's skip leaves
+    for block in thin.blocks:  # 131,072 values each: sampling error about 0.2%
+        assert block.mlp.fc1.weight.std().item() == pytest.approx(fresh_fc1.weight.std().item(), rel=0.02)
+        # timm runs no init under skip, so no fix_init either: fc2 is not divided by sqrt(2 * layer).
+        assert block.mlp.fc2.weight.std().item() == pytest.approx(fresh_fc2.weight.std().item(), rel=0.02)
+    assert fresh_fc1.weight.std().item() == pytest.approx(1 / math.sqrt(3 * 256), rel=0.02)  # not 0.02

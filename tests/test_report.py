@@ -80,14 +80,32 @@ def test_report_files_summary_and_links(study):
     assert summary["shallow"]["expansion"] == 2.0 and summary["base"]["loss_spikes_mean"] == 1.0
     vs = summary["grouped"]["vs_baseline"]
     assert vs["baseline"] == "base" and vs["seeds"] == [0, 1] and set(vs) >= {"raw", "ema"}
-    assert vs["raw"]["pooled"]["mcnemar"]["n_pairs"] == 600
+    pooled = vs["raw"]["pooled"]
+    assert pooled["bootstrap"]["n_images"] == 300 and pooled["bootstrap"]["n_seeds"] == 2  # images, not x seeds
+    assert pooled["mcnemar"]["test"].startswith("clustered McNemar") and pooled["mcnemar"]["n_images"] == 300
+    # shallow has no EMA, so the confirmatory family is raw final top-1 (the default, said in the report)
+    assert vs["primary"] == "raw_top1_final" and vs["correction"] == "holm" and vs["effect"] == 0.42
+    first = vs["seed_level"][0]
+    assert first["family"]["name"] == "confirmatory: raw_top1_final" and first["family"]["variants"] == ["grouped",
+                                                                                                       "shallow"]
+    assert first["evidence"] == "confirmatory" and first["level"] == "seed" and first["p_adjusted"] >= first["p"]
+    assert first["verdict"] in ("better", "worse", "no evidence of a difference")
+    assert first["detectable"]["alpha"] == pytest.approx(0.05 / 2)
+    assert {r["family"]["evidence"] for r in vs["seed_level"][1:]} == {"exploratory"}
+    assert summary["shallow"]["vs_baseline"]["seed_level"][0]["detectable"]["reason"].startswith("n=1")
 
-    # Wording comes from the tests; two seeds carry the t-test warning; the unfinished run is listed.
-    assert "McNemar p=" in md and "warning: only n=2 paired seeds" in md
+    # The statistics section leads with the family and method; verdicts only from the seed level.
+    lead = md.split("## Statistics against the baseline (base)\n\n")[1].split("\n")[0]
+    assert lead.startswith("Confirmatory family: the 2 comparison(s) of each variant with the baseline on final "
+                           "top-1 of the raw model (primary metric raw_top1_final, the default), Holm")
+    assert "- grouped: only n=2 paired seeds (df=1)" in md
     assert "grouped: runs/grouped/seed2 (epoch 6 of 6)" in md
+    assert "significant" not in md
     for line in md.splitlines():
-        for p in re.findall(r"McNemar p=([0-9.e-]+)\)", line):
-            assert ("not significant" in line) or float(p) < 0.05
+        if "McNemar" in line and line.startswith("| "):
+            assert "better" not in line and "worse" not in line  # image level: statements about the models
+        for p in re.findall(r"McNemar exact p=([0-9.e-]+)", line):
+            assert ("these trained models differ" in line) == (float(p) < 0.05)
     assert "<table>" in page and "EMA model" in page and "1,020 img/s" in md
 
 
@@ -117,3 +135,28 @@ def test_report_command(study, tmp_path, capsys):
         report_cmd.run(_args(tmp_path / "empty"))
     with pytest.raises(VitreduceError, match="baseline variant 'typo'"):
         report_cmd.run(_args(study, "--baseline", "typo"))
+
+
+def test_statistics_settings_from_the_spec_and_the_flags(study):
+    (study / "study.yaml").write_text((study / "study.yaml").read_text()
+                                      + "statistics: {correction: bh, effect: 1.5, alpha: 0.1}\n")
+    vs = write_report(study, n_resamples=20).summary["grouped"]["vs_baseline"]
+    assert (vs["correction"], vs["effect"], vs["alpha"]) == ("bh", 1.5, 0.1)
+    md = (study / "report.md").read_text()
+    assert "Benjamini-Hochberg (false discovery rate) correction at alpha=0.1" in md and "seeds for +1.50 pp" in md
+    args = _args(study, "--correction", "holm", "--primary", "raw_p2f", "--resamples", "20")
+    assert report_cmd.run(args) == 0
+    vs = json.loads((study / "summary.json").read_text())["grouped"]["vs_baseline"]
+    assert (vs["correction"], vs["primary"], vs["alpha"]) == ("holm", "raw_p2f", 0.1)
+    assert "(primary metric raw_p2f, named by --primary)" in (study / "report.md").read_text()
+
+
+def test_bad_statistics_settings_are_refused_before_any_file_is_written(study):
+    with pytest.raises(VitreduceError, match="no comparison has an EMA model"):
+        write_report(study, primary="ema_top1_final", baseline="shallow")  # shallow has no EMA
+    with pytest.raises(VitreduceError, match="alpha"):
+        write_report(study, alpha=1.5)
+    (study / "study.yaml").write_text((study / "study.yaml").read_text() + "statistics: {correction: bonferroni}\n")
+    with pytest.raises(VitreduceError, match="correction"):
+        write_report(study)
+    assert not (study / "summary.json").exists() and not (study / "report.md").exists()

@@ -21,6 +21,11 @@ from vitreduce.reduction.spec import ReductionSpec
         ("shallow:ratio=0.25,keep=random,seed=3", "shallow:ratio=0.25,keep=random,seed=3"),
         ("thin:ratio=0.5", "thin:ratio=0.5"),
         ("grouped+shallow:ratio=0.5", "grouped+shallow:ratio=0.5"),
+        ("shallow+grouped", "shallow:ratio=0.5+grouped"),  # stored in checkpoints: kept as written
+        # thin runs before grouped whatever the order written (issue 11): one spec, one string
+        ("grouped+thin", "thin:ratio=0.5+grouped"),
+        ("thin:ratio=0.25+grouped:size=3", "thin:ratio=0.25+grouped:size=3"),
+        ("grouped:init=mean+thin:ratio=0.25", "thin:ratio=0.25+grouped:init=mean"),
         (" grouped : size = 4 ", "grouped:size=4"),
     ],
 )
@@ -84,3 +89,8 @@ def test_valid_specs_round_trip(size, scale, init, pattern, ratio, keep):
     spec = ReductionSpec.parse(text)
     assert ReductionSpec.parse(str(spec)) == spec
     assert str(ReductionSpec.parse(str(spec))) == str(spec)
+
+
+def test_thin_and_grouped_in_either_order_are_one_spec():
+    assert ReductionSpec.parse("grouped:size=3+thin") == ReductionSpec.parse("thin+grouped:size=3")
+    assert [s.strategy for s in ReductionSpec.parse("grouped+thin").steps] == ["thin", "grouped"]

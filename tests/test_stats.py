@@ -11,14 +11,15 @@ from vitreduce.study.runs import load_run
 from vitreduce.study.stats import (
     Bootstrap,
     McNemar,
+    clustered_mcnemar,
     compare_to_baseline,
+    describe_bootstrap,
+    describe_mcnemar,
+    describe_ttest,
     mcnemar_exact,
     paired_bootstrap_ci,
     paired_ttest,
     read_predictions,
-    verdict_bootstrap,
-    verdict_mcnemar,
-    verdict_ttest,
 )
 
 
@@ -55,6 +56,10 @@ def test_paired_ttest_matches_hand_computation():
     assert res.mean_diff == pytest.approx(d.mean())
     assert res.t == pytest.approx(t_ref)
     assert res.p == pytest.approx(2 * sps.t.sf(abs(t_ref), 2))
+    half = sps.t.ppf(0.975, 2) * sd / math.sqrt(3)  # the t-based 95% interval of the mean difference
+    assert (res.ci_low, res.ci_high) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert res.sd == pytest.approx(sd) and res.differences == pytest.approx(tuple(d))
+    assert "95% CI [" in describe_ttest(res) and "raw p=" in describe_ttest(res)
 
 
 def test_paired_ttest_warns_with_two_seeds():
@@ -62,24 +67,44 @@ def test_paired_ttest_warns_with_two_seeds():
     t_ref = 0.45 / (math.sqrt(0.005) / math.sqrt(2))  # d = [0.4, 0.5]
     assert res.df == 1 and res.t == pytest.approx(t_ref) and res.p == pytest.approx(2 * sps.t.sf(t_ref, 1))
     assert "df=1" in res.warning
-    assert "warning: only n=2" in verdict_ttest(res)
+    assert "warning: only n=2" in describe_ttest(res)
 
 
 def test_paired_ttest_undefined_cases_are_never_significant():
     same = paired_ttest([81.05, 81.16], [81.47, 81.58])  # identical differences: scipy would say p=0
     assert same.p is None and "identical" in same.warning
-    assert verdict_ttest(same).startswith("not testable")
+    assert "not testable" in describe_ttest(same) and same.ci_low is None
     one = paired_ttest([81.0], [81.5])
     assert one.p is None and one.df is None and one.mean_diff == pytest.approx(0.5)
 
 
-def test_verdicts_follow_the_numbers():
-    assert verdict_mcnemar(McNemar(100, 10, 12, 0.41)) == "not significant (McNemar p=0.41)"
-    assert verdict_mcnemar(McNemar(100, 2, 20, 0.003)) == "significant at alpha=0.05 (McNemar p=0.003)"
-    assert verdict_mcnemar(McNemar(100, 2, 20, 0.03), alpha=0.01).startswith("not significant")
-    assert verdict_bootstrap(Bootstrap(0.4, -0.1, 0.9, 0.95, 100, 10, 0)).startswith("not significant")
-    assert verdict_bootstrap(Bootstrap(0.4, 0.1, 0.9, 0.95, 100, 10, 0)).startswith("significant at alpha=0.05")
-    assert verdict_bootstrap(Bootstrap(-0.4, -0.9, -0.1, 0.95, 100, 10, 0)).startswith("significant")
+def test_image_level_statements_follow_the_numbers_and_speak_of_the_trained_models():
+    differ, same = "these trained models differ on this test set", "no difference shown between these trained models"
+    assert describe_mcnemar(McNemar(100, 10, 12, 0.41)) == f"{same} on this test set (McNemar exact p=0.41)"
+    assert describe_mcnemar(McNemar(100, 2, 20, 0.003)) == f"{differ} (McNemar exact p=0.003 < 0.05)"
+    assert describe_mcnemar(McNemar(100, 2, 20, 0.03), alpha=0.01).startswith(same)
+    assert describe_bootstrap(Bootstrap(0.4, -0.1, 0.9, 0.95, 100, 10, 0)).startswith(same)
+    assert describe_bootstrap(Bootstrap(0.4, 0.1, 0.9, 0.95, 100, 10, 0)).startswith(differ)
+    assert describe_bootstrap(Bootstrap(-0.4, -0.9, -0.1, 0.95, 100, 10, 0)).startswith(differ)
+    for text in (describe_mcnemar(McNemar(100, 2, 20, 0.003)), describe_bootstrap(Bootstrap(1, 1, 1, .95, 9, 9, 0))):
+        assert "significant" not in text and "better" not in text
+
+
+def test_clustered_mcnemar_against_hand_computation():
+    # one seed: e_i in {-1, 0, +1}, so X = (c - b)^2 / (b + c), McNemar's chi-square without continuity correction
+    a, b = _outcomes(50, 20, 3, 12)
+    m = clustered_mcnemar(a, b)
+    assert (m.base_only, m.variant_only, m.n_images, m.n_seeds) == (3, 12, 85, 1)
+    assert m.chi2 == pytest.approx(81 / 15) and m.p == pytest.approx(sps.chi2.sf(81 / 15, 1))
+    # a repeated seed adds no evidence: e_i doubles, X is unchanged (pooled exact McNemar would halve p and more)
+    two = clustered_mcnemar(np.stack([a, a], 1), np.stack([b, b], 1))
+    assert two.chi2 == pytest.approx(m.chi2) and two.n_images == 85 and two.n_seeds == 2
+    assert mcnemar_exact(np.stack([a, a], 1), np.stack([b, b], 1)).p < mcnemar_exact(a, b).p / 10
+    # hand case: images with e = +2, +1, -1, 0 -> X = (2 + 1 - 1)^2 / (4 + 1 + 1) = 4/6
+    base = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=bool)
+    var = np.array([[1, 1], [1, 1], [0, 0], [1, 1]], dtype=bool)
+    assert clustered_mcnemar(base, var).chi2 == pytest.approx(4 / 6)
+    assert clustered_mcnemar(base, base).p == 1.0
 
 
 def _synthetic(n, p_base, p_var, seed):
@@ -112,7 +137,7 @@ def test_bootstrap_over_seeds_keeps_an_images_seeds_together():
     # Two identical seeds add no information: resampling images (not (image, seed) pairs) gives the
     # one-seed interval, where treating the 2N pairs as independent would narrow it by about 1/sqrt(2).
     two = paired_bootstrap_ci(np.stack([a, a], 1), np.stack([b, b], 1), seed=0)
-    assert two.n_images == 10000
+    assert (two.n_images, two.n_seeds) == (5000, 2)  # images, not images x seeds
     assert (two.diff, two.low, two.high) == pytest.approx((one.diff, one.low, one.high))
     flat = paired_bootstrap_ci(np.concatenate([a, a]), np.concatenate([b, b]), seed=0)
     assert flat.high - flat.low == pytest.approx((one.high - one.low) / math.sqrt(2), rel=0.15)
@@ -167,9 +192,10 @@ def test_compare_to_baseline_pairs_by_seed(tmp_path):
     assert raw.per_seed[0].bootstrap == paired_bootstrap_ci(*outcomes[0], n_resamples=500, seed=0)
     pooled_a = np.stack([o[0] for o in outcomes], 1)
     pooled_b = np.stack([o[1] for o in outcomes], 1)
-    assert raw.pooled.mcnemar == mcnemar_exact(pooled_a, pooled_b)
-    assert raw.pooled.bootstrap.n_images == 2 * n
-    assert any("concatenated" in note for note in raw.notes)
+    assert raw.pooled.mcnemar == clustered_mcnemar(pooled_a, pooled_b)
+    assert raw.pooled.bootstrap.n_images == n and raw.pooled.bootstrap.n_seeds == 2
+    assert any("grouped by image" in note for note in raw.notes)
+    assert raw.top1.ci_low is not None and raw.top1.confidence == 0.95
 
 
 def test_compare_without_ema_and_with_mismatched_images(tmp_path):
@@ -180,3 +206,30 @@ def test_compare_without_ema_and_with_mismatched_images(tmp_path):
     other = [_write_run(tmp_path / "o" / "seed0", 0, [50.0], [1, 3], [1, 1])]
     with pytest.raises(VitreduceError, match="same eval images"):
         compare_to_baseline("o", other, "b", base)
+
+
+def test_seeds_scored_on_different_images_get_no_pooled_test(tmp_path):
+    base = [_write_run(tmp_path / "b" / f"seed{s}", s, [50.0 + s], [1, 2, 3], [1, 2, 0]) for s in (0, 1)]
+    var = [_write_run(tmp_path / "v" / f"seed{s}", s, [51.0 + 2 * s], [1, 2, 3], [1, 0, 3]) for s in (0, 1)]
+    for run in (base[1], var[1]):  # seed 1 scored images 5, 6, 7 instead of 0, 1, 2
+        path = run.run_dir / "predictions.csv"
+        lines = path.read_text().splitlines()
+        path.write_text("\n".join([lines[0], *(f"{int(r.split(',')[0]) + 5},{r.split(',', 1)[1]}" for r in lines[1:])])
+                        + "\n")
+    kc = compare_to_baseline("v", var, "b", base).kinds["raw"]
+    assert kc.pooled is None and len(kc.per_seed) == 2
+    assert any("not scored on the same images" in note for note in kc.notes)
+
+
+def test_pooled_image_bootstrap_narrows_as_seeds_are_added():
+    # docs/metrics.md: the pooled interval is about these trained models, not retraining, so averaging more
+    # trained models (per-image outcomes correlated through the image's difficulty) narrows it.
+    rng = np.random.default_rng(4)
+    difficulty = rng.beta(0.5, 0.3, 20_000)  # (N,) chance that a trained model gets image i right
+    widths = []
+    for seeds in (1, 2, 4):
+        a = rng.random((difficulty.size, seeds)) < difficulty[:, None]  # (N, S)
+        b = rng.random((difficulty.size, seeds)) < difficulty[:, None]
+        bs = paired_bootstrap_ci(a, b, seed=0)
+        widths.append(bs.high - bs.low)
+    assert widths[0] > widths[1] > widths[2] and widths[2] < 0.6 * widths[0]

@@ -1,11 +1,13 @@
 """Loss landscape of a checkpoint: 1D and 2D surfaces along filter-normalised random directions, and interpolation.
 
-Evaluates the training loss (cross-entropy over a fixed, seeded subset of an ImageFolder split, the
-model's eval transform, eval mode) at w + alpha d1 (1D) and w + alpha d1 + beta d2 (2D) on an even grid
-over [-span, span], with d1, d2 Gaussian directions scaled filter by filter to the weights (Li et al.
-2018); biases and norm parameters are left still unless --include-bias-norm. With --other, also the
-linear interpolation (1 - alpha) w1 + alpha w2 for alpha in [-0.25, 1.25] between two checkpoints of one
-architecture (e.g. the peak epoch's and the final one). Writes CSV grids and PNG plots to --out.
+Evaluates the training loss (cross-entropy over a fixed, seeded subset of an ImageFolder split, eval
+mode, with the preprocessing `vitreduce eval` uses: the run's augment settings when the checkpoint sits
+in a run directory, the recipe's defaults otherwise) at w + alpha d1 (1D) and w + alpha d1 + beta d2
+(2D) on an even grid over [-span, span], with d1, d2 Gaussian directions scaled filter by filter to the
+weights (Li et al. 2018); biases and norm parameters are left still unless --include-bias-norm. With
+--other, also the linear interpolation (1 - alpha) w1 + alpha w2 for alpha in [-0.25, 1.25] between two
+checkpoints of one architecture (e.g. the peak epoch's and the final one). Writes CSV grids and PNG
+plots to --out.
 
 Examples:
   vitreduce landscape runs/grouped/seed42/model.safetensors --data data/synth --steps 11
@@ -41,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vitreduce.data.transforms import eval_preprocessing_for
     from vitreduce.device import resolve_device
     from vitreduce.reduction.checkpoint import load
     from vitreduce.sharpness import landscape
@@ -49,17 +52,19 @@ def run(args: argparse.Namespace) -> int:
 
     landscape.grid(args.steps, args.span)  # refuse a bad grid before loading anything
     device = resolve_device(args.device, "--device")
+    preprocessing = eval_preprocessing_for(args.checkpoint)  # a bad run config.yaml stops here
     model = load(args.checkpoint, device=device)
     other = load(args.other, device=device) if args.other is not None else None
     if other is not None:
         landscape.check_same_architecture(model, other)
     out = args.out or args.checkpoint.with_name(f"{args.checkpoint.stem}_landscape")
-    batches = load_batches(model, args.data, split=args.split, batches=args.batches, batch_size=args.batch_size,
-                           seed=args.seed, device=device)
+    batches = load_batches(model, args.data, augment=preprocessing.augment, split=args.split, batches=args.batches,
+                           batch_size=args.batch_size, seed=args.seed, device=device)
     alphas = landscape.interpolation_alphas(args.steps)
     evaluations = args.steps + (0 if args.no_2d else args.steps**2) + (len(alphas) if other is not None else 0)
     print(f"{args.checkpoint}: {evaluations} loss evaluations on {args.batches} batches x {args.batch_size} images "
           f"of {args.data}/{args.split} (seed {args.seed}), eval mode, on {device}")
+    print(f"preprocessing: {preprocessing.describe()}")
     progress = ConsoleProgress(evaluations, "evaluation", quiet=args.quiet)
     try:
         d1 = landscape.random_direction(model, args.seed, include_bias_norm=args.include_bias_norm)

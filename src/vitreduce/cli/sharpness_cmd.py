@@ -1,18 +1,26 @@
 """Sharpness of a checkpoint's training loss: top Hessian eigenvalues, Hessian trace, SAM/ASAM sharpness.
 
 Measures the paper's flat-minima hypothesis on a fixed, seeded subset of an ImageFolder split (the
-model's eval transform, no augmentation; the model in eval mode), so a result is reproducible. The loss
-is the cross-entropy averaged over --batches batches of --batch-size images. Derivatives are with
-respect to the unique parameters: a shared MLP is one set of variables.
+eval preprocessing `vitreduce eval` uses: the run's augment settings when the checkpoint sits in a run
+directory, the recipe's defaults otherwise; no augmentation; the model in eval mode), so a result is
+reproducible. The loss is the cross-entropy averaged over --batches batches of --batch-size images.
+Derivatives are with respect to the unique parameters: a shared MLP is one set of variables.
 
   top eigenvalues  the --top-k largest, from Hessian-vector products (double backward) by power
                    iteration with deflation, or by Lanczos (--method lanczos: far fewer products,
                    above all for k > 1, but one model-sized vector of memory per iteration). Each is
                    converged when its residual ||H y - theta y|| is at most --tol * |theta| within
                    --iters iterations: an eigenvalue lies within --tol relative of the estimate
-  trace            Hutchinson's estimator over --trace-samples Rademacher vectors, +- standard error
-  SAM sharpness    loss(w + rho g/||g||) - loss(w); with --adaptive also ASAM's loss(w + rho T^2 g/||T g||)
-                   - loss(w), T = |w| (Kwon et al. 2021)
+  trace            Hutchinson's estimator over --trace-samples Rademacher vectors, +- standard error;
+                   also per unique parameter (tr(H) / P), the figure to compare models of different size
+  SAM sharpness    loss(w + rho g/||g||) - loss(w) (Foret et al. 2021): ONE ascent step over the whole
+                   fixed subset's mean loss, g its gradient (not m-sharpness, which is not implemented)
+  ASAM sharpness   with --adaptive: loss(w + rho_a T^2 g/||T g||) - loss(w) (Kwon et al. 2021), rho_a =
+                   --asam-rho, T = |w| + --eta on tensors named *weight* (linear, patch-embedding, head,
+                   LayerNorm weights), T = 1 on biases, pos_embed and cls_token, as the authors' code
+                   (SamsungLabs/ASAM) does; (nearly) unchanged by rescalings of weight tensors that keep
+                   the function, so a sharpness to compare across models, with the trace per parameter
+                   (top eigenvalue, trace and SAM are not; none is a verdict: docs/metrics.md)
 
 Examples:
   vitreduce sharpness runs/grouped/seed42/model.safetensors --data data/synth
@@ -50,8 +58,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trace-samples", type=int, default=default.trace_samples,
                         help=f"Rademacher vectors for the Hutchinson trace (default {default.trace_samples}; "
                              "0: no trace)")
-    parser.add_argument("--rho", type=float, default=default.rho, help=f"SAM radius (default {default.rho:g})")
-    parser.add_argument("--adaptive", action="store_true", help="also report ASAM (adaptive) sharpness")
+    parser.add_argument("--rho", type=float, default=default.rho,
+                        help=f"SAM radius (default {default.rho:g}, Foret et al.'s): one ascent step over the "
+                             "whole subset's mean loss, not m-sharpness")
+    parser.add_argument("--adaptive", action="store_true",
+                        help="also report ASAM (adaptive, scale-invariant) sharpness, Kwon et al. 2021")
+    parser.add_argument("--asam-rho", type=float, default=default.asam_rho,
+                        help=f"ASAM radius in the scaled coordinates (default {default.asam_rho:g}, the reference's)")
+    parser.add_argument("--eta", type=float, default=default.eta,
+                        help=f"ASAM: T = |w| + eta on weight tensors, 1 on biases, pos_embed, cls_token "
+                             f"(default {default.eta:g}, the reference's)")
     parser.add_argument("--seed", type=int, default=default.seed,
                         help=f"seed of the data subset and random vectors (default {default.seed})")
     add_device_option(parser)
@@ -60,6 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vitreduce.data.transforms import eval_preprocessing_for
     from vitreduce.device import resolve_device
     from vitreduce.reduction.checkpoint import load
     from vitreduce.sharpness.batches import load_batches
@@ -70,13 +87,15 @@ def run(args: argparse.Namespace) -> int:
     # Refuse impossible options before loading anything.
     options = SharpnessOptions.checked(**{name: getattr(args, name) for name in SharpnessOptions.model_fields})
     device = resolve_device(args.device, "--device")
+    preprocessing = eval_preprocessing_for(args.checkpoint)  # the run's, as `vitreduce eval` uses it
     model = load(args.checkpoint, device=device)
     fused = sum(bool(getattr(module, "fused_attn", False)) for module in model.modules())
-    batches = load_batches(model, args.data, **options.subset(), device=device)
+    batches = load_batches(model, args.data, augment=preprocessing.augment, **options.subset(), device=device)
     # Text meant for a person goes to stderr under --json, so stdout stays one JSON object.
     info = sys.stderr if args.json else sys.stdout
     print(f"{args.checkpoint}: {args.batches} batches x {args.batch_size} images of {args.data}/{args.split} "
           f"(seed {args.seed}), eval mode, on {device}", file=info)
+    print(f"preprocessing: {preprocessing.describe()}", file=info)
     print(f"fused attention disabled for double-backward in {fused} attention modules (timm's fused SDPA has "
           "no double backward on CPU)", file=info)
     progress = ConsoleProgress(options.planned_products(), "HVP", quiet=args.quiet)
@@ -85,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     if args.json:
-        print(json.dumps({"checkpoint": str(args.checkpoint), "split": args.split, **result.to_dict()}))
+        print(json.dumps({"checkpoint": str(args.checkpoint), "split": args.split,
+                          "preprocessing": preprocessing.record(), **result.to_dict()}))
         return 0
     print(format_result(result))
     return 0
@@ -109,8 +129,10 @@ def format_result(result) -> str:
     if result.trace is not None:
         lines.append(f"trace            {result.trace:.6g} +- {result.trace_stderr:.3g} "
                      f"(Hutchinson, {result.trace_samples} Rademacher samples, +- standard error)")
+        lines.append(f"trace / param    {result.trace_per_parameter:.6g}  (per unique parameter: compare models)")
     lines.append(f"SAM sharpness    {result.sam_sharpness:.6g}  (rho {result.rho:g})")
     if result.asam_sharpness is not None:
-        lines.append(f"ASAM sharpness   {result.asam_sharpness:.6g}  (rho {result.rho:g}, T = |w|)")
+        lines.append(f"ASAM sharpness   {result.asam_sharpness:.6g}  (rho {result.asam_rho:g}, T = |w| + "
+                     f"{result.eta:g} on {result.asam_scaled_parameters:,} weight parameters, 1 on the rest)")
     lines.append(f"time             {result.seconds:.1f} s")
     return "\n".join(lines)

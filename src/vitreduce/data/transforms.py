@@ -1,17 +1,53 @@
 """Image transforms and the training loss that matches their targets: timm's, set from AugmentConfig.
 
 Augmentation is timm's ``create_transform``; Mixup/CutMix (``vitreduce.data.loaders``) and label
-smoothing decide which loss the targets need (``train_loss_fn``).
+smoothing decide which loss the targets need (``train_loss_fn``). ``eval_preprocessing_for`` says
+which eval preprocessing belongs to a model file: the one its run trained and evaluated with, so that
+``vitreduce eval``, the sharpness analysis and the loss landscapes all see the same tensors.
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
 from PIL import Image
+from pydantic import ValidationError
 from timm.data import auto_augment, create_transform
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 
-from vitreduce.config_tree import kwargs_from
+from vitreduce.config_tree import kwargs_from, read_yaml
 from vitreduce.data.config import AugmentConfig
+from vitreduce.errors import VitreduceError
+
+RUN_CONFIG = "config.yaml"  # the resolved config a run directory holds (written by vitreduce.train.rundir)
+DEFAULTS = "defaults"  # the source of the recipe's preprocessing, AugmentConfig()
+
+
+class EvalPreprocessing(NamedTuple):
+    """The eval preprocessing of a model file, and where it was read."""
+
+    augment: AugmentConfig
+    source: str  # the run's config.yaml, or DEFAULTS for a file outside any run directory
+
+    def settings(self) -> dict[str, Any]:
+        """The fields the eval transform reads (``eval_transform``), JSON-ready."""
+        aug = self.augment
+        return {"interpolation": aug.interpolation, "crop_pct": aug.crop_pct, "mean": list(aug.mean),
+                "std": list(aug.std)}
+
+    def record(self) -> dict[str, Any]:
+        """What an analysis writes beside its result: the source and the settings."""
+        return {"source": self.source, **self.settings()}
+
+    def describe(self) -> str:
+        """One line for a person: the settings and where they come from."""
+        aug = self.augment
+        where = ("the recipe's defaults (the file is in no run directory)" if self.source == DEFAULTS
+                 else self.source)
+        return (f"{aug.interpolation} resize, centre crop {aug.crop_pct:g}, mean {list(aug.mean)}, "
+                f"std {list(aug.std)}, from {where}")
 
 
 def eval_transform(aug: AugmentConfig, img_size: int | tuple[int, int]):
@@ -19,6 +55,48 @@ def eval_transform(aug: AugmentConfig, img_size: int | tuple[int, int]):
     return create_transform(
         img_size, is_training=False, interpolation=aug.interpolation, mean=aug.mean, std=aug.std, crop_pct=aug.crop_pct
     )
+
+
+def run_config_for(model_file: str | os.PathLike) -> Path | None:
+    """The config.yaml of the run directory a model file lies in; None when it lies in none.
+
+    A run's model files are ``RUN/model.safetensors``, ``RUN/model_ema.safetensors`` and
+    ``RUN/checkpoints/<dir>/model*.safetensors`` (``<dir>`` an epoch folder or one of the ``last``,
+    ``best`` and ``recovery`` links); a link is looked through both as named and as followed.
+    """
+    path = Path(model_file).expanduser().absolute()
+    for file in dict.fromkeys((path, path.resolve())):
+        folders = [file.parent]
+        if file.parent.parent.name == "checkpoints":
+            folders.append(file.parent.parent.parent)
+        for folder in folders:
+            if (folder / RUN_CONFIG).is_file():
+                return folder / RUN_CONFIG
+    return None
+
+
+def eval_preprocessing_for(model_file: str | os.PathLike) -> EvalPreprocessing:
+    """The eval preprocessing a model file's run evaluated with (its config.yaml's ``augment:``), else
+    the recipe's defaults (``AugmentConfig()``), as ``vitreduce eval`` uses them.
+
+    Args:
+        model_file: a model .safetensors file, inside a run directory or not (``run_config_for``).
+    """
+    config = run_config_for(model_file)
+    if config is None:
+        return EvalPreprocessing(AugmentConfig(), DEFAULTS)
+    section = read_yaml(config).get("augment") or {}
+    problem = f"a mapping, found {type(section).__name__}" if not isinstance(section, dict) else ""
+    if not problem:
+        try:
+            return EvalPreprocessing(AugmentConfig(**section), str(config))
+        except ValidationError as err:
+            problem = "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
+        except TypeError as err:  # keys that are not strings
+            problem = str(err)
+    raise VitreduceError(f"{config} (the run config beside {model_file}) has an augment section vitreduce cannot "
+                         f"read ({problem}); repair it, or copy the model file out of the run directory to use the "
+                         "recipe's defaults")
 
 
 def train_transform(aug: AugmentConfig, img_size: int | tuple[int, int]):

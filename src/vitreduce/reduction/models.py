@@ -14,9 +14,7 @@ from torch import nn
 from vitreduce.errors import VitreduceError
 from vitreduce.reduction.architecture import check_architecture, check_kwargs, hub_offline, split_runtime
 from vitreduce.reduction.spec import ReductionSpec
-from vitreduce.reduction.surgery import BASE_HIDDEN_ATTR, reduce, vit_blocks
-
-BUILD_ATTR = "vitreduce_build"  # {"base": name, "kwargs": {...}}: the checked architecture kwargs
+from vitreduce.reduction.surgery import BASE_HIDDEN_ATTR, BUILD_ATTR, reduce, vit_blocks
 
 
 def create_model(base_name: str, reduction: str | ReductionSpec | None = None, **timm_kwargs: Any) -> nn.Module:

@@ -3,8 +3,11 @@
 The string form is what users type and what configs, checkpoints and reports store:
 ``none``, ``grouped``, ``grouped:size=3,scale=1.0,init=mean,pattern=cycle``,
 ``shallow:ratio=0.5,keep=magnitude``, ``thin:ratio=0.5``, ``grouped+shallow:ratio=0.5``.
-Steps are applied left to right. Parsing then printing gives the canonical form: keys in a fixed
-order, defaults left out except ``ratio``, which always shows because it defines the variant.
+Steps are applied left to right in canonical order: ``thin`` always runs before ``grouped`` (it
+re-initialises the MLPs, which would undo grouped's scaling), so ``grouped+thin`` and ``thin+grouped``
+are one spec, printed ``thin:ratio=0.5+grouped``; ``grouped`` and ``shallow`` keep the order written.
+Parsing then printing gives the canonical form: steps in that order, keys in a fixed order, defaults
+left out except ``ratio``, which always shows because it defines the variant.
 """
 from __future__ import annotations
 
@@ -84,10 +87,14 @@ STRATEGIES: dict[str, dict[str, tuple[Any, Any]]] = {
 }
 # Keys printed even at their default value.
 _ALWAYS_SHOWN = {"ratio"}
+# Strategies that replace the MLPs' weights run before every other step, whatever order is written:
+# a step before them (grouped's 1/sqrt(n) scaling) would be silently undone.
+_RUN_FIRST = ("thin",)
 _HELP = (
     "valid: 'none' or steps joined by '+', each STRATEGY[:key=value,...] with "
-    "grouped(size=2, scale=auto, init=first|mean, pattern=sequence|cycle), "
-    "shallow(ratio=0.5, keep=first|magnitude|random, seed=0), thin(ratio=0.5)"
+    "grouped(size=2, scale=auto|FLOAT, init=first|mean, pattern=sequence|cycle; scale=auto: 1/sqrt(n) on "
+    "fc1 and fc2.weight for init=first, the same std for init=mean), "
+    "shallow(ratio=0.5, keep=first|magnitude|random, seed=0), thin(ratio=0.5; runs before grouped)"
 )
 
 
@@ -120,6 +127,11 @@ class ReductionSpec:
     """An ordered composition of reduction steps; empty means no reduction ('none')."""
 
     steps: tuple[Step, ...] = ()
+
+    def __post_init__(self) -> None:
+        # A stable sort: only the _RUN_FIRST strategies move; grouped and shallow keep their order.
+        ordered = tuple(sorted(self.steps, key=lambda step: step.strategy not in _RUN_FIRST))
+        object.__setattr__(self, "steps", ordered)
 
     @classmethod
     def parse(cls, text: str | ReductionSpec | None) -> ReductionSpec:

@@ -22,6 +22,7 @@ from vitreduce.reduction.spec import ReductionSpec, Step
 # Recorded on the model so checkpoints can describe it (timm records neither).
 REDUCTION_ATTR = "vitreduce_reduction"
 BASE_HIDDEN_ATTR = "vitreduce_base_mlp_hidden"
+BUILD_ATTR = "vitreduce_build"  # {"base": name, "kwargs": {...}}: set by models.create_model
 
 
 def vit_blocks(model: nn.Module) -> Sequence[nn.Module]:
@@ -67,11 +68,7 @@ def reduce(model: nn.Module, spec: str | ReductionSpec) -> nn.Module:
     blocks = vit_blocks(model)
     previous = ReductionSpec.parse(getattr(model, REDUCTION_ATTR, None))
     if previous and spec:
-        clash = {s.strategy for s in previous.steps} & {s.strategy for s in spec.steps}
-        if clash or ({"shallow", "thin"} <= {s.strategy for s in previous.steps + spec.steps}):
-            raise VitreduceError(
-                f"model already has reduction {previous}; applying {spec} would repeat a strategy"
-            )
+        _check_composable(previous, spec)
     if not hasattr(model, BASE_HIDDEN_ATTR):
         setattr(model, BASE_HIDDEN_ATTR, blocks[0].mlp.fc1.out_features)
     for step in spec.steps:
@@ -80,6 +77,20 @@ def reduce(model: nn.Module, spec: str | ReductionSpec) -> nn.Module:
         _APPLY[step.strategy](model, step)
     setattr(model, REDUCTION_ATTR, str(ReductionSpec(previous.steps + spec.steps)))
     return model
+
+
+def _check_composable(previous: ReductionSpec, spec: ReductionSpec) -> None:
+    """Refuse a second reduction that repeats a strategy, or that would have to run before one the
+    model already has (the spec's canonical order: thin before grouped, whatever order is written)."""
+    clash = {s.strategy for s in previous.steps} & {s.strategy for s in spec.steps}
+    if clash or ({"shallow", "thin"} <= {s.strategy for s in previous.steps + spec.steps}):
+        raise VitreduceError(f"model already has reduction {previous}; applying {spec} would repeat a strategy")
+    combined = ReductionSpec(previous.steps + spec.steps)
+    if combined.steps != previous.steps + spec.steps:
+        raise VitreduceError(
+            f"model already has reduction {previous}; {spec} must be applied before it (thin re-initialises "
+            f"the MLPs, which would undo grouped's scaling): reduce the unreduced model with '{combined}'"
+        )
 
 
 def _validate_step(step: Step, depth: int) -> None:
@@ -102,17 +113,37 @@ def _apply_grouped(model: nn.Module, step: Step) -> None:
     for group in sorted(set(assignment)):
         members = [i for i, g in enumerate(assignment) if g == group]
         kept = blocks[members[0]].mlp
+        sources = _distinct(blocks[i].mlp for i in members)
         with torch.no_grad():
-            if step.params["init"] == "mean":
-                _average_into(kept, _distinct(blocks[i].mlp for i in members))
-            scale = step.params["scale"]
-            factor = 1.0 / math.sqrt(len(members)) if scale == "auto" else float(scale)
-            # The published rule: fc1.weight, fc1.bias, fc2.weight scaled; fc2.bias left alone.
+            averaged = len(sources) if step.params["init"] == "mean" else 1
+            if averaged > 1:
+                _average_into(kept, sources)
+            factor, bias_factor = group_scale(len(members), averaged, step.params["scale"])
             for tensor in (kept.fc1.weight, kept.fc1.bias, kept.fc2.weight):
-                if tensor is not None:
+                if tensor is not None and factor != 1.0:
                     tensor.mul_(factor)
+            if kept.fc2.bias is not None and bias_factor != 1.0:
+                kept.fc2.bias.mul_(bias_factor)
         for index in members:
             blocks[index].mlp = kept
+
+
+def group_scale(shared_by: int, averaged: int, scale: float | str) -> tuple[float, float]:
+    """Factors on (fc1.weight, fc1.bias, fc2.weight) and on fc2.bias of an MLP shared by ``shared_by``
+    blocks and made as the mean of ``averaged`` MLPs (1 for init=first).
+
+    A float scale is the first factor as given, fc2.bias unscaled. ``auto`` is the published rule,
+    1/sqrt(n) on the first three tensors and fc2.bias left alone, stated for independently initialised
+    MLPs and ``init=first``: each tensor of the shared MLP gets the std it has under init=first. The mean
+    of ``averaged`` independent draws already has 1/sqrt(averaged) of their std, so for ``init=mean``
+    auto first multiplies every averaged tensor by sqrt(averaged): first and mean then differ in which
+    values the shared MLP starts from, not in their scale (for pairs: x 1 on the three tensors, x sqrt(2)
+    on fc2.bias).
+    """
+    if scale != "auto":
+        return float(scale), 1.0
+    undo_mean = math.sqrt(averaged)  # 1.0 for init=first; x / x is exactly 1.0, so mean of n is x 1.0
+    return undo_mean / math.sqrt(shared_by), undo_mean
 
 
 def _distinct(modules) -> list[nn.Module]:
@@ -183,12 +214,10 @@ def _apply_shallow(model: nn.Module, step: Step) -> None:
 def _apply_thin(model: nn.Module, step: Step) -> None:
     """Fresh MLPs at the reduced width, initialised with the model's own scheme (timm's weight_init
     and fix_init), so they are the control for 'does inheriting the full-width init matter?'."""
-    mode = getattr(model, "weight_init_mode", "") or ""
-    if mode == "reset":
-        mode = ""
+    mode, fix_init = _init_scheme(model)
     num_classes = getattr(model, "num_classes", 0) or 1
     head_bias = -math.log(num_classes) if "nlhb" in mode else 0.0
-    init_fn = get_init_weights_vit(mode, head_bias)
+    init_fn = get_init_weights_vit(mode, head_bias)  # 'reset': PyTorch's own nn.Linear init
     for users, mlp in unique_mlps(model):
         _check_plain_norm(mlp, "thin")
         width = hidden_width(mlp.fc1.out_features, step.params["ratio"])
@@ -197,11 +226,25 @@ def _apply_thin(model: nn.Module, step: Step) -> None:
         fresh.fc2 = _resized_linear(mlp.fc2, mlp.fc2.out_features, width)
         # Names matter to timm's jax init ('mlp' in the name -> tiny normal biases).
         named_apply(init_fn, fresh, name=f"blocks.{users[0]}.mlp")
-        if getattr(model, "fix_init", False):
+        if fix_init:
             with torch.no_grad():
                 fresh.fc2.weight.div_(math.sqrt(2.0 * (users[0] + 1)))
         for index in users:
             model.blocks[index].mlp = fresh
+
+
+def _init_scheme(model: nn.Module) -> tuple[str, bool]:
+    """timm's init mode of the model and whether its fix_init ran.
+
+    timm records weight_init='skip' as mode 'reset' and then runs no init at all, so its linear layers
+    keep PyTorch's default init and fix_init is not applied; 'reset' itself re-runs PyTorch's default
+    init and then fix_init. Only create_model's record tells the two apart; a model built by
+    timm.create_model with 'skip' and fix_init=True is taken as 'reset'.
+    """
+    mode = getattr(model, "weight_init_mode", "") or ""
+    built = (getattr(model, BUILD_ATTR, None) or {}).get("kwargs", {})
+    skipped = built.get("weight_init") == "skip"
+    return mode, bool(getattr(model, "fix_init", False)) and not skipped
 
 
 _APPLY = {"grouped": _apply_grouped, "shallow": _apply_shallow, "thin": _apply_thin}

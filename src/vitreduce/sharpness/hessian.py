@@ -338,28 +338,37 @@ def mean_loss(loss_fn: LossFn | Sequence[LossFn]) -> float:
 
 
 def sam_sharpness(loss_fn: LossFn | Sequence[LossFn], params: Sequence[torch.Tensor], rho: float = 0.05, *,
-                  adaptive: bool = False, eta: float = 0.0) -> SamResult:
-    """SAM sharpness: loss(w + eps) - loss(w) after one normalised gradient-ascent step of radius rho.
+                  adaptive: bool = False, eta: float = 0.01, scaled: Sequence[bool] | None = None) -> SamResult:
+    """loss(w + eps) - loss(w) after ONE normalised gradient-ascent step eps of radius rho.
 
-    SAM (Foret et al. 2021): eps = rho * g / ||g||. Adaptive SAM (Kwon et al. 2021):
-    eps = rho * T^2 g / ||T g|| with T = |w| + eta elementwise (the ASAM code uses eta = 0.01 on
-    weights; the default 0 is the paper's T_w = |w|). g is the gradient of the mean loss. The
-    parameters are restored bitwise afterwards.
+    g is the gradient of the mean loss over all the loss terms (the whole fixed subset at once), and
+    eps is one step over all the parameters jointly: not m-sharpness (Foret et al. 2021, a max per
+    m-sample chunk, averaged), which is not implemented. The step is the first-order maximiser in the
+    ball, so the value is a lower bound of the max over it. The parameters are restored bitwise.
+
+    SAM (Foret et al. 2021): eps = rho g / ||g||. ASAM (Kwon et al. 2021; the authors' code
+    SamsungLabs/ASAM): eps = rho T^2 g / ||T g|| with T = |w| + eta elementwise on the ``scaled``
+    tensors and T = 1 on the others (the reference scales tensors named ``weight`` and leaves biases
+    and the rest unscaled; its defaults are rho 0.5, eta 0.01).
 
     Args:
         loss_fn: a loss closure or a list of them (one per batch, averaged).
         params: distinct tensors with ``requires_grad=True``.
-        rho: radius of the ascent step (in the scaled coordinates for adaptive).
-        adaptive: ASAM's scale-invariant step instead of SAM's.
-        eta: added to |w| in ASAM's scaling.
+        rho: radius of the ascent step (for adaptive, in the scaled coordinates T^-1 w).
+        adaptive: ASAM's step instead of SAM's.
+        eta: added to |w| in ASAM's T (>= 0).
+        scaled: per tensor of ``params``, whether ASAM scales it by |w| + eta (default: all of them).
     """
-    if not rho > 0:
-        raise ValueError(f"rho must be > 0 (got {rho})")
+    if not rho > 0 or not eta >= 0:
+        raise ValueError(f"need rho > 0 and eta >= 0 (got rho={rho}, eta={eta})")
     terms = _loss_terms(loss_fn)
     params = _check_params(params)
+    scaled = [True] * len(params) if scaled is None else list(scaled)
+    if len(scaled) != len(params):
+        raise ValueError(f"scaled has {len(scaled)} flags for {len(params)} tensors")
     loss, grad = mean_loss_and_gradient(terms, params)
-    if adaptive:
-        scale = [p.detach().abs() + eta for p in params]  # T_w
+    if adaptive:  # T_w = |w| + eta on the scaled tensors, 1 on the rest
+        scale = [p.detach().abs() + eta if s else torch.ones_like(p) for p, s in zip(params, scaled, strict=True)]
         scaled_grad = [t * g for t, g in zip(scale, grad, strict=True)]  # T_w g
         norm = _norm(scaled_grad)
         step = [t * tg for t, tg in zip(scale, scaled_grad, strict=True)]  # T_w^2 g

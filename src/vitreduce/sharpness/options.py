@@ -13,6 +13,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from vitreduce.errors import VitreduceError
 
+# The published defaults: SAM's rho (Foret et al. 2021), and ASAM's rho and eta (Kwon et al. 2021; the
+# defaults of the ASAM class in the authors' code, SamsungLabs/ASAM, asam.py).
+SAM_RHO = 0.05
+ASAM_RHO = 0.5
+ASAM_ETA = 0.01
+
 Method = Literal["power", "lanczos"]  # of the top eigenvalues (vitreduce.sharpness.hessian.top_eigenvalues)
 METHODS: tuple[str, ...] = get_args(Method)
 
@@ -30,9 +36,11 @@ class SharpnessOptions(BaseModel):
     iters: int = Field(100, ge=1)  # power iterations per eigenvalue (Lanczos: iterations) at most
     tol: float = Field(1e-3, gt=0)  # relative residual of an eigenvalue that counts as converged
     trace_samples: int = 100  # Rademacher vectors of the Hutchinson trace (0: no trace)
-    rho: float = Field(0.05, gt=0)  # SAM radius
+    rho: float = Field(SAM_RHO, gt=0, allow_inf_nan=False)  # SAM radius (Foret et al. 2021)
     method: Method = "power"  # power: k + 2 model-sized vectors; lanczos: one per iteration, fewer products
-    adaptive: bool = False  # also ASAM sharpness
+    adaptive: bool = False  # also ASAM sharpness (Kwon et al. 2021)
+    asam_rho: float = Field(ASAM_RHO, gt=0, allow_inf_nan=False)  # ASAM radius, in the scaled coordinates
+    eta: float = Field(ASAM_ETA, ge=0, allow_inf_nan=False)  # ASAM: T_w = |w| + eta on weight tensors
 
     @field_validator("trace_samples")
     @classmethod
@@ -75,6 +83,8 @@ def _flag_problem(error: dict[str, Any]) -> str:
     if error["type"] in _BOUNDS:
         symbol, limit = _BOUNDS[error["type"]]
         what = f"must be {symbol} {error['ctx'][limit]:g}"
+    elif error["type"] == "finite_number":
+        what = "must be a finite number"
     elif error["type"] == "literal_error":
         what = f"must be {error['ctx']['expected']}"
     elif error["type"] == "value_error":  # our validators' messages read on from the flag

@@ -2,11 +2,13 @@
 
 For each finished run directory it measures the final and/or peak checkpoint (``model*.safetensors``
 and ``checkpoints/best/model*.safetensors``, raw or EMA weights) on a fixed seeded subset of the
-run's own training split, and writes ``RUN/analysis/sharpness_<final|peak>.json`` (the
-``vitreduce sharpness --json`` object plus the options used) and ``RUN/analysis/landscape/`` (a 1D
+run's own training split, seen as the run's evaluation saw it (the eval preprocessing of its
+config.yaml: interpolation, crop_pct, mean/std; the class order and image reader of ``vitreduce
+eval``), and writes ``RUN/analysis/sharpness_<final|peak>.json`` (the ``vitreduce sharpness --json``
+object plus the options used, the preprocessing among them) and ``RUN/analysis/landscape/`` (a 1D
 filter-normalised surface around the final checkpoint and the interpolation peak -> final, CSV +
-PNG). A result whose options match is reused, so rerunning a study costs nothing. The report
-(vitreduce.study.report) reads these files; nothing here is needed to read them.
+PNG, and options.json). A result whose options match is reused, so rerunning a study costs nothing.
+The report (vitreduce.study.report) reads these files; nothing here is needed to read them.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field
 
 from vitreduce.config_tree import read_yaml
+from vitreduce.data.transforms import DEFAULTS, RUN_CONFIG, EvalPreprocessing, eval_preprocessing_for
 from vitreduce.errors import VitreduceError
 from vitreduce.files import write_json
 from vitreduce.sharpness.options import Method, SharpnessOptions
@@ -50,9 +53,7 @@ class AnalysisConfig(SharpnessOptions, _RunCheckpoints):
     iters: int = Field(50, ge=1)
     trace_samples: int = 10
     method: Method = "lanczos"  # the top eigenvalue in far fewer products than power iteration
-    # The report has no ASAM column, so a study does not measure it; excluded from study.yaml and the
-    # options recorded with each result, which predate the field.
-    adaptive: Literal[False] = Field(False, exclude=True)
+    adaptive: bool = True  # ASAM: the report's scale-invariant sharpness column (one gradient, one loss)
     landscape: bool = True  # 1D surface around the final checkpoint, interpolation peak -> final
     landscape_steps: int = Field(11, ge=3)
     landscape_span: float = Field(1.0, gt=0)
@@ -75,9 +76,16 @@ def _data_root(run_dir: Path) -> Path:
     return Path(root)
 
 
-def _options_key(config: AnalysisConfig, which: str) -> dict:
+def _options_key(config: AnalysisConfig, which: str, preprocessing: EvalPreprocessing) -> dict:
+    """What a result was measured with; a stored result is reused only when this is equal.
+
+    The preprocessing's source is named relative to the run (its ``config.yaml``), so that a study
+    directory moved elsewhere still reuses its results; results written before the preprocessing
+    was recorded are measured again.
+    """
+    source = DEFAULTS if preprocessing.source == DEFAULTS else RUN_CONFIG
     return {**config.model_dump(exclude={"checkpoints", "landscape", "landscape_steps", "landscape_span"}),
-            "checkpoint": which}
+            "checkpoint": which, "preprocessing": {**preprocessing.record(), "source": source}}
 
 
 def _reusable(path: Path, options: dict) -> bool:
@@ -107,13 +115,16 @@ def analyze_run(run_dir: str | Path, config: AnalysisConfig, log=print) -> list[
     models = {}
     batches = None
     for which in config.checkpoints:
-        models[which] = load(checkpoint_path(run_dir, which, config.weights))
+        path = checkpoint_path(run_dir, which, config.weights)
+        preprocessing = eval_preprocessing_for(path)  # the run's config.yaml: every checkpoint of a run shares it
+        models[which] = load(path)
         target = out / f"sharpness_{which}.json"
-        options = _options_key(config, which)
+        options = _options_key(config, which, preprocessing)
         if _reusable(target, options):
             continue
         if batches is None:
-            batches = load_batches(models[which], _data_root(run_dir), **config.subset())
+            batches = load_batches(models[which], _data_root(run_dir), augment=preprocessing.augment,
+                                   **config.subset())
         log(f"sharpness of {run_dir} ({which}, {config.weights} weights)")
         result = analyze_sharpness(models[which], batches, config)
         write_json(target, {**result.to_dict(), "options": options})
@@ -143,13 +154,14 @@ def _landscape(run_dir: Path, config: AnalysisConfig, models: dict, batches, log
 
     out = run_dir / ANALYSIS_DIR / "landscape"
     marker = out / "options.json"
-    options = {**_options_key(config, "final"), "steps": config.landscape_steps, "span": config.landscape_span,
-               "interpolation": "peak" in models}
+    preprocessing = eval_preprocessing_for(checkpoint_path(run_dir, "final", config.weights))
+    options = {**_options_key(config, "final", preprocessing), "steps": config.landscape_steps,
+               "span": config.landscape_span, "interpolation": "peak" in models}
     if _reusable(marker, options):
         return []
     final = models["final"]
     if batches is None:
-        batches = load_batches(final, _data_root(run_dir), **config.subset())
+        batches = load_batches(final, _data_root(run_dir), augment=preprocessing.augment, **config.subset())
     log(f"loss landscape of {run_dir}")
     # Both evaluate in eval mode and put the weights back bitwise.
     line = surface_1d(final, batches, random_direction(final, config.seed), steps=config.landscape_steps,

@@ -13,12 +13,16 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from vitreduce.console import text_table
 from vitreduce.errors import VitreduceError
 from vitreduce.files import write_bytes
+from vitreduce.study.family import SeedResult, StatisticsConfig, resolve_primary, seed_level
 from vitreduce.study.figures import write_figures
 from vitreduce.study.render import Block, Bullets, Heading, Image, Paragraph, Table, render_html, render_markdown
-from vitreduce.study.report_sharpness import sharpness_headers, sharpness_rows
+from vitreduce.study.report_sharpness import sharpness_section
+from vitreduce.study.report_stats import IMAGE_LEVEL, StatsSettings, statistics_blocks
 from vitreduce.study.runs import (
     DEFAULT_SPIKE_THRESHOLD,
     DEFAULT_SPIKE_WINDOW,
@@ -29,16 +33,7 @@ from vitreduce.study.runs import (
     load_study,
     summarize_study,
 )
-from vitreduce.study.stats import (
-    DEFAULT_ALPHA,
-    DEFAULT_BOOTSTRAP_SEED,
-    DEFAULT_RESAMPLES,
-    Comparison,
-    compare_to_baseline,
-    verdict_bootstrap,
-    verdict_mcnemar,
-    verdict_ttest,
-)
+from vitreduce.study.stats import DEFAULT_BOOTSTRAP_SEED, DEFAULT_RESAMPLES, Comparison, compare_to_baseline
 
 NA = "n/a"
 
@@ -145,15 +140,13 @@ def format_results_table(summary: dict) -> str:
 class _Settings:
     """How the report was computed, stated in its text."""
 
-    alpha: float
-    n_resamples: int
-    bootstrap_seed: int
+    stats: StatsSettings
     spike_window: int
     spike_threshold: float
 
 
-def _document(study: StudyRuns, summary: dict, comparisons: list[Comparison], figures: list[tuple[str, str]],
-              settings: _Settings) -> list[Block]:
+def _document(study: StudyRuns, summary: dict, comparisons: list[Comparison], results: list[SeedResult],
+              figures: list[tuple[str, str]], settings: _Settings) -> list[Block]:
     return [
         Heading(f"Study report: {study.name}", level=1),
         Paragraph(f"Study directory {study.study_dir}; baseline variant: {study.baseline}. "
@@ -162,8 +155,8 @@ def _document(study: StudyRuns, summary: dict, comparisons: list[Comparison], fi
         *_runs_section(study, summary),
         *_results_sections(summary),
         *_stability_section(study, summary, settings),
-        *_statistics_section(study, comparisons, settings),
-        *_sharpness_section(study),
+        *statistics_blocks(study, comparisons, results, settings.stats),
+        *sharpness_section(study),
         Heading("Figures"),
         *(Image(src, caption) for src, caption in figures),
     ]
@@ -206,79 +199,54 @@ def _stability_section(study: StudyRuns, summary: dict, settings: _Settings) -> 
     ]
 
 
-def _statistics_section(study: StudyRuns, comparisons: list[Comparison], settings: _Settings) -> list[Block]:
-    blocks: list[Block] = [
-        Heading(f"Statistics against the baseline ({study.baseline})"),
-        Paragraph(f"alpha = {settings.alpha:g}. Differences are variant minus baseline in percentage points. "
-                  "Paired t-test over seeds (runs paired by seed, two-sided). Per-image tests use the final models' "
-                  f"predictions.csv: paired percentile bootstrap over images ({settings.n_resamples} resamples, seed "
-                  f"{settings.bootstrap_seed}) and McNemar's exact test (two-sided binomial test on the discordant "
-                  "pairs)."),
-    ]
-    if study.baseline not in study.variants:
-        blocks.append(Paragraph(f"The baseline {study.baseline} has no finished runs: no comparisons."))
-    for c in comparisons:
-        blocks += _comparison_blocks(c)
-    return blocks
-
-
-def _comparison_blocks(c: Comparison) -> list[Block]:
-    blocks: list[Block] = []
-    for kind, kc in c.kinds.items():
-        blocks.append(Heading(f"{c.variant} vs {c.baseline}, {KIND_TITLE[kind]}", level=3))
-        items = []
-        for what, t in (("final top-1", kc.top1), ("peak-to-final", kc.p2f)):
-            diff = NA if t.mean_diff is None else f"{t.mean_diff:+.2f} pp"
-            items.append(f"{what}, mean paired difference {diff} over n={t.n} seeds: {verdict_ttest(t, c.alpha)}")
-        blocks.append(Bullets(items))
-        tests = [*kc.per_seed, *([kc.pooled] if kc.pooled else [])]
-        if tests:
-            rows = [[pt.label, f"{pt.bootstrap.n_images:,}", f"{pt.top1_base:.2f}", f"{pt.top1_variant:.2f}",
-                     f"{pt.bootstrap.diff:+.2f}", verdict_bootstrap(pt.bootstrap),
-                     f"{pt.mcnemar.base_only:,} / {pt.mcnemar.variant_only:,}", verdict_mcnemar(pt.mcnemar, c.alpha)]
-                    for pt in tests]
-            blocks.append(Table(["predictions", "images", f"{c.baseline} top-1", f"{c.variant} top-1",
-                                 "difference (pp)", "paired bootstrap", "discordant (baseline only / variant only)",
-                                 "McNemar exact"], rows))
-        else:
-            blocks.append(Paragraph("No per-image tests: no pair of runs with predictions.csv for this model."))
-        if kc.notes:
-            blocks.append(Bullets(kc.notes))
-    return blocks
-
-
-def _sharpness_section(study: StudyRuns) -> list[Block]:
-    rows = sharpness_rows(study)
-    if not rows:
-        return []
-    return [
-        Heading("Sharpness (the flat-minima hypothesis)"),
-        Paragraph("Measured by the study spec's analysis section on each run's final and/or peak (best epoch) "
-                  "checkpoint (options in runs/*/seed*/analysis/sharpness_*.json): the training loss on a fixed "
-                  "seeded subset of the training split with the eval transform, in eval mode; mean ± sample std "
-                  "over seeds. Larger = sharper."),
-        Table(sharpness_headers(), rows),
-    ]
-
-
 # ---------------------------------------------------------------------------------------------------
 # Writing the report
 
 
-def _compare(study: StudyRuns, summary: dict, settings: _Settings) -> list[Comparison]:
-    """Every variant against the baseline; each result also goes into its summary.json entry."""
+def _compare(study: StudyRuns, summary: dict, settings: StatsSettings) -> tuple[list[Comparison], list[SeedResult]]:
+    """Every variant against the baseline, and the families' results; each goes into its summary.json entry."""
     if study.baseline not in study.variants:
-        return []
-    comparisons = []
-    for variant, runs in study.variants.items():
-        if variant == study.baseline:
-            continue
-        c = compare_to_baseline(variant, runs, study.baseline, study.variants[study.baseline], alpha=settings.alpha,
-                                n_resamples=settings.n_resamples, seed=settings.bootstrap_seed)
-        comparisons.append(c)
-        summary[variant]["vs_baseline"] = {"baseline": c.baseline, "alpha": c.alpha, "seeds": c.seeds, **{
-            kind: dataclasses.asdict(kc) for kind, kc in c.kinds.items()}}
-    return comparisons
+        return [], []
+    cfg = settings.config
+    comparisons = [compare_to_baseline(variant, runs, study.baseline, study.variants[study.baseline], alpha=cfg.alpha,
+                                       n_resamples=settings.n_resamples, seed=settings.bootstrap_seed)
+                   for variant, runs in study.variants.items() if variant != study.baseline]
+    results = seed_level(comparisons, cfg)
+    for c in comparisons:
+        summary[c.variant]["vs_baseline"] = {
+            "baseline": c.baseline, "alpha": c.alpha, "seeds": c.seeds, "primary": cfg.primary,
+            "correction": cfg.correction, "effect": cfg.effect,
+            "seed_level": [r.record() for r in results if r.variant == c.variant],
+            "image_level": IMAGE_LEVEL, **{kind: dataclasses.asdict(kc) for kind, kc in c.kinds.items()}}
+    return comparisons, results
+
+
+def _stats_settings(study: StudyRuns, alpha: float | None, correction: str | None, primary: str | None,
+                    effect: float | None, n_resamples: int, bootstrap_seed: int) -> StatsSettings:
+    """study.yaml's `statistics:` with the arguments on top, checked before any work; primary resolved."""
+    given = {k: v for k, v in (("alpha", alpha), ("correction", correction), ("primary", primary),
+                               ("effect", effect)) if v is not None}
+    try:
+        from_spec = StatisticsConfig.model_validate(study.statistics or {}).model_dump(exclude_unset=True)
+        config = StatisticsConfig.model_validate({**from_spec, **given})
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise VitreduceError(f"statistics settings for {study.study_dir} (study.yaml's statistics: section and the "
+                             f"report options --alpha/--correction/--primary/--effect): {problems}") from None
+    if n_resamples < 1:
+        raise VitreduceError(f"--resamples must be >= 1, got {n_resamples}")
+    source = "named by --primary" if primary else "named by the study spec" if config.primary else "the default"
+    has_base = study.baseline in study.variants
+    kinds = [_kinds(study, v) for v in study.variants if v != study.baseline] if has_base else []
+    config = config.model_copy(update={"primary": resolve_primary(config.primary, kinds)})
+    return StatsSettings(config, source, n_resamples, bootstrap_seed)
+
+
+def _kinds(study: StudyRuns, variant: str) -> set[str]:
+    """The model kinds a comparison of `variant` with the baseline will have (EMA where both have one)."""
+    base = {r.seed: r for r in study.variants[study.baseline]}
+    pairs = [(base[r.seed], r) for r in study.variants[variant] if r.seed in base]
+    return {"raw"} | ({"ema"} if any(b.ema is not None and v.ema is not None for b, v in pairs) else set())
 
 
 def _json_default(obj):
@@ -287,21 +255,27 @@ def _json_default(obj):
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def write_report(study_dir: Path | str, baseline: str | None = None, *, alpha: float = DEFAULT_ALPHA,
+def write_report(study_dir: Path | str, baseline: str | None = None, *, alpha: float | None = None,
+                 correction: str | None = None, primary: str | None = None, effect: float | None = None,
                  n_resamples: int = DEFAULT_RESAMPLES, bootstrap_seed: int = DEFAULT_BOOTSTRAP_SEED,
                  include_unfinished: bool = False, spike_window: int = DEFAULT_SPIKE_WINDOW,
                  spike_threshold: float = DEFAULT_SPIKE_THRESHOLD) -> ReportPaths:
-    """Write summary.json, figures/*.png, report.md and report.html into `study_dir` (atomically)."""
+    """Write summary.json, figures/*.png, report.md and report.html into `study_dir` (atomically).
+
+    alpha, correction ("holm" or "bh"), primary (e.g. "ema_top1_final") and effect (pp) default to
+    study.yaml's `statistics:` section, else 0.05, Holm, EMA final top-1 (raw without an EMA), +0.42.
+    """
     study_dir = Path(study_dir)
-    settings = _Settings(alpha, n_resamples, bootstrap_seed, spike_window, spike_threshold)
     study = load_study(study_dir, baseline=baseline, include_unfinished=include_unfinished,
                        spike_window=spike_window, spike_threshold=spike_threshold)
+    settings = _Settings(_stats_settings(study, alpha, correction, primary, effect, n_resamples, bootstrap_seed),
+                         spike_window, spike_threshold)
     summary = summarize_study(study, read_throughput(study_dir))
-    comparisons = _compare(study, summary, settings)
+    comparisons, results = _compare(study, summary, settings.stats)
     fig_dir = study_dir / "figures"
     figures = write_figures(study, summary, fig_dir)
-    blocks = _document(study, summary, comparisons, [(f"figures/{name}", caption) for name, caption in figures],
-                       settings)
+    blocks = _document(study, summary, comparisons, results,
+                       [(f"figures/{name}", caption) for name, caption in figures], settings)
     paths = ReportPaths(markdown=study_dir / "report.md", html=study_dir / "report.html",
                         summary_json=study_dir / "summary.json", figures=[fig_dir / n for n, _ in figures],
                         summary=summary)

@@ -160,6 +160,7 @@ class StudyRuns:
     baseline: str
     variants: dict[str, list[RunMetrics]]  # included runs; a variant with none is left out
     excluded: list[tuple[str, RunMetrics]]  # unfinished runs left out, with their variant
+    statistics: dict | None = None  # study.yaml's `statistics:` section (checked by the report), if any
 
 
 def _spec_variant_names(spec: dict) -> list[str]:
@@ -212,7 +213,7 @@ def load_study(study_dir: Path | str, *, baseline: str | None = None, include_un
     if baseline not in order:
         raise VitreduceError(f"baseline variant {baseline!r} has no runs in {runs_root}; choose one of {order}")
     return StudyRuns(study_dir=study_dir, name=str(spec.get("name") or study_dir.name), baseline=str(baseline),
-                     variants=variants, excluded=excluded)
+                     variants=variants, excluded=excluded, statistics=spec.get("statistics"))
 
 
 def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:

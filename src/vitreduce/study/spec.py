@@ -31,6 +31,7 @@ from vitreduce.config_tree import SEED_MAX, Whole, explain_error, merge, parse_a
 from vitreduce.device import Precision
 from vitreduce.errors import VitreduceError
 from vitreduce.study.analysis import AnalysisConfig
+from vitreduce.study.family import StatisticsConfig
 from vitreduce.train.config import TrainConfig
 
 Launcher = Literal["python", "torchrun"]
@@ -113,6 +114,7 @@ class StudySpec(_Strict):
     baseline: str | None = None  # a variant name; default the first
     throughput: Throughput = False  # true, or ThroughputOptions
     analysis: AnalysisConfig | None = None  # sharpness/landscape of final/peak checkpoints (study.analysis)
+    statistics: StatisticsConfig | None = None  # primary metric, correction, alpha, effect (study.family)
     launcher: Launcher = "python"
     nproc_per_node: Whole = Field(1, ge=1, le=_COUNT_MAX)  # processes per run under torchrun
     out: str | None = None  # default runs/studies/<name>
@@ -121,6 +123,10 @@ class StudySpec(_Strict):
     def _dump_throughput(self, value: bool | ThroughputOptions) -> bool | dict[str, Any]:
         # study.yaml records the options the spec gave, not every default.
         return value.model_dump(exclude_unset=True) if isinstance(value, ThroughputOptions) else value
+
+    @field_serializer("statistics")
+    def _dump_statistics(self, value: StatisticsConfig | None) -> dict[str, Any] | None:
+        return None if value is None else value.model_dump(exclude_unset=True)  # the keys the spec gave
 
     @property
     def profiling(self) -> ThroughputOptions | None:
@@ -279,5 +285,5 @@ def _section_model(annotation: Any) -> type[BaseModel] | None:
 
 
 def spec_tree(spec: StudySpec) -> dict[str, Any]:
-    """The resolved spec as written to study.yaml."""
-    return spec.model_dump(mode="json")
+    """The resolved spec as written to study.yaml (``statistics`` only when the spec has one)."""
+    return spec.model_dump(mode="json", exclude={"statistics"} if spec.statistics is None else None)

@@ -1,8 +1,14 @@
-"""Statistics of a variant against the baseline: paired t-test over seeds, and per-image paired tests
-(bootstrap CI of the top-1 difference, McNemar's exact test) on the final models' predictions.
+"""Statistics of a variant against the baseline, at two evidence levels.
 
-Differences are always variant minus baseline, in percentage points. The wording of every verdict comes
-from the computed p-value or interval (the `verdict_*` helpers), never from the size of a difference.
+Seed level (does a difference survive retraining?): the paired t-test over seeds with the t-based
+confidence interval of the mean difference; vitreduce.study.family adjusts its p-values across a family
+and turns them into verdicts. Image level (do these two trained models differ on this test set?): per
+seed, the paired bootstrap CI of the top-1 difference and McNemar's exact test; pooled over seeds, the
+cluster bootstrap over images and the clustered McNemar test (clusters = images, since every seed scores
+the same images). Image-level results describe the trained models, never the variant.
+
+Differences are always variant minus baseline, in percentage points. Every sentence about a result comes
+from the computed p-value or interval (the `describe_*` helpers), never from the size of a difference.
 """
 from __future__ import annotations
 
@@ -34,41 +40,53 @@ def fmt_p(p: float) -> str:
 
 @dataclass(frozen=True)
 class TTest:
-    """Paired t-test of per-seed values (variant minus baseline); t and p are None where undefined."""
+    """Paired t-test of per-seed values (variant minus baseline); fields are None where undefined."""
 
     n: int
     df: int | None
     mean_diff: float | None
     t: float | None
-    p: float | None
+    p: float | None  # two-sided, unadjusted
     warning: str | None
+    differences: tuple[float, ...] = ()  # per seed, variant minus baseline
+    sd: float | None = None  # sample sd (ddof=1) of the differences
+    confidence: float = 1 - DEFAULT_ALPHA
+    ci_low: float | None = None  # t-based interval of the mean difference
+    ci_high: float | None = None
 
 
-def paired_ttest(baseline: Sequence[float], variant: Sequence[float]) -> TTest:
-    """Two-sided paired t-test; `baseline[i]` and `variant[i]` are the same seed's values."""
+def paired_ttest(baseline: Sequence[float], variant: Sequence[float], *,
+                 confidence: float = 1 - DEFAULT_ALPHA) -> TTest:
+    """Two-sided paired t-test and the t-based CI; `baseline[i]` and `variant[i]` are the same seed's values."""
     a, b = np.asarray(baseline, dtype=float), np.asarray(variant, dtype=float)
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"paired values must be two equal-length 1-D sequences, got {a.shape} and {b.shape}")
     n = a.size
     d = b - a
     mean = float(d.mean()) if n else None
+    base = functools.partial(TTest, n, differences=tuple(float(x) for x in d), confidence=confidence)
     if n < 2:
-        return TTest(n, None, mean, None, None, f"n={n} paired seed(s): a t-test needs at least 2")
+        return base(None, mean, None, None, f"n={n} paired seed(s): a t-test needs at least 2")
     warning = (f"only n={n} paired seeds (df={n - 1}): almost no power and normality cannot be checked, "
                "weak evidence whatever the p-value") if n < MIN_SEEDS else None
-    if d.std(ddof=1) <= 1e-9 * max(1.0, abs(mean)):
+    sd = float(d.std(ddof=1))
+    if sd <= 1e-9 * max(1.0, abs(mean)):
         # Identical differences make t infinite (scipy then says p=0): the test is undefined, not significant.
         note = "the differences are identical across seeds, so t is undefined"
-        return TTest(n, n - 1, mean, None, None, f"{warning}; {note}" if warning else note)
+        return base(n - 1, mean, None, None, f"{warning}; {note}" if warning else note, sd=sd)
     res = sps.ttest_rel(b, a)
-    return TTest(n, n - 1, mean, float(res.statistic), float(res.pvalue), warning)
+    low, high = res.confidence_interval(confidence)
+    return base(n - 1, mean, float(res.statistic), float(res.pvalue), warning, sd=sd, ci_low=float(low),
+                ci_high=float(high))
 
 
-def verdict_ttest(t: TTest, alpha: float = DEFAULT_ALPHA) -> str:
+def describe_ttest(t: TTest) -> str:
+    """The numbers of a seed-level test, no verdict (the verdict is the family's, on the adjusted p)."""
+    diff = "n/a" if t.mean_diff is None else f"{t.mean_diff:+.2f} pp"
     if t.p is None:
-        return f"not testable ({t.warning})"
-    word = f"significant at alpha={alpha:g}" if t.p < alpha else "not significant"
-    text = f"{word} (paired t-test p={fmt_p(t.p)}, t={t.t:.3g}, df={t.df})"
+        return f"mean paired difference {diff} over n={t.n} seeds; not testable ({t.warning})"
+    text = (f"mean paired difference {diff} over n={t.n} seeds, {t.confidence:.0%} CI [{t.ci_low:+.2f}, "
+            f"{t.ci_high:+.2f}] pp (t-based, unadjusted), paired t-test t={t.t:.3g}, df={t.df}, raw p={fmt_p(t.p)}")
     return f"{text}; warning: {t.warning}" if t.warning else text
 
 
@@ -84,9 +102,10 @@ class Bootstrap:
     low: float
     high: float
     confidence: float
-    n_images: int
+    n_images: int  # distinct images (the resampled unit)
     n_resamples: int
     seed: int
+    n_seeds: int = 1  # seeds' outcomes carried with each image
 
 
 def paired_bootstrap_ci(correct_base: np.ndarray, correct_variant: np.ndarray, *,
@@ -99,30 +118,36 @@ def paired_bootstrap_ci(correct_base: np.ndarray, correct_variant: np.ndarray, *
     statistic depends on a row only through e_i = sum_s (variant_is - base_is), so a resample is a
     multinomial draw of how often each distinct e value occurs: exact, and O(n_resamples) memory.
     """
-    a = np.asarray(correct_base, dtype=bool)
-    b = np.asarray(correct_variant, dtype=bool)
-    if a.shape != b.shape or a.ndim not in (1, 2) or a.shape[0] == 0:
-        raise ValueError(f"need two equal non-empty (N,) or (N, S) arrays, got {a.shape} and {b.shape}")
+    a, b, e = _image_differences(correct_base, correct_variant)
     if n_resamples < 1 or not 0 < confidence < 1:
         raise VitreduceError(f"need n_resamples >= 1 and 0 < confidence < 1, got {n_resamples}, {confidence}")
-    e = (b.astype(np.int64) - a.astype(np.int64)).reshape(a.shape[0], -1).sum(axis=1)  # (N,)
-    n_rows, per_row = a.shape[0], a.size // a.shape[0]
+    n_rows = a.shape[0]
     values, counts = np.unique(e, return_counts=True)
     rng = np.random.default_rng(seed)
     draws = rng.multinomial(n_rows, counts / n_rows, size=n_resamples)  # (R, K)
     diffs = draws @ values * (100.0 / a.size)  # (R,) pp
     tail = (1 - confidence) / 2
     low, high = np.quantile(diffs, [tail, 1 - tail])
-    return Bootstrap(diff=float(e.sum() * 100.0 / a.size), low=float(low), high=float(high),
-                     confidence=confidence, n_images=n_rows * per_row, n_resamples=n_resamples, seed=seed)
+    return Bootstrap(diff=float(e.sum() * 100.0 / a.size), low=float(low), high=float(high), confidence=confidence,
+                     n_images=n_rows, n_resamples=n_resamples, seed=seed, n_seeds=a.size // n_rows)
 
 
-def verdict_bootstrap(bs: Bootstrap) -> str:
+def _image_differences(correct_base, correct_variant) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a, b, e): the outcomes as (N, S) booleans and e_i = sum_s (variant_is - base_is), shape (N,)."""
+    a = np.asarray(correct_base, dtype=bool)
+    b = np.asarray(correct_variant, dtype=bool)
+    if a.shape != b.shape or a.ndim not in (1, 2) or a.shape[0] == 0:
+        raise ValueError(f"need two equal non-empty (N,) or (N, S) arrays, got {a.shape} and {b.shape}")
+    a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+    return a, b, (b.astype(np.int64) - a.astype(np.int64)).sum(axis=1)
+
+
+def describe_bootstrap(bs: Bootstrap) -> str:
+    """An image-level statement about the trained models on this test set, never a verdict on the variant."""
     ci = f"{bs.confidence:.0%} CI [{bs.low:+.2f}, {bs.high:+.2f}] pp"
-    alpha = 1 - bs.confidence
     if bs.low > 0 or bs.high < 0:
-        return f"significant at alpha={alpha:.2g} ({ci} excludes 0)"
-    return f"not significant ({ci} includes 0)"
+        return f"these trained models differ on this test set ({ci} excludes 0)"
+    return f"no difference shown between these trained models on this test set ({ci} includes 0)"
 
 
 @dataclass(frozen=True)
@@ -133,6 +158,7 @@ class McNemar:
     base_only: int  # baseline right, variant wrong
     variant_only: int  # variant right, baseline wrong
     p: float
+    test: str = "McNemar exact"
 
 
 def mcnemar_exact(correct_base: np.ndarray, correct_variant: np.ndarray) -> McNemar:
@@ -146,9 +172,40 @@ def mcnemar_exact(correct_base: np.ndarray, correct_variant: np.ndarray) -> McNe
     return McNemar(int(a.size), base_only, variant_only, min(1.0, p))
 
 
-def verdict_mcnemar(m: McNemar, alpha: float = DEFAULT_ALPHA) -> str:
-    word = f"significant at alpha={alpha:g}" if m.p < alpha else "not significant"
-    return f"{word} (McNemar p={fmt_p(m.p)})"
+@dataclass(frozen=True)
+class ClusteredMcNemar:
+    """McNemar's test for clustered pairs (Durkalski et al. 2003), clusters = images scored in every seed.
+
+    With e_i = (variant right, baseline wrong) - (baseline right, variant wrong) counted over image i's
+    seeds, X = (sum_i e_i)^2 / sum_i e_i^2, referred to chi-square with 1 df (large-sample). One seed
+    gives the uncorrected McNemar chi-square; repeating a seed adds no evidence, unlike concatenating
+    (image, seed) pairs as if independent.
+    """
+
+    n_images: int
+    n_seeds: int
+    base_only: int  # (image, seed) pairs: baseline right, variant wrong
+    variant_only: int
+    chi2: float
+    p: float
+    test: str = "clustered McNemar (clusters = images)"
+
+
+def clustered_mcnemar(correct_base: np.ndarray, correct_variant: np.ndarray) -> ClusteredMcNemar:
+    """The clustered McNemar test on (N, S) paired outcomes (row = image, column = seed)."""
+    a, b, e = _image_differences(correct_base, correct_variant)
+    base_only, variant_only = int(np.sum(a & ~b)), int(np.sum(b & ~a))
+    denom = float(np.sum(e.astype(float) ** 2))
+    chi2 = 0.0 if denom == 0 else float(e.sum()) ** 2 / denom
+    p = 1.0 if denom == 0 else float(sps.chi2.sf(chi2, 1))
+    return ClusteredMcNemar(a.shape[0], a.shape[1], base_only, variant_only, chi2, p)
+
+
+def describe_mcnemar(m: McNemar | ClusteredMcNemar, alpha: float = DEFAULT_ALPHA) -> str:
+    """An image-level statement (unadjusted p) about the trained models on this test set."""
+    if m.p < alpha:
+        return f"these trained models differ on this test set ({m.test} p={fmt_p(m.p)} < {alpha:g})"
+    return f"no difference shown between these trained models on this test set ({m.test} p={fmt_p(m.p)})"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -206,7 +263,7 @@ class PairedTest:
     top1_base: float
     top1_variant: float
     bootstrap: Bootstrap
-    mcnemar: McNemar
+    mcnemar: McNemar | ClusteredMcNemar  # exact per seed; clustered by image when pooled
 
 
 @dataclass(frozen=True)
@@ -232,7 +289,7 @@ def _paired_test(label: str, a: np.ndarray, b: np.ndarray, *, n_resamples: int, 
                  alpha: float) -> PairedTest:
     return PairedTest(label, float(a.mean() * 100), float(b.mean() * 100),
                       paired_bootstrap_ci(a, b, n_resamples=n_resamples, seed=seed, confidence=1 - alpha),
-                      mcnemar_exact(a, b))
+                      mcnemar_exact(a, b) if a.ndim == 1 else clustered_mcnemar(a, b))
 
 
 def compare_to_baseline(variant: str, variant_runs: Sequence[RunMetrics], baseline: str,
@@ -262,8 +319,8 @@ def compare_to_baseline(variant: str, variant_runs: Sequence[RunMetrics], baseli
         pooled = _pooled(outcomes, notes, test) if len(outcomes) > 1 else None
         kinds[kind] = KindComparison(
             kind=kind,
-            top1=paired_ttest([b.top1_final for b, _ in kept], [v.top1_final for _, v in kept]),
-            p2f=paired_ttest([b.p2f for b, _ in kept], [v.p2f for _, v in kept]),
+            top1=paired_ttest([b.top1_final for b, _ in kept], [v.top1_final for _, v in kept], confidence=1 - alpha),
+            p2f=paired_ttest([b.p2f for b, _ in kept], [v.p2f for _, v in kept], confidence=1 - alpha),
             per_seed=per_seed, pooled=pooled, notes=notes,
         )
     return Comparison(variant, baseline, alpha, [v.seed for _, v in pairs], kinds)
@@ -283,16 +340,15 @@ def _read_pairs(pairs: list[tuple[RunMetrics, RunMetrics]]) -> tuple[dict[int, t
     return preds, missing
 
 
-def _pooled(outcomes: list[tuple[np.ndarray, np.ndarray, np.ndarray]], notes: list[str], test) -> PairedTest:
-    """The per-image tests over every seed's (baseline, variant, image index) outcomes; says how in ``notes``."""
-    if all(np.array_equal(o[2], outcomes[0][2]) for o in outcomes):
-        # (N, S): the bootstrap resamples images, keeping every seed's outcome on an image together.
-        a, b = np.stack([o[0] for o in outcomes], 1), np.stack([o[1] for o in outcomes], 1)
-        notes.append(f"pooled: the {len(outcomes)} seeds' paired outcomes concatenated; the bootstrap "
-                     "resamples images with all seeds' outcomes on an image together, McNemar treats "
-                     "every (image, seed) pair as independent, which overstates its evidence")
-    else:
-        a, b = np.concatenate([o[0] for o in outcomes]), np.concatenate([o[1] for o in outcomes])
-        notes.append(f"pooled: the {len(outcomes)} seeds' paired outcomes concatenated (the seeds were not "
-                     "scored on the same images, so every (image, seed) pair is treated as independent)")
+def _pooled(outcomes: list[tuple[np.ndarray, np.ndarray, np.ndarray]], notes: list[str], test) -> PairedTest | None:
+    """The image-level tests over every seed's (baseline, variant, image index) outcomes; says how in ``notes``."""
+    if not all(np.array_equal(o[2], outcomes[0][2]) for o in outcomes):
+        notes.append(f"no pooled image-level test: the {len(outcomes)} seeds were not scored on the same images, "
+                     "so their outcomes cannot be grouped by image")
+        return None
+    # (N, S): both tests take the image as the unit, carrying every seed's outcome on an image together.
+    a, b = np.stack([o[0] for o in outcomes], 1), np.stack([o[1] for o in outcomes], 1)
+    notes.append(f"pooled: the {len(outcomes)} seeds' outcomes grouped by image (the same images are scored in "
+                 "every seed); the cluster bootstrap resamples images and the clustered McNemar test takes "
+                 "images as clusters. Both describe these trained models on this test set, not retraining")
     return test(f"pooled ({len(outcomes)} seeds)", a, b)

@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
-from vitreduce.config_tree import read_yaml
-from vitreduce.data import AugmentConfig, DataConfig, build_eval_loader
+from vitreduce.data import DataConfig, build_eval_loader
+from vitreduce.data.transforms import eval_preprocessing_for
 from vitreduce.device import Precision, autocast, resolve_device
 from vitreduce.errors import VitreduceError
 from vitreduce.reduction import checkpoint
 from vitreduce.train.distributed import all_sum
-from vitreduce.train.rundir import CONFIG, DONE
+from vitreduce.train.rundir import DONE
 from vitreduce.train.state import EMA_MODEL, MODEL
 
 
@@ -102,14 +102,6 @@ def resolve_model_file(path: Path, ema: bool) -> Path:
     return path
 
 
-def run_augment(model_file: Path) -> tuple[AugmentConfig, str]:
-    """The eval preprocessing of the run the file belongs to (its config.yaml), else the recipe's defaults."""
-    for folder in list(model_file.resolve().parents)[:4]:
-        if (folder / CONFIG).is_file():
-            return AugmentConfig(**(read_yaml(folder / CONFIG).get("augment") or {})), str(folder / CONFIG)
-    return AugmentConfig(), "defaults"
-
-
 def evaluate_checkpoint(path: str | Path, data_root: str | Path, *, split: str = "val", ema: bool = False,
                         batch_size: int = 256, workers: int = 2, precision: Precision = "fp32",
                         device: str = "auto") -> dict[str, Any]:
@@ -136,7 +128,8 @@ def evaluate_checkpoint(path: str | Path, data_root: str | Path, *, split: str =
     except ValidationError as err:  # the data section's messages name the setting (data.workers, ...)
         raise VitreduceError("; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())) from None
     model = checkpoint.load(model_file, device=target)
-    augment, source = run_augment(model_file)
+    # The run's own preprocessing (its config.yaml), as the sharpness and landscape analyses use it.
+    augment, source = eval_preprocessing_for(model_file)
     loader = build_eval_loader(data, augment, tuple(model.patch_embed.img_size), split=split)
     classes = len(loader.dataset.classes)
     if classes != model.num_classes:

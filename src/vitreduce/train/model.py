@@ -58,7 +58,8 @@ def check_init_checkpoint(cfg: ModelConfig) -> None:
     if not _is_vitreduce(path):
         return
     metadata = checkpoint.read_metadata(path)
-    if (metadata["base_model"], metadata["reduction"]) != (cfg.name, cfg.reduction):
+    # Compared canonically: a header written before a spec's canonical order changed still matches.
+    if (metadata["base_model"], str(ReductionSpec.parse(metadata["reduction"]))) != (cfg.name, cfg.reduction):
         raise VitreduceError(
             f"model.init_checkpoint {path} is {metadata['base_model']} with reduction {metadata['reduction']!r}, "
             f"the config asks for {cfg.name} with {cfg.reduction!r}: set model.name and model.reduction to match"

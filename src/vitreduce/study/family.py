@@ -1,0 +1,195 @@
+"""Families of seed-level tests, their multiple-comparison correction, and the verdict words.
+
+A study's **confirmatory family** is every variant-vs-baseline comparison on one primary metric (final
+top-1 of the EMA model by default, of the raw model when the runs have no EMA; the spec's
+``statistics.primary`` or ``vitreduce report --primary`` names another). Every other metric and model
+kind is an **exploratory** family of its own. Each family's p-values are adjusted together (Holm by
+default, Benjamini-Hochberg on request), and only the seed-level paired t-test's adjusted p decides the
+words "better", "worse" or "no evidence of a difference" (docs/metrics.md).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from scipy import stats as sps
+
+from vitreduce.errors import VitreduceError
+from vitreduce.study.power import Detectable, detectable
+from vitreduce.study.runs import KIND_TITLE
+from vitreduce.study.stats import Comparison, TTest
+
+Correction = Literal["holm", "bh"]
+CORRECTION_NAME = {"holm": "Holm (family-wise error rate)", "bh": "Benjamini-Hochberg (false discovery rate)"}
+SeedMetric = Literal["top1_final", "p2f"]
+METRIC_TITLE: dict[str, str] = {"top1_final": "final top-1", "p2f": "peak-to-final"}
+HIGHER_IS_BETTER: dict[str, bool] = {"top1_final": True, "p2f": False}  # less degradation is better
+PRIMARY_CHOICES = ("ema_top1_final", "raw_top1_final", "ema_p2f", "raw_p2f")
+DEFAULT_CORRECTION: Correction = "holm"
+DEFAULT_EFFECT = 0.42  # pp: the paper's ViT-B/16 grouped-vs-baseline top-1 gain, the effect a study should see
+BETTER, WORSE, NO_EVIDENCE, NOT_TESTABLE = "better", "worse", "no evidence of a difference", "not testable"
+
+
+class StatisticsConfig(BaseModel):
+    """The ``statistics:`` section of a study spec (every key optional; vitreduce report flags override)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    # <kind>_<metric>; default: ema_top1_final when every comparison has an EMA model, else raw_top1_final
+    primary: Literal["ema_top1_final", "raw_top1_final", "ema_p2f", "raw_p2f"] | None = None
+    correction: Correction = DEFAULT_CORRECTION  # holm: family-wise error rate; bh: false discovery rate
+    alpha: float = Field(0.05, gt=0, lt=1)  # significance level of every family
+    effect: float = Field(DEFAULT_EFFECT, gt=0)  # pp: the effect whose seeds-needed the report states
+
+
+def adjust_pvalues(p: Sequence[float], method: Correction) -> list[float]:
+    """Adjusted p-values of one family, in the input order (Holm step-down, or Benjamini-Hochberg)."""
+    values = np.asarray(p, dtype=float)
+    if values.ndim != 1 or np.any((values < 0) | (values > 1)) or np.any(np.isnan(values)):
+        raise ValueError(f"p-values must be a 1-D sequence in [0, 1], got {p}")
+    if values.size == 0:
+        return []
+    if method == "bh":
+        return [float(x) for x in sps.false_discovery_control(values, method="bh")]
+    if method != "holm":
+        raise VitreduceError(f"correction must be one of holm, bh; got {method!r}")
+    order = np.argsort(values, kind="stable")
+    m = values.size
+    stepped = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * values[order]))
+    adjusted = np.empty(m)
+    adjusted[order] = stepped
+    return [float(x) for x in adjusted]
+
+
+def holm_bh_many(p: np.ndarray, method: Correction) -> np.ndarray:
+    """Adjusted p-values of many families at once: ``p`` is (studies, m), each row one family."""
+    m = p.shape[1]
+    order = np.argsort(p, axis=1, kind="stable")
+    ranked = np.take_along_axis(p, order, axis=1)  # (S, m) ascending
+    if method == "holm":
+        stepped = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * ranked), axis=1)
+    else:
+        stepped = np.minimum.accumulate((m / np.arange(1, m + 1) * ranked)[:, ::-1], axis=1)[:, ::-1]
+        stepped = np.minimum(stepped, 1.0)
+    adjusted = np.empty_like(stepped)
+    np.put_along_axis(adjusted, order, stepped, axis=1)
+    return adjusted
+
+
+def verdict_word(mean_diff: float | None, p_adjusted: float | None, alpha: float, metric: str) -> str:
+    """better / worse / no evidence of a difference, from the adjusted p and the sign of the difference."""
+    if p_adjusted is None or mean_diff is None:
+        return NOT_TESTABLE
+    if p_adjusted >= alpha:
+        return NO_EVIDENCE
+    return BETTER if (mean_diff > 0) == HIGHER_IS_BETTER[metric] else WORSE
+
+
+def verdicts_many(mean_diff: np.ndarray, p_adjusted: np.ndarray, alpha: float, metric: str) -> np.ndarray:
+    """verdict_word over arrays: 1 better, -1 worse, 0 no evidence (the property test's vectorised form)."""
+    sign = np.sign(mean_diff) * (1 if HIGHER_IS_BETTER[metric] else -1)
+    return np.where(p_adjusted < alpha, sign, 0).astype(int)
+
+
+@dataclass(frozen=True)
+class Family:
+    """One family of seed-level comparisons, adjusted together."""
+
+    name: str  # e.g. "confirmatory: ema_top1_final"
+    evidence: Literal["confirmatory", "exploratory"]
+    kind: str  # raw or ema
+    metric: str  # top1_final or p2f
+    correction: Correction
+    alpha: float
+    variants: tuple[str, ...]  # the comparisons (each variant vs the baseline) in the family
+
+    @property
+    def size(self) -> int:
+        return len(self.variants)
+
+    @property
+    def first_rank_alpha(self) -> float:
+        """The level the smallest p must clear: alpha / m for Holm and for Benjamini-Hochberg alike."""
+        return self.alpha / max(1, self.size)
+
+    def describe(self) -> str:
+        return (f"{self.evidence} family {self.kind}_{self.metric}: the {self.size} comparison(s) of each variant "
+                f"with the baseline on {METRIC_TITLE[self.metric]} of the {KIND_TITLE[self.kind]}, "
+                f"{CORRECTION_NAME[self.correction]} at alpha={self.alpha:g}")
+
+    def record(self) -> dict:
+        return {"name": self.name, "evidence": self.evidence, "kind": self.kind, "metric": self.metric,
+                "correction": self.correction, "alpha": self.alpha, "size": self.size,
+                "variants": list(self.variants), "first_rank_alpha": self.first_rank_alpha}
+
+
+def resolve_primary(primary: str | None, kinds_per_comparison: Sequence[set[str]]) -> str:
+    """The primary metric: the one named, else EMA final top-1 when every comparison has an EMA, else raw."""
+    if primary is None:
+        has_ema = bool(kinds_per_comparison) and all("ema" in k for k in kinds_per_comparison)
+        return "ema_top1_final" if has_ema else "raw_top1_final"
+    if primary not in PRIMARY_CHOICES:
+        raise VitreduceError(f"primary metric {primary!r} is not one of {', '.join(PRIMARY_CHOICES)}")
+    kind = primary.split("_", 1)[0]
+    if kinds_per_comparison and not any(kind in k for k in kinds_per_comparison):
+        other = "raw" if kind == "ema" else "ema"
+        raise VitreduceError(f"primary metric {primary}: no comparison has {'an EMA' if kind == 'ema' else 'a raw'} "
+                             "model on both sides (runs without EMA); "
+                             f"name {other}_{primary.split('_', 1)[1]} instead (statistics.primary or --primary)")
+    return primary
+
+
+def family_keys(primary: str) -> list[tuple[str, str, str]]:
+    """(kind, metric, evidence) of every family, the confirmatory one first."""
+    keys = [(k, m) for k in ("ema", "raw") for m in ("top1_final", "p2f")]
+    kind, metric = primary.split("_", 1)
+    return [(kind, metric, "confirmatory")] + [(k, m, "exploratory") for k, m in keys if (k, m) != (kind, metric)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The seed-level results of a study, family by family
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    """One variant-vs-baseline comparison in one family: the t-test, its adjusted p and verdict, and power."""
+
+    family: Family
+    variant: str
+    test: TTest
+    p_adjusted: float | None  # None where the test is undefined (it entered the correction as p = 1)
+    verdict: str  # better / worse / no evidence of a difference / not testable
+    detectable: Detectable
+
+    def record(self) -> dict:
+        """The summary.json form (docs/metrics.md)."""
+        t = self.test
+        return {"family": self.family.record(), "level": "seed", "evidence": self.family.evidence,
+                "kind": self.family.kind, "metric": self.family.metric, "n": t.n, "differences": list(t.differences),
+                "mean_diff": t.mean_diff, "sd": t.sd, "confidence": t.confidence, "ci_low": t.ci_low,
+                "ci_high": t.ci_high, "t": t.t, "df": t.df, "p": t.p, "p_adjusted": self.p_adjusted,
+                "correction": self.family.correction, "alpha": self.family.alpha, "verdict": self.verdict,
+                "warning": t.warning, "detectable": dataclasses.asdict(self.detectable)}
+
+
+def seed_level(comparisons: Sequence[Comparison], config: StatisticsConfig) -> list[SeedResult]:
+    """Every family's results, the confirmatory family first; `config.primary` already resolved."""
+    results = []
+    for kind, metric, evidence in family_keys(config.primary or "raw_top1_final"):
+        members = [(c.variant, getattr(c.kinds[kind], "top1" if metric == "top1_final" else "p2f"))
+                   for c in comparisons if kind in c.kinds]
+        if not members:
+            continue
+        family = Family(f"{evidence}: {kind}_{metric}", evidence, kind, metric, config.correction, config.alpha,
+                        tuple(v for v, _ in members))
+        # An undefined test enters as p = 1: the family keeps its size, so no comparison is dropped quietly.
+        adjusted = adjust_pvalues([1.0 if t.p is None else t.p for _, t in members], config.correction)
+        for (variant, t), p_adj in zip(members, adjusted, strict=True):
+            p_adj = None if t.p is None else p_adj
+            results.append(SeedResult(family, variant, t, p_adj, verdict_word(t.mean_diff, p_adj, config.alpha, metric),
+                                      detectable(list(t.differences), family.first_rank_alpha, config.effect)))
+    return results
