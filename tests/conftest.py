@@ -70,7 +70,7 @@ def tiny_train_config(tiny_dataset) -> Callable[..., dict]:
             "schedule": {"warmup_epochs": 1},
             "ema": {"decay": 0.9},
             "checkpoint": {"recovery_every_steps": 2},
-            "logging": {"progress": "lines", "every_steps": 1},
+            "logging": {"progress": "lines", "every_steps": 1, "step_every": 1},  # steps.jsonl: every step
         }
         return merge(tree, overrides)
 

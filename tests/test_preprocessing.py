@@ -83,15 +83,16 @@ def assert_eval_tensors(batches: list, images: torch.Tensor, labels: torch.Tenso
 def test_analyses_see_exactly_the_tensors_eval_sees(run, tiny_dataset, analysed, monkeypatch, capsys):
     images, labels, evaluated = eval_tensors(run, tiny_dataset, monkeypatch, capsys)
     assert evaluated["preprocessing"] == str(run.absolute() / "config.yaml")
-    subset = ["--data", str(tiny_dataset), "--batches", "2", "--batch-size", "8", "--seed", "0", "--device", "cpu",
-              "--quiet"]
+    subset = ["--data", str(tiny_dataset), "--batches", "2", "--batch-size", "8", "--seed", "0", "--device", "cpu"]
+    # Not --quiet, which prints the result only: the preprocessing line is checked below.
     assert main(["sharpness", str(run / "model_ema.safetensors"), *subset, "--iters", "2", "--trace-samples", "0",
                  "--json"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["preprocessing"] == {"source": str(run.absolute() / "config.yaml"), **NON_DEFAULT}
     assert "preprocessing: bilinear resize, centre crop 0.75" in captured.err
     best = run / "checkpoints" / "best" / "model_ema.safetensors"  # a run's model file below checkpoints/
-    assert main(["landscape", str(best), *subset, "--steps", "3", "--no-2d", "--out", str(run.parent / "cli")]) == 0
+    assert main(["landscape", str(best), *subset, "--quiet", "--steps", "3", "--no-2d",
+                 "--out", str(run.parent / "cli")]) == 0
     assert f"from {run.absolute() / 'config.yaml'}" in capsys.readouterr().out
     config = AnalysisConfig(**SUBSET, iters=2, trace_samples=0, landscape_steps=3)
     analyze_run(run, config, log=lambda _: None)

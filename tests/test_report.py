@@ -160,3 +160,35 @@ def test_bad_statistics_settings_are_refused_before_any_file_is_written(study):
     with pytest.raises(VitreduceError, match="correction"):
         write_report(study)
     assert not (study / "summary.json").exists() and not (study / "report.md").exists()
+
+
+def _write_steps(run_dir, seed, spike_at=None):
+    """A steps.jsonl as the engine writes it: 80 logged steps of noisy loss, a falling gradient norm."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(80):
+        loss = 2.0 - 0.005 * i + rng.normal(0, 0.02) + (1.0 if i == spike_at else 0.0)
+        lines.append({"step": 10 * (i + 1), "epoch": 1 + i // 20, "lr": 1e-3, "loss": loss,
+                      "grad_norm": 5.0 * 0.95**i, "update_norm": 1e-3, "skipped": False,
+                      "mlp_grad_norm": {"blocks.0.mlp": 1.0}})
+    (run_dir / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+def test_report_uses_step_spikes_and_draws_the_gradient_norm_when_runs_have_steps(study):
+    before = write_report(study, n_resamples=50)  # no run has steps.jsonl: the report is as before
+    md = before.markdown.read_text()
+    assert "Step-level" not in md and not (study / "figures" / "grad_norm.png").exists()
+    assert before.summary["base"]["step_spikes_mean"] is None and before.summary["base"]["step_spikes_std"] is None
+    _write_steps(study / "runs" / "base" / "seed0", 0, spike_at=60)
+    _write_steps(study / "runs" / "base" / "seed1", 1)
+    _write_steps(study / "runs" / "grouped" / "seed0", 2)  # grouped seed1 has none (an older run)
+    paths = write_report(study, n_resamples=50)
+    md = paths.markdown.read_text()
+    assert "figures/grad_norm.png" in md and (study / "figures" / "grad_norm.png").is_file()
+    summary = json.loads(paths.summary_json.read_text())
+    assert summary["base"]["step_spikes_mean"] == 0.5 and summary["grouped"]["step_spikes_mean"] == 0.0
+    assert summary["grouped"]["step_spikes_std"] is None and summary["shallow"]["step_spikes_mean"] is None
+    assert summary["base"]["loss_spikes_mean"] == before.summary["base"]["loss_spikes_mean"]  # epochs: unchanged
+    stability = md.split("## Training stability")[1].split("\n## ")[0]
+    assert "Step-level loss spike" in stability and "seed 0: [610]; seed 1: none" in stability
+    assert "seed 1: no steps.jsonl" in stability

@@ -162,7 +162,7 @@ def test_batch_set_errors(image_folder, tmp_path):
 
 def test_cli_json(checkpoint, image_folder, capsys):
     args = ["sharpness", str(checkpoint), "--data", str(image_folder), "--batches", "1", "--batch-size", "4",
-            "--iters", "5", "--trace-samples", "3", "--adaptive", "--json", "--quiet"]
+            "--iters", "5", "--trace-samples", "3", "--adaptive", "--json"]  # not --quiet: it hides the header
     assert main(args) == 0
     captured = capsys.readouterr()
     result = json.loads(captured.out)
@@ -174,7 +174,7 @@ def test_cli_json(checkpoint, image_folder, capsys):
 
 def test_cli_text(checkpoint, image_folder, capsys):
     args = ["sharpness", str(checkpoint), "--data", str(image_folder), "--batches", "1", "--batch-size", "4",
-            "--top-k", "2", "--iters", "3", "--trace-samples", "2", "--quiet"]
+            "--top-k", "2", "--iters", "3", "--trace-samples", "2"]  # not --quiet: it hides the header
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "fused attention disabled" in text and "top eigenvalues" in text and "SAM sharpness" in text

@@ -1,9 +1,13 @@
-"""Crash-safe file writing: a reader sees the old file or the new one, never half of one."""
+"""Crash-safe file writing: a reader sees the old file or the new one, never half of one; every file and
+folder made through a temporary name gets the mode the umask gives a plainly created one (``tempfile``
+makes them owner-only, which would hide a run from the colleagues a umask of 022 lets read it)."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,7 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~umask())  # after write: a writer may have replaced the file
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -25,6 +30,33 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (/proc/self/status), else by
+    setting and restoring it under a lock."""
+    try:
+        with open("/proc/self/status") as status:
+            found = re.search(r"^Umask:\s*([0-7]+)", status.read(), re.MULTILINE)
+        if found:
+            return int(found.group(1), 8)
+    except OSError:
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)  # a file made meanwhile by another thread gets owner-only, never wider
+        os.umask(mask)
+    return mask
+
+
+def make_temp_dir(parent: str | os.PathLike, name: str, suffix: str = ".tmp") -> Path:
+    """A new uniquely named folder ``.NAME.*SUFFIX`` in ``parent``, with the mode the umask gives a folder
+    (``tempfile.mkdtemp`` makes it 0700), to be renamed into place once complete."""
+    folder = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=suffix, dir=parent))
+    os.chmod(folder, 0o777 & ~umask())
+    return folder
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:

@@ -280,17 +280,24 @@ def _read_only_runner(python_one_thread):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("step_every", [0, 1], ids=["checkpoint-write-fails", "steps-jsonl-write-fails"])
 def test_a_run_directory_made_read_only_mid_run_stops_cleanly_and_resumes(reference, python_one_thread, killer,
-                                                                          tmp_path):
-    config, out = reference[0], tmp_path / "run"
+                                                                          tiny_train_config, tmp_path, step_every):
+    # With per-step telemetry off the first write after step 5 is the recovery checkpoint of step 6; with it
+    # on, steps.jsonl's line of step 6 comes first. Either way: a clear stop, nothing lost, an exact resume.
+    config = fault_config(tiny_train_config, tmp_path / "config.yaml", logging={"step_every": step_every})
+    out = tmp_path / "run"
     run = _read_only_runner(python_one_thread)
     stopped = run(killer, "readonly@step:5", config, out, capture_output=True, text=True, timeout=600)
     if os.geteuid() != 0:
         subprocess.run(["chmod", "-R", "u+w", str(out)], check=True)
     assert stopped.returncode == 2, stopped.stderr
     assert "Traceback" not in stopped.stderr
-    assert "cannot write checkpoint" in stopped.stderr and "recovery-00000006" in stopped.stderr
-    assert "last -> last-00000004" in stopped.stderr  # named as intact
+    if step_every:
+        assert "steps.jsonl" in stopped.stderr and "checkpoints are intact" in stopped.stderr
+    else:
+        assert "cannot write checkpoint" in stopped.stderr and "recovery-00000006" in stopped.stderr
+        assert "last -> last-00000004" in stopped.stderr  # named as intact
     assert train_cli(config, out) == 0
     assert_same_run(reference[1], out)
 

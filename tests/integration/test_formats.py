@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 import vitreduce
 from vitreduce.cli.main import main
+from vitreduce.data.synth import write_synth_dataset
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "v0_1"
 pytestmark = pytest.mark.xdist_group("formats")
@@ -32,11 +33,14 @@ def test_a_saved_checkpoint_loads_with_its_sharing_and_outputs():
 
 def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path, monkeypatch):
     shutil.copytree(FIXTURES / "run_unfinished", tmp_path / "old", symlinks=True)
-    monkeypatch.chdir(tmp_path / "old")  # the run's data.root is relative: the dataset is generated here
+    # The run's data.root is relative, "data": its synth: section no longer generates into a folder not named
+    # synth*, so the dataset it was trained on is made here as the user had it (the settings of that section).
+    for where in ("old", "new"):
+        write_synth_dataset(tmp_path / where / "data", classes=4, train_per_class=8, val_per_class=4, size=16)
+    monkeypatch.chdir(tmp_path / "old")
     assert main(["train", "run/config.yaml", "--out", "run", "--resume"]) == 0
     assert len((tmp_path / "old" / "run" / "metrics.jsonl").read_text().splitlines()) == 3
 
-    (tmp_path / "new").mkdir()
     shutil.copy(tmp_path / "old" / "run" / "config.yaml", tmp_path / "new" / "config.yaml")
     monkeypatch.chdir(tmp_path / "new")
     assert main(["train", "config.yaml", "--out", "run"]) == 0
@@ -78,9 +82,12 @@ def test_a_study_directory_reports_as_it_did(tmp_path, monkeypatch):
     new_summary = json.loads((study / "summary.json").read_text())
     old_summary = json.loads((old / "summary.json").read_text())
     assert list(new_summary) == list(old_summary)
+    # Issue 12 added the step spikes (steps.jsonl), which these runs predate: null, and the rest as it was.
+    new_keys = {"vs_baseline", "step_spikes_mean", "step_spikes_std"}
     for variant, entry in old_summary.items():
         entry.pop("vs_baseline", None)
-        assert {k: v for k, v in new_summary[variant].items() if k != "vs_baseline"} == entry, variant
+        assert new_summary[variant]["step_spikes_mean"] is None and new_summary[variant]["step_spikes_std"] is None
+        assert {k: v for k, v in new_summary[variant].items() if k not in new_keys} == entry, variant
     vs = new_summary["grouped"]["vs_baseline"]
     assert vs["primary"] == "ema_top1_final" and vs["seed_level"][0]["family"]["size"] == 1
     md = (study / "report.md").read_text()

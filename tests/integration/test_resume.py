@@ -41,6 +41,9 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert metrics(a) == metrics(b)
     assert [r["epoch"] for r in metrics(b)] == [1, 2, 3]  # no epoch logged twice
     assert (a / "predictions.csv").read_text() == (b / "predictions.csv").read_text()
+    # steps.jsonl (every step: conftest's logging.step_every 1) cut back to the checkpoint and written again
+    assert (a / "steps.jsonl").read_text() == (b / "steps.jsonl").read_text()
+    assert [json.loads(line)["step"] for line in (b / "steps.jsonl").read_text().splitlines()] == list(range(1, 13))
 
 
 @pytest.fixture(scope="module")

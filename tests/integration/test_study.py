@@ -48,7 +48,7 @@ def base_tree(data_root: Path) -> dict:
 
 def tiny_spec(tmp_path: Path, variants=("baseline", "grouped"), seeds=(0,), **extra):
     reductions = {"baseline": "none", "grouped": "grouped", "shallow": "shallow:ratio=0.5", "thin": "thin:ratio=0.5"}
-    return parse_spec({"name": "tiny", "base": base_tree(tmp_path / "data"), "seeds": list(seeds),
+    return parse_spec({"name": "tiny", "base": base_tree(tmp_path / "synth"), "seeds": list(seeds),
                        "variants": [{"name": v, "overrides": {"model.reduction": reductions.get(v, "none")}}
                                     for v in variants], **extra})
 
@@ -275,7 +275,7 @@ def test_shipped_specs_validate(path, tmp_path):
 @pytest.mark.parametrize("name, variant", [("paper_vit_b16_in1k", "grouped"), ("group_size", "size2_cycle"),
                                            ("init_ablation", "shallow_magnitude_jax"), ("scales", "s_shallow")])
 def test_one_tiny_run_of_each_research_study(name, variant, tmp_path):
-    spec = load_spec(STUDIES / "tiny" / f"{name}.yaml", [f"overrides.data.root={tmp_path / 'data'}"])
+    spec = load_spec(STUDIES / "tiny" / f"{name}.yaml", [f"overrides.data.root={tmp_path / 'synth'}"])
     plans = [p for p in expand(spec, tmp_path) if p.variant == variant][:1]
     ensure_synth_data(plans)
     result = train(plans[0].config, tmp_path / "run")
@@ -298,7 +298,10 @@ def test_demo_command_end_to_end_then_rerun_just_reports(tmp_path, monkeypatch, 
     monkeypatch.setattr(demo_cmd, "STUDIES", tmp_path / "studies")
     monkeypatch.chdir(tmp_path)
     assert cli.main(["demo", "--quick", "--jobs", "1"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    # The study's ETA as runs finish, and the analysis phase's progress per run with its own ETA.
+    assert "study: 1/8 runs done, 7 left, " in err and ", ETA " in err and "study: 8/8 runs done, 0 left" in err
+    assert "analysis [1/8] baseline/seed0: sharpness of " in err and "analysis: 1/8 runs done, 7 left" in err
     study = tmp_path / "runs" / "studies" / "demo-quick"
     assert "QUICK DEMO" in out and "smoke test" in out
     assert "EMA model" in out and "raw model" in out and f"report: {Path('runs/studies/demo-quick/report.md')}" in out
@@ -330,7 +333,7 @@ def test_demo_command_end_to_end_then_rerun_just_reports(tmp_path, monkeypatch, 
 
 def test_dry_run_writes_every_config_and_prints_each_runs_torchrun_command(tmp_path, capfd):
     spec = load_spec(STUDIES / "tiny" / "paper_vit_b16_in1k.yaml",
-                     [f"overrides.data.root={tmp_path / 'data'}", "launcher=torchrun", "nproc_per_node=2"])
+                     [f"overrides.data.root={tmp_path / 'synth'}", "launcher=torchrun", "nproc_per_node=2"])
     with pytest.raises(VitreduceError, match="--jobs > 1 with launcher: torchrun"):
         run_study(spec, tmp_path / "study", jobs=2)
     result = run_study(spec, tmp_path / "study", dry_run=True)

@@ -51,7 +51,7 @@ def test_tiny_variant_of_each_shipped_config_trains(config, tiny_dataset, tmp_pa
 
 def test_synth_data_tensorboard_and_eval(tmp_path, capsys):
     """data.root missing + a synth section: the dataset is generated; TensorBoard files; `vitreduce eval` agrees."""
-    root, out = tmp_path / "generated", tmp_path / "run"
+    root, out = tmp_path / "synth-generated", tmp_path / "run"
     assert train_cli(REPO / "configs" / "demo" / "grouped.yaml", TINY_CONFIG, "--set", f"data.root={root}",
                      "--set", "logging.tensorboard=true", "--out", out) == 0
     assert (root / "vitreduce_synth.json").is_file() and list((out / "tensorboard").glob("events.out.tfevents.*"))
@@ -189,8 +189,11 @@ def test_finetune_from_a_grouped_checkpoint_keeps_the_sharing_with_a_new_head(tm
         for name, value in model.blocks[first].mlp.state_dict().items():
             assert torch.equal(value, source.blocks[first].mlp.state_dict()[name])
     assert torch.equal(model.pos_embed, source.pos_embed)
-    with pytest.raises(vitreduce.VitreduceError, match="set model.name and model.reduction to match"):
+    # A reduced file cannot take another reduction; the message names both ways forward.
+    with pytest.raises(vitreduce.VitreduceError, match="already reduced.*set model.reduction to 'grouped'.*unreduced"):
         build_model(cfg.model_copy(update={"reduction": "shallow:ratio=0.5"}))
+    with pytest.raises(vitreduce.VitreduceError, match="set model.name to vit_tiny_patch16_224"):
+        build_model(cfg.model_copy(update={"name": "vit_small_patch16_224"}))
 
 
 def test_finetune_from_a_timm_state_dict_applies_the_reduction(tmp_path):

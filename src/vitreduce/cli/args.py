@@ -34,3 +34,12 @@ def add_data_options(parser: argparse.ArgumentParser, split: str) -> None:
 def add_device_option(parser: argparse.ArgumentParser) -> None:
     """``--device auto|cpu|cuda``, resolved by vitreduce.device.resolve_device."""
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device (default auto)")
+
+
+def add_threads_option(parser: argparse.ArgumentParser, per: str = "") -> None:
+    """``--threads N``: torch's CPU threads, for every command that computes (set by ``cli.main``)."""
+    parser.add_argument(
+        "--threads", type=int, default=None, metavar="N",
+        help=f"torch CPU threads{per} (default: OMP_NUM_THREADS if set, else the available cores not busy with "
+             "other work, by the load average); a warning says when the machine is busier than that",
+    )

@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vitreduce.cli.args import add_threads_option
+
 # The studies/ folder of the source tree this package runs from (src/vitreduce/cli/ -> repo root).
 STUDIES = Path(__file__).resolve().parents[3] / "studies"
 QUICK_NOTE = ("QUICK DEMO: 2 epochs on 400 training images, a smoke test of the pipeline; its numbers mean "
@@ -30,13 +32,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="study directory (default runs/studies/demo, or runs/studies/demo-quick)")
     parser.add_argument("--jobs", type=int, default=None,
-                        help="runs at once (default: the number of CPU cores, at most 8), max(1, cores // N) "
-                             "threads each")
+                        help="runs at once (default: the number of CPU cores, at most 8), the threads divided "
+                             "between them (--threads)")
+    add_threads_option(parser, " per run (default: that budget divided between the runs side by side)")
+    parser.set_defaults(_threads_per_run=True)  # run_study divides the threads between its runs
 
 
 def run(args: argparse.Namespace) -> int:
+    from vitreduce.device import available_cores
     from vitreduce.errors import VitreduceError
-    from vitreduce.study.runner import cpu_count, print_results, run_study
+    from vitreduce.study.runner import print_results, run_study
     from vitreduce.study.spec import load_spec
 
     path = STUDIES / ("tiny/demo.yaml" if args.quick else "demo.yaml")
@@ -44,9 +49,9 @@ def run(args: argparse.Namespace) -> int:
         raise VitreduceError(f"{path} not found: `vitreduce demo` runs from a source checkout of vitreduce "
                              "(pip install -e .); elsewhere use `vitreduce study SPEC.yaml`")
     spec = load_spec(path)
-    jobs = args.jobs if args.jobs is not None else min(cpu_count(), 8)
+    jobs = args.jobs if args.jobs is not None else min(available_cores(), 8)
     if args.quick:
         print(QUICK_NOTE, flush=True)
-    result = run_study(spec, args.out, jobs=jobs)
+    result = run_study(spec, args.out, jobs=jobs, threads=args.threads)
     print_results(result, note=QUICK_NOTE if args.quick else "")
     return 1 if result.failed else 0

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from vitreduce.cli.args import add_data_options, add_device_option
+from vitreduce.cli.args import add_data_options, add_device_option, add_threads_option
 from vitreduce.errors import VitreduceError
 
 
@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="data-loading worker processes (default 2)")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast (default fp32)")
     add_device_option(parser)
+    add_threads_option(parser)
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 

@@ -1,11 +1,13 @@
 """Architecture table of a model under one or more reductions (params, MLPs, MACs), side by side.
 
-MODEL is a timm model name or a vitreduce checkpoint. Models are built on the meta device, so even
-ViT-H takes seconds and no memory. Ratios are against the first reduction listed.
+MODEL is a timm model name, a vitreduce checkpoint, or a run directory (its model.safetensors). Models
+are built on the meta device, so even ViT-H takes seconds and no memory. Ratios are against the first
+reduction listed.
 
 Examples:
   vitreduce inspect vit_base_patch16_224 --reduction none --reduction grouped --reduction shallow
-  vitreduce inspect runs/demo/model.safetensors --json
+  vitreduce inspect RUN_DIR --json          (RUN_DIR: a run directory, e.g. runs/grouped)
+  vitreduce inspect RUN_DIR/model.safetensors --reduction none --reduction grouped
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import json
 from pathlib import Path
 
 from vitreduce.cli.args import add_model_arg_option, parse_model_args
+from vitreduce.errors import VitreduceError
 from vitreduce.reduction.accounting import ModelDescription, describe
 from vitreduce.reduction.checkpoint import build_from_metadata, read_metadata
 from vitreduce.reduction.models import create_model
@@ -21,7 +24,8 @@ from vitreduce.reduction.spec import ReductionSpec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="timm model name (e.g. vit_base_patch16_224) or a vitreduce .safetensors file")
+    parser.add_argument("model", help="timm model name (e.g. vit_base_patch16_224), a vitreduce .safetensors file "
+                                      "or a run directory")
     parser.add_argument(
         "--reduction", action="append", metavar="SPEC",
         help="reduction spec, repeatable (default: the checkpoint's own, or none, grouped, shallow for a name)",
@@ -47,6 +51,14 @@ def describe_variants(model: str, reductions: list[str] | None, img_size: int | 
     """Describe the model (name or checkpoint) under each reduction, building on the meta device."""
     specs = [ReductionSpec.parse(r) for r in reductions or []]  # refuse a bad spec before building
     extra = {**(model_args or {}), **({"img_size": img_size} if img_size else {})}
+    path = Path(model)
+    if path.is_dir():
+        from vitreduce.train.evaluate import resolve_model_file
+
+        model = str(resolve_model_file(path, ema=False))  # a run directory: its model.safetensors, as eval reads it
+    elif "/" in model and ":" not in model and not path.exists():  # a path, not a name (a hub id has a ':')
+        raise VitreduceError(f"{model} does not exist; MODEL is a timm model name (e.g. vit_base_patch16_224), "
+                             "a vitreduce .safetensors file or a run directory")
     if model.endswith(".safetensors") or Path(model).is_file():
         metadata = read_metadata(model)
         specs = specs or [ReductionSpec.parse(metadata["reduction"])]

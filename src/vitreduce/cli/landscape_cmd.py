@@ -9,8 +9,11 @@ weights (Li et al. 2018); biases and norm parameters are left still unless --inc
 checkpoints of one architecture (e.g. the peak epoch's and the final one). Writes CSV grids and PNG
 plots to --out.
 
+CHECKPOINT (and --other) is a model .safetensors written by vitreduce, or a run directory, whose
+model.safetensors (or model_ema.safetensors with --ema) is used, as `vitreduce eval` does.
+
 Examples:
-  vitreduce landscape runs/grouped/seed42/model.safetensors --data data/synth --steps 11
+  vitreduce landscape runs/grouped --data data/synth --steps 11
   vitreduce landscape peak.safetensors --other final.safetensors --data data/synth --out plots/grouped
 """
 from __future__ import annotations
@@ -18,11 +21,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vitreduce.cli.args import add_data_options, add_device_option
+from vitreduce.cli.args import add_data_options, add_device_option, add_threads_option
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=Path, help="model .safetensors written by vitreduce")
+    parser.add_argument("checkpoint", type=Path, help="model .safetensors written by vitreduce, or a run directory")
+    parser.add_argument("--ema", action="store_true", help="with run directories: use their model_ema.safetensors")
     add_data_options(parser, split="train")
     parser.add_argument("--other", type=Path, default=None,
                         help="second checkpoint of the same architecture: also interpolate from CHECKPOINT to it")
@@ -39,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batches", type=int, default=4, help="fixed batches the loss averages (default 4)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     add_device_option(parser)
+    add_threads_option(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
@@ -49,20 +54,24 @@ def run(args: argparse.Namespace) -> int:
     from vitreduce.sharpness import landscape
     from vitreduce.sharpness.batches import load_batches
     from vitreduce.sharpness.progress import ConsoleProgress
+    from vitreduce.train.evaluate import resolve_model_file
 
     landscape.grid(args.steps, args.span)  # refuse a bad grid before loading anything
     device = resolve_device(args.device, "--device")
-    preprocessing = eval_preprocessing_for(args.checkpoint)  # a bad run config.yaml stops here
-    model = load(args.checkpoint, device=device)
-    other = load(args.other, device=device) if args.other is not None else None
+    # A run directory's model file, as `vitreduce eval` reads it.
+    model_file = resolve_model_file(args.checkpoint, args.ema)
+    other_file = resolve_model_file(args.other, args.ema) if args.other is not None else None
+    preprocessing = eval_preprocessing_for(model_file)  # a bad run config.yaml stops here
+    model = load(model_file, device=device)
+    other = load(other_file, device=device) if other_file is not None else None
     if other is not None:
         landscape.check_same_architecture(model, other)
-    out = args.out or args.checkpoint.with_name(f"{args.checkpoint.stem}_landscape")
+    out = args.out or model_file.with_name(f"{model_file.stem}_landscape")
     batches = load_batches(model, args.data, augment=preprocessing.augment, split=args.split, batches=args.batches,
                            batch_size=args.batch_size, seed=args.seed, device=device)
     alphas = landscape.interpolation_alphas(args.steps)
     evaluations = args.steps + (0 if args.no_2d else args.steps**2) + (len(alphas) if other is not None else 0)
-    print(f"{args.checkpoint}: {evaluations} loss evaluations on {args.batches} batches x {args.batch_size} images "
+    print(f"{model_file}: {evaluations} loss evaluations on {args.batches} batches x {args.batch_size} images "
           f"of {args.data}/{args.split} (seed {args.seed}), eval mode, on {device}")
     print(f"preprocessing: {preprocessing.describe()}")
     progress = ConsoleProgress(evaluations, "evaluation", quiet=args.quiet)

@@ -1,6 +1,8 @@
 """The `vitreduce` command: one verb per task, each verb in its own module under `vitreduce.cli`.
 
 Every command module defines `add_arguments(parser)` and `run(args) -> int`; its docstring is its help.
+A command that computes has `--threads` (cli.args.add_threads_option); torch's threads are set here before
+it runs, except where the command divides them between runs itself (`_threads_per_run`: study, demo).
 """
 from __future__ import annotations
 
@@ -46,17 +48,24 @@ def build_parser() -> argparse.ArgumentParser:
             verb, help=summary, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
         )
         module.add_arguments(sub)
-        sub.set_defaults(_run=module.run)
+        sub.set_defaults(_run=module.run, _unknown_hint=getattr(module, "unknown_hint", None))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse's own error, with the verb's hint (train: the --set form of a config key)
+        hint = getattr(args, "_unknown_hint", None)
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint(unknown) if hint else ''}")
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
     try:
+        if hasattr(args, "threads") and not getattr(args, "_threads_per_run", False):
+            from vitreduce.device import set_threads
+
+            set_threads(args.threads, warn=(lambda _line: None) if getattr(args, "quiet", False) else None)
         return int(args._run(args) or 0)
     except VitreduceError as err:
         # Errors meant for the user: one clear message, no traceback.

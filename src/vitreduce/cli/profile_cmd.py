@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from vitreduce.cli.args import add_threads_option
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="timm model name (e.g. vit_base_patch16_224) or checkpoint")
@@ -31,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs per variant and mode (default 2)")
     parser.add_argument("--no-memory", action="store_true",
                         help="skip the per-variant peak-memory processes (peak memory reported as null)")
+    add_threads_option(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON list, one object per variant")
 
 

@@ -1,39 +1,50 @@
 """Apply a reduction to a fresh model or to local full-width weights; write a vitreduce checkpoint.
 
-Weights (--weights) are a timm state dict in a local .safetensors, .pth, .pt or .bin file. Pickle
-files load only with torch's weights_only loader: a file that would run code is refused, never
-unpickled. Nothing is downloaded.
+Weights (--weights) are an unreduced vitreduce model file (e.g. a baseline run's model_ema.safetensors;
+its header gives the architecture, so BASE and --model-arg are not needed), or a timm state dict in a
+local .safetensors, .pth, .pt or .bin file, or timm train.py's .pth.tar checkpoint ('state_dict'; with
+--ema or FILE#state_dict_ema its 'state_dict_ema'). Pickle files load only with torch's weights_only
+loader: a file that would run code is refused, never unpickled. Nothing is downloaded.
 
 Examples:
   vitreduce reduce vit_base_patch16_224 --reduction grouped --out grouped.safetensors
   vitreduce reduce vit_small_patch16_224 --weights vit_s16.safetensors
       --reduction shallow:keep=magnitude --out small_shallow.safetensors
+  vitreduce reduce --weights runs/baseline/model_ema.safetensors --reduction shallow --out shallow.safetensors
+  vitreduce reduce vit_small_patch16_224 --weights output/train/model_best.pth.tar --ema
+      --reduction grouped --out grouped.safetensors
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from vitreduce.cli.args import add_model_arg_option, parse_model_args
+from vitreduce.cli.args import add_model_arg_option, add_threads_option, parse_model_args
 from vitreduce.errors import VitreduceError
+from vitreduce.reduction import checkpoint
 from vitreduce.reduction.accounting import describe
-from vitreduce.reduction.checkpoint import save
 from vitreduce.reduction.models import create_model
 from vitreduce.reduction.spec import ReductionSpec
 from vitreduce.reduction.surgery import reduce
-from vitreduce.reduction.weights import load_into, read_state_dict
+from vitreduce.reduction.weights import load_into, read_state_dict, split_selector
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("base", help="timm model name, e.g. vit_base_patch16_224")
+    parser.add_argument("base", nargs="?",
+                        help="timm model name, e.g. vit_base_patch16_224 (optional with a vitreduce --weights file)")
     parser.add_argument("--reduction", required=True, metavar="SPEC", help="reduction spec, e.g. grouped")
-    parser.add_argument("--weights", type=Path, help="full-width weights to reduce (.safetensors, .pth, .pt, .bin)")
+    parser.add_argument("--weights", metavar="FILE",
+                        help="full-width weights to reduce: an unreduced vitreduce model file, or a timm state dict "
+                             "(.safetensors, .pth, .pth.tar, .pt, .bin; FILE#state_dict_ema selects timm's EMA)")
+    parser.add_argument("--ema", action="store_true",
+                        help="take the EMA weights ('state_dict_ema') of a timm train.py checkpoint")
     parser.add_argument("--num-classes", type=int, help="classifier size (default: timm's, or the weights')")
     parser.add_argument("--img-size", type=int, help="input size (default: the model's)")
     add_model_arg_option(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed for fresh initialisation (default 0)")
     parser.add_argument("--out", type=Path, required=True, help="output .safetensors file")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    add_threads_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +57,52 @@ def run(args: argparse.Namespace) -> int:
         raise VitreduceError(f"--out {args.out} must end in .safetensors")
     if not 0 <= args.seed < 2**63:
         raise VitreduceError(f"--seed {args.seed} is out of range; use 0 to 2**63 - 1")
-    state = read_state_dict(args.weights) if args.weights else None
+    path, key = split_selector(args.weights) if args.weights else (None, None)
+    if args.ema:
+        if path is None or key not in (None, "state_dict_ema"):
+            raise VitreduceError("--ema selects the EMA weights of a --weights checkpoint; give --weights FILE")
+        key = "state_dict_ema"
+    torch.manual_seed(args.seed)
+    if path is not None and checkpoint.is_checkpoint(path):
+        model = _from_vitreduce_file(args, path, key, spec)
+    else:
+        model = _from_timm_weights(args, path, key)
+    reduce(model, spec)
+    checkpoint.save(model, args.out)
+    d = describe(model)
+    source = f"weights {args.weights}" if args.weights else f"fresh init (seed {args.seed})"
+    if args.ema:
+        source += " (EMA)"
+    print(f"wrote {args.out}: {d.model} {d.reduction}, {d.params:,} params, {d.unique_mlps} unique MLPs, from {source}")
+    return 0
+
+
+def _from_vitreduce_file(args: argparse.Namespace, path: Path, key: str | None, spec: ReductionSpec):
+    """The unreduced model a vitreduce file holds, its architecture read from the file's header."""
+    metadata = checkpoint.read_metadata(path)
+    if key is not None:
+        drop = "--ema" if args.ema else "#" + key
+        raise VitreduceError(f"--weights {path} is a vitreduce model file holding one set of weights; drop {drop} "
+                             "(a run's EMA weights are its model_ema.safetensors)")
+    given = [flag for flag, value in (("--model-arg", args.model_arg), ("--img-size", args.img_size),
+                                      ("--num-classes", args.num_classes is not None)) if value]
+    if given:
+        raise VitreduceError(f"--weights {path} is a vitreduce model file: its header gives the architecture; "
+                             f"drop {', '.join(given)}")
+    if args.base and args.base != metadata["base_model"]:
+        raise VitreduceError(f"--weights {path} holds {metadata['base_model']}, not {args.base}; "
+                             f"name {metadata['base_model']} or leave BASE out")
+    if checkpoint.reduction_to_apply(metadata, spec, path) is None and spec.steps:
+        raise VitreduceError(f"--weights {path} already has reduction {str(spec)!r}; nothing to do")
+    return checkpoint.load(path)
+
+
+def _from_timm_weights(args: argparse.Namespace, path: Path | None, key: str | None):
+    """The full model named by BASE and the architecture options, filled from a timm state dict if given."""
+    if not args.base:
+        raise VitreduceError("name the timm model to build (e.g. vitreduce reduce vit_base_patch16_224 ...); only a "
+                             "vitreduce model file as --weights tells its own architecture")
+    state = read_state_dict(path, key) if path is not None else None
     kwargs = parse_model_args(args.model_arg)
     if args.img_size:
         kwargs["img_size"] = args.img_size
@@ -54,13 +110,7 @@ def run(args: argparse.Namespace) -> int:
         kwargs["num_classes"] = args.num_classes
     elif state is not None and "head.weight" in state and state["head.weight"].ndim == 2:
         kwargs["num_classes"] = state["head.weight"].shape[0]
-    torch.manual_seed(args.seed)
     model = create_model(args.base, reduction=None, **kwargs)
     if state is not None:
-        load_into(model, state, source=args.weights)
-    reduce(model, spec)
-    save(model, args.out)
-    d = describe(model)
-    source = f"weights {args.weights}" if args.weights else f"fresh init (seed {args.seed})"
-    print(f"wrote {args.out}: {d.model} {d.reduction}, {d.params:,} params, {d.unique_mlps} unique MLPs, from {source}")
-    return 0
+        load_into(model, state, source=path)
+    return model

@@ -22,25 +22,31 @@ Derivatives are with respect to the unique parameters: a shared MLP is one set o
                    the function, so a sharpness to compare across models, with the trace per parameter
                    (top eigenvalue, trace and SAM are not; none is a verdict: docs/metrics.md)
 
+CHECKPOINT is a model .safetensors written by vitreduce, or a run directory, whose model.safetensors
+(or model_ema.safetensors with --ema) is used, as `vitreduce eval` does.
+
 Examples:
-  vitreduce sharpness runs/grouped/seed42/model.safetensors --data data/synth
+  vitreduce sharpness runs/grouped --data data/synth --ema
+  vitreduce sharpness runs/grouped/model.safetensors --data data/synth
   vitreduce sharpness model.safetensors --data data/imagenet --batches 10 --batch-size 64 --top-k 3 --json
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
 
-from vitreduce.cli.args import add_data_options, add_device_option
+from vitreduce.cli.args import add_data_options, add_device_option, add_threads_option
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from vitreduce.sharpness.options import METHODS, SharpnessOptions
 
     default = SharpnessOptions()  # each option's flag is its field name: --top-k is top_k
-    parser.add_argument("checkpoint", type=Path, help="model .safetensors written by vitreduce")
+    parser.add_argument("checkpoint", type=Path, help="model .safetensors written by vitreduce, or a run directory")
+    parser.add_argument("--ema", action="store_true", help="with a run directory: analyse model_ema.safetensors")
     add_data_options(parser, split=default.split)
     parser.add_argument("--batches", type=int, default=default.batches,
                         help=f"fixed batches the loss averages (default {default.batches})")
@@ -71,8 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=default.seed,
                         help=f"seed of the data subset and random vectors (default {default.seed})")
     add_device_option(parser)
+    add_threads_option(parser)
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument("--quiet", action="store_true", help="print the result only: no header, no progress lines")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,17 +90,19 @@ def run(args: argparse.Namespace) -> int:
     from vitreduce.sharpness.measures import analyze_sharpness
     from vitreduce.sharpness.options import SharpnessOptions
     from vitreduce.sharpness.progress import ConsoleProgress
+    from vitreduce.train.evaluate import resolve_model_file
 
     # Refuse impossible options before loading anything.
     options = SharpnessOptions.checked(**{name: getattr(args, name) for name in SharpnessOptions.model_fields})
     device = resolve_device(args.device, "--device")
-    preprocessing = eval_preprocessing_for(args.checkpoint)  # the run's, as `vitreduce eval` uses it
-    model = load(args.checkpoint, device=device)
+    model_file = resolve_model_file(args.checkpoint, args.ema)  # a run directory's model file, as eval reads it
+    preprocessing = eval_preprocessing_for(model_file)  # the run's, as `vitreduce eval` uses it
+    model = load(model_file, device=device)
     fused = sum(bool(getattr(module, "fused_attn", False)) for module in model.modules())
     batches = load_batches(model, args.data, augment=preprocessing.augment, **options.subset(), device=device)
-    # Text meant for a person goes to stderr under --json, so stdout stays one JSON object.
-    info = sys.stderr if args.json else sys.stdout
-    print(f"{args.checkpoint}: {args.batches} batches x {args.batch_size} images of {args.data}/{args.split} "
+    # Text meant for a person goes to stderr under --json, so stdout stays one JSON object; --quiet: nowhere.
+    info = io.StringIO() if args.quiet else sys.stderr if args.json else sys.stdout
+    print(f"{model_file}: {args.batches} batches x {args.batch_size} images of {args.data}/{args.split} "
           f"(seed {args.seed}), eval mode, on {device}", file=info)
     print(f"preprocessing: {preprocessing.describe()}", file=info)
     print(f"fused attention disabled for double-backward in {fused} attention modules (timm's fused SDPA has "
@@ -104,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     if args.json:
-        print(json.dumps({"checkpoint": str(args.checkpoint), "split": args.split,
+        print(json.dumps({"checkpoint": str(model_file), "split": args.split,
                           "preprocessing": preprocessing.record(), **result.to_dict()}))
         return 0
     print(format_result(result))

@@ -25,12 +25,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vitreduce.cli.args import add_threads_option
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", type=Path, metavar="SPEC", help="study spec YAML")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at once on this machine (default 1: one after another, in this process); "
-                             "N > 1 starts N worker processes with max(1, cores // N) threads each")
+                             "N > 1 starts N worker processes, the threads divided between them (--threads)")
     parser.add_argument("--out", type=Path, default=None,
                         help="study directory (default: the spec's out, else runs/studies/<name>)")
     parser.add_argument("--dry-run", action="store_true",
@@ -38,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "run's command (to launch by hand or submit to a cluster), train nothing")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="override a spec key, e.g. --set base.data.root=/data/imagenet (repeatable)")
+    add_threads_option(parser, " per run (default: that budget divided between the runs side by side)")
+    parser.set_defaults(_threads_per_run=True)  # run_study divides the threads between its runs
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from vitreduce.study.spec import load_spec
 
     spec = load_spec(args.spec, args.sets)
-    result = run_study(spec, args.out, jobs=args.jobs, dry_run=args.dry_run)
+    result = run_study(spec, args.out, jobs=args.jobs, dry_run=args.dry_run, threads=args.threads)
     if not args.dry_run:
         print_results(result)
     return 1 if result.failed else 0

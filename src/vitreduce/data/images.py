@@ -111,8 +111,17 @@ def split_dir(data: DataConfig, split: str) -> Path:
     """The folder of one split; VitreduceError naming the settings to check when it is missing."""
     path = Path(data.root).expanduser() / split
     if not path.is_dir():
-        raise VitreduceError(f"{path} is not a folder: check data.root and the split names (data.*_split)")
+        key = "data.train_split" if split == data.train_split else "data.val_split"
+        raise VitreduceError(f"{path} is not a folder ({folders_in(path.parent)}): check data.root and {key}")
     return path
+
+
+def folders_in(root: Path) -> str:
+    """What a dataset root holds, for a message: ``data/x holds train/, val/`` (or that it is missing)."""
+    if not root.is_dir():
+        return f"{root} does not exist"
+    names = sorted(entry.name + "/" for entry in root.iterdir() if entry.is_dir())
+    return f"{root} holds " + (", ".join(names[:12]) if names else "no folders")
 
 
 def split_samples(data: DataConfig, split: str, transform) -> ImageFolderSamples:

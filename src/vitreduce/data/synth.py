@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from vitreduce.config_tree import SEED_MAX, Whole, kwargs_from
 from vitreduce.data.shapes import FAMILIES, Array, render
 from vitreduce.errors import VitreduceError
+from vitreduce.files import make_temp_dir
 
 # Bump when a change alters the images a seed produces; recorded in the marker file.
 GENERATOR_VERSION = 1
@@ -34,6 +34,9 @@ SPLITS = ("train", "val")
 # Defaults of `write_synth_dataset` and `vitreduce data synth`: 6,000 32x32 images in a few seconds.
 CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, SIZE = 10, 500, 100, 32
 MAX_SIZE, MAX_PER_CLASS = 1024, 100_000  # bounds of the image side and of images per class and split
+# A config's synth: section generates data.root only when its last folder name starts with this (data/synth,
+# data/synth-demo): a mistyped path to real data must stop the run, not train it on made-up images.
+SYNTH_PREFIX = "synth"
 # Pixels per generation chunk: bounds memory at large sizes (16 MiB per float64 array).
 _CHUNK_ELEMENTS = 1 << 21
 
@@ -126,7 +129,7 @@ def write_synth_dataset(
     names = class_names(classes)
     counts = {"train": train_per_class, "val": val_per_class}
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = make_temp_dir(out.parent, out.name)  # renamed to OUT: the umask's mode, not mkdtemp's 0700
     try:
         for split, count in counts.items():
             for label, name in enumerate(names):
@@ -203,7 +206,7 @@ def _check_target(out: Path, overwrite: bool) -> bool:
 def _swap_in(new: Path, out: Path) -> None:
     """Replace OUT's marker, train/ and val/ with those in `new`; the marker goes first and comes back last."""
     (out / MARKER).unlink()
-    trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+    trash = make_temp_dir(out.parent, out.name, suffix=".old")
     try:
         for split in SPLITS:
             if (out / split).exists():
@@ -215,7 +218,8 @@ def _swap_in(new: Path, out: Path) -> None:
 
 
 class SynthConfig(BaseModel):
-    """The ``synth:`` section of a train config: generate data.root with this module when it does not exist."""
+    """The ``synth:`` section of a train config: generate data.root with this module when it does not exist
+    and its last folder name starts with ``synth`` (``check_synth_root``)."""
 
     model_config = ConfigDict(extra="forbid")  # the same bounds as `vitreduce data synth` (_check)
 
@@ -226,9 +230,21 @@ class SynthConfig(BaseModel):
     size: Whole = Field(32, ge=8, le=MAX_SIZE)
 
 
+def check_synth_root(root: Path) -> None:
+    """Refuse to generate into a missing ``root`` whose name does not say it is the synthetic dataset."""
+    if not root.exists() and not root.name.startswith(SYNTH_PREFIX):
+        raise VitreduceError(
+            f"data.root {root} does not exist. The synth: section generates the built-in dataset only into a "
+            f"folder whose name starts with '{SYNTH_PREFIX}' (e.g. data/synth), so that a mistyped path never "
+            f"trains on made-up images: correct data.root (--set data.root=PATH), or name the folder "
+            f"{SYNTH_PREFIX}-... to generate the dataset there")
+
+
 def ensure_synth(root: Path, synth: SynthConfig) -> None:
-    """Generate the built-in dataset at ``root`` if missing; refuse one generated with other settings."""
+    """Generate the built-in dataset at ``root`` if missing and named ``synth*``; refuse one generated with
+    other settings, and any other missing root (``check_synth_root``)."""
     wanted = kwargs_from(synth, "seed", "classes", "size", "train_per_class", "val_per_class")
+    check_synth_root(root)
     if not root.exists():
         print(f"data.root {root} does not exist: generating the built-in dataset there ({synth})")
         write_synth_dataset(root, **wanted)

@@ -149,7 +149,7 @@ def _time_variants(settings: ProfileSettings, specs: list[ReductionSpec], say: S
         with _room_for_graphs(2 * len(specs)) if settings.compile else contextlib.nullcontext():
             runs = _build_runs(settings, specs, say)
             _warm_up(settings, specs, runs, say)
-            seconds = _time_round_robin(settings, runs, say)
+            seconds = _time_round_robin(settings, runs, say, [str(spec) for spec in specs])
     except torch.OutOfMemoryError:
         raise VitreduceError(
             f"batch {settings.batch_size} of {len(specs)} variants of {settings.model_name} does not fit on "
@@ -197,16 +197,20 @@ def _warm_up(settings: ProfileSettings, specs: list[ReductionSpec], runs: list[d
             say(f"timing: warmed up {spec}")
 
 
-def _time_round_robin(settings: ProfileSettings, runs: list[dict[StepKind, Run]],
-                      say: Say) -> list[dict[StepKind, list[float]]]:
-    """Seconds per run: each repeat times every variant once, the first variant rotating."""
+def _time_round_robin(settings: ProfileSettings, runs: list[dict[StepKind, Run]], say: Say,
+                      names: list[str]) -> list[dict[StepKind, list[float]]]:
+    """Seconds per run: each repeat times every variant once, the first variant rotating; each repeat's
+    times are reported as it ends."""
     seconds: list[dict[StepKind, list[float]]] = [{mode: [] for mode in settings.modes} for _ in runs]
     for repeat in range(settings.repeats):
         for offset in range(len(runs)):
             index = (repeat + offset) % len(runs)
             for mode in settings.modes:
                 seconds[index][mode].append(_time(runs[index][mode], settings.device))
-        say(f"timing: repeat {repeat + 1}/{settings.repeats} done")
+        total = sum(per_mode[mode][-1] for per_mode in seconds for mode in settings.modes)
+        say(f"timing: repeat {repeat + 1}/{settings.repeats} done in {total * 1e3:.1f} ms ("
+            + ", ".join(f"{name} {mode} {per_mode[mode][-1] * 1e3:.1f} ms"
+                        for name, per_mode in zip(names, seconds, strict=True) for mode in settings.modes) + ")")
     return seconds
 
 

@@ -34,6 +34,7 @@ from vitreduce.reduction.surgery import vit_blocks
 
 MAX_PARAMS_ENV = "VITREDUCE_MAX_PARAMS"
 DEFAULT_MAX_PARAMS = 2_000_000_000
+FAMILIES = ("vit_*", "deit_*", "deit3_*")  # timm name patterns of the models vitreduce reduces
 SUPPORTED = "timm's vit_*, deit_* and deit3_* models (blocks with a plain fc1 -> fc2 MLP)"
 WEIGHTS_HINT = ("to start from weights, reduce a local file with `vitreduce reduce BASE --weights FILE --reduction "
                 "SPEC --out FILE` (or set model.init_checkpoint in a train config)")
@@ -156,10 +157,11 @@ def check_base_name(name: Any) -> str:
             f"{name!r} is a hub id, URL or path: vitreduce builds only timm's own architecture names (e.g. "
             f"vit_base_patch16_224) and never fetches a model; {WEIGHTS_HINT}"
         )
-    names = timm.list_models()
-    if name not in names and name not in timm.list_models(pretrained=True):
-        close = difflib.get_close_matches(name, names, n=3)
-        raise VitreduceError(f"unknown timm model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+    if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
+        # Suggest only names vitreduce can build: a near miss of a ViT is not a ConViT or a SAM encoder.
+        close = difflib.get_close_matches(name, timm.list_models(list(FAMILIES)), n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else f"vitreduce builds {SUPPORTED}"
+        raise VitreduceError(f"unknown timm model {name!r}; {hint}")
     _base_shape(name)  # the family check
     return name
 

@@ -68,6 +68,49 @@ def _version() -> str:
     return __version__
 
 
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a vitreduce model file (a .safetensors with a vitreduce header), as opposed to
+    plain weights; an unreadable .safetensors raises VitreduceError."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get("format") == FORMAT
+    except (SafetensorError, OSError, ValueError) as err:
+        raise VitreduceError(
+            f"{str(path)!r} is not a readable safetensors file ({err}); it may be truncated or corrupted"
+        ) from None
+
+
+def reduction_to_apply(metadata: dict[str, str], wanted: str | ReductionSpec, source: str | os.PathLike,
+                       setting: str | None = None) -> ReductionSpec | None:
+    """What is left to do to turn a checkpoint into a model with reduction ``wanted``: None when the file
+    already has it (load it as it is), ``wanted`` when the file is unreduced (load the full-width weights,
+    then reduce: the paper's procedure on trained weights). A file reduced otherwise is refused, naming
+    both ways forward (a reduction applies to full-width weights only).
+
+    Args:
+        metadata: the file's checked header (``read_metadata``).
+        wanted: the reduction asked for.
+        source: the file, named in errors.
+        setting: the option that asked for ``wanted``, where setting it to the file's reduction would use
+            the file as it is (named in the refusal).
+    """
+    stored = ReductionSpec.parse(metadata.get("reduction", "none"))
+    wanted = ReductionSpec.parse(wanted)
+    if str(stored) == str(wanted):  # canonical: a header written before a spec's order changed still matches
+        return None
+    if not stored.steps:
+        return wanted
+    as_is = f"set {setting} to {str(stored)!r} to use it as it is, or " if setting else ""
+    raise VitreduceError(
+        f"{str(source)!r} is already reduced ({str(stored)!r}) and a reduction applies to full-width weights only: "
+        f"{as_is}start from the unreduced model's file (e.g. a baseline run's model_ema.safetensors) to apply "
+        f"{str(wanted)!r}"
+    )
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The header metadata of a vitreduce checkpoint, checked (``check_header``); clear errors for anything else."""
     path = Path(path)

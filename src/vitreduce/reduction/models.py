@@ -1,14 +1,16 @@
 """Building reduced models: `create_model(base, reduction, **timm_kwargs)` and timm registrations.
 
-The paper's three variants are registered with timm when vitreduce is imported, so
-``timm.create_model("vit_base_patch16_224_grouped_mlp", num_classes=...)`` works in any timm script.
+The paper's three variants of ViT-Ti/S/B/L/16 are registered with timm when vitreduce is imported
+(``vit_{tiny,small,base,large}_patch16_224_{grouped,shallow,thin}_mlp``), so
+``timm.create_model("vit_small_patch16_224_grouped_mlp", num_classes=...)`` works in any timm script.
+Their pretrained_cfg names no weights source (no URL, no hub id): there are no weights to download.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import timm
-from timm.models import register_model
+from timm.models import get_pretrained_cfg, register_model
 from torch import nn
 
 from vitreduce.errors import VitreduceError
@@ -96,31 +98,51 @@ def _layer_scale_init(block: nn.Module) -> float | None:
     return 1e-5 if gamma is not None else None
 
 
-def _variant(reduction: str, base: str = "vit_base_patch16_224"):
+# The paper's variants of each ViT size: (short name, reduction, what it is).
+VARIANTS = (
+    ("grouped_mlp", "grouped", "each MLP shared by two adjacent blocks, scaled 1/sqrt(2) (the paper's GroupedMLP)"),
+    ("shallow_mlp", "shallow:ratio=0.5", "keeping the first half of each MLP's hidden units (the paper's ShallowMLP)"),
+    ("thin_mlp", "thin:ratio=0.5", "with freshly initialised half-width MLPs (the ablation control; mlp_ratio=2)"),
+)
+BASES = {"vit_tiny_patch16_224": "ViT-Ti/16", "vit_small_patch16_224": "ViT-S/16",
+         "vit_base_patch16_224": "ViT-B/16", "vit_large_patch16_224": "ViT-L/16"}
+# A pretrained_cfg's entries that name where weights come from: a variant has none, so timm never offers
+# to download weights for it (timm.list_models(pretrained=True) leaves it out).
+_SOURCE_KEYS = ("url", "hf_hub_id", "hf_hub_filename", "hf_hub_revision", "file", "state_dict", "source", "tag",
+                "custom_load", "license", "description", "origin_url", "paper_ids", "paper_name", "notes")
+
+
+def variant_cfg(base: str, name: str) -> dict[str, Any]:
+    """The pretrained_cfg of a registered variant: the base's input and preprocessing settings, no weights source."""
+    cfg = get_pretrained_cfg(base).to_dict()
+    return {**{k: v for k, v in cfg.items() if k not in _SOURCE_KEYS}, "architecture": name}
+
+
+def _register(base: str, suffix: str, reduction: str, what: str) -> None:
+    name = f"{base.removesuffix('_224')}_224_{suffix}"
+    cfg = variant_cfg(base, name)
+
     def build(pretrained: bool = False, **kwargs: Any) -> nn.Module:
         if pretrained:
             raise VitreduceError(
                 "vitreduce variants have no pretrained weights; reduce local full-width weights with "
                 "`vitreduce reduce BASE --weights FILE --reduction SPEC --out FILE`"
             )
-        return create_model(base, reduction=reduction, **kwargs)
+        model = create_model(base, reduction=reduction, **kwargs)
+        # On the model, the architecture stays the base's: describe() and the checkpoint header name the
+        # model as "base + reduction", alike whether it was built here or by vitreduce.create_model.
+        model.pretrained_cfg = model.default_cfg = {**cfg, "architecture": base}
+        return model
 
-    return build
-
-
-@register_model
-def vit_base_patch16_224_grouped_mlp(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """ViT-B/16 with each MLP shared by two adjacent blocks, scaled 1/sqrt(2) (the paper's GroupedMLP)."""
-    return _variant("grouped")(pretrained, **kwargs)
-
-
-@register_model
-def vit_base_patch16_224_shallow_mlp(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """ViT-B/16 keeping the first half of each MLP's hidden units (the paper's ShallowMLP)."""
-    return _variant("shallow:ratio=0.5")(pretrained, **kwargs)
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = f"{BASES[base]} {what}; no pretrained weights."
+    build.__module__ = __name__
+    globals()[name] = build
+    default_cfgs[name] = cfg
+    register_model(build)
 
 
-@register_model
-def vit_base_patch16_224_thin_mlp(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """ViT-B/16 with freshly initialised half-width MLPs (the ablation control; mlp_ratio=2)."""
-    return _variant("thin:ratio=0.5")(pretrained, **kwargs)
+default_cfgs: dict[str, dict[str, Any]] = {}  # timm's register_model reads each name's cfg from here
+for _base in BASES:
+    for _suffix, _reduction, _what in VARIANTS:
+        _register(_base, _suffix, _reduction, _what)

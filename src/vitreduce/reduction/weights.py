@@ -1,8 +1,10 @@
 """Reading plain (timm) weight files safely and loading them strictly.
 
-Pickle-based files (.pth/.pt/.bin) are read only with ``torch.load(weights_only=True)``: a file
-whose pickle would construct arbitrary objects (and so could run code) is refused, never unpickled;
-a truncated or corrupted one is reported as such.
+Pickle-based files (.pth/.pt/.bin, and timm train.py's .pth.tar) are read only with
+``torch.load(weights_only=True)``: a file whose pickle would construct arbitrary objects (and so could
+run code) is refused, never unpickled; a truncated or corrupted one is reported as such. The one
+exception is timm's training checkpoint: its 'args' entry is an ``argparse.Namespace``, which is read
+as an inert placeholder (nothing of argparse is imported or called) and then dropped.
 """
 from __future__ import annotations
 
@@ -23,33 +25,106 @@ from torch import nn
 from vitreduce.errors import VitreduceError
 from vitreduce.reduction.params import alias_groups
 
-PICKLE_SUFFIXES = (".pth", ".pt", ".bin")
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".pth.tar")  # .pth.tar: timm train.py's CheckpointSaver
 _WRAPPER_KEYS = ("state_dict", "model", "module")  # timm train.py / DeiT / generic checkpoints
+EMA_KEYS = ("state_dict_ema", "model_ema")  # timm train.py / DeiT: the EMA weights beside the raw ones
+SELECTABLE = _WRAPPER_KEYS + EMA_KEYS  # what a '#KEY' after a file name may pick
+# Globals a timm training checkpoint pickles outside the weights, read as _Inert, allowed at these top-level keys.
+_INERT_GLOBALS = {"argparse.Namespace": ("args",)}
 _LISTED = 8  # names shown in an error before "and N more"
 _SCANNED_BYTES = 1 << 20  # of a plain pickle, to find what it imports
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a local weights file (.safetensors, or .pth/.pt/.bin via weights_only)."""
-    path = Path(path)
+def split_selector(text: str | os.PathLike) -> tuple[Path, str | None]:
+    """(file, key) of ``FILE#KEY``, where KEY is one of ``SELECTABLE`` (e.g. ``model_best.pth.tar#state_dict_ema``);
+    (file, None) for a plain path (a '#' followed by anything else is part of the file name)."""
+    text = os.fspath(text)
+    head, sep, key = text.rpartition("#")
+    return (Path(head), key) if sep and key in SELECTABLE else (Path(text), None)
+
+
+def read_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str, torch.Tensor]:
+    """Tensors of a local weights file (.safetensors, or .pth/.pt/.bin/.pth.tar via weights_only).
+
+    Args:
+        path: the file; ``FILE#KEY`` selects like ``key``.
+        key: which state dict of a checkpoint dict to take (one of ``SELECTABLE``; ``state_dict_ema``
+            for timm's EMA weights); None: the raw weights ('state_dict', 'model' or 'module').
+    """
+    path, key = split_selector(path) if key is None else (Path(path), key)
+    if key is not None and key not in SELECTABLE:
+        raise VitreduceError(f"{str(path)!r}: cannot select {key!r}; choose one of {', '.join(SELECTABLE)}")
     if not path.is_file():
         raise VitreduceError(f"weights file {str(path)!r} does not exist")
     if path.suffix == ".safetensors":
+        if key is not None:
+            raise VitreduceError(f"{str(path)!r} holds one set of weights, so {key!r} cannot be selected in it; "
+                                 "name the file that holds those weights (e.g. model_ema.safetensors)")
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as err:
             raise VitreduceError(
                 f"{str(path)!r} is not a readable safetensors file ({err}); it may be truncated or corrupted"
             ) from None
-    if path.suffix not in PICKLE_SUFFIXES:
-        raise VitreduceError(f"{str(path)!r}: unsupported weights format; use .safetensors, .pth, .pt or .bin")
+    if not path.name.endswith(PICKLE_SUFFIXES):
+        raise VitreduceError(
+            f"{str(path)!r}: unsupported weights format; use .safetensors, .pth, .pth.tar, .pt or .bin")
     try:
-        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
-            warnings.simplefilter("ignore", UserWarning)
+        with warnings.catch_warnings(), torch.serialization.safe_globals(_PLACEHOLDERS):
+            warnings.simplefilter("ignore", UserWarning)  # torch warns about the pickle protocol of files it refuses
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 (a damaged file raises any type; _load_error tells the cases apart)
         raise _load_error(path, err) from None
-    return _unwrap(obj, path)
+    return _unwrap(_drop_inert(obj, path), path, key)
+
+
+class _Inert:
+    """What an allowed non-tensor global of a timm checkpoint (``_INERT_GLOBALS``) unpickles to: it takes
+    whatever the pickle gives it and keeps nothing, so no code of the named class is imported or run."""
+
+    global_name = ""
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def __setstate__(self, state) -> None:
+        pass
+
+
+# (placeholder class, the global it stands for): torch's weights_only loader builds the placeholder instead.
+_PLACEHOLDERS = [(type("_InertGlobal", (_Inert,), {"global_name": name}), name) for name in _INERT_GLOBALS]
+
+
+def _drop_inert(obj, path: Path):
+    """The checkpoint without its inert placeholders; refused where one sits anywhere but a top-level
+    entry its global is allowed at (timm's 'args')."""
+    if not isinstance(obj, dict):
+        stray = _first_inert(obj)
+    else:
+        obj = {k: v for k, v in obj.items() if not (isinstance(v, _Inert) and k in _INERT_GLOBALS[v.global_name])}
+        stray = _first_inert(obj)
+    if stray:
+        raise VitreduceError(
+            f"refused to load {str(path)!r}: it holds pickled objects other than tensors (it imports {stray}) "
+            f"outside the entries where a timm checkpoint keeps them; {_EXTRACT}".replace("FILE", str(path)))
+    return obj
+
+
+def _first_inert(value, depth: int = 0) -> str | None:
+    """The global name of the first placeholder inside ``value`` (None when there is none)."""
+    if isinstance(value, _Inert):
+        return value.global_name
+    if depth > 16 or not isinstance(value, dict | list | tuple):
+        return None
+    items = value.values() if isinstance(value, dict) else value
+    return next((name for v in items if (name := _first_inert(v, depth + 1))), None)
+
+
+_EXTRACT = ("extract the weights in a trusted environment, e.g. python -c \"import torch, safetensors.torch as st; "
+            "st.save_file(torch.load('FILE', weights_only=False)['state_dict'], 'weights.safetensors')\"")
 
 
 def _load_error(path: Path, err: Exception) -> VitreduceError:
@@ -59,7 +134,7 @@ def _load_error(path: Path, err: Exception) -> VitreduceError:
     if imported:
         return VitreduceError(
             f"refused to load {str(path)!r}: it holds pickled objects other than tensors (it imports {imported}), "
-            "and unpickling them could run code; convert it to .safetensors in a trusted environment"
+            f"and unpickling them could run code; {_EXTRACT}".replace("FILE", str(path))
         )
     # torch wraps the unpickler's own complaint ("Unsupported operand 163") in a long generic message.
     inner = err.__context__ if str(err).startswith("Weights only load failed") and err.__context__ else err
@@ -71,7 +146,8 @@ def _load_error(path: Path, err: Exception) -> VitreduceError:
 def _refused_global(path: Path, err: Exception) -> str | None:
     """The module.name whose import torch refused (None: the file is damaged, not unsafe)."""
     for message in (str(err), str(err.__context__ or "")):
-        match = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+        # "Unsupported global: GLOBAL m.f", or "unsupported GLOBAL m.f whose module m is blocked"
+        match = re.search(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)", message)
         if match:
             return match.group(1)
     if zipfile.is_zipfile(path):  # torch's own format names a refused global in its message (above)
@@ -98,7 +174,14 @@ def _first_global(path: Path) -> str | None:
     return None
 
 
-def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
+def _unwrap(obj, path: Path, key: str | None = None) -> dict[str, torch.Tensor]:
+    if key is not None:
+        if not (isinstance(obj, dict) and isinstance(obj.get(key), dict)):
+            present = sorted(k for k in obj if isinstance(obj.get(k), dict)) if isinstance(obj, dict) else []
+            raise VitreduceError(f"{str(path)!r} has no {key!r} entry (its state dicts: {present or 'none'}); "
+                                 + ("drop the EMA choice to read the raw weights" if key in EMA_KEYS else
+                                    f"choose one of {', '.join(present)}" if present else "name another file"))
+        obj = obj[key]
     seen: set[int] = set()  # a pickle can nest a dict in itself
     while isinstance(obj, dict) and not _is_state_dict(obj):
         seen.add(id(obj))

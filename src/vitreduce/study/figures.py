@@ -1,5 +1,6 @@
 """The report's figures (figures/*.png): top-1 vs epoch, peak-to-final degradation, train loss with its
-spikes, and the sharpness section's landscape figures. Each is defined in docs/metrics.md.
+spikes, the gradient norm over training (runs with steps.jsonl), and the sharpness section's landscape
+figures. Each is defined in docs/metrics.md.
 
 matplotlib's Figure renders PNG with Agg; pyplot and its global state are not used.
 """
@@ -22,6 +23,9 @@ _FIGURES = (  # (file name, caption) of the figures every report has
                           "(ddof=1, none when n=1), dots = individual seeds."),
     ("train_loss.png", "Train loss vs epoch: mean over seeds, band = min-max over seeds; x marks a loss spike."),
 )
+_GRAD_NORM = ("grad_norm.png", "Global gradient norm (before clipping) vs optimizer step, from steps.jsonl, log "
+                               "scale: median over seeds, band = min-max over seeds (at each logged step, over "
+                               "the runs that logged it).")
 
 
 def write_figures(study: StudyRuns, summary: dict, fig_dir: Path) -> list[tuple[str, str]]:
@@ -31,24 +35,26 @@ def write_figures(study: StudyRuns, summary: dict, fig_dir: Path) -> list[tuple[
     _fig_top1(study, top1)
     _fig_p2f(study, summary, p2f)
     _fig_loss(study, loss)
-    return [*_FIGURES, *sharpness_figures(study, fig_dir)]
+    steps = [_GRAD_NORM] if _fig_grad_norm(study, fig_dir / _GRAD_NORM[0]) else []
+    return [*_FIGURES, *steps, *sharpness_figures(study, fig_dir)]
 
 
 def _save_png(fig, path: Path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 
-def _band(runs: Sequence[RunMetrics], series: Callable[[RunMetrics], tuple | None]):
-    """Per epoch over the runs that reached it: epochs, mean, min, max."""
+def _band(runs: Sequence[RunMetrics], series: Callable[[RunMetrics], tuple | None], center=np.mean):
+    """Per epoch (or step) over the runs that reached it: epochs, center (mean), min, max; None values skipped."""
     by_epoch: dict[int, list[float]] = defaultdict(list)
     for run in runs:
         s = series(run)
         if s is not None:
             for epoch, value in zip(*s, strict=True):
-                by_epoch[epoch].append(value)
+                if value is not None:
+                    by_epoch[epoch].append(value)
     epochs = sorted(by_epoch)
     vals = [by_epoch[e] for e in epochs]
-    return (np.array(epochs), np.array([np.mean(v) for v in vals]), np.array([min(v) for v in vals]),
+    return (np.array(epochs), np.array([center(v) for v in vals]), np.array([min(v) for v in vals]),
             np.array([max(v) for v in vals]))
 
 
@@ -126,3 +132,29 @@ def _fig_loss(study: StudyRuns, path: Path) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     _save_png(fig, path)
+
+
+def _fig_grad_norm(study: StudyRuns, path: Path) -> bool:
+    """The gradient norm over training per variant; False (and no file) when no run has a logged step."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    ax = fig.subplots()
+    drawn = False
+    for i, (variant, runs) in enumerate(study.variants.items()):
+        steps, median, lo, hi = _band(runs, lambda r: (r.steps, r.step_grad_norm), center=np.median)
+        if not steps.size:
+            continue
+        logged = sum(bool(r.steps) for r in runs)
+        ax.plot(steps, median, color=f"C{i}", label=f"{variant} (n={logged})")
+        ax.fill_between(steps, lo, hi, color=f"C{i}", alpha=0.2, linewidth=0)
+        drawn = True
+    if not drawn:
+        return False
+    ax.set_yscale("log")
+    ax.set(title="global gradient norm (median over seeds, band: min-max)", xlabel="optimizer step",
+           ylabel="gradient norm")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    _save_png(fig, path)
+    return True

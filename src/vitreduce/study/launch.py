@@ -3,7 +3,6 @@ output also appended to RUN_DIR/train.log, in this process or under torchrun. Wh
 an ``Outcome``."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ import traceback
 from dataclasses import dataclass
 from enum import StrEnum
 
+from vitreduce.console import LOGGED_ENV, tee
 from vitreduce.errors import VitreduceError
 from vitreduce.locks import RunLock
 from vitreduce.study.plan import LOG, RunPlan
@@ -70,7 +70,7 @@ class RunLauncher:
         echo(f"{tag}: {verb} in {plan.run_dir} (log: {plan.run_dir / LOG})")
         start = time.perf_counter()
         try:
-            with open(plan.run_dir / LOG, "a") as log, _tee(log, f"  [{plan.label}] " if self.prefix else ""):
+            with tee(plan.run_dir / LOG, f"  [{plan.label}] " if self.prefix else ""):
                 error = self._train(plan, lock)
         finally:
             lock.release()
@@ -118,7 +118,8 @@ class RunLauncher:
 
     def _torchrun(self, plan: RunPlan, lock: RunLock) -> str:
         command = self.command(plan)
-        env = {**os.environ, **lock.child_env(), "OMP_NUM_THREADS": str(self.threads), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **lock.child_env(), "OMP_NUM_THREADS": str(self.threads), "PYTHONUNBUFFERED": "1",
+               LOGGED_ENV: "1"}  # this process appends the child's lines to train.log
         print(f"$ {' '.join(command)}", file=sys.stderr)
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                               text=True, env=env, pass_fds=(lock.handle.fileno(),)) as proc:
@@ -130,35 +131,3 @@ class RunLauncher:
         if proc.returncode == 0 and (plan.run_dir / rundir.DONE).is_file():
             return ""
         return f"torchrun exit code {proc.returncode}: {error or last or 'no output'}"
-
-
-class _Tee:
-    """A text stream that also appends complete lines to a log (a progress bar's \\r redraws: last state only).
-
-    With a prefix, the terminal gets whole lines, each prefixed (several runs share one terminal).
-    """
-
-    def __init__(self, stream, log, prefix: str = ""):
-        self.stream, self.log, self.prefix, self.partial = stream, log, prefix, ""
-
-    def write(self, text: str) -> int:
-        if not self.prefix:
-            self.stream.write(text)
-        *lines, self.partial = (self.partial + text).split("\n")
-        for line in lines:
-            line = line.rsplit("\r", 1)[-1]
-            self.log.write(line + "\n")
-            if self.prefix:
-                self.stream.write(f"{self.prefix}{line}\n")
-        self.log.flush()
-        return len(text)
-
-    def __getattr__(self, name: str):
-        return getattr(self.stream, name)
-
-
-@contextlib.contextmanager
-def _tee(log, prefix: str = ""):
-    with contextlib.redirect_stdout(_Tee(sys.stdout, log, prefix)), \
-            contextlib.redirect_stderr(_Tee(sys.stderr, log, prefix)):
-        yield

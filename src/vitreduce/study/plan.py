@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from vitreduce.config_tree import merge, read_yaml, set_key
 from vitreduce.data import ensure_synth
+from vitreduce.data.synth import SYNTH_PREFIX
 from vitreduce.errors import VitreduceError
 from vitreduce.files import write_text
 from vitreduce.study.spec import StudySpec, VariantSpec, parse_spec, spec_tree
@@ -116,9 +117,11 @@ def preflight(spec: StudySpec, plans: list[RunPlan]) -> None:
         except (ValueError, TypeError, AssertionError, RuntimeError) as err:  # VitreduceError is a ValueError
             problems.append(f"{who(variants)}: model {model.name} ({model.reduction}): {err}")
     for data, variants in _distinct(plans, lambda p: (p.config.data, p.config.synth)):
-        if not Path(data[0].root).expanduser().is_dir() and data[1] is None:
-            problems.append(f"{who(variants)}: data.root {data[0].root} is not a folder; point it at your dataset "
-                            "with --set base.data.root=/path/to/data")
+        root = Path(data[0].root).expanduser()
+        if not root.is_dir() and (data[1] is None or not root.name.startswith(SYNTH_PREFIX)):
+            made = f" (synth: generates the built-in dataset only into a folder named {SYNTH_PREFIX}*)" * bool(data[1])
+            problems.append(f"{who(variants)}: data.root {data[0].root} is not a folder{made}; point it at your "
+                            "dataset with --set base.data.root=/path/to/data")
     if spec.profiling and len(_distinct(plans, lambda p: p.config.model.model_copy(update={"reduction": ""}))) > 1:
         problems.append("throughput: the variants differ in more than model.reduction, so one throughput.json "
                         "cannot profile them; profile each model with `vitreduce profile`")
@@ -143,7 +146,9 @@ def _distinct(plans: list[RunPlan], key) -> list[tuple[Any, list[str]]]:
 def _check_model(model: ModelConfig) -> None:
     """Build the model (and its reduction) on the meta device: shapes and reductions checked, no memory used."""
     if model.init_checkpoint is not None:
-        if not Path(model.init_checkpoint).is_file():
+        from vitreduce.reduction.weights import split_selector
+
+        if not split_selector(model.init_checkpoint)[0].is_file():  # FILE#state_dict_ema names FILE
             raise VitreduceError(f"model.init_checkpoint {model.init_checkpoint} does not exist")
         return
     from vitreduce.reduction.models import create_model

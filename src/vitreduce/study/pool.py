@@ -70,8 +70,9 @@ class _Worker:
         return None
 
 
-def run_pool(launcher: RunLauncher, todo: list[Task], jobs: int, echo) -> list[Outcome]:
-    """Train ``todo`` on ``jobs`` worker processes; the outcomes in the order the runs finish."""
+def run_pool(launcher: RunLauncher, todo: list[Task], jobs: int, echo, on_outcome=None) -> list[Outcome]:
+    """Train ``todo`` on ``jobs`` worker processes; the outcomes in the order the runs finish, each also
+    handed to ``on_outcome`` as it comes (the study's ETA)."""
     ctx = multiprocessing.get_context("spawn")
     launcher = dataclasses.replace(launcher, prefix=True)
     workers, pending, outcomes = [_Worker.start(ctx, launcher) for _ in range(jobs)], list(todo), []
@@ -84,12 +85,14 @@ def run_pool(launcher: RunLauncher, todo: list[Task], jobs: int, echo) -> list[O
             wait([w.conn for w in busy] + [w.proc.sentinel for w in busy])
             for worker in busy:
                 outcome = worker.receive()
+                if outcome is None and not worker.proc.is_alive():
+                    index, plan, _ = worker.task
+                    outcome = launcher.lost(plan, index, worker.proc.exitcode, echo)
+                    workers[workers.index(worker)] = _Worker.start(ctx, launcher)
                 if outcome is not None:
                     outcomes.append(outcome)
-                elif not worker.proc.is_alive():
-                    index, plan, _ = worker.task
-                    outcomes.append(launcher.lost(plan, index, worker.proc.exitcode, echo))
-                    workers[workers.index(worker)] = _Worker.start(ctx, launcher)
+                    if on_outcome is not None:
+                        on_outcome(outcome)
     finally:
         _stop(workers, finished=not (pending or any(w.task for w in workers)))
     return outcomes

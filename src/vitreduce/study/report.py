@@ -26,6 +26,8 @@ from vitreduce.study.report_stats import IMAGE_LEVEL, StatsSettings, statistics_
 from vitreduce.study.runs import (
     DEFAULT_SPIKE_THRESHOLD,
     DEFAULT_SPIKE_WINDOW,
+    DEFAULT_STEP_SPIKE_WINDOW,
+    DEFAULT_STEP_SPIKE_Z,
     KIND_TITLE,
     MODEL_KINDS,
     ModelKind,
@@ -143,6 +145,8 @@ class _Settings:
     stats: StatsSettings
     spike_window: int
     spike_threshold: float
+    step_spike_window: int = DEFAULT_STEP_SPIKE_WINDOW
+    step_spike_z: float = DEFAULT_STEP_SPIKE_Z
 
 
 def _document(study: StudyRuns, summary: dict, comparisons: list[Comparison], results: list[SeedResult],
@@ -196,6 +200,25 @@ def _stability_section(study: StudyRuns, summary: dict, settings: _Settings) -> 
         Paragraph(f"Loss spike: an epoch whose train loss is not finite or exceeds {1 + settings.spike_threshold:g} "
                   f"x the minimum train loss of the previous {settings.spike_window} logged epochs."),
         Table(["variant", "n", "loss spikes per run", "spike epochs"], rows),
+        *_step_spike_blocks(study, summary, settings),
+    ]
+
+
+def _step_spike_blocks(study: StudyRuns, summary: dict, settings: _Settings) -> list[Block]:
+    """Spikes of the logged steps (steps.jsonl); nothing when no run has one (older runs report as before)."""
+    if not any(r.steps for runs in study.variants.values() for r in runs):
+        return []
+    rows = [[_variant_label(v, summary[v]), str(sum(bool(r.steps) for r in runs)),
+             _pm(summary[v]["step_spikes_mean"], summary[v]["step_spikes_std"], 1),
+             "; ".join(f"seed {r.seed}: " + ("no steps.jsonl" if r.step_spike_steps is None else
+                                              str(list(r.step_spike_steps)) if r.step_spike_steps else "none")
+                       for r in runs)] for v, runs in study.variants.items()]
+    return [
+        Paragraph(f"Step-level loss spike (steps.jsonl, every logging.step_every optimizer steps): a logged step "
+                  f"whose loss is not finite, or exceeds the median of the previous {settings.step_spike_window} "
+                  f"finite logged losses by more than {settings.step_spike_z:g} x 1.4826 x their median absolute "
+                  "deviation (a robust z-score). Runs without steps.jsonl are left out of the mean."),
+        Table(["variant", "runs with steps", "step spikes per run", "spike steps"], rows),
     ]
 
 
@@ -259,17 +282,20 @@ def write_report(study_dir: Path | str, baseline: str | None = None, *, alpha: f
                  correction: str | None = None, primary: str | None = None, effect: float | None = None,
                  n_resamples: int = DEFAULT_RESAMPLES, bootstrap_seed: int = DEFAULT_BOOTSTRAP_SEED,
                  include_unfinished: bool = False, spike_window: int = DEFAULT_SPIKE_WINDOW,
-                 spike_threshold: float = DEFAULT_SPIKE_THRESHOLD) -> ReportPaths:
+                 spike_threshold: float = DEFAULT_SPIKE_THRESHOLD, step_spike_window: int = DEFAULT_STEP_SPIKE_WINDOW,
+                 step_spike_z: float = DEFAULT_STEP_SPIKE_Z) -> ReportPaths:
     """Write summary.json, figures/*.png, report.md and report.html into `study_dir` (atomically).
 
     alpha, correction ("holm" or "bh"), primary (e.g. "ema_top1_final") and effect (pp) default to
     study.yaml's `statistics:` section, else 0.05, Holm, EMA final top-1 (raw without an EMA), +0.42.
+    step_spike_window and step_spike_z define the spikes of logged steps (docs/metrics.md).
     """
     study_dir = Path(study_dir)
     study = load_study(study_dir, baseline=baseline, include_unfinished=include_unfinished,
-                       spike_window=spike_window, spike_threshold=spike_threshold)
+                       spike_window=spike_window, spike_threshold=spike_threshold,
+                       step_spike_window=step_spike_window, step_spike_z=step_spike_z)
     settings = _Settings(_stats_settings(study, alpha, correction, primary, effect, n_resamples, bootstrap_seed),
-                         spike_window, spike_threshold)
+                         spike_window, spike_threshold, step_spike_window, step_spike_z)
     summary = summarize_study(study, read_throughput(study_dir))
     comparisons, results = _compare(study, summary, settings.stats)
     fig_dir = study_dir / "figures"

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vitreduce.console import Countdown
+from vitreduce.device import busy_warning, check_threads, default_threads, torch_threads
 from vitreduce.errors import VitreduceError
 from vitreduce.study.analysis import AnalysisConfig
 from vitreduce.study.launch import Outcome, OutcomeStatus, RunLauncher, to_stderr
@@ -43,25 +45,23 @@ class StudyResult:
         return [o for o in self.outcomes if o.status == OutcomeStatus.FAILED]
 
 
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def run_study(spec: StudySpec, out: str | os.PathLike | None = None, jobs: int = 1, echo=to_stderr,
-              dry_run: bool = False) -> StudyResult:
+              dry_run: bool = False, threads: int | None = None) -> StudyResult:
     """Run (or resume, or just report) a study; a failing run is reported without stopping the others.
 
     Args:
         spec: the validated spec (``load_spec``).
         out: study directory (default: the spec's ``out``, else runs/studies/<name>).
-        jobs: runs trained at once. 1: one after another in this process; N > 1: N worker processes
-            with ``max(1, cores // N)`` threads each (under torchrun, ``nproc_per_node`` processes per run,
-            threads divided between all of them).
+        jobs: runs trained at once. 1: one after another in this process; N > 1: N worker processes.
+        threads: torch threads per run process (``--threads``); default ``device.default_threads``: the
+            available cores not busy with other work (or OMP_NUM_THREADS) divided between the ``jobs`` runs
+            (under torchrun, ``nproc_per_node`` processes per run, threads divided between all of them).
         echo: where the study's progress lines go (default: stderr; the engine's own lines go to stderr).
         dry_run: check everything, write study.yaml and every run's config.yaml, print each unfinished
             run's command (to launch by hand or submit to a cluster), train nothing.
     """
     _check_jobs(spec, jobs)
+    check_threads(threads)
     study_dir = study_dir_of(spec, out)
     plans = expand(spec, study_dir)
     preflight(spec, plans)
@@ -70,11 +70,13 @@ def run_study(spec: StudySpec, out: str | os.PathLike | None = None, jobs: int =
     starts = prepare_runs(plans)
     todo = [(i, p, starts[p.label]) for i, p in enumerate(plans, 1) if starts[p.label] != rundir.RunStatus.DONE]
     jobs = min(jobs, max(len(todo), 1))
-    threads = max(1, cpu_count() // (jobs * spec.nproc_per_node))
+    threads = threads or default_threads(jobs * spec.nproc_per_node)
     resume = sum(status == rundir.RunStatus.RESUME for *_, status in todo)
     echo(f"study {spec.name}: {len(spec.variants)} variant(s) x {len(spec.seeds)} seed(s) = {len(plans)} runs in "
          f"{study_dir}; {len(plans) - len(todo)} finished, {resume} to resume, {len(todo) - resume} to train"
-         + (f"; {jobs} at a time, {threads} thread(s) each" if jobs > 1 else ""))
+         + (f"; {jobs} at a time, {threads} thread(s) each" if jobs > 1 else f"; {threads} thread(s)"))
+    if not dry_run and (warning := busy_warning(threads * jobs * spec.nproc_per_node)):
+        echo(warning)
     result = StudyResult(study_dir)
     launcher = RunLauncher(spec.launcher, spec.nproc_per_node, threads, len(plans))
     if dry_run:
@@ -101,10 +103,22 @@ def _check_jobs(spec: StudySpec, jobs: int) -> None:
 
 
 def _train(launcher: RunLauncher, todo: list[Task], jobs: int, echo) -> list[Outcome]:
-    """Train the unfinished runs: one after another in this process, or on ``jobs`` worker processes."""
-    if jobs == 1:
-        return [launcher.run(plan, index, status, echo) for index, plan, status in todo]
-    return run_pool(launcher, todo, jobs, echo)
+    """Train the unfinished runs: one after another in this process, or on ``jobs`` worker processes; the
+    study's ETA after each run."""
+    countdown = Countdown(len(todo), "run", parallel=jobs)
+
+    def finished(outcome: Outcome) -> None:
+        timed = outcome.status in (OutcomeStatus.TRAINED, OutcomeStatus.FAILED) and outcome.wall_s > 0
+        echo(f"study: {countdown.tick(outcome.wall_s if timed else None)}")
+
+    if jobs > 1:
+        return run_pool(launcher, todo, jobs, echo, on_outcome=finished)
+    outcomes = []
+    with torch_threads(launcher.threads):
+        for index, plan, status in todo:
+            outcomes.append(launcher.run(plan, index, status, echo))
+            finished(outcomes[-1])
+    return outcomes
 
 
 def _summarise(result: StudyResult, echo) -> None:
@@ -136,18 +150,20 @@ def _analyse(config: AnalysisConfig, plans: list[RunPlan], echo, threads: int) -
     Runs with the training runs' thread count: on a busy machine more torch threads than free cores
     made a tiny model's Hessian-vector products 3x slower (7 s with 1 thread, 20 s with 2, measured).
     """
-    import torch
+    import time
 
     from vitreduce.study.analysis import analyze_run
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for plan in plans:
-            if (plan.run_dir / rundir.DONE).is_file():
-                analyze_run(plan.run_dir, config, log=echo)
-    finally:
-        torch.set_num_threads(previous)
+    finished = [plan for plan in plans if (plan.run_dir / rundir.DONE).is_file()]
+    countdown = Countdown(len(finished), "run")
+    with torch_threads(threads):
+        for index, plan in enumerate(finished, 1):
+            tag = f"analysis [{index}/{len(finished)}] {plan.label}"
+            start = time.perf_counter()
+            written = analyze_run(plan.run_dir, config, log=lambda line, tag=tag: echo(f"{tag}: {line}"))
+            # Reused results take no time: only measured runs make the mean the ETA is built on.
+            seconds = time.perf_counter() - start if written else None
+            echo(f"analysis: {countdown.tick(seconds)}" + ("" if written else f" ({plan.label}: results reused)"))
 
 
 def _throughput(options: ThroughputOptions, plans: list[RunPlan], study_dir: Path, echo) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import statistics
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +20,16 @@ from vitreduce.config_tree import read_yaml
 from vitreduce.errors import VitreduceError
 from vitreduce.numbers import is_finite
 from vitreduce.reduction.accounting import RECORD_FIELDS
-from vitreduce.train.logs import read_metrics
+from vitreduce.train.logs import read_metrics, read_steps
 
 ModelKind = Literal["raw", "ema"]  # the trained weights, or their exponential moving average
 MODEL_KINDS: tuple[ModelKind, ...] = ("raw", "ema")
 KIND_TITLE: dict[ModelKind, str] = {"raw": "raw model", "ema": "EMA model"}  # as tables and figures name them
 DEFAULT_SPIKE_THRESHOLD = 0.10  # an epoch's train loss more than 10% above the reference minimum
 DEFAULT_SPIKE_WINDOW = 5  # reference = minimum over the previous 5 logged epochs
+DEFAULT_STEP_SPIKE_WINDOW = 50  # a logged step's reference: the previous 50 finite logged losses
+DEFAULT_STEP_SPIKE_Z = 7.0  # a step spike: more than 7 robust standard deviations above their median
+MAD_TO_SD = 1.4826  # the median absolute deviation times this estimates a normal distribution's sd
 # run.json fields that describe the model; every seed of a variant must agree on them.
 ARCH_KEYS = (*RECORD_FIELDS, "num_classes", "epochs")
 _SEED_DIR = re.compile(r"seed(\d+)")
@@ -98,6 +103,34 @@ def find_loss_spikes(epochs: Sequence[int], losses: Sequence[float | None], *,
     return spikes
 
 
+def find_step_spikes(steps: Sequence[int], losses: Sequence[float | None], *,
+                     window: int = DEFAULT_STEP_SPIKE_WINDOW, z: float = DEFAULT_STEP_SPIKE_Z) -> list[int]:
+    """Logged steps whose loss is a spike (docs/metrics.md).
+
+    A step is a spike when its loss is not finite (None), or exceeds the median m of the previous
+    `window` finite logged losses by more than `z` x 1.4826 x their median absolute deviation (a robust
+    z-score, one-sided). A step is judged once `window` finite losses precede it; spikes stay in the
+    reference, which the median and the MAD barely notice.
+    """
+    if window < 1:
+        raise VitreduceError(f"step spike window must be >= 1 logged step, got {window}")
+    if not z >= 0:
+        raise VitreduceError(f"step spike z must be >= 0 (robust standard deviations), got {z}")
+    spikes = []
+    reference: deque[float] = deque(maxlen=window)
+    for step, loss in zip(steps, losses, strict=True):
+        if loss is None or not math.isfinite(loss):
+            spikes.append(step)
+            continue
+        if len(reference) == window:
+            median = statistics.median(reference)
+            scale = MAD_TO_SD * statistics.median(abs(x - median) for x in reference)
+            if loss > median + z * scale:
+                spikes.append(step)
+        reference.append(loss)
+    return spikes
+
+
 @dataclass(frozen=True)
 class RunMetrics:
     """Everything the report needs from one run directory."""
@@ -112,6 +145,15 @@ class RunMetrics:
     loss_spike_epochs: tuple[int, ...]
     raw: ModelMetrics | None
     ema: ModelMetrics | None
+    # steps.jsonl (empty, and no spike count, for a run without it: older runs, logging.step_every 0)
+    steps: tuple[int, ...] = ()  # logged optimizer steps, ascending
+    step_loss: tuple[float | None, ...] = ()  # None: not finite
+    step_grad_norm: tuple[float | None, ...] = ()  # global gradient norm; None: not finite
+    step_spike_steps: tuple[int, ...] | None = None
+
+    @property
+    def step_spikes(self) -> int | None:
+        return None if self.step_spike_steps is None else len(self.step_spike_steps)
 
     @property
     def epochs_logged(self) -> int:
@@ -126,7 +168,8 @@ class RunMetrics:
 
 
 def load_run(run_dir: Path | str, *, spike_window: int = DEFAULT_SPIKE_WINDOW,
-             spike_threshold: float = DEFAULT_SPIKE_THRESHOLD) -> RunMetrics:
+             spike_threshold: float = DEFAULT_SPIKE_THRESHOLD, step_spike_window: int = DEFAULT_STEP_SPIKE_WINDOW,
+             step_spike_z: float = DEFAULT_STEP_SPIKE_Z) -> RunMetrics:
     """Read one run directory; an unfinished run (no done.json) is read as far as it got."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -148,7 +191,23 @@ def load_run(run_dir: Path | str, *, spike_window: int = DEFAULT_SPIKE_WINDOW,
         loss_spike_epochs=tuple(find_loss_spikes(loss_epochs, losses, window=spike_window,
                                                  threshold=spike_threshold)),
         raw=model_metrics(records, "raw"), ema=model_metrics(records, "ema"),
+        **_step_series(run_dir / "steps.jsonl", step_spike_window, step_spike_z),
     )
+
+
+def _step_series(path: Path, window: int, z: float) -> dict:
+    """RunMetrics' step fields from a steps.jsonl; none when the run has no logged step."""
+    records = read_steps(path) if path.is_file() else []
+    if not records:
+        return {}
+    steps = tuple(r["step"] for r in records)
+    loss = tuple(_number(r.get("loss")) for r in records)
+    return {"steps": steps, "step_loss": loss, "step_grad_norm": tuple(_number(r.get("grad_norm")) for r in records),
+            "step_spike_steps": tuple(find_step_spikes(steps, loss, window=window, z=z))}
+
+
+def _number(value) -> float | None:
+    return float(value) if is_finite(value) else None
 
 
 @dataclass(frozen=True)
@@ -174,8 +233,9 @@ def _spec_variant_names(spec: dict) -> list[str]:
 
 
 def load_study(study_dir: Path | str, *, baseline: str | None = None, include_unfinished: bool = False,
-               spike_window: int = DEFAULT_SPIKE_WINDOW,
-               spike_threshold: float = DEFAULT_SPIKE_THRESHOLD) -> StudyRuns:
+               spike_window: int = DEFAULT_SPIKE_WINDOW, spike_threshold: float = DEFAULT_SPIKE_THRESHOLD,
+               step_spike_window: int = DEFAULT_STEP_SPIKE_WINDOW,
+               step_spike_z: float = DEFAULT_STEP_SPIKE_Z) -> StudyRuns:
     """Read STUDY_DIR/runs/<variant>/seed<S>/ and resolve the baseline variant.
 
     The baseline is the argument, else study.yaml's `baseline:`, else the first variant (in the order of
@@ -185,6 +245,7 @@ def load_study(study_dir: Path | str, *, baseline: str | None = None, include_un
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
         raise VitreduceError(f"study directory {study_dir} does not exist; pass the --out of `vitreduce study`")
+    find_step_spikes((), (), window=step_spike_window, z=step_spike_z)  # checks the settings before any run is read
     spec: dict = {}
     if (study_dir / "study.yaml").is_file():
         spec = read_yaml(study_dir / "study.yaml")
@@ -197,7 +258,8 @@ def load_study(study_dir: Path | str, *, baseline: str | None = None, include_un
     found = 0
     for variant in order:
         seed_dirs = [p for p in (runs_root / variant).iterdir() if p.is_dir() and _SEED_DIR.fullmatch(p.name)]
-        runs = [load_run(p, spike_window=spike_window, spike_threshold=spike_threshold) for p in seed_dirs]
+        runs = [load_run(p, spike_window=spike_window, spike_threshold=spike_threshold,
+                         step_spike_window=step_spike_window, step_spike_z=step_spike_z) for p in seed_dirs]
         found += len(runs)
         runs.sort(key=lambda r: r.seed if r.seed is not None else -1)
         excluded += [(variant, r) for r in runs if not r.finished and not include_unfinished]
@@ -254,6 +316,8 @@ def summarize_variant(variant: str, runs: Sequence[RunMetrics]) -> dict:
     hidden, embed = out["mlp_hidden"], out["embed_dim"]
     out["expansion"] = hidden / embed if is_finite(hidden) and is_finite(embed) and embed else None
     out["loss_spikes_mean"], out["loss_spikes_std"], _ = mean_std([r.loss_spikes for r in runs])
+    # over the runs that have a steps.jsonl; null when none has
+    out["step_spikes_mean"], out["step_spikes_std"], _ = mean_std([r.step_spikes for r in runs])
     for kind in MODEL_KINDS:
         out[kind] = summarize_kind(runs, kind)
     return out

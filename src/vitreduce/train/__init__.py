@@ -4,7 +4,9 @@ Modules: ``config`` (the typed config tree), ``model`` (the model a config names
 ``step`` (one optimizer step), ``optim`` (parameter groups over unique tensors, timm's factories),
 ``ema``, ``evaluate`` (top-1/top-5/loss, ``vitreduce eval``), ``state`` (training-state checkpoints),
 ``resume`` (choosing the newest intact checkpoint, setting damaged ones aside),
-``rundir`` (new / resume / finished, the files written once), ``logs`` (metrics.jsonl, TensorBoard),
+``rundir`` (new / resume / finished, the files written once), ``logs`` (metrics.jsonl, steps.jsonl, TensorBoard),
+``telemetry`` (per-step measurements), ``summary`` (summary.csv in timm's layout), ``history`` (the kept
+``checkpoints/epoch-<E>/``), ``extend`` (the schedule of a run extended to more epochs),
 ``distributed`` (torchrun), ``loop`` (the ``Trainer`` that runs the epochs).
 """
 from vitreduce.train.config import TrainConfig, load_config

@@ -60,8 +60,9 @@ class ModelConfig(_Section):
     num_heads: Whole | None = Field(None, ge=1)
     mlp_ratio: Real | None = Field(None, gt=0)
     weight_init: str = ""  # timm's: '' (trunc normal), jax, jax_nlhb, moco
-    # Fine-tuning: a vitreduce checkpoint or a timm state dict (.safetensors/.pth) to start from;
-    # the head is re-initialised when its size differs from num_classes.
+    # Fine-tuning: a vitreduce checkpoint or a timm state dict (.safetensors/.pth/.pth.tar; FILE#state_dict_ema
+    # for timm's EMA weights) to start from; the head is re-initialised when its size differs from num_classes.
+    # Stored absolute: a relative path is resolved against the current directory when the config is loaded.
     init_checkpoint: str | None = None
 
     @field_validator("name")
@@ -73,6 +74,13 @@ class ModelConfig(_Section):
     @classmethod
     def _canonical_reduction(cls, value: str) -> str:
         return str(ReductionSpec.parse(value))  # VitreduceError is a ValueError: pydantic reports it
+
+    @field_validator("init_checkpoint")
+    @classmethod
+    def _absolute_init_checkpoint(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("is empty; write null to start from fresh weights")
+        return absolute_path(value)
 
     @field_validator("weight_init")
     @classmethod
@@ -146,6 +154,8 @@ class CheckpointConfig(_Section):
 
     recovery_every_steps: Whole = Field(0, ge=0, le=STEPS_MAX)  # 0: no mid-epoch recovery checkpoints
     best_metric: Literal["auto", "ema_top1", "raw_top1"] = "auto"  # auto: EMA when enabled
+    # Keep the model files of every K-th epoch as checkpoints/epoch-<E>/ (never pruned); 0: off.
+    keep_every_epochs: Whole = Field(0, ge=0, le=EPOCHS_MAX)
 
 
 class LoggingConfig(_Section):
@@ -154,6 +164,7 @@ class LoggingConfig(_Section):
     tensorboard: bool = False  # RUN_DIR/tensorboard event files
     progress: Literal["auto", "bar", "lines", "none"] = "auto"  # auto: a bar on a terminal, else lines
     every_steps: Whole = Field(50, ge=1, le=STEPS_MAX)  # optimizer steps between plain progress lines
+    step_every: Whole = Field(10, ge=0, le=STEPS_MAX)  # optimizer steps between lines of steps.jsonl; 0: none
 
 
 class FaultsConfig(_Section):
@@ -184,7 +195,8 @@ class TrainConfig(_Section):
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         if self.precision == "fp16" and self.device == "cpu":
-            raise ValueError("precision: fp16 needs a CUDA GPU (its GradScaler is CUDA-only); on CPU use bf16 or fp32")
+            raise ValueError("precision: fp16 needs a CUDA GPU (its GradScaler is CUDA-only), but device is cpu; "
+                             "set precision: bf16 or fp32 (or device: cuda on a GPU machine)")
         if self.checkpoint.best_metric == "ema_top1" and not self.ema.enabled:
             raise ValueError("checkpoint.best_metric: ema_top1 needs ema.enabled: true (or use raw_top1/auto)")
         return self
@@ -229,7 +241,10 @@ def validate(tree: dict[str, Any], source: str = "config") -> TrainConfig:
     try:
         return TrainConfig.model_validate(tree)
     except ValidationError as err:
-        problems = [explain_error(e, _valid_keys, loc=_location(e)) for e in err.errors()]
+        # A section-level check's input is the whole section (the whole tree at the top): say what is
+        # wrong without echoing it; its message names the keys.
+        problems = [explain_error(e, _valid_keys, loc=_location(e), show_input=not isinstance(e.get("input"), dict))
+                    .removeprefix("(top level): ") for e in err.errors()]
         raise VitreduceError(f"invalid config ({source}):\n  " + "\n  ".join(problems)) from None
 
 
@@ -267,9 +282,21 @@ def dump(config: TrainConfig) -> str:
 # Keys that may change when a run resumes: they do not affect the weights or the metrics.
 # data.max_bad_fraction only decides when unreadable images halt a run (they are skipped either way), so
 # the halt's advice to raise it can be followed by resuming.
-RESUMABLE_CHANGES = ("logging.", "data.workers", "data.pin_memory", "data.max_bad_fraction")
+# checkpoint.keep_every_epochs only decides which epoch-end model files are kept as history.
+RESUMABLE_CHANGES = ("logging.", "data.workers", "data.pin_memory", "data.max_bad_fraction",
+                     "checkpoint.keep_every_epochs")
 
 
-def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Lines ``key: old -> new`` for the settings that differ and would change a resumed run."""
-    return differences(old, new, ignore=RESUMABLE_CHANGES)
+def changed_keys(old: dict[str, Any], new: dict[str, Any], also: tuple[str, ...] = ()) -> list[str]:
+    """Lines ``key: old -> new`` for the settings that differ and would change a resumed run (keys starting
+    with ``also`` left out too: ``("epochs",)`` when ``--extend`` continues a run to more epochs)."""
+    model = old.get("model") if isinstance(old, dict) else None
+    # init_checkpoint is stored absolute; older versions wrote it as given (relative to where train ran).
+    if isinstance(model, dict) and isinstance(model.get("init_checkpoint"), str):
+        old = {**old, "model": {**model, "init_checkpoint": absolute_path(model["init_checkpoint"])}}
+    return differences(old, new, ignore=RESUMABLE_CHANGES + tuple(also))
+
+
+def absolute_path(value: str | None) -> str | None:
+    """A path made absolute against the current directory ('~' expanded); a '#KEY' selector after it is kept."""
+    return None if value is None else os.path.abspath(os.path.expanduser(value))

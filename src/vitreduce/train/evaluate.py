@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from vitreduce.data import DataConfig, build_eval_loader
+from vitreduce.data.images import folders_in
 from vitreduce.data.transforms import eval_preprocessing_for
 from vitreduce.device import Precision, autocast, resolve_device
 from vitreduce.errors import VitreduceError
@@ -102,6 +103,15 @@ def resolve_model_file(path: Path, ema: bool) -> Path:
     return path
 
 
+def _check_split(root: Path, split: str) -> None:
+    """Refuse a missing --data root or --split folder, naming the folders that are there."""
+    if not root.is_dir():
+        raise VitreduceError(f"--data {root} is not a folder; pass an ImageFolder root holding the --split folder")
+    if not (root / split).is_dir():
+        raise VitreduceError(f"--data {root} has no {split}/ folder ({folders_in(root)}): choose the split with "
+                             f"--split NAME")
+
+
 def evaluate_checkpoint(path: str | Path, data_root: str | Path, *, split: str = "val", ema: bool = False,
                         batch_size: int = 256, workers: int = 2, precision: Precision = "fp32",
                         device: str = "auto") -> dict[str, Any]:
@@ -127,6 +137,7 @@ def evaluate_checkpoint(path: str | Path, data_root: str | Path, *, split: str =
         data = DataConfig(root=str(data_root), val_split=split, batch_size=batch_size, workers=workers)
     except ValidationError as err:  # the data section's messages name the setting (data.workers, ...)
         raise VitreduceError("; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())) from None
+    _check_split(Path(data_root).expanduser(), split)
     model = checkpoint.load(model_file, device=target)
     # The run's own preprocessing (its config.yaml), as the sharpness and landscape analyses use it.
     augment, source = eval_preprocessing_for(model_file)

@@ -1,4 +1,5 @@
-"""What a run records besides checkpoints: metrics.jsonl (written and read here) and TensorBoard event files.
+"""What a run records besides checkpoints: metrics.jsonl and steps.jsonl (written and read here) and
+TensorBoard event files.
 
 All of it is rank 0's job; the trainer builds these objects through ``DistInfo.on_main``.
 """
@@ -12,16 +13,20 @@ from typing import Any
 
 from vitreduce.errors import VitreduceError
 from vitreduce.files import write_text
+from vitreduce.train.summary import SUMMARY, write_summary
 
 
-class MetricsFile:
-    """metrics.jsonl: append-only, one complete JSON line per epoch (docs/run-directory.md)."""
+class JsonLines:
+    """An append-only JSON-lines file, one complete line per record, each record numbered by ``key``
+    (docs/run-directory.md): metrics.jsonl (``"epoch"``) and steps.jsonl (``"step"``)."""
+
+    key = "epoch"
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
 
-    def truncate(self, epochs_done: int) -> None:
-        """Keep only the records of epochs 1..epochs_done (a resumed run rewrites the later ones)."""
+    def truncate(self, done: int) -> None:
+        """Keep only the records numbered 1..done (a resumed run rewrites the later ones)."""
         if not self.path.exists():
             return
         kept = []
@@ -30,14 +35,14 @@ class MetricsFile:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # blank, or the partial last line of a killed write
-            if record.get("epoch", math.inf) <= epochs_done:
+            if isinstance(record, dict) and record.get(self.key, math.inf) <= done:
                 kept.append(line + "\n")
         text = "".join(kept)
         if text != self.path.read_text():
             write_text(self.path, text)
 
     def append(self, record: dict[str, Any]) -> None:
-        """Write one epoch's record as one line, flushed and synced."""
+        """Write one record as one line, flushed and synced."""
         line = json.dumps(record, allow_nan=True) + "\n"
         try:
             with open(self.path, "a") as handle:
@@ -49,16 +54,51 @@ class MetricsFile:
                                  "make the run directory writable (or free space) and rerun to resume") from None
 
 
+class MetricsFile(JsonLines):
+    """metrics.jsonl: one line per epoch; summary.csv beside it (vitreduce.train.summary) follows each change."""
+
+    key = "epoch"
+
+    def truncate(self, done: int) -> None:
+        super().truncate(done)
+        self.summarize()
+
+    def append(self, record: dict[str, Any]) -> None:
+        super().append(record)
+        self.summarize()
+
+    def summarize(self) -> None:
+        """Rewrite summary.csv, timm's layout of these records, from the file as it now is."""
+        if self.path.exists():
+            write_summary(self.path.with_name(SUMMARY), read_metrics(self.path))
+
+
+class StepsFile(JsonLines):
+    """steps.jsonl: one line per logged optimizer step (``logging.step_every``)."""
+
+    key = "step"
+
+
 def read_metrics(path: Path | str) -> list[dict]:
-    """The epoch records of a metrics.jsonl, sorted by epoch.
+    """The epoch records of a metrics.jsonl, sorted by epoch (see ``read_records``)."""
+    return read_records(path, "epoch")
+
+
+def read_steps(path: Path | str) -> list[dict]:
+    """The step records of a steps.jsonl, sorted by step (see ``read_records``)."""
+    return read_records(path, "step")
+
+
+def read_records(path: Path | str, key: str) -> list[dict]:
+    """The records of a JSON-lines file, sorted by their integer ``key``.
 
     A last line without a newline that does not parse is a write in progress and is ignored. A bad line
-    anywhere else is corruption and raises. When an epoch is logged twice (a run resumed from an earlier
-    checkpoint logs the epochs after it again), the later record wins.
+    anywhere else is corruption and raises. When a number is logged twice (a run resumed from an earlier
+    checkpoint logs the records after it again), the later record wins.
     """
     path = Path(path)
     lines = path.read_text().split("\n")  # a complete file ends with "\n", so the last item is ""
-    by_epoch: dict[int, dict] = {}
+    by_key: dict[int, dict] = {}
     for i, line in enumerate(lines):
         if not line.strip():
             continue
@@ -69,15 +109,16 @@ def read_metrics(path: Path | str) -> list[dict]:
             if partial:
                 break
             raise VitreduceError(f"{path}:{i + 1} is not a JSON line ({err.msg}); fix or delete that line") from err
-        epoch = record.get("epoch") if isinstance(record, dict) else None
-        if not isinstance(epoch, int) or isinstance(epoch, bool):
-            raise VitreduceError(f"{path}:{i + 1} has no integer 'epoch'; every line must be one epoch's record")
-        by_epoch[epoch] = record
-    return [by_epoch[e] for e in sorted(by_epoch)]
+        number = record.get(key) if isinstance(record, dict) else None
+        if not isinstance(number, int) or isinstance(number, bool):
+            raise VitreduceError(f"{path}:{i + 1} has no integer {key!r}; every line must be one {key}'s record")
+        by_key[number] = record
+    return [by_key[n] for n in sorted(by_key)]
 
 
 class TensorBoard:
-    """Scalars to RUN_DIR/tensorboard, one point per epoch, x-axis = optimizer step.
+    """Scalars to RUN_DIR/tensorboard, x-axis = optimizer step: one point per epoch (``epoch``), and per
+    logged step (``step``; flushed with the next epoch's points or at close).
 
     Args:
         log_dir: where the event files go.
@@ -88,6 +129,16 @@ class TensorBoard:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+
+    def step(self, record: dict[str, Any]) -> None:
+        """A steps.jsonl record: its scalars under ``step/``, the per-MLP gradient norms under ``grad_norm_mlp/``."""
+        step = record["step"]
+        for key in ("loss", "lr", "grad_norm", "update_norm"):
+            if record[key] is not None:
+                self.writer.add_scalar(f"step/{key}", record[key], step)
+        for name, value in record["mlp_grad_norm"].items():
+            if value is not None:
+                self.writer.add_scalar(f"grad_norm_mlp/{name}", value, step)
 
     def epoch(self, record: dict[str, Any]) -> None:
         step = record["step"]

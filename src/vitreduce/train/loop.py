@@ -27,13 +27,14 @@ from vitreduce.console import Progress
 from vitreduce.data import ensure_synth
 from vitreduce.errors import VitreduceError
 from vitreduce.locks import RunLock
-from vitreduce.train import distributed, rundir, state
+from vitreduce.train import distributed, rundir, state, telemetry
 from vitreduce.train.config import TrainConfig
 from vitreduce.train.distributed import DistInfo, gather_objects
 from vitreduce.train.ema import Ema
 from vitreduce.train.evaluate import EvalResult, evaluate
+from vitreduce.train.extend import follow_config
 from vitreduce.train.logs import MetricsFile, TensorBoard, epoch_line
-from vitreduce.train.model import build_model, check_init_checkpoint
+from vitreduce.train.model import check_init_checkpoint, start_model
 from vitreduce.train.optim import create_optimizer, create_scheduler, param_names
 from vitreduce.train.resume import choose, latest, verify
 from vitreduce.train.rundir import RunStatus
@@ -65,7 +66,7 @@ class RunResult:
 
 
 def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
-          on_event: EventHook | None = None) -> RunResult:
+          on_event: EventHook | None = None, extend: bool = False) -> RunResult:
     """Train (or resume) the run directory ``out_dir`` with ``config``.
 
     Args:
@@ -73,6 +74,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
         out_dir: run directory; created if missing, resumed if it holds this config's run.
         resume: require an existing run to resume (``--resume``).
         on_event: fault injection for tests (see ``EventHook``); None in normal use.
+        extend: continue the run to ``config.epochs`` when that is more than it had (``--extend``).
     """
     out = Path(out_dir)
     info = distributed.init(config.device)
@@ -81,7 +83,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
     try:
         if config.precision == "fp16" and info.device.type != "cuda":
             raise VitreduceError("precision: fp16 needs a CUDA GPU (GradScaler); on CPU set precision: bf16 or fp32")
-        start = info.agree(lambda: _preflight(config, out, resume, lock))
+        start = info.agree(lambda: _preflight(config, out, resume, lock, extend))
         if start.status is RunStatus.DONE:
             info.on_main(print, f"{out}: run already finished (done.json); nothing to do")
             return RunResult(out, TrainStatus.ALREADY_DONE, config.epochs, start.done.get("final", {}))
@@ -91,10 +93,10 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
         distributed.shutdown(info)
 
 
-def _preflight(config: TrainConfig, out: Path, resume: bool, lock: RunLock) -> rundir.RunStart:
+def _preflight(config: TrainConfig, out: Path, resume: bool, lock: RunLock, extend: bool) -> rundir.RunStart:
     """Every check that can fail, before any work: run directory, data, init checkpoint; then the run lock,
     and config.yaml written under it."""
-    start = rundir.inspect(out, config, must_exist=resume)
+    start = rundir.inspect(out, config, must_exist=resume, extend=extend)
     if start.status is RunStatus.DONE:
         return start
     if config.synth is not None:
@@ -107,7 +109,7 @@ def _preflight(config: TrainConfig, out: Path, resume: bool, lock: RunLock) -> r
             f"{out} is being trained by another process ({lock.holder()}; lock file {lock.path}). Wait for it to "
             "finish, or stop it and rerun this command to resume; to train a separate run, choose another --out"
         )
-    start = rundir.inspect(out, config, must_exist=resume)  # again, under the lock: the other may have changed it
+    start = rundir.inspect(out, config, resume, extend)  # again, under the lock: the other may have changed it
     if start.status is not RunStatus.DONE:
         rundir.begin(out, config, start)
     return start
@@ -132,12 +134,12 @@ class Trainer:
         self.cfg, self.out, self.info = config, out, info
         self.resumed_from: str | None = None
         self.session_start = session_start
-        self.on_event: EventHook = on_event or _no_event
+        self.on_event: EventHook = on_event or (lambda event: None)
         self.ckpt_dir = out / rundir.CHECKPOINTS
         self.bad_paths: list[str] = []  # this rank's unreadable files not yet counted in the position
 
         _seed_everything(config.seed)  # the same initial weights on every rank
-        self.module = build_model(config.model).to(info.device)
+        self.module, self.init = start_model(config.model, info.device)  # init: what init_checkpoint loaded
         self.ema = Ema(self.module, config.ema.decay) if config.ema.enabled else None
         self.optimizer = create_optimizer(self.module, config.optimizer)
         self.loader, self.eval_loader = _loaders(config, info, tuple(self.module.patch_embed.img_size))
@@ -154,6 +156,8 @@ class Trainer:
         self.metrics_file = MetricsFile(out / rundir.METRICS)
         info.on_main(self.metrics_file.truncate, self.position.epochs_done)
         self.tensorboard = info.on_main(self._tensorboard) if config.logging.tensorboard else None
+        self.steps = telemetry.StepTelemetry(out, self.module, config.logging.step_every, self.position.step,
+                                             self.tensorboard, main=info.is_main)  # steps.jsonl
         progress = config.logging.progress if info.is_main else "none"
         self.progress = Progress(progress, config.epochs, config.logging.every_steps)
 
@@ -161,6 +165,7 @@ class Trainer:
         """Load the newest whole checkpoint: rank 0 checks and loads the candidates in turn (setting damaged
         ones aside), the other ranks then load the one it chose."""
         loaded: dict[str, tuple[state.Position, dict[str, Any]]] = {}
+        built = self.scheduler.state_dict()  # this config's schedule: an extension follows it (train.extend)
 
         def use(path: Path) -> None:
             verify(path, self.trainables, self.info.world_size)
@@ -169,10 +174,11 @@ class Trainer:
         self.resumed_from = self.info.agree(lambda: str(choose(self.ckpt_dir, use)))
         position, rng = loaded.get(self.resumed_from) or state.load(self.resumed_from, self.trainables, self.info.rank)
         state.restore_rng(rng)
+        follow_config(self.scheduler, built, position.epochs_done, position.step)
         return position
 
     def _fresh(self) -> state.Position:
-        self.info.on_main(rundir.write_run_record, self.out, self.module, self.cfg, self.info.world_size)
+        self.info.on_main(rundir.write_run_record, self.out, self.module, self.cfg, self.info.world_size, self.init)
         _seed_everything(self.cfg.seed + self.info.rank)  # per-rank streams for drop-path, as timm does
         return state.Position(world_size=self.info.world_size)
 
@@ -231,8 +237,9 @@ class Trainer:
         """One optimizer step over ``batches``, counted in the position; a recovery checkpoint when due."""
         device, position = self.info.device, self.position
         micro = [(b.images.to(device, non_blocking=True), b.targets.to(device, non_blocking=True)) for b in batches]
+        probe = self.steps.probe(position.step + 1)  # None unless this step is logged
         try:
-            result = train_step(self.step_context, micro)
+            result = train_step(self.step_context, micro, probe)
         except NonFiniteError as err:
             raise self._halted(epoch, position.step + 1, batches[-1].index, err) from None
         position.step += 1
@@ -241,6 +248,7 @@ class Trainer:
         position.sums.add_step(result.loss, result.skipped, images)
         position.sums.elapsed_s = time.perf_counter() - started
         self.last_lr = self.optimizer.param_groups[0]["lr"]
+        self.steps.log(probe, epoch, position.step, self.last_lr, result)  # before a save at this step
         if result.skipped:
             self.progress.write(f"epoch {epoch + 1} step {position.step}: step skipped (loss {result.loss:.4g}, "
                                 f"gradient norm {result.grad_norm:.4g})")
@@ -321,7 +329,8 @@ class Trainer:
         self.position.wall_s = self._wall_s()
         rng = gather_objects(state.capture_rng(), self.info)
         self.info.on_main(state.save, self.ckpt_dir, kinds, self.trainables, self.position, rng,
-                          on_event=lambda step: self.on_event("save" if step == "written" else f"save:{step}"))
+                          on_event=lambda step: self.on_event("save" if step == "written" else f"save:{step}"),
+                          keep_every=self.cfg.checkpoint.keep_every_epochs)
         self.info.barrier()
 
     def _wall_s(self) -> float:
@@ -342,10 +351,6 @@ class Trainer:
         rundir.write_done(self.out, self.cfg.epochs, self._wall_s(), metrics)
         self.progress.write(f"done: {self.out} ({epoch_line({'epoch': self.cfg.epochs, **metrics}, self.cfg.epochs)})")
         return metrics
-
-
-def _no_event(event: Event) -> None:
-    """The default ``on_event``: nothing."""
 
 
 def _seed_everything(seed: int) -> None:

@@ -1,19 +1,22 @@
 """Building the model a config describes, optionally starting from other weights (fine-tuning).
 
 ``model.init_checkpoint`` may be
-- a vitreduce model checkpoint (``vitreduce.load``): its model name and reduction must match the
-  config's; the sharing is rebuilt by the reduction and every tensor but a mismatched head is loaded;
-- a timm state dict (.safetensors without a vitreduce header, or .pth/.pt/.bin read with
-  ``weights_only=True``) of the unreduced model: it is loaded into the full model, then the
-  config's reduction is applied to it (as ``vitreduce reduce --weights`` does).
-Either way a head whose size differs from ``model.num_classes`` keeps its fresh initialisation.
+- a vitreduce model checkpoint (``vitreduce.load``) of ``model.name``: one with the config's reduction
+  is loaded as it is (the sharing rebuilt by the reduction); an unreduced one is loaded into the full
+  model and the config's reduction is then applied to the trained weights (the paper's procedure);
+  one reduced otherwise is refused;
+- a timm state dict (.safetensors without a vitreduce header, or .pth/.pt/.bin/.pth.tar read with
+  ``weights_only=True``; ``FILE#state_dict_ema`` picks timm's EMA weights) of the unreduced model:
+  loaded into the full model, then the config's reduction is applied (as ``vitreduce reduce --weights`` does).
+Either way a head whose size differs from ``model.num_classes`` keeps its fresh initialisation, and
+``start_model`` says what was loaded, skipped and re-initialised (``InitReport``).
 """
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from vitreduce.errors import VitreduceError
@@ -22,64 +25,109 @@ from vitreduce.reduction.models import create_model
 from vitreduce.reduction.params import alias_groups
 from vitreduce.reduction.spec import ReductionSpec
 from vitreduce.reduction.surgery import reduce
-from vitreduce.reduction.weights import copy_unique_tensors, read_state_dict
+from vitreduce.reduction.weights import PICKLE_SUFFIXES, copy_unique_tensors, listing, read_state_dict, split_selector
 from vitreduce.train.config import ModelConfig
 
 
+@dataclass
+class InitReport:
+    """What ``model.init_checkpoint`` put into the model (printed at the start of a run; run.json "init")."""
+
+    source: str  # the file as configured (with '#KEY' when one was selected)
+    loaded: int  # distinct tensors copied from it
+    skipped: list[str] = field(default_factory=list)  # its tensors not copied (a head of another size)
+    reinitialised: list[str] = field(default_factory=list)  # the model's tensors left freshly initialised
+    reduction_applied: str | None = None  # applied to the full-width weights after loading them
+
+    def record(self) -> dict[str, Any]:
+        return {"source": self.source, "loaded": self.loaded, "skipped": self.skipped,
+                "reinitialised": self.reinitialised, "reduction_applied": self.reduction_applied}
+
+    def line(self) -> str:
+        where = " into the full model" if self.reduction_applied else ""
+        text = f"model.init_checkpoint: loaded {self.loaded} tensors from {self.source}{where}"
+        if self.reduction_applied:
+            text += f", then applied reduction {self.reduction_applied}"
+        if self.skipped:
+            text += f"; skipped {listing(self.skipped)} (shape differs)"
+        if self.reinitialised:
+            text += f"; re-initialised {listing(self.reinitialised)}"
+        return text
+
+
 def build_model(cfg: ModelConfig) -> nn.Module:
-    """The config's model on CPU: fresh (from the current torch seed) or from ``cfg.init_checkpoint``.
+    """The config's model on CPU: fresh (from the current torch seed) or from ``cfg.init_checkpoint``."""
+    return start_model(cfg)[0]
+
+
+def start_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> tuple[nn.Module, InitReport | None]:
+    """The config's model and, when it starts from ``cfg.init_checkpoint``, what was loaded.
 
     Args:
         cfg: the model section of the config.
+        device: where the model goes once built and loaded (it is built on CPU, from the current torch seed).
     """
-    check_init_checkpoint(cfg)
+    to_apply = check_init_checkpoint(cfg)
     if cfg.init_checkpoint is None:
-        return create_model(cfg.name, reduction=cfg.reduction, **cfg.timm_kwargs())
-    path = Path(cfg.init_checkpoint)
-    if _is_vitreduce(path):
-        model = create_model(cfg.name, reduction=cfg.reduction, **cfg.timm_kwargs())
-        _copy_weights(checkpoint.load(path).state_dict(), model, path)
-        return model
-    model = create_model(cfg.name, reduction=None, **cfg.timm_kwargs())
-    _copy_weights(read_state_dict(path), model, path)
-    return reduce(model, ReductionSpec.parse(cfg.reduction))
+        return create_model(cfg.name, reduction=cfg.reduction, **cfg.timm_kwargs()).to(device), None
+    path, key = split_selector(cfg.init_checkpoint)
+    source = checkpoint.load(path).state_dict() if checkpoint.is_checkpoint(path) else read_state_dict(path, key)
+    model = create_model(cfg.name, reduction=None if to_apply else cfg.reduction, **cfg.timm_kwargs())
+    report = _copy_weights(source, model, cfg.init_checkpoint)
+    if to_apply:
+        reduce(model, to_apply)
+        report.reduction_applied = str(to_apply)
+        if any(step.strategy == "thin" for step in to_apply.steps):  # thin builds fresh MLPs over the loaded ones
+            report.reinitialised += [n for n in _unique_names(model) if ".mlp." in n]
+    return model.to(device), report
 
 
-def check_init_checkpoint(cfg: ModelConfig) -> None:
-    """What ``build_model`` refuses about ``cfg.init_checkpoint`` before reading any weights: a missing
-    file, and for a vitreduce checkpoint a header that does not describe a model vitreduce builds
-    (``reduction.checkpoint.check_header``) or names another model or reduction than the config.
-    Headers only, so cheap: for the checks that run before any file of a run is written."""
+def check_init_checkpoint(cfg: ModelConfig) -> ReductionSpec | None:
+    """What ``start_model`` refuses about ``cfg.init_checkpoint`` before reading any weights: a missing
+    file or an unknown format; for a vitreduce checkpoint a header that does not describe a model vitreduce
+    builds (``reduction.checkpoint.check_header``), names another model, or is reduced otherwise than the
+    config. Headers only, so cheap: for the checks that run before any file of a run is written.
+
+    Returns:
+        the reduction to apply after loading the full-width weights (None: none, or the file has it already).
+    """
     if cfg.init_checkpoint is None:
-        return
-    path = Path(cfg.init_checkpoint)
+        return None
+    path, key = split_selector(cfg.init_checkpoint)
     if not path.is_file():
         raise VitreduceError(f"model.init_checkpoint {path} does not exist")
-    if not _is_vitreduce(path):
-        return
+    spec = ReductionSpec.parse(cfg.reduction)
+    if not checkpoint.is_checkpoint(path):
+        if path.suffix != ".safetensors" and not path.name.endswith(PICKLE_SUFFIXES):
+            raise VitreduceError(f"model.init_checkpoint {path}: unsupported weights format; use a vitreduce "
+                                 ".safetensors model file or timm weights (.safetensors, .pth, .pth.tar, .pt, .bin)")
+        return spec if spec.steps else None
+    if key is not None:
+        raise VitreduceError(f"model.init_checkpoint {cfg.init_checkpoint}: a vitreduce model file holds one set of "
+                             "weights; drop '#" + key + "' (a run's EMA weights are its model_ema.safetensors)")
     metadata = checkpoint.read_metadata(path)
-    # Compared canonically: a header written before a spec's canonical order changed still matches.
-    if (metadata["base_model"], str(ReductionSpec.parse(metadata["reduction"]))) != (cfg.name, cfg.reduction):
+    if metadata["base_model"] != cfg.name:
         raise VitreduceError(
             f"model.init_checkpoint {path} is {metadata['base_model']} with reduction {metadata['reduction']!r}, "
-            f"the config asks for {cfg.name} with {cfg.reduction!r}: set model.name and model.reduction to match"
+            f"the config asks for {cfg.name}: set model.name to {metadata['base_model']} to match"
         )
-
-
-def _is_vitreduce(path: Path) -> bool:
-    if path.suffix != ".safetensors":
-        return False
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            return (handle.metadata() or {}).get("format") == checkpoint.FORMAT
-    except Exception as err:  # noqa: BLE001 (any unreadable header is reported as such)
-        raise VitreduceError(f"model.init_checkpoint {path} is not a readable safetensors file ({err})") from None
+        return checkpoint.reduction_to_apply(metadata, spec, path, setting="model.reduction")
+    except VitreduceError as err:
+        raise VitreduceError(f"model.init_checkpoint: {err}") from None
 
 
-def _copy_weights(source: dict[str, torch.Tensor], model: nn.Module, path: Path) -> None:
+def _unique_names(model: nn.Module) -> list[str]:
+    aliases = alias_groups(model)
+    return [n for n in model.state_dict() if aliases.get(n, n) == n]
+
+
+def _copy_weights(source: dict[str, torch.Tensor], model: nn.Module, name: str) -> InitReport:
     """Copy every unique tensor of ``model`` from ``source`` except a head of another size (kept fresh)."""
     aliases = alias_groups(model)
     source = {n: t for n, t in source.items() if aliases.get(n, n) == n}  # aliases repeat a stored tensor
     targets = model.state_dict()
-    fresh = {n for n in source if n.startswith("head.") and n in targets and source[n].shape != targets[n].shape}
-    copy_unique_tensors(model, {n: tuple(t.shape) for n, t in source.items()}, source.__getitem__, path, fresh)
+    fresh = sorted(n for n in source if n.startswith("head.") and n in targets
+                   and source[n].shape != targets[n].shape)
+    copy_unique_tensors(model, {n: tuple(t.shape) for n, t in source.items()}, source.__getitem__, name, fresh)
+    return InitReport(source=name, loaded=len(source) - len(fresh), skipped=list(fresh), reinitialised=list(fresh))

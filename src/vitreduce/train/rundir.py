@@ -2,7 +2,8 @@
 (config.yaml, run.json, predictions.csv, the final model files, done.json; metrics.jsonl is vitreduce.train.logs').
 
 Rerunning the same command on a run directory resumes it; a directory made with a different config
-is refused with the keys that differ; a finished one (done.json) is left alone.
+is refused with the keys that differ; a finished one (done.json) is left alone. With ``--extend`` only a
+larger ``epochs`` may differ: the run continues, its old end's files set aside in ``end-epoch-<old>/``.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import csv
 import io
 import json
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 from enum import StrEnum
@@ -21,17 +23,21 @@ from torch import nn
 
 from vitreduce.config_tree import read_yaml
 from vitreduce.errors import VitreduceError
-from vitreduce.files import write_json, write_text
+from vitreduce.files import fsync_dir, write_json, write_text
 from vitreduce.locks import LOCK_FILE
 from vitreduce.reduction.accounting import describe
 from vitreduce.train import resume
 from vitreduce.train.config import TrainConfig, changed_keys, dump
 from vitreduce.train.ema import Ema
-from vitreduce.train.state import Position, write_model_files
+from vitreduce.train.extend import note as extend_note
+from vitreduce.train.model import InitReport
+from vitreduce.train.state import EMA_MODEL, MODEL, Position, write_model_files
 from vitreduce.version import __version__
 
 CONFIG, RUN, METRICS, PREDICTIONS, DONE = "config.yaml", "run.json", "metrics.jsonl", "predictions.csv", "done.json"
 CHECKPOINTS = "checkpoints"
+END_ASIDE = "end-epoch-{}"  # an extended run's earlier end: its done.json, final model files, predictions
+LOG = "train.log"  # what `vitreduce train` (or the study running it) printed, appended; may precede config.yaml
 
 
 class RunStatus(StrEnum):
@@ -50,26 +56,36 @@ class RunStart:
     checkpoint: str | None = None  # the newest checkpoint ("resume" only; resume.choose checks it before use)
     done: dict[str, Any] | None = None  # done.json ("done" only)
     replaces: tuple[str, ...] = ()  # "new" over a config.yaml of another config that never saved anything
+    extends: int | None = None  # "resume" with --extend to more epochs: the run's epochs count until now
 
 
-def inspect(out: Path, config: TrainConfig, must_exist: bool = False) -> RunStart:
+def inspect(out: Path, config: TrainConfig, must_exist: bool = False, extend: bool = False) -> RunStart:
     """Decide what to do with the run directory (reads only; ``begin`` writes config.yaml).
 
     Args:
         out: the run directory.
         config: the resolved config.
         must_exist: ``--resume``: refuse when there is no run to resume.
+        extend: ``--extend``: the config's ``epochs`` may be larger than the run's (docs/training.md).
     """
     if out.exists() and not out.is_dir():
         raise VitreduceError(f"run directory {out} exists and is not a folder; choose another --out")
     saved = out / CONFIG
+    if extend and not saved.is_file():
+        raise VitreduceError(f"--extend: {out} holds no run ({CONFIG} missing); nothing to extend")
     if saved.is_file():
-        changed = changed_keys(read_yaml(saved), config.to_dict())
-        if changed and not holds_nothing(out):
+        old = read_yaml(saved)
+        changed = changed_keys(old, config.to_dict())
+        extends = None if holds_nothing(out) else _extension(out, old, config, extend)
+        if changed and not extends and not holds_nothing(out):
             raise VitreduceError(
-                f"{out} holds a run made with a different config; use another --out, or the same config.\n  "
-                + "\n  ".join(changed)
+                f"{out} holds a run made with a different config; use another --out, or the same config"
+                + (" (--extend lets only epochs differ)" if extend else "") + ".\n  " + "\n  ".join(changed)
             )
+        if extends:
+            if not resume.candidates(out / CHECKPOINTS):
+                raise VitreduceError(f"--extend: {out} holds no checkpoint to continue from")
+            return RunStart(RunStatus.RESUME, checkpoint=str(resume.latest(out / CHECKPOINTS)), extends=extends)
         if (out / DONE).is_file():
             return RunStart(RunStatus.DONE, done=json.loads((out / DONE).read_text()))
         if resume.candidates(out / CHECKPOINTS):
@@ -80,9 +96,31 @@ def inspect(out: Path, config: TrainConfig, must_exist: bool = False) -> RunStar
         return RunStart(RunStatus.NEW, replaces=tuple(changed))
     if must_exist:
         raise VitreduceError(f"--resume: {out} holds no run ({CONFIG} missing); nothing to resume")
-    if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()):
+    if out.exists() and any(p.name not in (LOCK_FILE, LOG) for p in out.iterdir()):
         raise VitreduceError(f"{out} is not empty and holds no vitreduce run ({CONFIG} missing); choose another --out")
     return RunStart(RunStatus.NEW)
+
+
+def _extension(out: Path, old: dict[str, Any], config: TrainConfig, extend: bool) -> int | None:
+    """The run's epochs count when this start extends it to more (``--extend``), else None; refuses a larger
+    ``epochs`` without --extend (naming the command that extends) and a smaller one with it."""
+    before, after = old.get("epochs"), config.epochs
+    if not isinstance(before, int) or before == after or changed_keys(old, config.to_dict(), also=("epochs",)):
+        return None  # nothing to extend, or other keys differ too (refused with the list of them)
+    if after < before:
+        if not extend:
+            return None
+        raise VitreduceError(f"--extend: {out} holds a run of {before} epochs; it cannot be shortened to {after} "
+                             f"(evaluate an epoch's checkpoint instead, or train {after} epochs with another --out)")
+    if not extend:
+        command = f"vitreduce train --resume --out {shlex.quote(str(out))} --set epochs={after} --extend"
+        raise VitreduceError(
+            f"{out} holds a run of {before} epochs and this config asks for {after}. To continue that run to {after} "
+            f"epochs, add --extend:\n  {command}\nIts learning-rate schedule then becomes timm's schedule for {after} "
+            f"epochs from epoch {before + 1} on, so the result differs from a run trained for {after} epochs from "
+            "the start (docs/training.md); for that one, use another --out."
+        )
+    return before
 
 
 def holds_nothing(out: Path) -> bool:
@@ -109,7 +147,12 @@ def create(out: Path) -> None:
 def begin(out: Path, config: TrainConfig, start: RunStart | None = None) -> None:
     """Create the run directory and write the resolved config.yaml (replacing the one ``start.replaces`` names)."""
     create(out)
-    if start is not None and start.replaces:
+    if start is not None and start.extends:
+        _set_end_aside(out, start.extends)
+        _record_extension(out, config.epochs, start.extends)
+        print(f"{out}: {extend_note(config, start.extends)}", file=sys.stderr, flush=True)
+        write_text(out / CONFIG, dump(config))  # last: until then a rerun of either command finds the old run
+    elif start is not None and start.replaces:
         print(f"{out}: its config.yaml is of a run that stopped before saving anything; starting afresh with this "
               f"config ({len(start.replaces)} key(s) differ: {'; '.join(start.replaces)})", file=sys.stderr, flush=True)
         write_text(out / CONFIG, dump(config))
@@ -117,10 +160,42 @@ def begin(out: Path, config: TrainConfig, start: RunStart | None = None) -> None
         write_text(out / CONFIG, dump(config))
 
 
-def write_run_record(out: Path, model: nn.Module, config: TrainConfig, world_size: int) -> None:
-    """run.json: what the model is (``ModelDescription.record``) and how it is trained, written at the start."""
+def _set_end_aside(out: Path, before: int) -> None:
+    """Move the end files of the run's first ``before`` epochs into ``end-epoch-<before>/`` beside a copy of
+    its config.yaml; done.json first (once it is gone a rerun resumes), each move skipped when done already."""
+    folder = out / END_ASIDE.format(before)
+    moving = [name for name in (DONE, MODEL, EMA_MODEL, PREDICTIONS) if (out / name).is_file()]
+    try:
+        if moving and not (folder / CONFIG).is_file():
+            write_text(folder / CONFIG, (out / CONFIG).read_text())
+        for name in moving:
+            if not (folder / name).exists():
+                os.replace(out / name, folder / name)
+        if moving:
+            fsync_dir(folder)
+            fsync_dir(out)
+    except OSError as err:
+        raise VitreduceError(f"--extend: cannot move {err.filename} into {folder} ({err.strerror or err}); "
+                             f"make {out} writable and rerun the same command") from None
+
+
+def _record_extension(out: Path, after: int, before: int) -> None:
+    """run.json's ``epochs`` becomes the new count; ``extended_from`` lists the counts it was extended from."""
+    if (out / RUN).is_file():
+        record = json.loads((out / RUN).read_text())
+        record["extended_from"] = [*record.get("extended_from", []), before]
+        write_json(out / RUN, {**record, "epochs": after})
+
+
+def write_run_record(out: Path, model: nn.Module, config: TrainConfig, world_size: int,
+                     init: InitReport | None = None) -> None:
+    """run.json: what the model is (``ModelDescription.record``) and how it is trained, written at the start;
+    with ``init`` (what ``model.init_checkpoint`` loaded) its "init" record, and its line printed."""
     record = {**describe(model).record(), "seed": config.seed, "num_classes": config.model.num_classes,
               "epochs": config.epochs, "vitreduce_version": __version__, "world_size": world_size}
+    if init is not None:
+        record["init"] = init.record()
+        print(init.line(), flush=True)
     write_json(out / RUN, record)
 
 

@@ -16,7 +16,8 @@ A checkpoint directory is written under a temporary name, synced and renamed, an
 symlinks point at it (``best`` before ``last``), and superseded directories are pruned last, so a run
 killed at any moment leaves a resumable ``last`` and keeps ``best`` (``save`` says why). A save that
 would reuse the name of a directory a symlink still points at takes the name ``<name>-2``. Damaged
-checkpoints set aside on resume (``damaged-*``, vitreduce.train.resume) are never pruned. Shared
+checkpoints set aside on resume (``damaged-*``, vitreduce.train.resume) and the kept history
+(``epoch-<E>``, vitreduce.train.history) are never pruned. Shared
 tensors are stored once (by their first name), in the model files and in the optimizer state.
 """
 from __future__ import annotations
@@ -41,6 +42,7 @@ from vitreduce.errors import VitreduceError
 from vitreduce.files import atomic_write, fsync_dir
 from vitreduce.numbers import is_finite
 from vitreduce.reduction import checkpoint
+from vitreduce.train import history
 from vitreduce.train.ema import Ema
 
 FORMAT = "vitreduce.trainstate.v1"
@@ -110,7 +112,7 @@ class Trainables:
 
 
 def save(ckpt_dir: str | os.PathLike, kinds: list[str], trainables: Trainables, position: Position,
-         rng_states: list[dict[str, Any]], on_event: Callable[[str], None] | None = None) -> Path:
+         rng_states: list[dict[str, Any]], on_event: Callable[[str], None] | None = None, keep_every: int = 0) -> Path:
     """Write one checkpoint and point each of ``kinds`` ('last', 'best', 'recovery') at it.
 
     The order makes a kill at any moment harmless: the files are written under a temporary name and
@@ -126,6 +128,8 @@ def save(ckpt_dir: str | os.PathLike, kinds: list[str], trainables: Trainables, 
         rng_states: every rank's ``capture_rng()``, in rank order.
         on_event: called after each step of the save (a test hook): "written" (files complete, not yet
             visible), "renamed", "link:<kind>" for each symlink, "pruned".
+        keep_every: ``checkpoint.keep_every_epochs``: an epoch-end save of every K-th epoch also keeps its
+            model files as ``epoch-<E>`` (before the symlinks move: a rerun that trains the epoch again redoes it).
     """
     ckpt_dir = Path(ckpt_dir)
     event = on_event or (lambda step: None)
@@ -143,6 +147,8 @@ def save(ckpt_dir: str | os.PathLike, kinds: list[str], trainables: Trainables, 
         os.replace(tmp, final)
         fsync_dir(ckpt_dir)
         event("renamed")
+        if kept := history.due(position.epochs_done, position.batch, keep_every):
+            history.keep(ckpt_dir, final, kept, (MODEL, EMA_MODEL))
         for kind in sorted(kinds, key=_LINK_ORDER.index):
             point(ckpt_dir / kind, name)
             event(f"link:{kind}")
@@ -225,7 +231,7 @@ def _free_name(ckpt_dir: Path, name: str) -> str:
     return free
 
 
-_PRUNABLE = re.compile(r"(last|best|recovery)-\d+(-\d+)?|\.(last|best|recovery)-\d+(-\d+)?\.tmp")
+_PRUNABLE = re.compile(r"(last|best|recovery)-\d+(-\d+)?|\.(last|best|recovery)-\d+(-\d+)?\.tmp|\.epoch-\d+\.tmp")
 
 
 def prune(ckpt_dir: str | os.PathLike) -> None:

@@ -2,12 +2,14 @@
 
 ``train_step`` is one optimizer step over ``optimizer.accum_steps`` micro-batches: forward, loss,
 backward, unscale, clip, a finiteness check, step, EMA. The gradient norm is taken over unique
-parameters, so a shared tensor counts once.
+parameters, so a shared tensor counts once. On the steps that are logged, a ``StepProbe`` also measures
+the gradient norm of each unique MLP and the norm of the update; it only reads tensors, so a probed
+step's arithmetic and RNG use are those of any other step.
 """
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -17,6 +19,7 @@ from vitreduce.device import Precision, autocast
 from vitreduce.errors import VitreduceError
 from vitreduce.numbers import is_finite
 from vitreduce.reduction.params import unique_parameters
+from vitreduce.reduction.surgery import unique_mlps
 from vitreduce.train.distributed import all_mean
 from vitreduce.train.ema import Ema
 
@@ -57,8 +60,51 @@ class StepResult:
     skipped: bool  # the optimizer did not step (non-finite loss/gradient, or fp16 overflow)
 
 
-def train_step(ctx: StepContext, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> StepResult:
-    """One optimizer step over micro-batches ``[(images (B,C,H,W), targets (B,) or (B,K)), ...]``."""
+@dataclass
+class StepProbe:
+    """What one logged step measures besides its loss and global gradient norm.
+
+    ``mlp_grad_norms``: per unique MLP (named by the first block that uses it, ``blocks.<i>.mlp``), the
+    norm of its unique parameters' gradients, unscaled and before clipping, as the global norm; under
+    DDP the gradients are already all-reduced, so these are the global norms. ``update_norm``: the norm
+    of the step's change of the unique trainable parameters (0 when the step was skipped). The
+    parameters are copied only for a probed step, and freed at once.
+    """
+
+    params: list[nn.Parameter]  # unique trainable parameters, as StepContext.params
+    mlps: dict[str, list[nn.Parameter]]  # unique MLP name -> its unique trainable parameters
+    mlp_grad_norms: dict[str, float | None] = field(default_factory=dict)
+    update_norm: float = 0.0
+    _before: list[torch.Tensor] | None = None
+
+    @classmethod
+    def build(cls, module: nn.Module) -> StepProbe:
+        """A probe for ``module`` (the unwrapped model)."""
+        mlps = {f"blocks.{users[0]}.mlp": list(unique_parameters(mlp, trainable_only=True))
+                for users, mlp in unique_mlps(module)}
+        return cls(list(unique_parameters(module, trainable_only=True)), {k: v for k, v in mlps.items() if v})
+
+    def gradients(self) -> None:
+        """After unscaling, before clipping: each MLP's gradient norm."""
+        norms = [torch.nn.utils.get_total_norm([p.grad for p in ps if p.grad is not None]) for ps in self.mlps.values()]
+        values = torch.stack(norms).double().tolist() if norms else []  # one device sync for all of them
+        self.mlp_grad_norms = {name: v if is_finite(v) else None for name, v in zip(self.mlps, values, strict=True)}
+
+    def before_update(self) -> None:
+        self._before = [p.detach().clone() for p in self.params]
+
+    def after_update(self) -> None:
+        """The update's norm: the copies become (before - after) in place, so one copy is all it takes."""
+        for before, p in zip(self._before or [], self.params, strict=True):
+            before.sub_(p.detach())
+        self.update_norm = torch.nn.utils.get_total_norm(self._before).item() if self._before else 0.0
+        self._before = None
+
+
+def train_step(ctx: StepContext, micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
+               probe: StepProbe | None = None) -> StepResult:
+    """One optimizer step over micro-batches ``[(images (B,C,H,W), targets (B,) or (B,K)), ...]``; ``probe``
+    (on logged steps) measures it."""
     ctx.optimizer.zero_grad(set_to_none=True)
     total = sum(len(images) for images, _ in micro_batches)
     loss_sum = torch.zeros((), device=ctx.device, dtype=torch.float64)
@@ -72,6 +118,8 @@ def train_step(ctx: StepContext, micro_batches: list[tuple[torch.Tensor, torch.T
             ctx.scaler.scale(loss * (len(images) / total)).backward()
         loss_sum += loss.detach().double() * len(images)
     ctx.scaler.unscale_(ctx.optimizer)  # no-op when the scaler is disabled
+    if probe is not None:
+        probe.gradients()
     if ctx.clip_grad is not None:
         grad_norm = torch.nn.utils.clip_grad_norm_(ctx.params, ctx.clip_grad)
     else:
@@ -93,7 +141,11 @@ def train_step(ctx: StepContext, micro_batches: list[tuple[torch.Tensor, torch.T
         if ctx.scaler.is_enabled():
             ctx.scaler.update()  # resets the scaler's per-step bookkeeping
         return StepResult(loss_value, norm_value, skipped=True)
+    if probe is not None:
+        probe.before_update()
     ctx.scaler.step(ctx.optimizer)
+    if probe is not None:
+        probe.after_update()
     ctx.scaler.update()
     if ctx.ema is not None:
         ctx.ema.update()
