@@ -22,7 +22,9 @@ from vitreduce.data.synth import write_synth_dataset
 # Tiny models gain nothing from threads, and pytest-xdist already runs one worker per core:
 # more threads only oversubscribe the cores (a tiny forward took 0.27 s with 2 threads, 1 ms with 1).
 # Tests that compare a run trained here with one trained in a subprocess rely on this too: the
-# subprocess gets one thread from `python_one_thread`.
+# subprocess gets one thread from `python_one_thread`. The CLI sets torch's threads from --threads or
+# OMP_NUM_THREADS (else from the machine's load), so in-process `main([...])` calls get one thread too.
+os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
 TINY_VIT = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=5)
