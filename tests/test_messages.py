@@ -1,4 +1,4 @@
-"""Messages that say what to change, and shipped text that does not mislead (issue 12, points 8 and 10).
+"""Messages that say what to change, and shipped text that does not mislead.
 
 Each case runs the command as a user would (``vitreduce.cli.main``) and checks the exit code and the words.
 """

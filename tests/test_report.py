@@ -63,13 +63,14 @@ def test_report_files_summary_and_links(study):
     paths = write_report(study, n_resamples=200)
     md, page = paths.markdown.read_text(), paths.html.read_text()
     images = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", md)
-    assert len(images) == 3 and all((study / src).is_file() for src in images)
+    assert len(images) == len(set(images)) == len(paths.figures) >= 3  # each figure once (the headline's too)
+    assert all((study / src).is_file() for src in images)
     assert sorted(re.findall(r"<img src='([^']+)'", page)) == sorted(images)
     assert {study / src for src in images} == set(paths.figures)
     assert not list(study.rglob("*.tmp"))
 
     summary = json.loads(paths.summary_json.read_text())
-    assert list(summary) == ["base", "grouped", "shallow"]
+    assert list(summary) == ["base", "grouped", "shallow"]  # summary.json: one entry per variant, nothing else
     for entry in summary.values():
         assert {"n", "reduction", "params", "raw", "ema"} <= set(entry)
         assert set(entry["raw"]) >= REQUIRED_KIND_KEYS and set(entry["ema"]) >= REQUIRED_KIND_KEYS
@@ -192,3 +193,78 @@ def test_report_uses_step_spikes_and_draws_the_gradient_norm_when_runs_have_step
     stability = md.split("## Training stability")[1].split("\n## ")[0]
     assert "Step-level loss spike" in stability and "seed 0: [610]; seed 1: none" in stability
     assert "seed 1: no steps.jsonl" in stability
+
+
+def _entry(verdict=None, n=2, diff=0.1, p_adj=0.5, min_effect=64.0, needed=204, metric="top1_final",
+           correction="holm", size=3):
+    """A summary.json variant entry as write_report makes it; verdict None: the baseline (no comparison)."""
+    kind = {"n": n, "top1_final_mean": 70.0, "top1_final_std": 1.0 if n > 1 else None, "p2f_mean": 0.5,
+            "p2f_std": None}
+    entry = {"params": 58_000_000, "raw": kind, "ema": kind}
+    if verdict is None:
+        return entry
+    testable = verdict != "not testable"
+    reason = None if testable else f"n={n} paired seed(s): the seed-to-seed spread needs at least 2"
+    family = {"alpha": 0.05, "size": size, "correction": correction}
+    entry["vs_baseline"] = {"seed_level": [
+        {"evidence": "confirmatory", "family": family, "kind": "ema", "metric": metric, "n": n, "mean_diff": diff,
+         "confidence": 0.95, "ci_low": diff - 1 if testable else None, "ci_high": diff + 1 if testable else None,
+         "p_adjusted": p_adj if testable else None, "verdict": verdict, "warning": None,
+         "detectable": {"reason": reason, "min_effect": min_effect if testable else None, "effect": 0.42,
+                        "seeds_needed": needed if testable else None, "more_than_max": False}},
+        {"evidence": "exploratory", "verdict": "better"}]}  # never stated in the headline
+    return entry
+
+
+def test_headline_without_a_verdict_states_what_the_seeds_could_detect():
+    from vitreduce.study.headline import headline, headline_table
+
+    summary = {"base": _entry(), "a": _entry("no evidence of a difference", min_effect=152.4, needed=1144),
+               "b": _entry("no evidence of a difference"), "c": _entry("no evidence of a difference", needed=500)}
+    lines = headline(summary, "base")
+    assert lines[0] == ("With 2 paired seeds per variant, no variant differs from the baseline (base) in final top-1 "
+                        "of the EMA model at the family-wise 5% level (Holm, 3 comparisons).")
+    assert lines[1] == ("At 80% power these seeds could only have detected differences of 64-152 pp; detecting "
+                        "+0.42 pp would take 204-1,144 paired seeds per variant.")
+    assert "exploratory" in lines[-1] and not any("better" in s for s in lines)
+    headers, rows = headline_table(summary, "base", "ema_top1_final")
+    assert headers[3] == "final top-1, EMA model (mean ± sd)" and rows[0][4] == "(baseline)"
+    assert rows[1] == ["a", "2", "58.00M", "70.00 ± 1.00", "+0.10 [-0.90, +1.10]", "0.5",
+                       "no evidence of a difference"]
+
+
+def test_headline_names_the_better_variant_with_its_interval():
+    from vitreduce.study.headline import headline
+
+    summary = {"base": _entry(), "a": _entry("better", diff=0.8, p_adj=0.01, correction="bh", size=2),
+               "b": _entry("no evidence of a difference", correction="bh", size=2)}
+    first = headline(summary, "base")[0]
+    assert first == ("With 2 paired seeds per variant, in final top-1 of the EMA model at a 5% false discovery rate "
+                     "(Benjamini-Hochberg, 2 comparisons): a is better than the baseline (base) by +0.80 pp, 95% CI "
+                     "[-0.20, +1.80] pp, adjusted p=0.01; the other 1 show no evidence of a difference.")
+
+
+def test_headline_with_one_seed_claims_nothing():
+    from vitreduce.study.headline import headline
+
+    lines = headline({"base": _entry(n=1), "a": _entry("not testable", n=1, size=1)}, "base")
+    assert lines[0] == ("Not testable against the baseline (base) in final top-1 of the EMA model, so no claim either "
+                        "way: a (n=1 paired seed(s): the seed-to-seed spread needs at least 2).")
+    assert len(lines) == 2 and "exploratory" in lines[1]  # no power sentence: nothing computable
+    assert "supports no claim" in headline({"base": _entry()}, "base")[0]
+
+
+def test_report_leads_with_the_headline_and_ends_with_the_appendix(study):
+    from vitreduce.study.headline import headline
+
+    paths = write_report(study, n_resamples=20)
+    md = paths.markdown.read_text()
+    headings = re.findall(r"^(#+) (.*)$", md, re.M)
+    assert headings[0] == ("#", "Study report: paper") and headings[1] == ("##", "Headline")
+    assert [h for level, h in headings if level == "##"][-1] == "Appendix"
+    headline_section = md.split("## Headline\n\n")[1].split("\n## ")[0]
+    sentences = headline(json.loads(paths.summary_json.read_text()), "base")
+    assert " ".join(sentences) in headline_section and headline_section.count("![") == 1
+    assert "| variant | n | params | final top-1, raw model (mean ± sd) |" in headline_section
+    appendix = md.split("\n## Appendix\n")[1]
+    assert "(image level)" in appendix and "(image level)" not in md.split("\n## Appendix\n")[0]

@@ -12,7 +12,9 @@ from vitreduce.study.runs import (
     mean_std,
     model_metrics,
     read_metrics,
+    summarize_throughput,
     summarize_variant,
+    throughput_ratio,
 )
 
 
@@ -177,3 +179,11 @@ def test_load_study_refuses_empty_or_unfinished(tmp_path):
     with pytest.raises(VitreduceError, match="--include-unfinished"):
         load_study(tmp_path)
     assert not load_study(tmp_path, include_unfinished=True).variants["v"][0].finished
+
+
+def test_a_throughput_json_without_its_spread_reports_the_median_and_no_ratio():
+    old = summarize_throughput({"infer_img_s": 1020.0})  # written before the profiler recorded min and max
+    assert old == {"median": 1020.0, "min": None, "max": None, "device": None, "batch_size": None,
+                   "precision": None}
+    assert throughput_ratio(old, old) == (None, "no range")
+    assert summarize_throughput({"infer_img_s": None}) is None and summarize_throughput(None) is None

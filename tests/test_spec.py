@@ -22,7 +22,7 @@ from vitreduce.reduction.spec import ReductionSpec
         ("thin:ratio=0.5", "thin:ratio=0.5"),
         ("grouped+shallow:ratio=0.5", "grouped+shallow:ratio=0.5"),
         ("shallow+grouped", "shallow:ratio=0.5+grouped"),  # stored in checkpoints: kept as written
-        # thin runs before grouped whatever the order written (issue 11): one spec, one string
+        # thin runs before grouped whatever the order written: one spec, one string
         ("grouped+thin", "thin:ratio=0.5+grouped"),
         ("thin:ratio=0.25+grouped:size=3", "thin:ratio=0.25+grouped:size=3"),
         ("grouped:init=mean+thin:ratio=0.25", "thin:ratio=0.25+grouped:init=mean"),
@@ -52,7 +52,7 @@ def test_canonical_form(text, canonical):
         ("grouped:size", "needs a value"),
         ("grouped:size=2,size=3", "given twice"),
         ("grouped:", "no key=value"),
-        ("", "write 'none'"),  # issue 10: an empty --reduction used to mean none
+        ("", "write 'none'"),  # an empty --reduction used to mean none
     ],
 )
 def test_bad_specs_name_the_fix(text, message):

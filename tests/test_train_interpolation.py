@@ -1,4 +1,4 @@
-"""The paper configs train with timm train.py's interpolation: bilinear or bicubic drawn per image (issue 11)."""
+"""The paper configs train with timm train.py's interpolation: bilinear or bicubic drawn per image."""
 from __future__ import annotations
 
 import random

@@ -1,4 +1,4 @@
-"""The fixed hostile-input corpus: one case per input found in issue 10 ("Hostile input"), as data.
+"""The fixed hostile-input corpus: one case per hostile input found in an adversarial review, as data.
 
 A case is a command line with placeholders that test_corpus.py fills from a fresh workspace:
 ``{ckpt}`` a tiny vitreduce checkpoint (its header edited by ``header``), ``{data}`` the tiny dataset,

@@ -13,6 +13,8 @@ from safetensors.torch import load_file
 import vitreduce
 from vitreduce.cli.main import main
 from vitreduce.data.synth import write_synth_dataset
+from vitreduce.study.headline import headline
+from vitreduce.study.report import architecture_table, results_table
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "v0_1"
 pytestmark = pytest.mark.xdist_group("formats")
@@ -77,13 +79,14 @@ def test_a_study_directory_reports_as_it_did(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the report names the study directory as given
     assert main(["report", "out"]) == 0
     old = FIXTURES / "study" / "out"
-    # Issue 11 changed the statistics (families, adjusted p, evidence levels, detectable effects), so the
+    # Since 0.1.0 the statistics changed (families, adjusted p, evidence levels, detectable effects), so the
     # report's text and each variant's `vs_baseline` differ by design; the per-variant metrics may not.
     new_summary = json.loads((study / "summary.json").read_text())
     old_summary = json.loads((old / "summary.json").read_text())
     assert list(new_summary) == list(old_summary)
-    # Issue 12 added the step spikes (steps.jsonl), which these runs predate: null, and the rest as it was.
-    new_keys = {"vs_baseline", "step_spikes_mean", "step_spikes_std"}
+    # Since then: the step spikes (steps.jsonl), which these runs predate: null, and the rest as it was.
+    # the throughput spread (null: no throughput.json) and the sharpness means per checkpoint.
+    new_keys = {"vs_baseline", "step_spikes_mean", "step_spikes_std", "throughput", "sharpness"}
     for variant, entry in old_summary.items():
         entry.pop("vs_baseline", None)
         assert new_summary[variant]["step_spikes_mean"] is None and new_summary[variant]["step_spikes_std"] is None
@@ -92,8 +95,21 @@ def test_a_study_directory_reports_as_it_did(tmp_path, monkeypatch):
     assert vs["primary"] == "ema_top1_final" and vs["seed_level"][0]["family"]["size"] == 1
     md = (study / "report.md").read_text()
     old_md = (old / "report.md").read_text()
-    for section in ("## Runs", "## Results, EMA model", "## Architecture", "## Training stability"):
+    for section in ("## Runs", "## Training stability"):
         assert old_md.split(section)[1].split("\n## ")[0] == md.split(section)[1].split("\n## ")[0], section
+    # Numbers are now printed to the precision of their std, with throughput columns: the results and
+    # architecture tables show the old summary's numbers in the new formats.
+    for section, (_, rows) in (("## Results, EMA model", results_table(old_summary, "ema")),
+                               ("## Architecture", architecture_table(old_summary))):
+        text = md.split(section)[1].split("\n## ")[0]
+        assert all("| " + " | ".join(row) + " |" in text for row in rows), section
+    assert (study / "results.csv").is_file()
+    assert md.index("## Headline") < md.index("## Runs") and md.rindex("\n## ") == md.index("\n## Appendix")
+    assert headline(new_summary, "baseline")[0] in md.split("## Headline")[1].split("\n## ")[0]
     statistics = md.split("## Statistics against the baseline")[1].split("\n## ")[0]
     assert "Confirmatory family: the 1 comparison(s)" in statistics and "significant" not in statistics
-    assert sorted(p.name for p in (study / "figures").iterdir()) == sorted(p.name for p in (old / "figures").iterdir())
+    # New figures (paired difference, strip plots, drawdown) and an SVG beside each PNG: the old
+    # figures are all still drawn.
+    new_figures = {p.name for p in (study / "figures").iterdir()}
+    assert {p.name for p in (old / "figures").iterdir()} <= new_figures
+    assert all(name.replace(".png", ".svg") in new_figures for name in new_figures if name.endswith(".png"))

@@ -1,26 +1,41 @@
-"""The report's figures (figures/*.png): top-1 vs epoch, peak-to-final degradation, train loss with its
-spikes, the gradient norm over training (runs with steps.jsonl), and the sharpness section's landscape
-figures. Each is defined in docs/metrics.md.
-
-matplotlib's Figure renders PNG with Agg; pyplot and its global state are not used.
+"""The report's figures (figures/*.png, each with an SVG beside it): top-1 vs epoch, the paired difference
+from the baseline per epoch, per-seed strip plots of final top-1 and of peak-to-final, the drawdown from the
+running best, train loss with its spikes, the gradient norm over training (runs with steps.jsonl), and the
+sharpness section's landscape figures. Each is defined in docs/metrics.md; what they share is in
+vitreduce.study.plots.
 """
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
-from vitreduce.files import atomic_write
+from vitreduce.study.plots import (
+    band,
+    label_axes,
+    legend_outside,
+    new_figure,
+    no_data,
+    one_axes,
+    ordered_variants,
+    save_figure,
+    variant_colors,
+)
 from vitreduce.study.report_sharpness import sharpness_figures
-from vitreduce.study.runs import KIND_TITLE, MODEL_KINDS, RunMetrics, StudyRuns
+from vitreduce.study.runs import KIND_TITLE, MODEL_KINDS, ModelMetrics, RunMetrics, StudyRuns
 
 _FIGURES = (  # (file name, caption) of the figures every report has
     ("top1_vs_epoch.png", "Top-1 vs epoch, raw (left) and EMA (right): mean over seeds, band = min-max over "
                           "seeds (at each epoch, over the runs that reached it)."),
-    ("peak_to_final.png", "Peak-to-final degradation (pp): bars = mean over seeds, error bars = ±1 sample std "
-                          "(ddof=1, none when n=1), dots = individual seeds."),
+    ("top1_difference.png", "Paired difference from the baseline per epoch (variant minus baseline top-1, pp, "
+                            "over the seeds both ran): mean, band = t-based 95% confidence interval (n >= 2)."),
+    ("final_top1.png", "Final top-1 per seed (dots), baseline first; a bar marks the mean over seeds."),
+    ("peak_to_final.png", "Peak-to-final degradation (pp) per seed (dots), baseline first; a bar marks the mean. "
+                          "It cannot be negative."),
+    ("drawdown.png", "Drawdown from the running best: best top-1 so far minus top-1 (pp) per epoch, median over "
+                     "seeds, band = min-max."),
     ("train_loss.png", "Train loss vs epoch: mean over seeds, band = min-max over seeds; x marks a loss spike."),
 )
 _GRAD_NORM = ("grad_norm.png", "Global gradient norm (before clipping) vs optimizer step, from steps.jsonl, log "
@@ -31,31 +46,21 @@ _GRAD_NORM = ("grad_norm.png", "Global gradient norm (before clipping) vs optimi
 def write_figures(study: StudyRuns, summary: dict, fig_dir: Path) -> list[tuple[str, str]]:
     """Write every figure the study's data allow into ``fig_dir``; returns (file name, caption) pairs."""
     fig_dir.mkdir(exist_ok=True)
-    top1, p2f, loss = (fig_dir / name for name, _ in _FIGURES)
+    top1, diff, final, p2f, drawdown, loss = (fig_dir / name for name, _ in _FIGURES)
     _fig_top1(study, top1)
-    _fig_p2f(study, summary, p2f)
+    _fig_difference(study, diff)
+    _fig_strip(study, final, lambda m: m.top1_final, "final top-1 (%)", "final top-1 per seed")
+    _fig_strip(study, p2f, lambda m: m.p2f, "peak-to-final (pp)", "peak-to-final degradation per seed",
+               non_negative=True)
+    _fig_drawdown(study, drawdown)
     _fig_loss(study, loss)
     steps = [_GRAD_NORM] if _fig_grad_norm(study, fig_dir / _GRAD_NORM[0]) else []
     return [*_FIGURES, *steps, *sharpness_figures(study, fig_dir)]
 
 
-def _save_png(fig, path: Path) -> None:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-
-
-def _band(runs: Sequence[RunMetrics], series: Callable[[RunMetrics], tuple | None], center=np.mean):
-    """Per epoch (or step) over the runs that reached it: epochs, center (mean), min, max; None values skipped."""
-    by_epoch: dict[int, list[float]] = defaultdict(list)
-    for run in runs:
-        s = series(run)
-        if s is not None:
-            for epoch, value in zip(*s, strict=True):
-                if value is not None:
-                    by_epoch[epoch].append(value)
-    epochs = sorted(by_epoch)
-    vals = [by_epoch[e] for e in epochs]
-    return (np.array(epochs), np.array([center(v) for v in vals]), np.array([min(v) for v in vals]),
-            np.array([max(v) for v in vals]))
+def _kind_axes(width: float = 11):
+    fig = new_figure(width)
+    return fig, dict(zip(MODEL_KINDS, fig.subplots(1, 2, sharey=True), strict=True))
 
 
 def _top1_series(kind: str):
@@ -65,96 +70,148 @@ def _top1_series(kind: str):
     return series
 
 
-def _fig_top1(study: StudyRuns, path: Path) -> None:
-    from matplotlib.figure import Figure
+def _drawdown_series(kind: str):
+    def series(run: RunMetrics):
+        m = run.model(kind)
+        return None if m is None else (m.epochs, np.maximum.accumulate(m.top1) - np.array(m.top1))
+    return series
 
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
-    for ax, kind in zip(axes, MODEL_KINDS, strict=True):
+
+def _fig_bands(study: StudyRuns, path: Path, series: Callable, ylabel: str, title: str, center=np.mean,
+               non_negative: bool = False) -> None:
+    """Per model kind, a line (center over seeds) and a min-max band per variant."""
+    fig, axes = _kind_axes()
+    colors = variant_colors(study)
+    for kind, ax in axes.items():
         drawn = False
-        for i, (variant, runs) in enumerate(study.variants.items()):
-            epochs, mean, lo, hi = _band(runs, _top1_series(kind))
+        for variant in ordered_variants(study):
+            runs = study.variants[variant]
+            epochs, mid, lo, hi = band(runs, series(kind), center=center)
             if epochs.size:
-                ax.plot(epochs, mean, color=f"C{i}", label=f"{variant} (n={len(runs)})")
-                ax.fill_between(epochs, lo, hi, color=f"C{i}", alpha=0.2, linewidth=0)
+                ax.plot(epochs, mid, color=colors[variant], label=f"{variant} (n={len(runs)})")
+                ax.fill_between(epochs, lo, hi, color=colors[variant], alpha=0.2, linewidth=0)
                 drawn = True
-        if drawn:
-            ax.legend(loc="lower right", fontsize=8)
-        else:
-            ax.text(0.5, 0.5, f"no {KIND_TITLE[kind]} in these runs", transform=ax.transAxes, ha="center")
-        ax.set(title=f"top-1, {KIND_TITLE[kind]}", xlabel="epoch")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("top-1 (%)")
-    _save_png(fig, path)
+        if not drawn:
+            no_data(ax, f"no {KIND_TITLE[kind]} in these runs")
+        if non_negative:
+            ax.set_ylim(bottom=0)
+        label_axes(ax, xlabel="epoch", ylabel=ylabel, title=f"{title}, {KIND_TITLE[kind]}", integer_x=True)
+    legend_outside(fig)
+    save_figure(fig, path)
 
 
-def _fig_p2f(study: StudyRuns, summary: dict, path: Path) -> None:
-    from matplotlib.figure import Figure
+def _fig_top1(study: StudyRuns, path: Path) -> None:
+    _fig_bands(study, path, _top1_series, "top-1 (%)", "top-1")
 
-    fig = Figure(figsize=(max(5.0, 1.4 * len(summary) + 2), 4), layout="constrained")
-    ax = fig.subplots()
-    names = list(study.variants)
-    x = np.arange(len(names))
-    for j, kind in enumerate(MODEL_KINDS):
-        off = (j - 0.5) * 0.38
-        have = [i for i, v in enumerate(names) if summary[v][kind]["p2f_mean"] is not None]
-        if not have:
+
+def _fig_drawdown(study: StudyRuns, path: Path) -> None:
+    _fig_bands(study, path, _drawdown_series, "drawdown from running best (pp)", "drawdown", center=np.median,
+               non_negative=True)
+
+
+def _paired_difference(base: list[RunMetrics], runs: list[RunMetrics], kind: str):
+    """Epochs, mean, lower, upper of variant minus baseline top-1 over the seeds both ran (band NaN at n < 2)."""
+    by_seed = {r.seed: r.model(kind) for r in base if r.model(kind) is not None}
+    by_epoch: dict[int, list[float]] = {}
+    for run in runs:
+        m, b = run.model(kind), by_seed.get(run.seed)
+        if m is None or b is None:
             continue
-        ax.bar(x[have] + off, [summary[names[i]][kind]["p2f_mean"] for i in have], 0.38,
-               yerr=[summary[names[i]][kind]["p2f_std"] or 0.0 for i in have], capsize=4, color=f"C{j}",
-               alpha=0.7, label=KIND_TITLE[kind])
-        for i, v in enumerate(names):  # every seed's value on its bar
-            pts = [r.model(kind).p2f for r in study.variants[v] if r.model(kind) is not None]
-            ax.scatter([x[i] + off] * len(pts), pts, color="k", s=10, zorder=3)
-    ax.set_xticks(x, names)
-    ax.set(ylabel="peak-to-final (pp)", title="peak-to-final degradation (bars: mean, error: ±1 std, dots: seeds)")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    _save_png(fig, path)
+        b_top1 = dict(zip(b.epochs, b.top1, strict=True))
+        for epoch, value in zip(m.epochs, m.top1, strict=True):
+            if epoch in b_top1:
+                by_epoch.setdefault(epoch, []).append(value - b_top1[epoch])
+    epochs = sorted(by_epoch)
+    mean = np.array([np.mean(by_epoch[e]) for e in epochs])
+    half = np.array([stats.t.ppf(0.975, len(v) - 1) * np.std(v, ddof=1) / np.sqrt(len(v)) if len(v) >= 2
+                     else np.nan for v in (by_epoch[e] for e in epochs)])
+    return np.array(epochs), mean, mean - half, mean + half
+
+
+def _fig_difference(study: StudyRuns, path: Path) -> None:
+    fig, axes = _kind_axes()
+    colors = variant_colors(study)
+    base = study.variants.get(study.baseline, [])
+    for kind, ax in axes.items():
+        drawn = False
+        for variant in ordered_variants(study)[1:]:
+            epochs, mean, lo, hi = _paired_difference(base, study.variants[variant], kind)
+            if epochs.size:
+                ax.plot(epochs, mean, color=colors[variant], label=f"{variant} - {study.baseline}")
+                ax.fill_between(epochs, lo, hi, color=colors[variant], alpha=0.2, linewidth=0)
+                drawn = True
+        ax.axhline(0.0, color="k", linewidth=0.8)
+        if not drawn:
+            no_data(ax, f"no seed paired with the baseline ({KIND_TITLE[kind]})")
+        label_axes(ax, xlabel="epoch", ylabel=f"top-1 minus {study.baseline} (pp)", integer_x=True,
+                   title=f"paired difference from the baseline, {KIND_TITLE[kind]}")
+    legend_outside(fig)
+    save_figure(fig, path)
+
+
+def _fig_strip(study: StudyRuns, path: Path, value: Callable[[ModelMetrics], float], ylabel: str, title: str,
+               non_negative: bool = False) -> None:
+    """Per model kind, one dot per seed over the variants (baseline first), the mean as a horizontal bar."""
+    names = ordered_variants(study)
+    colors = variant_colors(study)
+    fig, axes = _kind_axes(max(9.0, 1.8 * len(names) + 4))
+    fig.suptitle(title)
+    for kind, ax in axes.items():
+        for i, variant in enumerate(names):
+            pts = [value(r.model(kind)) for r in study.variants[variant] if r.model(kind) is not None]
+            if not pts:
+                continue
+            jitter = np.linspace(-0.12, 0.12, len(pts)) if len(pts) > 1 else np.zeros(1)
+            ax.scatter(i + jitter, pts, color=colors[variant], s=22, zorder=3, clip_on=False,
+                       label=f"{variant} (n={len(pts)})")
+            ax.plot([i - 0.25, i + 0.25], [np.mean(pts)] * 2, color="k", linewidth=1.5, zorder=4)
+        ax.set_xticks(range(len(names)), names)
+        ax.set_xlim(-0.6, len(names) - 0.4)
+        if non_negative:
+            ax.set_ylim(bottom=0)
+        label_axes(ax, xlabel="variant", ylabel=ylabel, title=KIND_TITLE[kind])
+    legend_outside(fig)
+    save_figure(fig, path)
 
 
 def _fig_loss(study: StudyRuns, path: Path) -> None:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4.2), layout="constrained")
-    ax = fig.subplots()
-    for i, (variant, runs) in enumerate(study.variants.items()):
-        epochs, mean, lo, hi = _band(runs, lambda r: (r.loss_epochs, r.train_loss))
+    fig, ax, colors = one_axes(study)
+    for variant in ordered_variants(study):
+        runs, color = study.variants[variant], colors[variant]
+        epochs, mean, lo, hi = band(runs, lambda r: (r.loss_epochs, r.train_loss))
         if not epochs.size:
             continue
-        ax.plot(epochs, mean, color=f"C{i}", label=f"{variant} (n={len(runs)})")
-        ax.fill_between(epochs, lo, hi, color=f"C{i}", alpha=0.2, linewidth=0)
+        ax.plot(epochs, mean, color=color, label=f"{variant} (n={len(runs)})")
+        ax.fill_between(epochs, lo, hi, color=color, alpha=0.2, linewidth=0)
         for r in runs:  # mark each run's loss spikes on its own loss
             loss = dict(zip(r.loss_epochs, r.train_loss, strict=True))
             spikes = [e for e in r.loss_spike_epochs if np.isfinite(loss[e])]
-            ax.scatter(spikes, [loss[e] for e in spikes], color=f"C{i}", marker="x", zorder=3)
-    ax.set(title="train loss (x: loss spikes)", xlabel="epoch", ylabel="train loss")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    _save_png(fig, path)
+            ax.scatter(spikes, [loss[e] for e in spikes], color=color, marker="x", zorder=3)
+    label_axes(ax, xlabel="epoch", ylabel="train loss (cross-entropy)", title="train loss (x: loss spikes)",
+               integer_x=True)
+    legend_outside(fig)
+    save_figure(fig, path)
 
 
 def _fig_grad_norm(study: StudyRuns, path: Path) -> bool:
     """The gradient norm over training per variant; False (and no file) when no run has a logged step."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4.2), layout="constrained")
-    ax = fig.subplots()
+    fig, ax, colors = one_axes(study)
     drawn = False
-    for i, (variant, runs) in enumerate(study.variants.items()):
-        steps, median, lo, hi = _band(runs, lambda r: (r.steps, r.step_grad_norm), center=np.median)
+    for variant in ordered_variants(study):
+        runs = study.variants[variant]
+        steps, median, lo, hi = band(runs, lambda r: (r.steps, r.step_grad_norm), center=np.median)
         if not steps.size:
             continue
         logged = sum(bool(r.steps) for r in runs)
-        ax.plot(steps, median, color=f"C{i}", label=f"{variant} (n={logged})")
-        ax.fill_between(steps, lo, hi, color=f"C{i}", alpha=0.2, linewidth=0)
+        ax.plot(steps, median, color=colors[variant], label=f"{variant} (n={logged})")
+        ax.fill_between(steps, lo, hi, color=colors[variant], alpha=0.2, linewidth=0)
         drawn = True
     if not drawn:
         return False
     ax.set_yscale("log")
-    ax.set(title="global gradient norm (median over seeds, band: min-max)", xlabel="optimizer step",
-           ylabel="gradient norm")
-    ax.legend(fontsize=8)
+    label_axes(ax, xlabel="optimizer step", ylabel="gradient norm (L2, log scale)", integer_x=True,
+               title="global gradient norm (median over seeds, band: min-max)")
     ax.grid(alpha=0.3, which="both")
-    _save_png(fig, path)
+    legend_outside(fig)
+    save_figure(fig, path)
     return True

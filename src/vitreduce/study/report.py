@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +21,11 @@ from vitreduce.errors import VitreduceError
 from vitreduce.files import write_bytes
 from vitreduce.study.family import SeedResult, StatisticsConfig, resolve_primary, seed_level
 from vitreduce.study.figures import write_figures
+from vitreduce.study.flat import RESULTS_CSV, write_results_csv
+from vitreduce.study.headline import headline, headline_table
 from vitreduce.study.render import Block, Bullets, Heading, Image, Paragraph, Table, render_html, render_markdown
 from vitreduce.study.report_sharpness import sharpness_section
-from vitreduce.study.report_stats import IMAGE_LEVEL, StatsSettings, statistics_blocks
+from vitreduce.study.report_stats import IMAGE_LEVEL, StatsSettings, image_level_blocks, statistics_blocks
 from vitreduce.study.runs import (
     DEFAULT_SPIKE_THRESHOLD,
     DEFAULT_SPIKE_WINDOW,
@@ -71,18 +74,50 @@ def _num(x, digits: int = 2) -> str:
     return NA if x is None else f"{x:.{digits}f}"
 
 
-def _pm(mean, std, digits: int = 2) -> str:
-    """mean ± sample std; the std is left out where undefined (n = 1)."""
+def _places(of: float, sig: int) -> int:
+    """Decimal places that show `of` to `sig` significant digits (negative: tens, hundreds...)."""
+    return sig - 1 - math.floor(math.log10(abs(of))) if of else 0
+
+
+def _fixed(x: float, places: int) -> str:
+    return f"{round(x, places):.0f}" if places <= 0 else f"{x:.{places}f}"
+
+
+def _pm(mean, std, digits: int = 2, places: int | None = None) -> str:
+    """mean ± sample std, both to `places` decimals (default: the std to 2 significant digits, 4.33 ± 0.58);
+    `digits` decimals where the std is 0; the std left out where undefined (n = 1)."""
     if mean is None:
         return NA
-    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    if places is None:
+        places = _places(std, 2) if std else digits
+    return _fixed(mean, places) if std is None else f"{_fixed(mean, places)} ± {_fixed(std, places)}"
+
+
+def _pm_column(pairs: list[tuple], digits: int = 2) -> list[str]:
+    """One column of mean ± std, one format: the decimal place of its most precise nonzero std."""
+    stds = [s for m, s in pairs if m is not None and s]
+    places = max((_places(s, 2) for s in stds), default=digits)
+    return [_pm(m, s, digits, places) for m, s in pairs]
 
 
 def _gmacs(x) -> str:
-    """Two decimals like the paper (16.85), but never a bare 0.00 for a tiny model: 3 significant digits."""
-    if x is None:
+    """3 significant digits in fixed notation for every model (16.9, 0.00140)."""
+    return NA if x is None else _fixed(x, _places(x, 3))
+
+
+def _throughput(t: dict | None) -> str:
+    """median [min-max] img/s of throughput.json."""
+    if t is None:
         return NA
-    return f"{x:.2f}" if abs(x) >= 1 else f"{x:.3g}"
+    spread = "" if t["min"] is None or t["max"] is None else f" [{t['min']:,.0f}-{t['max']:,.0f}]"
+    return f"{t['median']:,.0f}{spread} img/s"
+
+
+def _ratio(t: dict | None) -> str:
+    """The throughput ratio to the baseline, given only where the [min, max] ranges do not overlap."""
+    if t is None:
+        return NA
+    return f"{t['ratio_to_baseline']:.2f}x" if t["ratio_to_baseline"] is not None else f"{NA} ({t['ratio_basis']})"
 
 
 def _count(x) -> str:
@@ -96,17 +131,13 @@ def _variant_label(name: str, entry: dict) -> str:
 def results_table(summary: dict, kind: ModelKind) -> tuple[list[str], list[list[str]]]:
     """The paper's results table for one model kind: mean ± std (ddof=1) over n seeds."""
     headers = ["variant", "n", "params", "top-1 final", "top-5 final", "top-1 peak", "peak epoch",
-               "peak-to-final", "throughput"]
-    rows = []
-    for name, e in summary.items():
-        k = e[kind]
-        tput = e.get("throughput_img_s")
-        rows.append([
-            _variant_label(name, e), str(k["n"]), NA if e["params"] is None else f"{e['params'] / 1e6:.2f}M",
-            _pm(k["top1_final_mean"], k["top1_final_std"]), _pm(k["top5_final_mean"], k["top5_final_std"]),
-            _pm(k["top1_peak_mean"], k["top1_peak_std"]), _pm(k["peak_epoch_mean"], k["peak_epoch_std"], 0),
-            _pm(k["p2f_mean"], k["p2f_std"]), NA if tput is None else f"{tput:,.0f} img/s",
-        ])
+               "peak-to-final", "throughput", "throughput vs baseline"]
+    columns = {name: _pm_column([(e[kind][f"{name}_mean"], e[kind][f"{name}_std"]) for e in summary.values()],
+                                digits=0 if name == "peak_epoch" else 2)
+               for name in ("top1_final", "top5_final", "top1_peak", "peak_epoch", "p2f")}
+    rows = [[_variant_label(name, e), str(e[kind]["n"]), NA if e["params"] is None else f"{e['params'] / 1e6:.2f}M",
+             *(columns[c][i] for c in columns), _throughput(e.get("throughput")), _ratio(e.get("throughput"))]
+            for i, (name, e) in enumerate(summary.items())]
     return headers, rows
 
 
@@ -117,6 +148,17 @@ def architecture_table(summary: dict) -> tuple[list[str], list[list[str]]]:
              _count(e["unique_mlps"]), _gmacs(e["macs_linear_g"]), _gmacs(e["macs_total_g"]), _count(e["mlp_hidden"]),
              _num(e["expansion"])] for name, e in summary.items()]
     return headers, rows
+
+
+def _throughput_note(summary: dict) -> str:
+    """What the throughput columns are and the conditions they were measured under."""
+    measured = {name: e["throughput"] for name, e in summary.items() if e.get("throughput")}
+    conditions = sorted({f"device {t['device'] or NA}, batch {t['batch_size'] or NA}, precision "
+                         f"{t['precision'] or NA}" for t in measured.values()})
+    return ("Throughput: inference images/s from throughput.json (vitreduce profile), median [min-max] over "
+            "its timed repeats; n/a where absent. The ratio to the baseline's median is given only where the "
+            "two [min-max] ranges do not overlap; overlapping ranges cannot tell the variants apart."
+            + (f" Measured with {'; '.join(conditions)}." if conditions else ""))
 
 
 def _kinds_present(summary: dict) -> list[str]:
@@ -149,20 +191,33 @@ class _Settings:
     step_spike_z: float = DEFAULT_STEP_SPIKE_Z
 
 
+# The figure shown beside the headline, the first one written: the per-seed final top-1, else the curves.
+SUMMARY_FIGURES = ("final_top1.png", "top1_vs_epoch.png")
+
+
 def _document(study: StudyRuns, summary: dict, comparisons: list[Comparison], results: list[SeedResult],
-              figures: list[tuple[str, str]], settings: _Settings) -> list[Block]:
+              figures: list[tuple[str, str]], settings: _Settings, sentences: list[str]) -> list[Block]:
+    """Title, context, the headline (sentences, one figure, one table); the sections; the appendix last."""
+    lead = next((f for name in SUMMARY_FIGURES for f in figures if f[0].endswith("/" + name)), None)
     return [
         Heading(f"Study report: {study.name}", level=1),
         Paragraph(f"Study directory {study.study_dir}; baseline variant: {study.baseline}. "
                   "Every figure is defined in docs/metrics.md. Top-1 and top-5 are of the last evaluated "
                   "epoch; mean ± sample std (ddof=1) over seeds, std left out where n=1."),
+        Heading("Headline"),
+        Paragraph(" ".join(sentences)),
+        *([Image(*lead)] if lead else []),
+        Table(*headline_table(summary, study.baseline, settings.stats.config.primary)),
         *_runs_section(study, summary),
         *_results_sections(summary),
         *_stability_section(study, summary, settings),
         *statistics_blocks(study, comparisons, results, settings.stats),
         *sharpness_section(study),
         Heading("Figures"),
-        *(Image(src, caption) for src, caption in figures),
+        *(Image(src, caption) for src, caption in figures if (src, caption) != lead),
+        Heading("Appendix"),
+        Paragraph("Per-seed and per-image detail; summary.json holds every number."),
+        *image_level_blocks(study, comparisons, settings.stats),
     ]
 
 
@@ -186,7 +241,7 @@ def _results_sections(summary: dict) -> list[Block]:
     for kind in _kinds_present(summary):
         blocks += [Heading(f"Results, {KIND_TITLE[kind]}"), Table(*results_table(summary, kind))]
     return [*blocks,
-            Paragraph("Throughput: inference images/s from throughput.json (vitreduce profile); n/a where absent."),
+            Paragraph(_throughput_note(summary)),
             Heading("Architecture"), Table(*architecture_table(summary))]
 
 
@@ -300,14 +355,18 @@ def write_report(study_dir: Path | str, baseline: str | None = None, *, alpha: f
     comparisons, results = _compare(study, summary, settings.stats)
     fig_dir = study_dir / "figures"
     figures = write_figures(study, summary, fig_dir)
+    sentences = headline(summary, study.baseline)
     blocks = _document(study, summary, comparisons, results,
-                       [(f"figures/{name}", caption) for name, caption in figures], settings)
+                       [(f"figures/{name}", caption) for name, caption in figures], settings, sentences)
+    blocks.append(Paragraph(f"Every number of this report, unformatted: summary.json, and {RESULTS_CSV} (one row per "
+                            "variant and model, columns in docs/metrics.md) for your own tables and plots."))
     paths = ReportPaths(markdown=study_dir / "report.md", html=study_dir / "report.html",
                         summary_json=study_dir / "summary.json", figures=[fig_dir / n for n, _ in figures],
                         summary=summary)
     # allow_nan=False: strict JSON (no NaN token); a figure that is undefined is null.
     text = json.dumps(summary, indent=2, allow_nan=False, default=_json_default) + "\n"
     write_bytes(paths.summary_json, text.encode())
+    write_results_csv(study_dir, summary)
     write_bytes(paths.markdown, render_markdown(blocks).encode())
     write_bytes(paths.html, render_html(blocks, f"vitreduce study report: {study.name}").encode())
     return paths

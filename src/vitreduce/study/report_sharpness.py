@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vitreduce.files import atomic_write
 from vitreduce.sharpness.measures import per_parameter
 from vitreduce.study.analysis import ANALYSED_CHECKPOINTS, ANALYSIS_DIR, read_run_analysis
+from vitreduce.study.plots import label_axes, legend_outside, one_axes, ordered_variants, save_figure
 from vitreduce.study.render import Block, Bullets, Heading, Paragraph, Table
 from vitreduce.study.runs import StudyRuns, mean_std
 
@@ -118,25 +118,22 @@ def _read_curve(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def _curve_figure(study: StudyRuns, csv_name: str, path: Path, xlabel: str, title: str) -> bool:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.5, 4.2), layout="constrained")
-    ax = fig.subplots()
+    fig, ax, colors = one_axes(study)
     drawn = False
-    for i, (variant, runs) in enumerate(study.variants.items()):
+    for variant in ordered_variants(study):
+        runs = study.variants[variant]
         curves = [c for c in (_read_curve(r.run_dir / ANALYSIS_DIR / "landscape" / csv_name) for r in runs) if c]
         if not curves or any(not np.array_equal(c[0], curves[0][0]) for c in curves):
             continue
         losses = np.stack([c[1] for c in curves])  # (seeds, points)
-        ax.plot(curves[0][0], losses.mean(0), color=f"C{i}", label=f"{variant} (n={len(curves)})")
-        ax.fill_between(curves[0][0], losses.min(0), losses.max(0), color=f"C{i}", alpha=0.2, linewidth=0)
+        ax.plot(curves[0][0], losses.mean(0), color=colors[variant], label=f"{variant} (n={len(curves)})")
+        ax.fill_between(curves[0][0], losses.min(0), losses.max(0), color=colors[variant], alpha=0.2, linewidth=0)
         drawn = True
     if not drawn:
         return False
-    ax.set(xlabel=xlabel, ylabel="training loss", title=title)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    label_axes(ax, xlabel=xlabel, ylabel="training loss (cross-entropy)", title=title)
+    legend_outside(fig)
+    save_figure(fig, path)
     return True
 
 

@@ -73,8 +73,15 @@ def statistics_blocks(study: StudyRuns, comparisons: list[Comparison], results: 
     if study.baseline not in study.variants or not comparisons:
         return [*blocks, Paragraph(f"The baseline {study.baseline} has no finished runs, or no other variant has: "
                                    "no comparisons.")]
-    blocks += [Paragraph(_lead(results, settings)), *_seed_level(results, settings),
-               Heading(f"Image level: {IMAGE_LEVEL}", level=3), Paragraph(image_level_method(settings))]
+    return [*blocks, Paragraph(_lead(results, settings)), *_seed_level(results, settings),
+            Paragraph("The image-level tests (per seed and pooled) are in the appendix.")]
+
+
+def image_level_blocks(study: StudyRuns, comparisons: list[Comparison], settings: StatsSettings) -> list[Block]:
+    """The appendix's image-level tables: statements about these trained models, one table per comparison."""
+    if study.baseline not in study.variants or not comparisons:
+        return []
+    blocks: list[Block] = [Heading(f"Image level: {IMAGE_LEVEL}", level=3), Paragraph(image_level_method(settings))]
     for c in comparisons:
         blocks += _image_level(c, settings.config.alpha)
     return blocks

@@ -20,6 +20,8 @@ from vitreduce.config_tree import read_yaml
 from vitreduce.errors import VitreduceError
 from vitreduce.numbers import is_finite
 from vitreduce.reduction.accounting import RECORD_FIELDS
+from vitreduce.sharpness.measures import per_parameter
+from vitreduce.study.analysis import read_run_analysis
 from vitreduce.train.logs import read_metrics, read_steps
 
 ModelKind = Literal["raw", "ema"]  # the trained weights, or their exponential moving average
@@ -323,13 +325,61 @@ def summarize_variant(variant: str, runs: Sequence[RunMetrics]) -> dict:
     return out
 
 
+# summary.json's sharpness keys: the measures comparable across variants (docs/metrics.md), per checkpoint.
+SHARPNESS_MEASURES = {
+    "loss": lambda r: r.get("loss"),
+    "trace_per_param": lambda r: per_parameter(r.get("trace"), r.get("parameters")),
+    "asam": lambda r: r.get("asam_sharpness"),
+    "top_eigenvalue": lambda r: r["top_eigenvalues"][0] if r.get("top_eigenvalues") else None,
+}
+
+
+def summarize_sharpness(runs: Sequence[RunMetrics]) -> dict[str, dict]:
+    """{checkpoint: {"n", "<measure>_mean", "<measure>_std"}} over the runs' analysis files; {} without any."""
+    analyses = [read_run_analysis(r.run_dir) for r in runs]
+    out: dict[str, dict] = {}
+    for which in sorted({w for a in analyses for w in a}):
+        present = [a[which] for a in analyses if which in a]
+        entry: dict = {"n": len(present)}
+        for name, measure in SHARPNESS_MEASURES.items():
+            entry[f"{name}_mean"], entry[f"{name}_std"], _ = mean_std([_number(measure(r)) for r in present])
+        out[which] = entry
+    return out
+
+
+def summarize_throughput(record: dict | None) -> dict | None:
+    """throughput.json's entry of one variant as {"median", "min", "max", "device", "batch_size", "precision"}."""
+    if not record or not is_finite(record.get("infer_img_s")):
+        return None
+    return {"median": float(record["infer_img_s"]), "min": _number(record.get("infer_img_s_min")),
+            "max": _number(record.get("infer_img_s_max")), "device": record.get("device"),
+            "batch_size": record.get("batch_size"), "precision": record.get("precision")}
+
+
+def throughput_ratio(variant: dict | None, baseline: dict | None) -> tuple[float | None, str]:
+    """(median / baseline median, why) where the [min, max] ranges do not overlap; else (None, the reason)."""
+    if variant is None or baseline is None:
+        return None, "no throughput"
+    if None in (variant["min"], variant["max"], baseline["min"], baseline["max"]):
+        return None, "no range"
+    if variant["min"] <= baseline["max"] and baseline["min"] <= variant["max"]:
+        return None, "ranges overlap"
+    return variant["median"] / baseline["median"], "ranges apart"
+
+
 def summarize_study(study: StudyRuns, throughput: dict | None = None) -> dict[str, dict]:
-    """summary.json: one entry per variant; `throughput` is throughput.json's {variant: {"infer_img_s": x}}."""
+    """summary.json: one entry per variant; `throughput` is throughput.json ({variant: {"infer_img_s": x, ...}})."""
     summary = {}
     for variant, runs in study.variants.items():
         entry = summarize_variant(variant, runs)
-        value = ((throughput or {}).get(variant) or {}).get("infer_img_s")
-        entry["throughput_img_s"] = float(value) if is_finite(value) else None
+        entry["throughput"] = summarize_throughput((throughput or {}).get(variant))
+        entry["throughput_img_s"] = entry["throughput"]["median"] if entry["throughput"] else None
+        entry["sharpness"] = summarize_sharpness(runs)
         entry["baseline"] = variant == study.baseline
         summary[variant] = entry
+    base = summary.get(study.baseline, {}).get("throughput")
+    for entry in summary.values():
+        if entry["throughput"] is not None:
+            ratio, why = throughput_ratio(entry["throughput"], base)
+            entry["throughput"].update(ratio_to_baseline=ratio, ratio_basis=why)
     return summary

@@ -1,0 +1,72 @@
+"""results.csv: summary.json flattened to one row per variant and model kind (raw, EMA), for users' own plots.
+
+A pure function of the summary write_report builds (vitreduce.study.runs.summarize_study plus each variant's
+`vs_baseline`); every number the report's tables show is a column, unformatted. Columns are defined in
+docs/metrics.md under summary.json; an empty cell is a figure that is undefined or was not measured.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from vitreduce.files import write_text
+from vitreduce.study.runs import MODEL_KINDS, SHARPNESS_MEASURES
+
+RESULTS_CSV = "results.csv"
+_ARCH = ("params", "mlp_params", "unique_mlps", "macs_linear_g", "macs_total_g", "mlp_hidden", "expansion")
+_ACCURACY = ("top1_final", "top5_final", "top1_peak", "peak_epoch", "p2f")
+_TESTED = ("top1_final", "p2f")  # the seed-level comparisons with the baseline
+_TEST_FIELDS = ("evidence", "mean_diff", "ci_low", "ci_high", "p", "p_adjusted", "verdict")
+_SHARPNESS_CHECKPOINT = "final"
+_THROUGHPUT = ("median", "min", "max", "device", "batch_size", "precision", "ratio_to_baseline", "ratio_basis")
+
+
+def results_columns() -> list[str]:
+    """The header of results.csv, in order."""
+    return ["variant", "model", "baseline", "n", *_ARCH,
+            *(f"{name}_{stat}" for name in _ACCURACY for stat in ("mean", "std")),
+            *(f"vs_baseline_{metric}_{field}" for metric in _TESTED for field in _TEST_FIELDS),
+            "sharpness_n", *(f"sharpness_{name}_{stat}" for name in SHARPNESS_MEASURES for stat in ("mean", "std")),
+            *(f"throughput_{field}" for field in _THROUGHPUT)]
+
+
+def _comparison(entry: dict, kind: str, metric: str) -> dict:
+    """The seed-level record of `kind`'s `metric` against the baseline ({} for the baseline or when untested)."""
+    records = (entry.get("vs_baseline") or {}).get("seed_level") or []
+    return next((r for r in records if r.get("kind") == kind and r.get("metric") == metric), {})
+
+
+def results_rows(summary: dict) -> list[dict]:
+    """One row per variant and model kind that some seed has, in summary order, raw before EMA."""
+    rows = []
+    for variant, entry in summary.items():
+        for kind in MODEL_KINDS:
+            k = entry[kind]
+            if not k["n"]:
+                continue
+            row = {"variant": variant, "model": kind, "baseline": bool(entry.get("baseline")), "n": k["n"],
+                   **{key: entry.get(key) for key in _ARCH},
+                   **{f"{name}_{stat}": k[f"{name}_{stat}"] for name in _ACCURACY for stat in ("mean", "std")}}
+            for metric in _TESTED:
+                record = _comparison(entry, kind, metric)
+                row |= {f"vs_baseline_{metric}_{field}": record.get(field) for field in _TEST_FIELDS}
+            sharp = (entry.get("sharpness") or {}).get(_SHARPNESS_CHECKPOINT) or {}
+            row["sharpness_n"] = sharp.get("n")
+            row |= {f"sharpness_{name}_{stat}": sharp.get(f"{name}_{stat}")
+                    for name in SHARPNESS_MEASURES for stat in ("mean", "std")}
+            throughput = entry.get("throughput") or {}
+            row |= {f"throughput_{field}": throughput.get(field) for field in _THROUGHPUT}
+            rows.append(row)
+    return rows
+
+
+def write_results_csv(study_dir: Path | str, summary: dict) -> Path:
+    """Write STUDY_DIR/results.csv atomically; returns its path."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=results_columns(), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows([{k: "" if v is None else v for k, v in row.items()} for row in results_rows(summary)])
+    path = Path(study_dir) / RESULTS_CSV
+    write_text(path, buffer.getvalue())
+    return path

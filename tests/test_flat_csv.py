@@ -1,0 +1,105 @@
+"""results.csv (one row per variant x model), throughput with its spread, and the report's number formats."""
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from vitreduce.study.flat import RESULTS_CSV, results_columns
+from vitreduce.study.report import _gmacs, _pm, _pm_column, results_table, write_report
+from vitreduce.study.runs import throughput_ratio
+
+STUDY = Path(__file__).resolve().parent / "fixtures" / "v0_1" / "study" / "out"
+
+
+def _study(tmp_path, throughput: dict | None = None) -> Path:
+    study = tmp_path / "out"
+    shutil.copytree(STUDY, study, symlinks=True)
+    if throughput is not None:
+        (study / "throughput.json").write_text(json.dumps(throughput))
+    return study
+
+
+def _same(cell: str, value) -> bool:
+    if value is None:
+        return cell == ""
+    if isinstance(value, bool):
+        return cell == str(value)
+    if isinstance(value, int | float):
+        return math.isclose(float(cell), value, rel_tol=0, abs_tol=0)
+    return cell == str(value)
+
+
+def test_results_csv_has_a_row_per_variant_and_model_equal_to_summary_json(tmp_path):
+    study = _study(tmp_path)
+    write_report(study)
+    summary = json.loads((study / "summary.json").read_text())
+    with open(study / RESULTS_CSV, newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == results_columns()
+        rows = list(reader)
+    expected = [(v, k) for v in ("baseline", "grouped") for k in ("raw", "ema")]
+    assert [(r["variant"], r["model"]) for r in rows] == expected
+    for row in rows:
+        entry = summary[row["variant"]]
+        kind = entry[row["model"]]
+        assert _same(row["n"], kind["n"]) and _same(row["params"], entry["params"])
+        assert _same(row["macs_total_g"], entry["macs_total_g"]) and _same(row["mlp_params"], entry["mlp_params"])
+        for name in ("top1_final", "top5_final", "top1_peak", "peak_epoch", "p2f"):
+            assert _same(row[f"{name}_mean"], kind[f"{name}_mean"]) and _same(row[f"{name}_std"], kind[f"{name}_std"])
+        final = entry["sharpness"]["final"]  # the fixture's runs have sharpness analyses
+        assert _same(row["sharpness_loss_mean"], final["loss_mean"])
+        assert _same(row["sharpness_trace_per_param_std"], final["trace_per_param_std"])
+        assert row["throughput_median"] == ""  # no throughput.json
+    grouped_ema = rows[3]
+    record = next(r for r in summary["grouped"]["vs_baseline"]["seed_level"]
+                  if r["kind"] == "ema" and r["metric"] == "p2f")
+    assert _same(grouped_ema["vs_baseline_p2f_mean_diff"], record["mean_diff"])
+    assert _same(grouped_ema["vs_baseline_p2f_p_adjusted"], record["p_adjusted"])
+    assert grouped_ema["vs_baseline_p2f_verdict"] == record["verdict"]
+    assert rows[0]["vs_baseline_top1_final_p"] == ""  # the baseline is not compared with itself
+    assert RESULTS_CSV in (study / "report.md").read_text().strip().splitlines()[-1]
+
+
+def _measured(median, low, high):
+    return {"infer_img_s": median, "infer_img_s_min": low, "infer_img_s_max": high, "device": "cuda:0",
+            "precision": "bf16", "batch_size": 64}
+
+
+def test_throughput_ratio_only_where_the_ranges_do_not_overlap(tmp_path):
+    # A study once showed 24% faster with identical MACs, ranges 92-289 vs 95-541 img/s, was noise.
+    study = _study(tmp_path, {"baseline": _measured(150.0, 92.0, 289.0), "grouped": _measured(186.0, 95.0, 541.0)})
+    paths = write_report(study)
+    grouped = json.loads((study / "summary.json").read_text())["grouped"]["throughput"]
+    assert grouped["ratio_to_baseline"] is None and grouped["ratio_basis"] == "ranges overlap"
+    assert grouped["min"] == 95.0 and grouped["max"] == 541.0 and grouped["device"] == "cuda:0"
+    headers, rows = results_table(paths.summary, "ema")
+    cells = dict(zip(headers, rows[1], strict=True))
+    assert cells["throughput"] == "186 [95-541] img/s" and cells["throughput vs baseline"] == "n/a (ranges overlap)"
+    md = (study / "report.md").read_text()
+    assert "device cuda:0, batch 64, precision bf16" in md
+    with open(study / RESULTS_CSV, newline="") as f:
+        row = [r for r in csv.DictReader(f) if r["variant"] == "grouped"][0]
+    assert row["throughput_min"] == "95.0" and row["throughput_ratio_basis"] == "ranges overlap"
+
+    apart = throughput_ratio({"median": 300.0, "min": 290.0, "max": 310.0},
+                             {"median": 200.0, "min": 190.0, "max": 210.0})
+    assert apart == (pytest.approx(1.5), "ranges apart")
+    assert throughput_ratio({"median": 300.0, "min": None, "max": None},
+                            {"median": 200.0, "min": 190.0, "max": 210.0}) == (None, "no range")
+    assert throughput_ratio(None, {"median": 1.0, "min": 1.0, "max": 1.0}) == (None, "no throughput")
+
+
+def test_numbers_are_printed_to_the_precision_of_their_uncertainty():
+    assert _pm(4.3333, 0.57735, 0) == "4.33 ± 0.58"  # peak epoch: not "4 ± 1"
+    assert _pm(1.0, 0.0, 0) == "1 ± 0" and _pm(21.875, None) == "21.88"
+    assert _pm(112.1, 170.4) == "110 ± 170"  # not "112.1 ± 1.7e+02"
+    assert _pm(1.772, 0.00097) == "1.77200 ± 0.00097"
+    assert _pm(None, None) == "n/a"
+    # one format per column: the most precise nonzero std sets the decimal place of every row
+    assert _pm_column([(21.875, 4.419), (25.0, 0.0), (15.625, 13.258)]) == ["21.9 ± 4.4", "25.0 ± 0.0", "15.6 ± 13.3"]
+    assert _pm_column([(100.0, 0.0), (99.0, 0.0)]) == ["100.00 ± 0.00", "99.00 ± 0.00"]
+    # GMACs: 3 significant digits for every model, never "0.002" beside "0.0014"
+    assert [_gmacs(x) for x in (16.85, 0.0014, 0.002, 4.6)] == ["16.9", "0.00140", "0.00200", "4.60"]
