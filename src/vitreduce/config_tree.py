@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import difflib
 import os
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BeforeValidator, Strict
+from pydantic import BaseModel, BeforeValidator, Strict
 
 from vitreduce.errors import VitreduceError
 
@@ -273,11 +274,36 @@ def explain_error(error: dict[str, Any], valid_keys: Callable[[list[str]], list[
         return f"{key}: required, not set"
     message = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if show_input:
-        message += f" (got {_short(error.get('input'))})"
+        message += f" (got {short_repr(error.get('input'))})"
     return f"{key}: {message}"
 
 
-def _short(value: Any, limit: int = 200) -> str:
+def section_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
+    """The field names allowed at a dotted location of a pydantic config tree (list positions skipped;
+    empty where the location is a value, not a section): what ``explain_error`` lists for an unknown key."""
+    section: type[BaseModel] | None = model
+    for part in loc:
+        if part.isdigit():
+            continue
+        field = section.model_fields.get(part) if section is not None else None
+        if field is None:
+            return []
+        section = _section_model(field.annotation)
+    return list(section.model_fields) if section is not None else []
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation (``list[VariantSpec]``, ``AnalysisConfig | None``, ...)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _section_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def short_repr(value: Any, limit: int = 200) -> str:
     """repr of a rejected value, cut to ``limit`` characters (a value can be a whole file's tree)."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 5] + " ...)"

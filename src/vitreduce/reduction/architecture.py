@@ -27,7 +27,7 @@ import torch
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from vitreduce.config_tree import explain_error
+from vitreduce.config_tree import explain_error, short_repr
 from vitreduce.errors import VitreduceError
 from vitreduce.reduction.params import count_unique
 from vitreduce.reduction.surgery import vit_blocks
@@ -116,8 +116,8 @@ def check_kwargs(kwargs: Any, source: str = "timm kwargs") -> dict[str, Any]:
     for key, value in kwargs.items():
         if key in FETCHING and value is not None and value is not False:
             raise VitreduceError(
-                f"{where}{key}={_short(value)} is refused: it could make timm {FETCHING[key]}; vitreduce builds "
-                f"a model from its architecture alone and never downloads; {WEIGHTS_HINT}"
+                f"{where}{key}={short_repr(value, 80)} is refused: it could make timm {FETCHING[key]}; vitreduce "
+                f"builds a model from its architecture alone and never downloads; {WEIGHTS_HINT}"
             )
     kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items() if k not in FETCHING}
     try:
@@ -127,11 +127,6 @@ def check_kwargs(kwargs: Any, source: str = "timm kwargs") -> dict[str, Any]:
                     for e in err.errors()]
         raise VitreduceError(where + "; ".join(dict.fromkeys(problems))) from None
     return kwargs
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def split_runtime(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

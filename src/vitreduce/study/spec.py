@@ -7,9 +7,9 @@ into one validated run per variant x seed and checks them; vitreduce.study.runne
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,7 +27,16 @@ from pydantic import (
     model_validator,
 )
 
-from vitreduce.config_tree import SEED_MAX, Whole, explain_error, merge, parse_assignment, read_yaml, set_key
+from vitreduce.config_tree import (
+    SEED_MAX,
+    Whole,
+    explain_error,
+    merge,
+    parse_assignment,
+    read_yaml,
+    section_keys,
+    set_key,
+)
 from vitreduce.device import Precision
 from vitreduce.errors import VitreduceError
 from vitreduce.study.analysis import AnalysisConfig
@@ -257,31 +266,8 @@ def _describe(error: dict[str, Any]) -> str:
         del loc[1:2]  # the union tag: 'switch' or 'options'
     unknown = "unknown profile option" if loc[0] == "throughput" else "unknown key"
     # The spec's own checks put the value in their message where it helps; pydantic's get it appended.
-    return explain_error(error, _valid_keys, loc=loc, show_input=error["type"] != "value_error", unknown=unknown)
-
-
-def _valid_keys(loc: list[str]) -> list[str]:
-    """The keys allowed at a dotted location of a spec (list positions skipped; empty for a value)."""
-    model: Any = StudySpec
-    for part in loc:
-        if part.isdigit():
-            continue
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        model = _section_model(field.annotation)
-    return list(getattr(model, "model_fields", {}))
-
-
-def _section_model(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model inside an annotation (``list[VariantSpec]``, ``AnalysisConfig | None``, ...)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _section_model(arg)
-        if found is not None:
-            return found
-    return None
+    keys = functools.partial(section_keys, StudySpec)
+    return explain_error(error, keys, loc=loc, show_input=error["type"] != "value_error", unknown=unknown)
 
 
 def spec_tree(spec: StudySpec) -> dict[str, Any]:

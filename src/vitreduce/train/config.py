@@ -9,13 +9,24 @@ in); reloading it gives the same config.
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from vitreduce.config_tree import SEED_MAX, Real, Whole, apply_override, differences, explain_error, merge, read_yaml
+from vitreduce.config_tree import (
+    SEED_MAX,
+    Real,
+    Whole,
+    apply_override,
+    differences,
+    explain_error,
+    merge,
+    read_yaml,
+    section_keys,
+)
 from vitreduce.data import AugmentConfig, DataConfig, SynthConfig
 from vitreduce.errors import VitreduceError
 from vitreduce.reduction.architecture import check_architecture, check_base_name
@@ -243,31 +254,14 @@ def validate(tree: dict[str, Any], source: str = "config") -> TrainConfig:
     except ValidationError as err:
         # A section-level check's input is the whole section (the whole tree at the top): say what is
         # wrong without echoing it; its message names the keys.
-        problems = [explain_error(e, _valid_keys, loc=_location(e), show_input=not isinstance(e.get("input"), dict))
+        keys = functools.partial(section_keys, TrainConfig)
+        problems = [explain_error(e, keys, loc=_location(e), show_input=not isinstance(e.get("input"), dict))
                     .removeprefix("(top level): ") for e in err.errors()]
         raise VitreduceError(f"invalid config ({source}):\n  " + "\n  ".join(problems)) from None
 
 
 def _location(error: dict[str, Any]) -> list[str]:
     return [str(part) for part in error["loc"] if not str(part).endswith("Config")]  # drop union tags
-
-
-def _valid_keys(loc: list[str]) -> list[str]:
-    """Field names of the section at a dotted location (empty when it is not a section)."""
-    model: Any = TrainConfig
-    for part in loc:
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        model = _section_type(field.annotation)
-    return list(getattr(model, "model_fields", {}))
-
-
-def _section_type(annotation: Any) -> Any:
-    for candidate in getattr(annotation, "__args__", (annotation,)):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-    return annotation
 
 
 # ---------------------------------------------------------------------------------------------
