@@ -249,7 +249,10 @@ def _apply_set(tree: dict[str, Any], item: str) -> None:
     key, value = parse_assignment(item)
     head, _, rest = key.partition(".")
     if head == "overrides" and rest:
-        tree["overrides"] = {**(tree.get("overrides") or {}), rest: value}
+        overrides = tree.get("overrides") or {}
+        if not isinstance(overrides, dict):
+            raise VitreduceError(f"--set {item!r}: overrides is {overrides!r}, not a mapping of train-config keys")
+        tree["overrides"] = {**overrides, rest: value}
         return
     if head == "variants":
         raise VitreduceError(f"--set {item!r}: variants cannot be set from the command line; edit the spec")
