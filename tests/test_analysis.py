@@ -52,7 +52,7 @@ def test_report_has_the_sharpness_table_and_figures(study):
     paths = write_report(study)
     text = paths.markdown.read_text()
     assert "## Sharpness" in text
-    rows = [line for line in text.splitlines() if re.match(r"\| (baseline|grouped) \| (final|peak) \|", line)]
+    rows = [line for line in text.splitlines() if re.match(r"\| (baseline|grouped) \| (final|peak) \| \d+ \|", line)]
     assert len(rows) == 4
     for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
         assert (study / image).is_file()

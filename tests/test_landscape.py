@@ -150,7 +150,7 @@ def test_write_landscape_files(tmp_path):
                      "surface_2d.csv", "surface_2d.png"]
     assert all(path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for path in written if path.suffix == ".png")
     rows = read_csv(tmp_path / "out" / "surface_1d.csv")
-    assert rows[0] == ["alpha", "loss", "acc"] and [float(v) for v in rows[2]] == [0.0, 1.0, 50.0]
+    assert rows[0] == ["alpha", "loss", "acc", "direction"] and [float(v) for v in rows[2]] == [0.0, 1.0, 50.0, 0.0]
     rows = read_csv(tmp_path / "out" / "surface_2d.csv")
     assert rows[0] == ["alpha", "beta", "loss", "acc"] and len(rows) == 10
     assert [float(v) for v in rows[9]] == [1.0, 1.0, 4.0, 0.0]  # alpha-major order

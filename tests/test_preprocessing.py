@@ -154,7 +154,7 @@ def test_a_run_trained_with_default_preprocessing_is_analysed_as_before(tmp_path
     old = json.loads((run / "analysis" / "sharpness_final.json").read_text())
     old_line = (run / "analysis" / "landscape" / "surface_1d.csv").read_text()
     config = AnalysisConfig(checkpoints=["final"], batches=1, batch_size=8, iters=5, trace_samples=2,
-                            landscape_steps=3)
+                            landscape_steps=3, landscape_directions=1)  # the fixture's one direction
     written = {path.name for path in analyze_run(run, config, log=lambda _: None)}
     assert {"sharpness_final.json", "options.json"} <= written  # measured again: the preprocessing is now recorded
     new = json.loads((run / "analysis" / "sharpness_final.json").read_text())

@@ -70,7 +70,10 @@ def test_report_files_summary_and_links(study):
     assert not list(study.rglob("*.tmp"))
 
     summary = json.loads(paths.summary_json.read_text())
-    assert list(summary) == ["base", "grouped", "shallow"]  # summary.json: one entry per variant, nothing else
+    # summary.json: one entry per variant, and `pareto` (3 variants of different cost on one base model)
+    assert list(summary) == ["base", "grouped", "shallow", "pareto"]
+    assert summary["pareto"]["groups"]["vit_base_patch16_224 (width 768)"]["baseline"] == "base"
+    summary.pop("pareto")
     for entry in summary.values():
         assert {"n", "reduction", "params", "raw", "ema"} <= set(entry)
         assert set(entry["raw"]) >= REQUIRED_KIND_KEYS and set(entry["ema"]) >= REQUIRED_KIND_KEYS

@@ -111,8 +111,9 @@ def test_a_study_divides_the_threads_between_its_runs(tmp_path, machine, monkeyp
     lines: list[str] = []
     run_study(spec, tmp_path / "a", jobs=2, echo=lines.append, dry_run=True)
     assert "2 at a time, 4 thread(s) each" in lines[0]
+    lines.clear()
     run_study(spec, tmp_path / "b", jobs=2, echo=lines.append, dry_run=True, threads=3)
-    assert "2 at a time, 3 thread(s) each" in lines[-9]  # then one command per run (8)
+    assert "2 at a time, 3 thread(s) each" in lines[0]
 
 
 # ---- permissions ---------------------------------------------------------------------------------------

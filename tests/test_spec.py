@@ -94,3 +94,4 @@ def test_valid_specs_round_trip(size, scale, init, pattern, ratio, keep):
 def test_thin_and_grouped_in_either_order_are_one_spec():
     assert ReductionSpec.parse("grouped:size=3+thin") == ReductionSpec.parse("thin+grouped:size=3")
     assert [s.strategy for s in ReductionSpec.parse("grouped+thin").steps] == ["thin", "grouped"]
+

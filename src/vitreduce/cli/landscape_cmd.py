@@ -2,19 +2,22 @@
 
 Evaluates the training loss (cross-entropy over a fixed, seeded subset of an ImageFolder split, eval
 mode, with the preprocessing `vitreduce eval` uses: the run's augment settings when the checkpoint sits
-in a run directory, the recipe's defaults otherwise) at w + alpha d1 (1D) and w + alpha d1 + beta d2
-(2D) on an even grid over [-span, span], with d1, d2 Gaussian directions scaled filter by filter to the
-weights (Li et al. 2018); biases and norm parameters are left still unless --include-bias-norm. With
---other, also the linear interpolation (1 - alpha) w1 + alpha w2 for alpha in [-0.25, 1.25] between two
-checkpoints of one architecture (e.g. the peak epoch's and the final one). Writes CSV grids and PNG
-plots to --out.
+in a run directory, the recipe's defaults otherwise) at w + alpha d (1D, along --directions random
+directions d, plotted as L(alpha) - L(0)) and w + alpha d1 + beta d2 (2D) on an even grid over
+[-span, span], with Gaussian directions scaled filter by filter to the weights (Li et al. 2018); biases
+and norm parameters are left still unless --include-bias-norm. With --other, also the linear
+interpolation from CHECKPOINT (alpha 0) to --other (alpha 1), (1 - alpha) w_CHECKPOINT + alpha w_OTHER
+for alpha in [-0.25, 1.25]: pass the peak epoch's checkpoint (RUN/checkpoints/best/) as CHECKPOINT and
+the final one as --other for the paper's peak -> final path, as a study's analysis does. Writes CSV
+grids and PNG plots, titled with the run, checkpoint and weights, to --out.
 
 CHECKPOINT (and --other) is a model .safetensors written by vitreduce, or a run directory, whose
 model.safetensors (or model_ema.safetensors with --ema) is used, as `vitreduce eval` does.
 
 Examples:
-  vitreduce landscape runs/grouped --data data/synth --steps 11
-  vitreduce landscape peak.safetensors --other final.safetensors --data data/synth --out plots/grouped
+  vitreduce landscape runs/grouped --data data/synth --steps 11 --directions 5
+  vitreduce landscape runs/grouped/checkpoints/best/model_ema.safetensors \
+      --other runs/grouped/model_ema.safetensors --data data/synth --out plots/grouped
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import argparse
 from pathlib import Path
 
 from vitreduce.cli.args import add_data_options, add_device_option, add_threads_option
+from vitreduce.errors import VitreduceError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,17 +33,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ema", action="store_true", help="with run directories: use their model_ema.safetensors")
     add_data_options(parser, split="train")
     parser.add_argument("--other", type=Path, default=None,
-                        help="second checkpoint of the same architecture: also interpolate from CHECKPOINT to it")
+                        help="second checkpoint of the same architecture: also interpolate from CHECKPOINT (alpha 0, "
+                             "e.g. the peak epoch's) to it (alpha 1, e.g. the final one)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output directory (default: <checkpoint stem>_landscape beside the checkpoint)")
     parser.add_argument("--steps", type=int, default=21,
                         help="grid points per axis, odd (default 21; the 2D grid is steps x steps)")
     parser.add_argument("--span", type=float, default=1.0, help="alpha and beta range [-span, span] (default 1)")
+    parser.add_argument("--directions", type=int, default=3,
+                        help="random directions of the 1D surface, seeded --seed, --seed + 1, ... (default 3)")
     parser.add_argument("--include-bias-norm", action="store_true",
                         help="move biases and norm parameters too (default: zero direction for 1-D tensors)")
     parser.add_argument("--no-2d", action="store_true", help="skip the 2D surface (steps x steps evaluations)")
     parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the data subset and of the directions (d2 uses seed + 1) (default 0)")
+                        help="seed of the data subset and of the first direction (the next use seed + 1, ...; the 2D "
+                             "surface's d2 is the 1D surface's second direction) (default 0)")
     parser.add_argument("--batches", type=int, default=4, help="fixed batches the loss averages (default 4)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     add_device_option(parser)
@@ -57,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
     from vitreduce.train.evaluate import resolve_model_file
 
     landscape.grid(args.steps, args.span)  # refuse a bad grid before loading anything
+    if args.directions < 1:
+        raise VitreduceError(f"--directions must be >= 1, got {args.directions}")
     device = resolve_device(args.device, "--device")
     # A run directory's model file, as `vitreduce eval` reads it.
     model_file = resolve_model_file(args.checkpoint, args.ema)
@@ -70,27 +80,32 @@ def run(args: argparse.Namespace) -> int:
     batches = load_batches(model, args.data, augment=preprocessing.augment, split=args.split, batches=args.batches,
                            batch_size=args.batch_size, seed=args.seed, device=device)
     alphas = landscape.interpolation_alphas(args.steps)
-    evaluations = args.steps + (0 if args.no_2d else args.steps**2) + (len(alphas) if other is not None else 0)
+    evaluations = (args.steps * args.directions + (0 if args.no_2d else args.steps**2)
+                   + (len(alphas) if other is not None else 0))
     print(f"{model_file}: {evaluations} loss evaluations on {args.batches} batches x {args.batch_size} images "
           f"of {args.data}/{args.split} (seed {args.seed}), eval mode, on {device}")
     print(f"preprocessing: {preprocessing.describe()}")
     progress = ConsoleProgress(evaluations, "evaluation", quiet=args.quiet)
     try:
-        d1 = landscape.random_direction(model, args.seed, include_bias_norm=args.include_bias_norm)
-        line = landscape.surface_1d(model, batches, d1, steps=args.steps, span=args.span, progress=progress)
+        lines = landscape.surfaces_1d(model, batches, seed=args.seed, directions=args.directions, steps=args.steps,
+                                      span=args.span, include_bias_norm=args.include_bias_norm, progress=progress)
         surface = None
         if not args.no_2d:
-            d2 = landscape.random_direction(model, args.seed + 1, include_bias_norm=args.include_bias_norm)
+            d1, d2 = (landscape.random_direction(model, args.seed + i, include_bias_norm=args.include_bias_norm)
+                      for i in (0, 1))
             surface = landscape.surface_2d(model, batches, d1, d2, steps=args.steps, span=args.span,
                                            progress=progress)
         interpolation = (landscape.interpolate(model, other, batches, alphas=alphas, progress=progress)
                          if other is not None else None)
     finally:
         progress.close()
-    written = landscape.write_landscape(out, line=line, surface=surface, interpolation=interpolation,
-                                        title=args.checkpoint.stem, other_title=args.other.stem if other else "")
-    center = line.losses[len(line.losses) // 2]
-    print(f"loss at the checkpoint {center:.6g}; along d1: min {min(line.losses):.6g}, max {max(line.losses):.6g}")
+    written = landscape.write_landscape(out, line=lines, surface=surface, interpolation=interpolation,
+                                        title=describe_model_file(model_file),
+                                        other_title=describe_model_file(other_file) if other is not None else "")
+    center = lines[0].losses[len(lines[0].losses) // 2]
+    rise = max(max(line.losses) for line in lines) - center
+    print(f"loss at the checkpoint {center:.6g}; largest rise L(alpha) - L(0) over {len(lines)} direction(s): "
+          f"{rise:.6g}")
     if interpolation is not None:
         by_alpha = dict(zip(interpolation.alphas, interpolation.losses, strict=True))
         between = max(loss for alpha, loss in by_alpha.items() if 0.0 <= alpha <= 1.0)
@@ -100,3 +115,23 @@ def run(args: argparse.Namespace) -> int:
     for path in written:
         print(f"  {path.name}")
     return 0
+
+
+def describe_model_file(path: Path) -> str:
+    """What a model file is, for plot titles: "grouped/seed0 peak (epoch 4, EMA weights)" for a study run's
+    checkpoints/best, "<run> final (...)" for a run directory's model file, else the file name with the base
+    model and reduction of its header."""
+    from vitreduce.reduction.checkpoint import read_metadata
+
+    header = read_metadata(path)
+    details = ", ".join(([f"epoch {header['epoch']}"] if "epoch" in header else [])
+                        + ([f"{'EMA' if header['weights'] == 'ema' else header['weights']} weights"]
+                           if "weights" in header else []))
+    run, which = path.parent, "final"
+    if path.parent.parent.name == "checkpoints":
+        run, which = path.parent.parent.parent, "peak" if path.parent.name == "best" else path.parent.name
+    if not (run / "config.yaml").is_file():
+        built = f"{header.get('base_model', '?')}, reduction {header.get('reduction', '?')}"
+        return f"{path.name} ({built}{', ' + details if details else ''})"
+    name = f"{run.parent.name}/{run.name}" if run.name.startswith("seed") else run.name
+    return f"{name} {which}" + (f" ({details})" if details else "")

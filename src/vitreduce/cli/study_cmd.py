@@ -13,8 +13,23 @@ the report is written (report.md, report.html, summary.json, figures/) and the r
 run (variants still override it); other keys set spec keys (seeds=[0,1], launcher=torchrun,
 nproc_per_node=2, throughput=true).
 
+On SLURM (--launcher slurm, or launcher: slurm in the spec): every unfinished run is one job of a
+submitit job array, sized by the spec's slurm: section (--slurm-* flags override it); a run that no
+job has yet is submitted, one already queued or running is left alone. A job stopped by its time
+limit or a preemption writes a recovery checkpoint and is requeued (at most slurm.max_requeues
+times); `vitreduce train` itself exits with status 75 (EX_TEMPFAIL) after such a stop (SIGTERM,
+SIGUSR1, SIGUSR2) and resumes exactly when rerun. --wait waits for the jobs and writes the report;
+without it, `vitreduce report STUDY_DIR` writes it later.
+
+  vitreduce study status STUDY_DIR   one line per run: state (pending, running, requeued, done,
+                                     failed), job id, epoch, last metric, time used; a failed run's
+                                     log path and last lines. Exit status 1 if any run failed.
+
 Examples:
   vitreduce study studies/demo.yaml --jobs 2
+  vitreduce study studies/paper_vit_b16_in1k.yaml --set base.data.root=/data/imagenet \\
+      --launcher slurm --slurm-partition gpu --out /shared/studies/paper --wait
+  vitreduce study status /shared/studies/paper
   vitreduce study studies/paper_vit_b16_in1k.yaml --set base.data.root=/data/imagenet --dry-run
   vitreduce study studies/paper_vit_b16_in1k.yaml --set base.data.root=/data/imagenet \\
       --set nproc_per_node=4 --set base.optimizer.accum_steps=1
@@ -26,10 +41,18 @@ import argparse
 from pathlib import Path
 
 from vitreduce.cli.args import add_threads_option
+from vitreduce.errors import VitreduceError
+
+# --slurm-<flag> -> the spec's slurm.<key> (other keys: --set slurm.KEY=VALUE)
+_SLURM_FLAGS = {"partition": "partition", "account": "account", "qos": "qos", "constraint": "constraint",
+                "nodes": "nodes", "gpus-per-node": "gpus_per_node", "cpus-per-task": "cpus_per_task",
+                "mem-gb": "mem_gb", "timeout-min": "timeout_min", "max-requeues": "max_requeues"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", type=Path, metavar="SPEC", help="study spec YAML")
+    parser.add_argument("spec", type=Path, metavar="SPEC", help="study spec YAML (or `status`, then STUDY_DIR)")
+    parser.add_argument("study_dir", type=Path, nargs="?", metavar="STUDY_DIR",
+                        help="with `vitreduce study status`: the study directory")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at once on this machine (default 1: one after another, in this process); "
                              "N > 1 starts N worker processes, the threads divided between them (--threads)")
@@ -40,6 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "run's command (to launch by hand or submit to a cluster), train nothing")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="override a spec key, e.g. --set base.data.root=/data/imagenet (repeatable)")
+    parser.add_argument("--launcher", choices=["python", "torchrun", "slurm"], default=None,
+                        help="how runs are started (default: the spec's launcher, else python)")
+    parser.add_argument("--wait", action="store_true",
+                        help="with --launcher slurm: wait for the jobs, then write the report")
+    for flag, key in _SLURM_FLAGS.items():
+        parser.add_argument(f"--slurm-{flag}", dest=f"slurm_{key}", default=None, metavar=key.upper(),
+                            help=f"the spec's slurm.{key}")
     add_threads_option(parser, " per run (default: that budget divided between the runs side by side)")
     parser.set_defaults(_threads_per_run=True)  # run_study divides the threads between its runs
 
@@ -48,8 +78,23 @@ def run(args: argparse.Namespace) -> int:
     from vitreduce.study.runner import print_results, run_study
     from vitreduce.study.spec import load_spec
 
-    spec = load_spec(args.spec, args.sets)
-    result = run_study(spec, args.out, jobs=args.jobs, dry_run=args.dry_run, threads=args.threads)
+    if str(args.spec) == "status" and args.study_dir is not None:
+        return _status(args.study_dir)
+    if args.study_dir is not None:
+        raise VitreduceError(f"unexpected argument {args.study_dir}: give one SPEC, or `status STUDY_DIR`")
+    sets = list(args.sets) + ([f"launcher={args.launcher}"] if args.launcher else [])
+    sets += [f"slurm.{key}={getattr(args, 'slurm_' + key)}" for key in _SLURM_FLAGS.values()
+             if getattr(args, "slurm_" + key) is not None]
+    spec = load_spec(args.spec, sets)
+    result = run_study(spec, args.out, jobs=args.jobs, dry_run=args.dry_run, threads=args.threads, wait=args.wait)
     if not args.dry_run:
         print_results(result)
     return 1 if result.failed else 0
+
+
+def _status(study_dir: Path) -> int:
+    from vitreduce.study.status import RunState, format_status, study_status
+
+    lines = study_status(study_dir)
+    print(format_status(lines))
+    return 1 if any(line.state is RunState.FAILED for line in lines) else 0

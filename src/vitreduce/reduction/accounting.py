@@ -1,4 +1,4 @@
-"""Exact accounting of a (reduced) ViT: unique parameters, MLP parameters and widths, and MACs.
+"""Exact accounting of a (reduced) model (ViT, DeiT, EVA, Swin): unique parameters, MLP parameters and widths, MACs.
 
 MACs are counted per op category with forward hooks on one image, so the figures do not depend on
 the device or on fused attention (fvcore/thop skip fused SDPA; thop and ptflops miscount shared
@@ -15,9 +15,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from vitreduce.reduction.gated import hidden_units, in_features
 from vitreduce.reduction.params import count_unique
 from vitreduce.reduction.spec import ReductionSpec
-from vitreduce.reduction.surgery import REDUCTION_ATTR, unique_mlps, vit_blocks
+from vitreduce.reduction.surgery import REDUCTION_ATTR, unique_mlps
 
 # What a run directory's run.json and `vitreduce inspect --json` record of a model (``expansion``
 # follows from mlp_hidden / embed_dim).
@@ -67,9 +68,10 @@ def count_macs(model: nn.Module, img_size: tuple[int, int] | None = None) -> tup
         counts["linear"] += output.numel() * per_output
 
     def attention_hook(module: nn.Module, inputs, _output):
-        batch, tokens = inputs[0].shape[:2]
-        width = module.qkv.out_features // 3  # heads * head_dim
-        counts["attention"] += 2 * batch * tokens * tokens * width  # QK^T and AV
+        batch, tokens = inputs[0].shape[:2]  # a window attention's batch is images x windows
+        counts["attention"] += 2 * batch * tokens * tokens * _attention_width(module)  # QK^T and AV
+        if _functional_qkv(module):  # EVA's qkv with separate q/v biases runs as F.linear: no Linear hook
+            counts["linear"] += batch * tokens * module.qkv.in_features * module.qkv.out_features
 
     handles = []
     for module in model.modules():
@@ -77,7 +79,7 @@ def count_macs(model: nn.Module, img_size: tuple[int, int] | None = None) -> tup
             handles.append(module.register_forward_hook(linear_hook))
         elif isinstance(module, nn.Conv2d):
             handles.append(module.register_forward_hook(conv_hook))
-        elif hasattr(module, "qkv") and hasattr(module, "num_heads"):
+        elif hasattr(module, "num_heads") and _attention_width(module):
             handles.append(module.register_forward_hook(attention_hook))
     try:
         _forward_one_image(model, img_size)
@@ -85,6 +87,19 @@ def count_macs(model: nn.Module, img_size: tuple[int, int] | None = None) -> tup
         for handle in handles:
             handle.remove()
     return counts["linear"], counts["attention"]
+
+
+def _attention_width(module: nn.Module) -> int:
+    """heads x head_dim of an attention module with a fused qkv or separate q/k/v projections (0: none)."""
+    qkv, q_proj = getattr(module, "qkv", None), getattr(module, "q_proj", None)
+    if isinstance(qkv, nn.Linear):
+        return qkv.out_features // 3
+    return q_proj.out_features if isinstance(q_proj, nn.Linear) else 0
+
+
+def _functional_qkv(module: nn.Module) -> bool:
+    return (isinstance(getattr(module, "qkv", None), nn.Linear) and getattr(module, "q_bias", None) is not None
+            and not getattr(module, "qkv_bias_separate", False))
 
 
 def _forward_one_image(model: nn.Module, img_size: tuple[int, int] | None) -> None:
@@ -109,13 +124,12 @@ def describe(model: nn.Module, img_size: int | tuple[int, int] | None = None) ->
         model: a timm ViT, reduced or not.
         img_size: input size for the MAC count; default the model's own.
     """
-    blocks = vit_blocks(model)
     mlps = unique_mlps(model)
-    hidden = sorted({mlp.fc1.out_features for _, mlp in mlps})
+    hidden = sorted({hidden_units(mlp) for _, mlp in mlps})
     if isinstance(img_size, int):
         img_size = (img_size, img_size)
     linear, attention = count_macs(model, img_size)
-    embed_dim = blocks[0].mlp.fc1.in_features
+    embed_dim = in_features(mlps[0][1])
     return ModelDescription(
         model=model_name(model),
         reduction=str(ReductionSpec.parse(getattr(model, REDUCTION_ATTR, None))),
@@ -124,7 +138,7 @@ def describe(model: nn.Module, img_size: int | tuple[int, int] | None = None) ->
         unique_mlps=len(mlps),
         mlp_hidden=hidden[0] if len(hidden) == 1 else hidden,
         embed_dim=embed_dim,
-        expansion=round((hidden[0] if len(hidden) == 1 else max(hidden)) / embed_dim, 4),
+        expansion=round(max(hidden_units(mlp) / in_features(mlp) for _, mlp in mlps), 4),
         macs_linear_g=round(linear / 1e9, 4),
         macs_total_g=round((linear + attention) / 1e9, 4),
     )

@@ -3,7 +3,7 @@
 A description (a timm base name and timm kwargs) reaches vitreduce from a checkpoint header, a train
 config, ``--model-arg`` and ``create_model(**kwargs)``; every one passes ``check_architecture``:
 - the base name is one of timm's own architecture names (never a hub id, URL or path) whose blocks
-  vitreduce can reduce (timm's vit_*, deit_*, deit3_*), checked by building it on the meta device;
+  vitreduce can reduce (timm's vit_*, deit_*, deit3_*, eva*, swin*), checked by building it on the meta device;
 - the kwargs are on the allow-list ``ArchitectureKwargs`` with their types and ranges. Whatever could
   make timm load weights or reach a network or a path (pretrained, pretrained_cfg, its overlay,
   checkpoint_path, cache_dir) is refused: a description says what to build, never where to fetch it;
@@ -29,13 +29,16 @@ from torch import nn
 
 from vitreduce.config_tree import explain_error, short_repr
 from vitreduce.errors import VitreduceError
+from vitreduce.reduction.gated import in_features
 from vitreduce.reduction.params import count_unique
 from vitreduce.reduction.surgery import vit_blocks
 
 MAX_PARAMS_ENV = "VITREDUCE_MAX_PARAMS"
 DEFAULT_MAX_PARAMS = 2_000_000_000
-FAMILIES = ("vit_*", "deit_*", "deit3_*")  # timm name patterns of the models vitreduce reduces
-SUPPORTED = "timm's vit_*, deit_* and deit3_* models (blocks with a plain fc1 -> fc2 MLP)"
+# timm name patterns of the model families vitreduce claims (tests/test_zoo.py builds every one of them)
+FAMILIES = ("vit_*", "deit_*", "deit3_*", "eva_*", "eva02_*", "swin_*", "swinv2_*")
+SUPPORTED = ("timm's vit_*, deit_*, deit3_*, eva* and swin* models (transformer blocks, in one stage or several, "
+             "with an Mlp, GluMlp/SwiGLUPacked or SwiGLU MLP)")
 WEIGHTS_HINT = ("to start from weights, reduce a local file with `vitreduce reduce BASE --weights FILE --reduction "
                 "SPEC --out FILE` (or set model.init_checkpoint in a train config)")
 # kwarg -> what it could make timm do. None (and pretrained=False) is inert and dropped.
@@ -63,6 +66,7 @@ def _size(low: int, high: int):
 
 
 _Rate = Annotated[float, Field(ge=0, lt=1)]
+_Count = Annotated[int, Field(ge=1, le=1024)]
 
 
 class ArchitectureKwargs(BaseModel):
@@ -78,13 +82,17 @@ class ArchitectureKwargs(BaseModel):
     global_pool: Literal["", "avg", "avgmax", "max", "token", "map", "prr"] | None = None
     embed_dim: int | None = Field(None, ge=1, le=65536)
     depth: int | None = Field(None, ge=1, le=1024)
-    num_heads: int | None = Field(None, ge=1, le=1024)
+    depths: list[_Count] | None = Field(None, min_length=1, max_length=16)  # per stage
+    num_heads: _Count | list[_Count] | None = None  # a list: one per stage (Swin)
+    window_size: _size(1, 1024) = None  # Swin's attention window
     mlp_ratio: float | None = Field(None, gt=0, le=64)
     qkv_bias: bool | None = None
     qk_norm: bool | None = None
     proj_bias: bool | None = None
     scale_attn_norm: bool | None = None
     scale_mlp_norm: bool | None = None
+    scale_mlp: bool | None = None  # EVA: a norm over the MLP's hidden units
+    swiglu_mlp: bool | None = None  # EVA: a SwiGLU MLP
     init_values: float | None = Field(None, gt=0, le=10)  # LayerScale; null: none
     class_token: bool | None = None
     no_embed_class: bool | None = None
@@ -171,7 +179,8 @@ def _base_shape(name: str) -> dict[str, Any]:
     except VitreduceError as err:
         raise VitreduceError(f"{name} is not a model vitreduce can reduce: {err}; supported: {SUPPORTED}") from None
     embed = getattr(model, "patch_embed", None)
-    return {"embed_dim": blocks[0].mlp.fc1.in_features, "num_heads": getattr(blocks[0].attn, "num_heads", None),
+    attn = getattr(blocks[0], "attn", None)
+    return {"embed_dim": in_features(blocks[0].mlp), "num_heads": getattr(attn, "num_heads", None),
             "img_size": getattr(embed, "img_size", None), "patch_size": getattr(embed, "patch_size", None)}
 
 
@@ -191,6 +200,13 @@ def check_consistency(name: str, kwargs: dict[str, Any]) -> None:
     """Refuse shapes that do not fit together, with the values that would."""
     shape = {**_base_shape(name), **{k: v for k, v in kwargs.items() if v is not None}}
     width, heads = shape["embed_dim"], shape["num_heads"]
+    if isinstance(heads, list):  # a stage-based model doubles its width at each stage
+        for stage, count in enumerate(heads):
+            if (width * 2**stage) % count:
+                raise VitreduceError(f"num_heads[{stage}] = {count} does not divide stage {stage}'s width "
+                                     f"{width * 2**stage} (embed_dim {width} x 2^{stage}); change num_heads or "
+                                     "embed_dim")
+        heads = None
     if heads and width % heads:
         divisors = [d for d in range(1, min(width, 1024) + 1) if width % d == 0]
         raise VitreduceError(f"num_heads {heads} does not divide embed_dim {width}; use one of "

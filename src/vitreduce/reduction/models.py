@@ -1,7 +1,8 @@
 """Building reduced models: `create_model(base, reduction, **timm_kwargs)` and timm registrations.
 
-The paper's three variants of ViT-Ti/S/B/L/16 are registered with timm when vitreduce is imported
-(``vit_{tiny,small,base,large}_patch16_224_{grouped,shallow,thin}_mlp``), so
+The paper's three variants of ViT-Ti/S/B/L/16, Swin-T/S and EVA-02-S are registered with timm when
+vitreduce is imported (``vit_{tiny,small,base,large}_patch16_224_{grouped,shallow,thin}_mlp``,
+``swin_{tiny,small}_patch4_window7_224_*_mlp``, ``eva02_small_patch14_224_*_mlp``), so
 ``timm.create_model("vit_small_patch16_224_grouped_mlp", num_classes=...)`` works in any timm script.
 Their pretrained_cfg names no weights source (no URL, no hub id): there are no weights to download.
 """
@@ -15,6 +16,7 @@ from torch import nn
 
 from vitreduce.errors import VitreduceError
 from vitreduce.reduction.architecture import check_architecture, check_kwargs, hub_offline, split_runtime
+from vitreduce.reduction.gated import fc1_width, in_features
 from vitreduce.reduction.spec import ReductionSpec
 from vitreduce.reduction.surgery import BASE_HIDDEN_ATTR, BUILD_ATTR, reduce, vit_blocks
 
@@ -23,7 +25,7 @@ def create_model(base_name: str, reduction: str | ReductionSpec | None = None, *
     """Build a timm model and apply a reduction to it.
 
     Args:
-        base_name: a timm ViT name, e.g. ``vit_base_patch16_224`` or ``deit_small_patch16_224`` (never a hub id).
+        base_name: a timm model name, e.g. ``vit_base_patch16_224``, ``swin_tiny_patch4_window7_224`` (never a hub id).
         reduction: spec string or ReductionSpec (``None``/``"none"``: unreduced).
         **timm_kwargs: architecture kwargs for ``timm.create_model`` (num_classes, img_size, drop_path_rate,
             weight_init, ... : ``architecture.ALLOWED``), plus ``device`` and ``dtype``. They are checked
@@ -56,6 +58,12 @@ def build_info(model: nn.Module) -> dict[str, Any]:
             f"cannot tell which timm architecture this {type(model).__name__} is; build it with "
             "timm.create_model or vitreduce.create_model"
         )
+    if type(model).__name__ != "VisionTransformer":  # only a ViT's options can be read back from the model
+        raise VitreduceError(
+            f"cannot read the architecture options of this {type(model).__name__} ({base}) from the model; build "
+            f"it with vitreduce.create_model({base!r}, reduction=..., **kwargs) (or a registered variant) so they "
+            "are recorded"
+        )
     # Checked as a header will be on load, so a file that cannot be loaded back is never written.
     return {"base": base, "kwargs": check_kwargs(_introspect_vit_kwargs(model), f"the {base} model's architecture")}
 
@@ -63,8 +71,8 @@ def build_info(model: nn.Module) -> dict[str, Any]:
 def _introspect_vit_kwargs(model: nn.Module) -> dict[str, Any]:
     blocks = vit_blocks(model)
     first = blocks[0]
-    embed_dim = first.mlp.fc1.in_features
-    base_hidden = getattr(model, BASE_HIDDEN_ATTR, first.mlp.fc1.out_features)
+    embed_dim = in_features(first.mlp)
+    base_hidden = getattr(model, BASE_HIDDEN_ATTR, fc1_width(first.mlp))
     kwargs = {
         "num_classes": model.num_classes,
         "img_size": list(model.patch_embed.img_size),
@@ -102,10 +110,12 @@ def _layer_scale_init(block: nn.Module) -> float | None:
 VARIANTS = (
     ("grouped_mlp", "grouped", "each MLP shared by two adjacent blocks, scaled 1/sqrt(2) (the paper's GroupedMLP)"),
     ("shallow_mlp", "shallow:ratio=0.5", "keeping the first half of each MLP's hidden units (the paper's ShallowMLP)"),
-    ("thin_mlp", "thin:ratio=0.5", "with freshly initialised half-width MLPs (the ablation control; mlp_ratio=2)"),
+    ("thin_mlp", "thin:ratio=0.5", "with freshly initialised half-width MLPs (the ablation control)"),
 )
 BASES = {"vit_tiny_patch16_224": "ViT-Ti/16", "vit_small_patch16_224": "ViT-S/16",
-         "vit_base_patch16_224": "ViT-B/16", "vit_large_patch16_224": "ViT-L/16"}
+         "vit_base_patch16_224": "ViT-B/16", "vit_large_patch16_224": "ViT-L/16",
+         "swin_tiny_patch4_window7_224": "Swin-T", "swin_small_patch4_window7_224": "Swin-S",
+         "eva02_small_patch14_224": "EVA-02-S/14"}
 # A pretrained_cfg's entries that name where weights come from: a variant has none, so timm never offers
 # to download weights for it (timm.list_models(pretrained=True) leaves it out).
 _SOURCE_KEYS = ("url", "hf_hub_id", "hf_hub_filename", "hf_hub_revision", "file", "state_dict", "source", "tag",

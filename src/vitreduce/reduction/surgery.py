@@ -1,15 +1,13 @@
 """Model surgery: MLP sharing (grouped), width slicing (shallow) and fresh reduced width (thin).
 
-Every function works in place on a built timm VisionTransformer-family model whose blocks have
-``.mlp.fc1`` / ``.mlp.fc2`` linear layers, on any device including meta. Sharing is by module:
+Every function works in place on a built timm model whose blocks hold an MLP vitreduce knows
+(``blocks`` finds them by stage, ``gated`` slices each kind), on any device including meta. Sharing is by module:
 blocks in a group hold the very same ``Mlp`` object, so ``model.parameters()`` yields each shared
 tensor once and autograd sums the gradients of its uses.
 """
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Sequence
 
 import torch
 from timm.models import named_apply
@@ -17,6 +15,8 @@ from timm.models.vision_transformer import get_init_weights_vit
 from torch import nn
 
 from vitreduce.errors import VitreduceError
+from vitreduce.reduction.blocks import BlockRef, all_blocks, block_stages
+from vitreduce.reduction.gated import fc1_width, hidden_units, input_layers, resized_copy, slice_mlp, unit_scores
 from vitreduce.reduction.spec import ReductionSpec, Step
 
 # Recorded on the model so checkpoints can describe it (timm records neither).
@@ -25,35 +25,29 @@ BASE_HIDDEN_ATTR = "vitreduce_base_mlp_hidden"
 BUILD_ATTR = "vitreduce_build"  # {"base": name, "kwargs": {...}}: set by models.create_model
 
 
-def vit_blocks(model: nn.Module) -> Sequence[nn.Module]:
-    """The model's transformer blocks, checked to have a plain fc1 -> act -> fc2 MLP."""
-    blocks = getattr(model, "blocks", None)
-    if not isinstance(blocks, nn.Sequential | nn.ModuleList) or len(blocks) == 0:
-        raise VitreduceError(
-            f"{type(model).__name__} has no ViT blocks (expected model.blocks with .mlp.fc1/.fc2, "
-            "as in timm's vit_*, deit_*, deit3_* models)"
-        )
-    for index, block in enumerate(blocks):
-        mlp = getattr(block, "mlp", None)
-        fc1, fc2 = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)
-        if not (isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)):
-            raise VitreduceError(
-                f"block {index} has MLP type {type(mlp).__name__}, which has no fc1/fc2 linear layers "
-                "(SwiGLU and other gated MLPs are not supported); supported: timm.layers.Mlp"
-            )
-        if fc1.out_features != fc2.in_features:
-            raise VitreduceError(
-                f"block {index} MLP {type(mlp).__name__} is gated (fc1 has {fc1.out_features} outputs, "
-                f"fc2 {fc2.in_features} inputs); only plain timm.layers.Mlp is supported"
-            )
-    return blocks
+def vit_blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's transformer blocks over all stages, in forward order, each checked to hold an MLP
+    vitreduce can reduce (``blocks.block_stages``)."""
+    return [ref.block for ref in all_blocks(model)]
 
 
 def unique_mlps(model: nn.Module) -> list[tuple[list[int], nn.Module]]:
-    """Each distinct MLP module with the indices of the blocks that use it, in block order."""
+    """Each distinct MLP module with the positions (over all stages) of the blocks that use it."""
     users: dict[int, tuple[list[int], nn.Module]] = {}
-    for index, block in enumerate(vit_blocks(model)):
-        users.setdefault(id(block.mlp), ([], block.mlp))[0].append(index)
+    for ref in all_blocks(model):
+        users.setdefault(id(ref.block.mlp), ([], ref.block.mlp))[0].append(ref.position)
+    return list(users.values())
+
+
+def unique_named_mlps(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Each distinct MLP under the module name of its first user, e.g. ``blocks.0.mlp``, ``layers.1.blocks.2.mlp``."""
+    return [(f"{refs[0].name}.mlp", mlp) for refs, mlp in _unique_mlp_refs(model)]
+
+
+def _unique_mlp_refs(model: nn.Module) -> list[tuple[list[BlockRef], nn.Module]]:
+    users: dict[int, tuple[list[BlockRef], nn.Module]] = {}
+    for ref in all_blocks(model):
+        users.setdefault(id(ref.block.mlp), ([], ref.block.mlp))[0].append(ref)
     return list(users.values())
 
 
@@ -61,18 +55,18 @@ def reduce(model: nn.Module, spec: str | ReductionSpec) -> nn.Module:
     """Apply a reduction spec to a built model, in place; returns the model.
 
     Args:
-        model: a timm VisionTransformer-family model (any depth, width, device).
+        model: a timm ViT, DeiT, EVA or Swin model (any depth, width, stages, device; see ``blocks``).
         spec: a ReductionSpec or its string form, e.g. ``"grouped"`` or ``"shallow:ratio=0.5"``.
     """
     spec = ReductionSpec.parse(spec)
-    blocks = vit_blocks(model)
+    stages = block_stages(model)
     previous = ReductionSpec.parse(getattr(model, REDUCTION_ATTR, None))
     if previous and spec:
         _check_composable(previous, spec)
     if not hasattr(model, BASE_HIDDEN_ATTR):
-        setattr(model, BASE_HIDDEN_ATTR, blocks[0].mlp.fc1.out_features)
+        setattr(model, BASE_HIDDEN_ATTR, fc1_width(stages[0][0].block.mlp))
     for step in spec.steps:
-        _validate_step(step, len(blocks))
+        _validate_step(step, max(len(stage) for stage in stages), len(stages))
     for step in spec.steps:
         _APPLY[step.strategy](model, step)
     setattr(model, REDUCTION_ATTR, str(ReductionSpec(previous.steps + spec.steps)))
@@ -93,9 +87,11 @@ def _check_composable(previous: ReductionSpec, spec: ReductionSpec) -> None:
         )
 
 
-def _validate_step(step: Step, depth: int) -> None:
+def _validate_step(step: Step, depth: int, stages: int) -> None:
+    """``depth``: blocks in the deepest stage (the whole depth of a one-stage model)."""
     if step.strategy == "grouped" and step.params["size"] > depth:
-        raise VitreduceError(f"grouped size {step.params['size']} exceeds the model depth {depth}; use 1..{depth}")
+        what = "the model depth" if stages == 1 else f"the depth of the model's deepest stage (of {stages})"
+        raise VitreduceError(f"grouped size {step.params['size']} exceeds {what} {depth}; use 1..{depth}")
 
 
 def group_assignment(depth: int, size: int, pattern: str) -> list[int]:
@@ -108,24 +104,32 @@ def group_assignment(depth: int, size: int, pattern: str) -> list[int]:
 
 
 def _apply_grouped(model: nn.Module, step: Step) -> None:
-    blocks = vit_blocks(model)
-    assignment = group_assignment(len(blocks), step.params["size"], step.params["pattern"])
-    for group in sorted(set(assignment)):
-        members = [i for i, g in enumerate(assignment) if g == group]
-        kept = blocks[members[0]].mlp
-        sources = _distinct(blocks[i].mlp for i in members)
-        with torch.no_grad():
-            averaged = len(sources) if step.params["init"] == "mean" else 1
-            if averaged > 1:
-                _average_into(kept, sources)
-            factor, bias_factor = group_scale(len(members), averaged, step.params["scale"])
-            for tensor in (kept.fc1.weight, kept.fc1.bias, kept.fc2.weight):
-                if tensor is not None and factor != 1.0:
-                    tensor.mul_(factor)
-            if kept.fc2.bias is not None and bias_factor != 1.0:
-                kept.fc2.bias.mul_(bias_factor)
-        for index in members:
-            blocks[index].mlp = kept
+    """Groups within each stage (never across a boundary: stages differ in width). A stage shorter
+    than ``size`` is one group; a stage of one block keeps its own MLP (n = 1: no scaling)."""
+    for stage in block_stages(model):
+        assignment = group_assignment(len(stage), step.params["size"], step.params["pattern"])
+        for group in sorted(set(assignment)):
+            _share([ref.block for ref, g in zip(stage, assignment, strict=True) if g == group], step)
+
+
+def _share(members: list[nn.Module], step: Step) -> None:
+    """One MLP for all ``members``: the first's (or the mean), scaled by the rule on the tensors in
+    fc1's role (fc1; a gated MLP's gate and value) and fc2's; an MLP norm is shared as it is."""
+    kept = members[0].mlp
+    sources = _distinct(block.mlp for block in members)
+    with torch.no_grad():
+        averaged = len(sources) if step.params["init"] == "mean" else 1
+        if averaged > 1:
+            _average_into(kept, sources)
+        factor, bias_factor = group_scale(len(members), averaged, step.params["scale"])
+        scaled = [t for layer in input_layers(kept) for t in (layer.weight, layer.bias)] + [kept.fc2.weight]
+        for tensor in scaled:
+            if tensor is not None and factor != 1.0:
+                tensor.mul_(factor)
+        if kept.fc2.bias is not None and bias_factor != 1.0:
+            kept.fc2.bias.mul_(bias_factor)
+    for block in members:
+        block.mlp = kept
 
 
 def group_scale(shared_by: int, averaged: int, scale: float | str) -> tuple[float, float]:
@@ -164,73 +168,67 @@ def hidden_width(full: int, ratio: float) -> int:
     return max(1, round(full * ratio))
 
 
-def _check_plain_norm(mlp: nn.Module, strategy: str) -> None:
-    if not isinstance(getattr(mlp, "norm", nn.Identity()), nn.Identity):
-        raise VitreduceError(
-            f"{strategy} cannot slice an MLP with a norm over its hidden units (scale_mlp_norm=True); "
-            "build the base model with scale_mlp_norm=False"
-        )
-
-
 def _kept_units(mlp: nn.Module, width: int, keep: str, seed: int) -> torch.Tensor:
-    full = mlp.fc1.out_features
-    device = mlp.fc1.weight.device
+    full = hidden_units(mlp)
+    device = mlp.fc2.weight.device
     if keep == "first":
         return torch.arange(width, device=device)
     if keep == "magnitude":
         if device.type == "meta":
             raise VitreduceError("keep=magnitude needs real weights; build the model off the meta device")
-        # Importance of hidden unit j: ||fc1 row j|| * ||fc2 column j||.
-        score = mlp.fc1.weight.norm(dim=1) * mlp.fc2.weight.norm(dim=0)  # (full,)
-        return torch.topk(score, width).indices.sort().values
+        return torch.topk(unit_scores(mlp), width).indices.sort().values
     generator = torch.Generator().manual_seed(seed)
     return torch.randperm(full, generator=generator)[:width].sort().values.to(device)
 
 
-def _resized_linear(layer: nn.Linear, out_features: int, in_features: int) -> nn.Linear:
-    return nn.Linear(
-        in_features, out_features, bias=layer.bias is not None,
-        device=layer.weight.device, dtype=layer.weight.dtype,
-    )
-
-
 def _apply_shallow(model: nn.Module, step: Step) -> None:
     for _, mlp in unique_mlps(model):  # a shared MLP is sliced once
-        _check_plain_norm(mlp, "shallow")
-        width = hidden_width(mlp.fc1.out_features, step.params["ratio"])
-        keep = _kept_units(mlp, width, step.params["keep"], step.params["seed"])
-        fc1 = _resized_linear(mlp.fc1, width, mlp.fc1.in_features)
-        fc2 = _resized_linear(mlp.fc2, mlp.fc2.out_features, width)
-        with torch.no_grad():
-            fc1.weight.copy_(mlp.fc1.weight[keep])  # (width, in)
-            fc2.weight.copy_(mlp.fc2.weight[:, keep])  # (out, width)
-            if fc1.bias is not None:
-                fc1.bias.copy_(mlp.fc1.bias[keep])
-            if fc2.bias is not None:
-                fc2.bias.copy_(mlp.fc2.bias)
-        mlp.fc1, mlp.fc2 = fc1, fc2
+        width = hidden_width(hidden_units(mlp), step.params["ratio"])
+        slice_mlp(mlp, _kept_units(mlp, width, step.params["keep"], step.params["seed"]))
 
 
 def _apply_thin(model: nn.Module, step: Step) -> None:
     """Fresh MLPs at the reduced width, initialised with the model's own scheme (timm's weight_init
     and fix_init), so they are the control for 'does inheriting the full-width init matter?'."""
-    mode, fix_init = _init_scheme(model)
-    num_classes = getattr(model, "num_classes", 0) or 1
-    head_bias = -math.log(num_classes) if "nlhb" in mode else 0.0
-    init_fn = get_init_weights_vit(mode, head_bias)  # 'reset': PyTorch's own nn.Linear init
-    for users, mlp in unique_mlps(model):
-        _check_plain_norm(mlp, "thin")
-        width = hidden_width(mlp.fc1.out_features, step.params["ratio"])
-        fresh = copy.deepcopy(mlp)  # keeps act/drop/norm; linear layers replaced below
-        fresh.fc1 = _resized_linear(mlp.fc1, width, mlp.fc1.in_features)
-        fresh.fc2 = _resized_linear(mlp.fc2, mlp.fc2.out_features, width)
-        # Names matter to timm's jax init ('mlp' in the name -> tiny normal biases).
-        named_apply(init_fn, fresh, name=f"blocks.{users[0]}.mlp")
-        if fix_init:
+    init = _fresh_init(model)
+    for users, mlp in _unique_mlp_refs(model):
+        fresh = resized_copy(mlp, hidden_width(hidden_units(mlp), step.params["ratio"]))
+        init(fresh, users[0])
+        for ref in users:
+            ref.block.mlp = fresh
+
+
+def _fresh_init(model: nn.Module):
+    """``init(mlp, ref)``: the model's own init on a new MLP of the block ``ref``.
+
+    VisionTransformer and Swin: timm's ``get_init_weights_vit(weight_init)`` by module name (jax init
+    looks for 'mlp' in it) and, with fix_init, fc2 / sqrt(2 (layer + 1)). Models with their own
+    ``_init_weights`` (EVA, Swin V2): that function on each submodule, and EVA's and BEiT's
+    ``fix_init_weight`` rescaling of fc2, which they always run.
+    """
+    if hasattr(model, "weight_init_mode"):
+        mode, fix_init = _init_scheme(model)
+        num_classes = getattr(model, "num_classes", 0) or 1
+        init_fn = get_init_weights_vit(mode, -math.log(num_classes) if "nlhb" in mode else 0.0)
+
+        def init(mlp: nn.Module, ref: BlockRef) -> None:
+            named_apply(init_fn, mlp, name=f"{ref.name}.mlp", include_root=True)  # GluMlp's own init_weights
+            if fix_init:
+                with torch.no_grad():
+                    mlp.fc2.weight.div_(math.sqrt(2.0 * (ref.position + 1)))
+        return init
+    own = getattr(model, "_init_weights", None)
+    if own is None:
+        raise VitreduceError(f"thin needs the model's own init; {type(model).__name__} has none vitreduce knows "
+                             "(use shallow, or grouped)")
+    fixed = hasattr(model, "fix_init_weight") and not hasattr(model, "fix_init")
+
+    def init(mlp: nn.Module, ref: BlockRef) -> None:
+        mlp.apply(own)
+        if fixed:
             with torch.no_grad():
-                fresh.fc2.weight.div_(math.sqrt(2.0 * (users[0] + 1)))
-        for index in users:
-            model.blocks[index].mlp = fresh
+                mlp.fc2.weight.div_(math.sqrt(2.0 * (ref.position + 1)))
+    return init
 
 
 def _init_scheme(model: nn.Module) -> tuple[str, bool]:

@@ -13,7 +13,6 @@ weights are restored bitwise afterwards.
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,6 +151,28 @@ def surface_1d(model: nn.Module, batches: Sequence[LossBatch], direction: Direct
     return _curve(model, batches, grid(steps, span), lambda alpha, name, w: w + alpha * direction[name], progress)
 
 
+def surfaces_1d(model: nn.Module, batches: Sequence[LossBatch], *, seed: int, directions: int = 1, steps: int = 21,
+                span: float = 1.0, include_bias_norm: bool = False,
+                progress: ProgressSink | None = None) -> list[Curve]:
+    """``surface_1d`` along ``directions`` random directions, seeded ``seed``, ``seed + 1``, ...: one direction
+    is one draw, and the spread over several says how much of a curve's shape is that draw's.
+
+    Args:
+        model: the model (weights restored bitwise afterwards).
+        batches: the fixed (images, targets) batches.
+        seed: seed of the first direction.
+        directions: how many directions (>= 1).
+        steps: grid points (odd).
+        span: alpha range half-width.
+        include_bias_norm: give 1-D tensors a direction too (see ``random_direction``).
+        progress: a ``vitreduce.sharpness.progress.ProgressSink``, told about every evaluation.
+    """
+    if directions < 1:
+        raise VitreduceError(f"the number of random directions must be >= 1, got {directions}")
+    return [surface_1d(model, batches, random_direction(model, seed + i, include_bias_norm), steps=steps, span=span,
+                       progress=progress) for i in range(directions)]
+
+
 def surface_2d(model: nn.Module, batches: Sequence[LossBatch], direction1: Direction, direction2: Direction, *,
                steps: int = 21, span: float = 1.0, progress: ProgressSink | None = None) -> Surface:
     """Loss of w + alpha d1 + beta d2 on a steps x steps grid over [-span, span]^2.
@@ -267,39 +288,45 @@ def _step(progress: ProgressSink | None, note: str) -> None:
         progress.step(note)
 
 
-def write_landscape(out_dir: str | Path, *, line: Curve | None = None, surface: Surface | None = None,
-                    interpolation: Curve | None = None, title: str = "", other_title: str = "") -> list[Path]:
+def write_landscape(out_dir: str | Path, *, line: Curve | Sequence[Curve] | None = None, surface: Surface | None = None,
+                    interpolation: Curve | None = None, title: str = "", other_title: str = "",
+                    start_title: str = "") -> list[Path]:
     """Write the raw grids as CSV and their plots as PNG; returns the paths written.
 
-    Files: ``surface_1d.csv`` (alpha,loss,acc) + ``surface_1d.png``; ``surface_2d.csv``
-    (alpha,beta,loss,acc) + ``surface_2d.png`` (contours); ``interpolation.csv`` (alpha,loss,acc) +
-    ``interpolation.png``. Each is written atomically.
+    Files: ``surface_1d.csv`` (alpha,loss,acc,direction: one row per grid point of each direction, numbered
+    from 0) + ``surface_1d.png`` (L(alpha) - L(0) per direction); ``surface_2d.csv`` (alpha,beta,loss,acc) +
+    ``surface_2d.png`` (contours); ``interpolation.csv`` (alpha,loss,acc) + ``interpolation.png``. Each is
+    written atomically.
 
     Args:
         out_dir: directory (created).
-        line: from ``surface_1d``.
+        line: from ``surface_1d``, or one such curve per random direction.
         surface: from ``surface_2d``.
         interpolation: from ``interpolate``.
-        title: shown above each plot (e.g. the checkpoint's name).
-        other_title: the second checkpoint's name, for the interpolation plot's title.
+        title: what the checkpoint is (e.g. "grouped/seed0 final, EMA"), shown above each plot.
+        other_title: what the second checkpoint (alpha 1 of the interpolation) is.
+        start_title: what alpha 0 of the interpolation is, where that is not ``title``'s checkpoint.
     """
+    from vitreduce.sharpness.landscape_plots import plot_contour, plot_directions, plot_interpolation
+
     out_dir = Path(out_dir)
     written = []
     if line is not None:
-        rows = zip(line.alphas, line.losses, line.accuracies, strict=True)
-        written.append(_write_csv(out_dir / "surface_1d.csv", ["alpha", "loss", "acc"], rows))
-        written.append(_plot_curve(out_dir / "surface_1d.png", line, "alpha (filter-normalised direction)", title))
+        lines = [line] if isinstance(line, Curve) else list(line)
+        rows = [(a, loss, acc, d) for d, curve in enumerate(lines)
+                for a, loss, acc in zip(curve.alphas, curve.losses, curve.accuracies, strict=True)]
+        written.append(_write_csv(out_dir / "surface_1d.csv", ["alpha", "loss", "acc", "direction"], rows))
+        written.append(plot_directions(out_dir / "surface_1d.png", lines, title))
     if surface is not None:
         rows = [(a, b, surface.losses[i][j], surface.accuracies[i][j])
                 for i, a in enumerate(surface.alphas) for j, b in enumerate(surface.betas)]
         written.append(_write_csv(out_dir / "surface_2d.csv", ["alpha", "beta", "loss", "acc"], rows))
-        written.append(_plot_contour(out_dir / "surface_2d.png", surface, title))
+        written.append(plot_contour(out_dir / "surface_2d.png", surface, title))
     if interpolation is not None:
         rows = zip(interpolation.alphas, interpolation.losses, interpolation.accuracies, strict=True)
         written.append(_write_csv(out_dir / "interpolation.csv", ["alpha", "loss", "acc"], rows))
-        pair = f"{title} -> {other_title}" if other_title else title
-        written.append(_plot_curve(out_dir / "interpolation.png", interpolation, "alpha: (1 - alpha) w1 + alpha w2",
-                                   pair, marks=(0.0, 1.0)))
+        pair = f"interpolation: alpha 0 = {start_title or title}\nalpha 1 = {other_title}" if other_title else title
+        written.append(plot_interpolation(out_dir / "interpolation.png", interpolation, pair))
     return written
 
 
@@ -308,56 +335,8 @@ def _write_csv(path: Path, header: list[str], rows) -> Path:
         with open(tmp, "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(header)
-            writer.writerows([repr(float(value)) for value in row] for row in rows)
+            writer.writerows([str(value) if isinstance(value, int) else repr(float(value)) for value in row]
+                             for row in rows)
 
     atomic_write(path, write)
     return path
-
-
-def _save_figure(figure, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    try:
-        atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
-    finally:
-        plt.close(figure)
-    return path
-
-
-def _plot_curve(path: Path, curve: Curve, xlabel: str, title: str, marks: tuple[float, ...] = ()) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(5, 3.5))
-    axis.plot(curve.alphas, curve.losses, marker="o", markersize=3)
-    for mark in marks:
-        axis.axvline(mark, color="grey", linewidth=0.8, linestyle=":")
-    axis.set_xlabel(xlabel)
-    axis.set_ylabel("training loss")
-    axis.set_title(title)
-    axis.grid(alpha=0.3)
-    return _save_figure(figure, path)
-
-
-def _plot_contour(path: Path, surface: Surface, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    losses = torch.tensor(surface.losses, dtype=torch.float64)  # (alphas, betas)
-    finite = losses[torch.isfinite(losses)]
-    low, high = (float(finite.min()), float(finite.max())) if finite.numel() else (0.0, 1.0)
-    levels = sorted({low + (high - low) * i / 20 for i in range(21)}) if high > low else 10
-    figure, axis = plt.subplots(figsize=(5, 4.5))
-    # contour takes Z indexed [y, x]: beta on the y axis, alpha on the x axis.
-    contours = axis.contour(surface.alphas, surface.betas, losses.T.numpy(), levels=levels, cmap="viridis")
-    axis.clabel(contours, inline=True, fontsize=6, fmt="%.3g")
-    axis.plot([0], [0], marker="*", color="red", markersize=8)
-    axis.set_xlabel("alpha (direction 1)")
-    axis.set_ylabel("beta (direction 2)")
-    axis.set_title(title)
-    axis.set_aspect("equal" if math.isclose(surface.alphas[-1], surface.betas[-1]) else "auto")
-    return _save_figure(figure, path)

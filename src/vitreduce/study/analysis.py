@@ -57,6 +57,7 @@ class AnalysisConfig(SharpnessOptions, _RunCheckpoints):
     landscape: bool = True  # 1D surface around the final checkpoint, interpolation peak -> final
     landscape_steps: int = Field(11, ge=3)
     landscape_span: float = Field(1.0, gt=0)
+    landscape_directions: int = Field(3, ge=1)  # random directions of the 1D surface (seeds seed, seed + 1, ...)
 
 
 def checkpoint_path(run_dir: Path, which: str, weights: str) -> Path:
@@ -84,7 +85,8 @@ def _options_key(config: AnalysisConfig, which: str, preprocessing: EvalPreproce
     was recorded are measured again.
     """
     source = DEFAULTS if preprocessing.source == DEFAULTS else RUN_CONFIG
-    return {**config.model_dump(exclude={"checkpoints", "landscape", "landscape_steps", "landscape_span"}),
+    return {**config.model_dump(exclude={"checkpoints", "landscape", "landscape_steps", "landscape_span",
+                                                "landscape_directions"}),
             "checkpoint": which, "preprocessing": {**preprocessing.record(), "source": source}}
 
 
@@ -150,13 +152,14 @@ def _remove_stale(out: Path, config: AnalysisConfig) -> None:
 
 def _landscape(run_dir: Path, config: AnalysisConfig, models: dict, batches, log) -> list[Path]:
     from vitreduce.sharpness.batches import load_batches
-    from vitreduce.sharpness.landscape import interpolate, random_direction, surface_1d, write_landscape
+    from vitreduce.sharpness.landscape import interpolate, surfaces_1d, write_landscape
 
     out = run_dir / ANALYSIS_DIR / "landscape"
     marker = out / "options.json"
     preprocessing = eval_preprocessing_for(checkpoint_path(run_dir, "final", config.weights))
     options = {**_options_key(config, "final", preprocessing), "steps": config.landscape_steps,
-               "span": config.landscape_span, "interpolation": "peak" in models}
+               "span": config.landscape_span, "directions": config.landscape_directions,
+               "interpolation": "peak" in models}
     if _reusable(marker, options):
         return []
     final = models["final"]
@@ -164,11 +167,12 @@ def _landscape(run_dir: Path, config: AnalysisConfig, models: dict, batches, log
         batches = load_batches(final, _data_root(run_dir), augment=preprocessing.augment, **config.subset())
     log(f"loss landscape of {run_dir}")
     # Both evaluate in eval mode and put the weights back bitwise.
-    line = surface_1d(final, batches, random_direction(final, config.seed), steps=config.landscape_steps,
-                      span=config.landscape_span)
+    lines = surfaces_1d(final, batches, seed=config.seed, directions=config.landscape_directions,
+                        steps=config.landscape_steps, span=config.landscape_span)
     path = interpolate(models["peak"], final, batches) if "peak" in models else None
-    written = write_landscape(out, line=line, interpolation=path, title=f"{run_dir.name} final",
-                              other_title="final" if path else "")
+    run = f"{run_dir.parent.name}/{run_dir.name}"
+    written = write_landscape(out, line=lines, interpolation=path, title=f"{run} final, {config.weights} weights",
+                              other_title=f"{run} final" if path else "", start_title=f"{run} peak")
     write_json(marker, {"options": options})
     return [*written, marker]
 

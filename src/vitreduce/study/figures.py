@@ -1,8 +1,8 @@
 """The report's figures (figures/*.png, each with an SVG beside it): top-1 vs epoch, the paired difference
 from the baseline per epoch, per-seed strip plots of final top-1 and of peak-to-final, the drawdown from the
-running best, train loss with its spikes, the gradient norm over training (runs with steps.jsonl), and the
-sharpness section's landscape figures. Each is defined in docs/metrics.md; what they share is in
-vitreduce.study.plots.
+running best, train loss per epoch with its spikes, the per-step loss and gradient norm with their step
+spikes (vitreduce.study.figures_steps, runs with steps.jsonl), and the sharpness figures. Each is defined in
+docs/metrics.md; what they share is in vitreduce.study.plots.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from vitreduce.study.figures_steps import step_figures
 from vitreduce.study.plots import (
     band,
     label_axes,
@@ -38,9 +39,6 @@ _FIGURES = (  # (file name, caption) of the figures every report has
                      "seeds, band = min-max."),
     ("train_loss.png", "Train loss vs epoch: mean over seeds, band = min-max over seeds; x marks a loss spike."),
 )
-_GRAD_NORM = ("grad_norm.png", "Global gradient norm (before clipping) vs optimizer step, from steps.jsonl, log "
-                               "scale: median over seeds, band = min-max over seeds (at each logged step, over "
-                               "the runs that logged it).")
 
 
 def write_figures(study: StudyRuns, summary: dict, fig_dir: Path) -> list[tuple[str, str]]:
@@ -54,8 +52,7 @@ def write_figures(study: StudyRuns, summary: dict, fig_dir: Path) -> list[tuple[
                non_negative=True)
     _fig_drawdown(study, drawdown)
     _fig_loss(study, loss)
-    steps = [_GRAD_NORM] if _fig_grad_norm(study, fig_dir / _GRAD_NORM[0]) else []
-    return [*_FIGURES, *steps, *sharpness_figures(study, fig_dir)]
+    return [*_FIGURES, *step_figures(study, fig_dir), *sharpness_figures(study, fig_dir)]
 
 
 def _kind_axes(width: float = 11):
@@ -191,27 +188,3 @@ def _fig_loss(study: StudyRuns, path: Path) -> None:
                integer_x=True)
     legend_outside(fig)
     save_figure(fig, path)
-
-
-def _fig_grad_norm(study: StudyRuns, path: Path) -> bool:
-    """The gradient norm over training per variant; False (and no file) when no run has a logged step."""
-    fig, ax, colors = one_axes(study)
-    drawn = False
-    for variant in ordered_variants(study):
-        runs = study.variants[variant]
-        steps, median, lo, hi = band(runs, lambda r: (r.steps, r.step_grad_norm), center=np.median)
-        if not steps.size:
-            continue
-        logged = sum(bool(r.steps) for r in runs)
-        ax.plot(steps, median, color=colors[variant], label=f"{variant} (n={logged})")
-        ax.fill_between(steps, lo, hi, color=colors[variant], alpha=0.2, linewidth=0)
-        drawn = True
-    if not drawn:
-        return False
-    ax.set_yscale("log")
-    label_axes(ax, xlabel="optimizer step", ylabel="gradient norm (L2, log scale)", integer_x=True,
-               title="global gradient norm (median over seeds, band: min-max)")
-    ax.grid(alpha=0.3, which="both")
-    legend_outside(fig)
-    save_figure(fig, path)
-    return True

@@ -31,6 +31,7 @@ class OutcomeStatus(StrEnum):
     SKIPPED = "skipped"  # finished before, or by another process meanwhile
     TRAINED = "trained"
     LOCKED = "locked"  # another process is training it
+    SUBMITTED = "submitted"  # handed to SLURM (launcher: slurm), not waited for
     FAILED = "failed"
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +21,13 @@ from vitreduce.files import write_bytes
 from vitreduce.study.family import SeedResult, StatisticsConfig, resolve_primary, seed_level
 from vitreduce.study.figures import write_figures
 from vitreduce.study.flat import RESULTS_CSV, write_results_csv
+from vitreduce.study.formatting import fixed as _fixed
+from vitreduce.study.formatting import places as _places
+from vitreduce.study.formatting import pm as _pm
+from vitreduce.study.formatting import pm_column as _pm_column
 from vitreduce.study.headline import headline, headline_table
 from vitreduce.study.render import Block, Bullets, Heading, Image, Paragraph, Table, render_html, render_markdown
+from vitreduce.study.report_pareto import pareto_section
 from vitreduce.study.report_sharpness import sharpness_section
 from vitreduce.study.report_stats import IMAGE_LEVEL, StatsSettings, image_level_blocks, statistics_blocks
 from vitreduce.study.runs import (
@@ -74,32 +78,6 @@ def _num(x, digits: int = 2) -> str:
     return NA if x is None else f"{x:.{digits}f}"
 
 
-def _places(of: float, sig: int) -> int:
-    """Decimal places that show `of` to `sig` significant digits (negative: tens, hundreds...)."""
-    return sig - 1 - math.floor(math.log10(abs(of))) if of else 0
-
-
-def _fixed(x: float, places: int) -> str:
-    return f"{round(x, places):.0f}" if places <= 0 else f"{x:.{places}f}"
-
-
-def _pm(mean, std, digits: int = 2, places: int | None = None) -> str:
-    """mean ± sample std, both to `places` decimals (default: the std to 2 significant digits, 4.33 ± 0.58);
-    `digits` decimals where the std is 0; the std left out where undefined (n = 1)."""
-    if mean is None:
-        return NA
-    if places is None:
-        places = _places(std, 2) if std else digits
-    return _fixed(mean, places) if std is None else f"{_fixed(mean, places)} ± {_fixed(std, places)}"
-
-
-def _pm_column(pairs: list[tuple], digits: int = 2) -> list[str]:
-    """One column of mean ± std, one format: the decimal place of its most precise nonzero std."""
-    stds = [s for m, s in pairs if m is not None and s]
-    places = max((_places(s, 2) for s in stds), default=digits)
-    return [_pm(m, s, digits, places) for m, s in pairs]
-
-
 def _gmacs(x) -> str:
     """3 significant digits in fixed notation for every model (16.9, 0.00140)."""
     return NA if x is None else _fixed(x, _places(x, 3))
@@ -121,6 +99,8 @@ def _ratio(t: dict | None) -> str:
 
 
 def _count(x) -> str:
+    if isinstance(x, list):  # one MLP width per stage (Swin)
+        return "/".join(_count(v) for v in x)
     return NA if x is None else f"{x:,}"
 
 
@@ -212,7 +192,7 @@ def _document(study: StudyRuns, summary: dict, comparisons: list[Comparison], re
         *_results_sections(summary),
         *_stability_section(study, summary, settings),
         *statistics_blocks(study, comparisons, results, settings.stats),
-        *sharpness_section(study),
+        *sharpness_section(study, settings.stats.config),
         Heading("Figures"),
         *(Image(src, caption) for src, caption in figures if (src, caption) != lead),
         Heading("Appendix"),
@@ -358,13 +338,19 @@ def write_report(study_dir: Path | str, baseline: str | None = None, *, alpha: f
     sentences = headline(summary, study.baseline)
     blocks = _document(study, summary, comparisons, results,
                        [(f"figures/{name}", caption) for name, caption in figures], settings, sentences)
+    cfg = settings.stats.config
+    section, pareto = pareto_section(study, summary, fig_dir, alpha=cfg.alpha, effect=cfg.effect,
+                                     n_resamples=n_resamples, seed=bootstrap_seed)
+    blocks[blocks.index(Heading("Figures")):blocks.index(Heading("Figures"))] = section  # before the figures
     blocks.append(Paragraph(f"Every number of this report, unformatted: summary.json, and {RESULTS_CSV} (one row per "
                             "variant and model, columns in docs/metrics.md) for your own tables and plots."))
     paths = ReportPaths(markdown=study_dir / "report.md", html=study_dir / "report.html",
-                        summary_json=study_dir / "summary.json", figures=[fig_dir / n for n, _ in figures],
+                        summary_json=study_dir / "summary.json", figures=[fig_dir / n for n, _ in figures] +
+                        [study_dir / b.src for b in section if isinstance(b, Image)],
                         summary=summary)
     # allow_nan=False: strict JSON (no NaN token); a figure that is undefined is null.
-    text = json.dumps(summary, indent=2, allow_nan=False, default=_json_default) + "\n"
+    document = {**summary, "pareto": pareto} if pareto else summary  # "pareto" is no variant name (spec)
+    text = json.dumps(document, indent=2, allow_nan=False, default=_json_default) + "\n"
     write_bytes(paths.summary_json, text.encode())
     write_results_csv(study_dir, summary)
     write_bytes(paths.markdown, render_markdown(blocks).encode())

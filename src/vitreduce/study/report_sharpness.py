@@ -1,5 +1,6 @@
-"""The report's sharpness section: a table per variant (mean over seeds), what each number can support,
-and the landscape figures.
+"""The report's sharpness section: a table per variant (mean over seeds), the paired tests against the
+baseline (vitreduce.study.sharpness_paired), what each number can support, and the sharpness figures
+(vitreduce.study.figures_landscape and the paired differences).
 
 Pure functions of the files vitreduce.study.analysis wrote into the run directories; a study without
 them gets no section. Files written before ASAM and the normalised trace were recorded still report:
@@ -7,16 +8,17 @@ tr(H) / P is computed from their trace and parameter count, and their ASAM cell 
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-import numpy as np
-
 from vitreduce.sharpness.measures import per_parameter
-from vitreduce.study.analysis import ANALYSED_CHECKPOINTS, ANALYSIS_DIR, read_run_analysis
-from vitreduce.study.plots import label_axes, legend_outside, one_axes, ordered_variants, save_figure
+from vitreduce.study.analysis import ANALYSED_CHECKPOINTS, read_run_analysis
+from vitreduce.study.family import CORRECTION_NAME, StatisticsConfig
+from vitreduce.study.figures_landscape import landscape_figures
+from vitreduce.study.formatting import NA, fixed, places, pm_column
 from vitreduce.study.render import Block, Bullets, Heading, Paragraph, Table
 from vitreduce.study.runs import StudyRuns, mean_std
+from vitreduce.study.sharpness_paired import SharpnessTest, sharpness_difference_figure, sharpness_tests
+from vitreduce.study.stats import TTest, fmt_p
 
 # The figures comparable across variants first, then those that compare seeds of one variant.
 _MEASURES = (("loss", lambda r: r.get("loss")),
@@ -25,13 +27,6 @@ _MEASURES = (("loss", lambda r: r.get("loss")),
              ("top eigenvalue", lambda r: r["top_eigenvalues"][0] if r.get("top_eigenvalues") else None),
              ("Hessian trace", lambda r: r.get("trace")),
              ("SAM sharpness", lambda r: r.get("sam_sharpness")))
-
-
-def _cell(values: list[float]) -> str:
-    mean, std, n = mean_std(values)
-    if n == 0:
-        return "n/a"
-    return f"{mean:.4g}" if std is None else f"{mean:.4g} ± {std:.2g}"
 
 
 def _results(study: StudyRuns) -> dict[str, dict[str, list[dict]]]:
@@ -45,14 +40,24 @@ def _results(study: StudyRuns) -> dict[str, dict[str, list[dict]]]:
 
 
 def sharpness_rows(study: StudyRuns) -> list[list[str]]:
-    """One row per variant and checkpoint with each measure's mean ± std over seeds (empty: no analysis)."""
-    rows = []
+    """One row per variant and checkpoint with each measure's mean ± std over seeds (empty: no analysis); each
+    measure's column in one format, to the precision of its most precise spread (report.results_table's)."""
+    keys, stats = [], []
     for variant, by_checkpoint in _results(study).items():
         for which, present in by_checkpoint.items():
-            cells = [_cell([v for v in map(measure, present) if v is not None]) for _, measure in _MEASURES]
-            converged = sum(bool(r.get("converged")) for r in present)
-            rows.append([variant, which, str(len(present)), *cells, f"{converged}/{len(present)}"])
-    return rows
+            keys.append((variant, which, present))
+            values = [[v for v in map(measure, present) if v is not None] for _, measure in _MEASURES]
+            stats.append([mean_std(v)[:2] for v in values])
+    columns = [pm_column([row[j] for row in stats], digits=_digits([row[j][0] for row in stats]))
+               for j in range(len(_MEASURES))]
+    return [[variant, which, str(len(present)), *(column[i] for column in columns),
+             f"{sum(bool(r.get('converged')) for r in present)}/{len(present)}"]
+            for i, (variant, which, present) in enumerate(keys)]
+
+
+def _digits(means: list[float | None]) -> int:
+    """Decimals of a column without any spread (n = 1): 3 significant digits of its smallest nonzero mean."""
+    return max((places(m, 3) for m in means if m), default=2)
 
 
 def sharpness_headers() -> list[str]:
@@ -93,8 +98,9 @@ def sharpness_caveats(study: StudyRuns) -> list[str]:
     return caveats
 
 
-def sharpness_section(study: StudyRuns) -> list[Block]:
-    """The report's sharpness section: the table and what it can support (nothing without analysis files)."""
+def sharpness_section(study: StudyRuns, config: StatisticsConfig | None = None) -> list[Block]:
+    """The report's sharpness section: the table, the paired tests against the baseline (the statistics
+    settings' alpha and correction) and what it can support (nothing without analysis files)."""
     rows = sharpness_rows(study)
     if not rows:
         return []
@@ -105,47 +111,48 @@ def sharpness_section(study: StudyRuns) -> list[Block]:
                   "seeded subset of the training split with the eval transform, in eval mode; mean ± sample std "
                   "over seeds. Larger = sharper."),
         Table(sharpness_headers(), rows),
+        *paired_blocks(sharpness_tests(study, config or StatisticsConfig()), study.baseline, config),
         Bullets(sharpness_caveats(study)),
     ]
 
 
-def _read_curve(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    if not path.is_file():
-        return None
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return np.array([float(r["alpha"]) for r in rows]), np.array([float(r["loss"]) for r in rows])
+def _reading(t: SharpnessTest, alpha: float) -> str:
+    if t.p_adjusted is None:
+        return f"not testable ({t.test.warning})"
+    if t.p_adjusted >= alpha:
+        return "no evidence of a difference"
+    return "higher than the baseline" if t.test.mean_diff > 0 else "lower than the baseline"
 
 
-def _curve_figure(study: StudyRuns, csv_name: str, path: Path, xlabel: str, title: str) -> bool:
-    fig, ax, colors = one_axes(study)
-    drawn = False
-    for variant in ordered_variants(study):
-        runs = study.variants[variant]
-        curves = [c for c in (_read_curve(r.run_dir / ANALYSIS_DIR / "landscape" / csv_name) for r in runs) if c]
-        if not curves or any(not np.array_equal(c[0], curves[0][0]) for c in curves):
-            continue
-        losses = np.stack([c[1] for c in curves])  # (seeds, points)
-        ax.plot(curves[0][0], losses.mean(0), color=colors[variant], label=f"{variant} (n={len(curves)})")
-        ax.fill_between(curves[0][0], losses.min(0), losses.max(0), color=colors[variant], alpha=0.2, linewidth=0)
-        drawn = True
-    if not drawn:
-        return False
-    label_axes(ax, xlabel=xlabel, ylabel="training loss (cross-entropy)", title=title)
-    legend_outside(fig)
-    save_figure(fig, path)
-    return True
+def _difference(t: TTest) -> str:
+    """mean [CI] to the precision of the interval's half-width (2 significant digits)."""
+    if t.ci_low is None:
+        return f"{t.mean_diff:+.3g}"
+    d = places((t.ci_high - t.ci_low) / 2, 2)
+    signed = [("+" if x >= 0 else "") + fixed(x, d) for x in (t.mean_diff, t.ci_low, t.ci_high)]
+    return f"{signed[0]} [{signed[1]}, {signed[2]}]"
+
+
+def paired_blocks(tests: list[SharpnessTest], baseline: str, config: StatisticsConfig | None) -> list[Block]:
+    """The paired t-tests of sharpness against the baseline, one exploratory family (nothing without a pair)."""
+    if not tests:
+        return []
+    config = config or StatisticsConfig()
+    rows = [[t.variant, t.checkpoint, t.measure, str(t.test.n), _difference(t.test),
+             NA if t.test.p is None else fmt_p(t.test.p), NA if t.p_adjusted is None else fmt_p(t.p_adjusted),
+             _reading(t, config.alpha)] for t in tests]
+    testable = sum(t.p_adjusted is not None for t in tests)
+    return [
+        Paragraph(f"Exploratory: paired difference from {baseline} (variant minus baseline over the seeds both "
+                  f"measured; larger = sharper), {1 - config.alpha:.0%} t-based CI, two-sided paired t-test over "
+                  f"seeds. The {testable} testable comparisons form one exploratory family of their own, adjusted "
+                  f"with {CORRECTION_NAME[config.correction]} at alpha={config.alpha:g}: they suggest what to "
+                  "test next and confirm nothing."),
+        Table(["variant", "checkpoint", "measure", "paired seeds", f"difference vs {baseline} [CI]", "raw p",
+               "adjusted p", "exploratory reading"], rows),
+    ]
 
 
 def sharpness_figures(study: StudyRuns, fig_dir: Path) -> list[tuple[str, str]]:
-    """Write the landscape figures that the runs' data allow; returns (file name, caption) pairs."""
-    figures = []
-    if _curve_figure(study, "surface_1d.csv", fig_dir / "landscape_1d.png", "alpha (filter-normalised direction)",
-                     "1D loss surface around the final checkpoint"):
-        figures.append(("landscape_1d.png", "Training loss along one filter-normalised random direction around "
-                                            "each final checkpoint: mean over seeds, band = min-max."))
-    if _curve_figure(study, "interpolation.csv", fig_dir / "interpolation.png",
-                     "alpha: (1 - alpha) w_peak + alpha w_final", "Interpolation peak -> final checkpoint"):
-        figures.append(("interpolation.png", "Training loss on the line from the peak epoch's checkpoint "
-                                             "(alpha 0) to the final one (alpha 1): mean over seeds, band = min-max."))
-    return figures
+    """Write the sharpness figures the runs' analysis allows (landscapes, paired differences); (name, caption)."""
+    return [*landscape_figures(study, fig_dir), *sharpness_difference_figure(study, fig_dir)]

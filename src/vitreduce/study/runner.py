@@ -46,7 +46,8 @@ class StudyResult:
 
 
 def run_study(spec: StudySpec, out: str | os.PathLike | None = None, jobs: int = 1, echo=to_stderr,
-              dry_run: bool = False, threads: int | None = None) -> StudyResult:
+              dry_run: bool = False, threads: int | None = None, wait: bool = False, cluster: str = "slurm",
+              on_event=None) -> StudyResult:
     """Run (or resume, or just report) a study; a failing run is reported without stopping the others.
 
     Args:
@@ -59,6 +60,9 @@ def run_study(spec: StudySpec, out: str | os.PathLike | None = None, jobs: int =
         echo: where the study's progress lines go (default: stderr; the engine's own lines go to stderr).
         dry_run: check everything, write study.yaml and every run's config.yaml, print each unfinished
             run's command (to launch by hand or submit to a cluster), train nothing.
+        wait: with ``launcher: slurm``, wait for the jobs, then write the report (else submit and return).
+        cluster: with ``launcher: slurm``, submitit's ``slurm`` or ``local`` executor (vitreduce.study.slurm).
+        on_event: fault injection for tests, handed to each SLURM job's training (``train.loop.EventHook``).
     """
     _check_jobs(spec, jobs)
     check_threads(threads)
@@ -75,11 +79,15 @@ def run_study(spec: StudySpec, out: str | os.PathLike | None = None, jobs: int =
     echo(f"study {spec.name}: {len(spec.variants)} variant(s) x {len(spec.seeds)} seed(s) = {len(plans)} runs in "
          f"{study_dir}; {len(plans) - len(todo)} finished, {resume} to resume, {len(todo) - resume} to train"
          + (f"; {jobs} at a time, {threads} thread(s) each" if jobs > 1 else f"; {threads} thread(s)"))
-    if not dry_run and (warning := busy_warning(threads * jobs * spec.nproc_per_node)):
+    if not dry_run and spec.launcher != "slurm" and (warning := busy_warning(threads * jobs * spec.nproc_per_node)):
         echo(warning)
     result = StudyResult(study_dir)
     launcher = RunLauncher(spec.launcher, spec.nproc_per_node, threads, len(plans))
     if dry_run:
+        from vitreduce.console import text_table
+        from vitreduce.study.sweep import variant_costs
+
+        echo(text_table(*variant_costs(plans), numbers_right=True))
         for index, plan, status in todo:
             echo(f"[{index}/{len(plans)}] {plan.label} ({status}): {' '.join(launcher.command(plan, display=True))}")
         return result
@@ -87,9 +95,12 @@ def run_study(spec: StudySpec, out: str | os.PathLike | None = None, jobs: int =
         if starts[plan.label] == rundir.RunStatus.DONE:
             echo(f"[{index}/{len(plans)}] {plan.label}: finished before (done.json), skipped")
             result.outcomes.append(Outcome(plan, OutcomeStatus.SKIPPED))
-    result.outcomes += _train(launcher, todo, jobs, echo)
+    slurm = spec.launcher == "slurm"
+    result.outcomes += (_submit(spec, study_dir, todo, echo, wait, cluster, on_event) if slurm
+                        else _train(launcher, todo, jobs, echo))
     _summarise(result, echo)
-    _after_training(spec, plans, result, threads, echo)
+    if not slurm or wait:
+        _after_training(spec, plans, result, threads, echo)
     return result
 
 
@@ -121,11 +132,24 @@ def _train(launcher: RunLauncher, todo: list[Task], jobs: int, echo) -> list[Out
     return outcomes
 
 
+def _submit(spec: StudySpec, study_dir: Path, todo: list[Task], echo, wait: bool, cluster: str,
+            on_event) -> list[Outcome]:
+    """The unfinished runs as SLURM jobs (vitreduce.study.slurm); with ``wait``, until they end."""
+    from vitreduce.study.slurm import submit_study
+
+    outcomes = submit_study(spec.slurm, spec.name, study_dir, [p for _, p, _ in todo], echo, wait, cluster, on_event)
+    if not wait:
+        echo(f"study: follow the jobs with `vitreduce study status {study_dir}`; when they are done, "
+             f"`vitreduce report {study_dir}` writes the report (or rerun with --wait)")
+    return outcomes
+
+
 def _summarise(result: StudyResult, echo) -> None:
     counts = {s: sum(o.status == s for o in result.outcomes) for s in OutcomeStatus}
     echo(f"study {result.study_dir}: {counts[OutcomeStatus.TRAINED]} trained, {counts[OutcomeStatus.SKIPPED]} "
          f"finished before, {counts[OutcomeStatus.LOCKED]} left to another process, "
-         f"{counts[OutcomeStatus.FAILED]} failed")
+         f"{counts[OutcomeStatus.FAILED]} failed" + (f", {counts[OutcomeStatus.SUBMITTED]} submitted to SLURM"
+                                                    if counts[OutcomeStatus.SUBMITTED] else ""))
     for o in result.outcomes:
         if o.status in (OutcomeStatus.FAILED, OutcomeStatus.LOCKED):
             echo(f"  {o.plan.label}: {o.status}: {o.message}")

@@ -41,9 +41,10 @@ from vitreduce.device import Precision
 from vitreduce.errors import VitreduceError
 from vitreduce.study.analysis import AnalysisConfig
 from vitreduce.study.family import StatisticsConfig
+from vitreduce.study.sweep import SweepSpec, expand_sweep
 from vitreduce.train.config import TrainConfig
 
-Launcher = Literal["python", "torchrun"]
+Launcher = Literal["python", "torchrun", "slurm"]  # slurm: one SLURM job per run (study.slurm)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # A chain of `extends` longer than this is a mistake (and Python's recursion would end it as a traceback).
 MAX_EXTENDS_DEPTH = 32
@@ -78,10 +79,20 @@ FolderName = Annotated[str, AfterValidator(_check_name)]
 Overrides = Annotated[dict[str, Any], BeforeValidator(_check_overrides)]
 
 
+def _check_variant_name(value: str) -> str:
+    if value in RESERVED_NAMES:
+        raise ValueError(f"{value!r} is a key of summary.json beside the variants; rename the variant")
+    return value
+
+
+# Top-level keys of summary.json that are not variants.
+RESERVED_NAMES = frozenset({"pareto"})
+
+
 class VariantSpec(_Strict):
     """One variant: a name (its directory under runs/) and the train-config keys it changes."""
 
-    name: FolderName
+    name: Annotated[FolderName, AfterValidator(_check_variant_name)]
     overrides: Overrides = {}
 
 
@@ -107,6 +118,28 @@ def _throughput_form(value: Any) -> str:
     return "options" if isinstance(value, dict | ThroughputOptions) else "switch"
 
 
+class SlurmOptions(_Strict):
+    """The ``slurm:`` section: the SLURM job of each run when ``launcher: slurm`` (vitreduce.study.slurm,
+    through submitit). The defaults fit the paper's runs: one node, 2 GPUs, one task (DDP rank) per GPU.
+    Changing them between submissions is allowed; the number of processes (nodes x GPUs) must stay the
+    same for a run to resume."""
+
+    nodes: Whole = Field(1, ge=1, le=_COUNT_MAX)  # > 1: one run over several nodes (shared study directory)
+    gpus_per_node: Whole = Field(2, ge=0, le=_COUNT_MAX)  # also tasks per node; 0: one CPU task per node
+    cpus_per_task: Whole = Field(8, ge=1, le=_COUNT_MAX)  # data-loader workers + 1, or more
+    mem_gb: Whole = Field(80, ge=1, le=_COUNT_MAX)  # per node
+    timeout_min: Whole = Field(2880, ge=1, le=_COUNT_MAX)  # the job's time limit; a run longer than it is requeued
+    signal_delay_s: Whole = Field(120, ge=1, le=_COUNT_MAX)  # USR2 this long before the limit: stop, requeue
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    additional: dict[str, Any] = {}  # other sbatch options, e.g. {exclusive: true, mail_type: END}
+    setup: list[str] = []  # shell lines run before the job's tasks (module load, source a venv)
+    max_requeues: Whole = Field(10, ge=0, le=_COUNT_MAX)  # a run requeued more often than this fails
+    array_parallelism: Whole = Field(256, ge=1, le=_COUNT_MAX)  # jobs of the array running at once
+
+
 # `throughput: true` profiles with the default options; a mapping sets some of them.
 Throughput = Annotated[Annotated[bool, Tag("switch")] | Annotated[ThroughputOptions, Tag("options")],
                        Discriminator(_throughput_form)]
@@ -118,13 +151,15 @@ class StudySpec(_Strict):
     name: FolderName
     base: dict[str, Any]  # the base train config tree (paths are read into a tree by load_spec)
     overrides: Overrides = {}  # dotted train-config key -> value, for every run
-    variants: list[VariantSpec] = Field(min_length=1)
+    variants: list[VariantSpec] = []  # at least one here or from `sweep`
+    sweep: SweepSpec | None = None  # base models x reduction grids, expanded into variants (study.sweep)
     seeds: list[Annotated[Whole, Field(ge=0, le=SEED_MAX)]] = Field([42], min_length=1)  # numpy's 32-bit seeds
     baseline: str | None = None  # a variant name; default the first
     throughput: Throughput = False  # true, or ThroughputOptions
     analysis: AnalysisConfig | None = None  # sharpness/landscape of final/peak checkpoints (study.analysis)
     statistics: StatisticsConfig | None = None  # primary metric, correction, alpha, effect (study.family)
     launcher: Launcher = "python"
+    slurm: SlurmOptions = SlurmOptions()  # the jobs of launcher: slurm
     nproc_per_node: Whole = Field(1, ge=1, le=_COUNT_MAX)  # processes per run under torchrun
     out: str | None = None  # default runs/studies/<name>
 
@@ -153,6 +188,9 @@ class StudySpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> StudySpec:
+        self.variants = [*self.variants, *_swept(self)]
+        if not self.variants:
+            raise ValueError("variants: give at least one variant, or a sweep: section")
         names = [v.name for v in self.variants]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
@@ -166,6 +204,19 @@ class StudySpec(_Strict):
         if self.nproc_per_node > 1 and self.launcher != "torchrun":
             raise ValueError("nproc_per_node > 1 needs launcher: torchrun")
         return self
+
+
+def _swept(spec: StudySpec) -> list[VariantSpec]:
+    """The sweep's variants not already listed (study.yaml lists them all, and keeps the sweep that made them)."""
+    listed = {v.name: v.overrides for v in spec.variants}
+    extra = []
+    for variant in expand_sweep(spec.sweep) if spec.sweep else []:
+        if variant.name not in listed:
+            extra.append(VariantSpec(name=variant.name, overrides=variant.overrides))
+        elif listed[variant.name] != variant.overrides:
+            raise ValueError(f"variants: {variant.name!r} is also a variant of the sweep, with other overrides; "
+                             "rename it or drop it from the sweep")
+    return extra
 
 
 def load_spec(path: str | os.PathLike, sets: list[str] | tuple[str, ...] = ()) -> StudySpec:

@@ -7,7 +7,8 @@ Modules: ``config`` (the typed config tree), ``model`` (the model a config names
 ``rundir`` (new / resume / finished, the files written once), ``logs`` (metrics.jsonl, steps.jsonl, TensorBoard),
 ``telemetry`` (per-step measurements), ``summary`` (summary.csv in timm's layout), ``history`` (the kept
 ``checkpoints/epoch-<E>/``), ``extend`` (the schedule of a run extended to more epochs),
-``distributed`` (torchrun), ``loop`` (the ``Trainer`` that runs the epochs).
+``distributed`` (torchrun), ``preempt`` (stop after a step on SIGTERM/SIGUSR1/SIGUSR2, exit status 75),
+``loop`` (the ``Trainer`` that runs the epochs).
 """
 from vitreduce.train.config import TrainConfig, load_config
 from vitreduce.train.evaluate import evaluate_checkpoint

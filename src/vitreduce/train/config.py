@@ -68,7 +68,9 @@ class ModelConfig(_Section):
     patch_size: Whole | None = Field(None, ge=1)
     embed_dim: Whole | None = Field(None, ge=1)
     depth: Whole | None = Field(None, ge=1)
-    num_heads: Whole | None = Field(None, ge=1)
+    num_heads: Whole | list[Whole] | None = None  # a list: one per stage (Swin)
+    depths: list[Whole] | None = None  # blocks per stage (Swin)
+    window_size: Whole | None = Field(None, ge=1)  # Swin's attention window
     mlp_ratio: Real | None = Field(None, gt=0)
     weight_init: str = ""  # timm's: '' (trunc normal), jax, jax_nlhb, moco
     # Fine-tuning: a vitreduce checkpoint or a timm state dict (.safetensors/.pth/.pth.tar; FILE#state_dict_ema
@@ -103,7 +105,7 @@ class ModelConfig(_Section):
     def timm_kwargs(self) -> dict[str, Any]:
         """The kwargs for ``vitreduce.create_model`` (architecture overrides left unset are omitted)."""
         kwargs = {"num_classes": self.num_classes, "drop_path_rate": self.drop_path_rate, "drop_rate": self.drop_rate}
-        for key in ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio"):
+        for key in ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "depths", "window_size"):
             if getattr(self, key) is not None:
                 kwargs[key] = getattr(self, key)
         if self.weight_init:
@@ -288,6 +290,8 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any], also: tuple[str, ...]
     # init_checkpoint is stored absolute; older versions wrote it as given (relative to where train ran).
     if isinstance(model, dict) and isinstance(model.get("init_checkpoint"), str):
         old = {**old, "model": {**model, "init_checkpoint": absolute_path(model["init_checkpoint"])}}
+    if isinstance(model, dict) and isinstance(new.get("model"), dict):  # Swin's keys, absent before them: null
+        old = {**old, "model": {**{k: None for k in ("depths", "window_size") if k in new["model"]}, **old["model"]}}
     return differences(old, new, ignore=RESUMABLE_CHANGES + tuple(also))
 
 

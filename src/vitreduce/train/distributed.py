@@ -1,7 +1,9 @@
 """Process-group set-up for torchrun (single or multi-node) and the one helper for rank-0-only work.
 
 ``torchrun --nproc_per_node N -m vitreduce train ...`` sets RANK, LOCAL_RANK and WORLD_SIZE (and the
-rendezvous address); without them the run is a single process. gloo on CPU, nccl on CUDA.
+rendezvous address); without them the run is a single process. A process torchrun started joins the
+process group and trains under DDP even alone (``--nproc_per_node 1``), so the launcher path is the same
+at every size. gloo on CPU, nccl on CUDA.
 Only global rank 0 writes files and prints: everything that does goes through ``DistInfo.on_main``.
 """
 from __future__ import annotations
@@ -36,7 +38,8 @@ class DistInfo:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        """Several processes, or one that torchrun started (its DDP and nccl/gloo paths run at world size 1 too)."""
+        return self.world_size > 1 or self.owns_group
 
     def on_main(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
         """Call ``fn`` on global rank 0 only (the one process that writes logs and files)."""
@@ -79,11 +82,12 @@ def init(device: str = "auto") -> DistInfo:
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     target = resolve_device(device, "device:")
-    if world_size == 1:
+    if world_size == 1 and "TORCHELASTIC_RUN_ID" not in os.environ:  # torchrun sets it, even for one process
         return DistInfo(device=target)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if target.type == "cuda":
-        target = torch.device("cuda", local_rank)
+        # A cluster may show each task only its own GPU (SLURM --gpus-per-task, cgroups): then it is cuda:0.
+        target = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
         torch.cuda.set_device(target)
     owns = not dist.is_initialized()
     if owns:

@@ -27,7 +27,7 @@ from vitreduce.console import Progress
 from vitreduce.data import ensure_synth
 from vitreduce.errors import VitreduceError
 from vitreduce.locks import RunLock
-from vitreduce.train import distributed, rundir, state, telemetry
+from vitreduce.train import distributed, preempt, rundir, state, telemetry
 from vitreduce.train.config import TrainConfig
 from vitreduce.train.distributed import DistInfo, gather_objects
 from vitreduce.train.ema import Ema
@@ -80,6 +80,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
     info = distributed.init(config.device)
     session_start = time.perf_counter()
     lock = RunLock(out)  # taken by rank 0 in _preflight, held until the run ends
+    restore_signals = preempt.catch_signals()  # SIGTERM/SIGUSR1/SIGUSR2: stop after a step (train.preempt)
     try:
         if config.precision == "fp16" and info.device.type != "cuda":
             raise VitreduceError("precision: fp16 needs a CUDA GPU (GradScaler); on CPU set precision: bf16 or fp32")
@@ -89,6 +90,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
             return RunResult(out, TrainStatus.ALREADY_DONE, config.epochs, start.done.get("final", {}))
         return Trainer(config, out, info, start.status is RunStatus.RESUME, session_start, on_event).run()
     finally:
+        restore_signals()
         lock.release()
         distributed.shutdown(info)
 
@@ -254,10 +256,8 @@ class Trainer:
                                 f"gradient norm {result.grad_norm:.4g})")
         self.scheduler.step_update(num_updates=position.step)
         self.progress.update(len(batches), images, result.loss, self.last_lr)
-        every = self.cfg.checkpoint.recovery_every_steps
-        if every and position.step % every == 0 and position.batch < len(self.loader):
-            self._save(["recovery"])
-        self.on_event("step")
+        preempt.after_step(position, self.cfg.checkpoint.recovery_every_steps, len(self.loader), self.info,
+                           save=lambda: self._save(["recovery"]), on_event=self.on_event)  # may stop here
 
     def _halted(self, epoch: int, step: int, batch: int, err: NonFiniteError) -> VitreduceError:
         newest = self.info.on_main(latest, self.ckpt_dir)  # what a rerun resumes from

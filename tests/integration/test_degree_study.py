@@ -1,0 +1,27 @@
+"""The shipped degree study's tiny variant end to end: the dry run's cost table, the runs, and a report with
+the Pareto section, its figures and summary.json's `pareto`."""
+import json
+from pathlib import Path
+
+from vitreduce import cli
+
+TINY = Path(__file__).resolve().parents[2] / "studies" / "tiny" / "degree.yaml"
+
+
+def test_tiny_degree_study_dry_run_then_end_to_end(tmp_path, capsys):
+    out, data = tmp_path / "study", f"overrides.data.root={tmp_path / 'synth-tiny'}"
+    assert cli.main(["study", str(TINY), "--out", str(out), "--set", data, "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "params (unique)" in err and "vit_tiny.shallow-0.25" in err and "[6/6] vit_tiny.shallow-0.25/seed43" in err
+    assert not list(out.rglob("done.json"))  # the dry run trained nothing
+
+    assert cli.main(["study", str(TINY), "--out", str(out), "--set", data]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    group = summary["pareto"]["groups"]["vit_tiny"]
+    assert group["baseline"] == "vit_tiny.baseline" and len(group["variants"]) == 3
+    assert group["front"]["ema"]["params"] and group["fits"][0]["strategy"] == "shallow"
+    assert group["fits"][0]["degree"]["swept_min_kept"] < 0.3
+    report = (out / "report.md").read_text()
+    assert "## Accuracy against cost (Pareto)" in report and "vit_tiny, shallow:" in report
+    for name in ("pareto.png", "pareto.svg", "degree.png", "degree.svg"):
+        assert (out / "figures" / name).stat().st_size > 0

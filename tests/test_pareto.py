@@ -1,0 +1,119 @@
+"""The Pareto section: the front on a hand-made example, and on fabricated studies with a known
+accuracy-vs-reduction curve the fit recovers it within its stated uncertainty and the degree statement
+is right (reached where the curve drops, "not reached in the swept range" where it never does)."""
+import json
+
+import numpy as np
+import pytest
+
+from vitreduce.study.pareto import Series, fit_series, front, polyfit
+from vitreduce.study.report import write_report
+
+BASE_PARAMS, BASE_MLP = 5_000_000, 3_000_000
+RATIOS = (1.0, 0.75, 0.5, 0.375, 0.25)
+SEEDS = range(5)
+
+
+def steep(kept):
+    return 80.0 - 12.0 * (1.0 - kept) ** 2  # the known curve: quadratic in the fraction of MLP parameters removed
+
+
+def flat(kept):
+    return 80.0 + 0.0 * kept
+
+
+def _write_run(run_dir, name, ratio, seed, top1):
+    run_dir.mkdir(parents=True)
+    mlp = round(BASE_MLP * ratio)
+    (run_dir / "run.json").write_text(json.dumps({
+        "model": "vit_tiny_patch16_224", "reduction": "none" if ratio == 1 else f"shallow:ratio={ratio}", "seed": seed,
+        "params": BASE_PARAMS - BASE_MLP + mlp, "mlp_params": mlp, "unique_mlps": 12, "mlp_hidden": round(768 * ratio),
+        "embed_dim": 192, "macs_linear_g": 0.4 + 0.6 * ratio, "macs_total_g": 0.5 + 0.6 * ratio, "num_classes": 10,
+        "epochs": 2}))
+    lines = [{"epoch": e, "step": e, "lr": 1e-3, "train_loss": 1.0 / e, "raw": {"top1": top1 - 3 + e, "top5": 99.0},
+              "ema": {"top1": top1 - 2 + e, "top5": 99.0}} for e in (1, 2)]  # final: raw top1 - 1, EMA top1
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    (run_dir / "done.json").write_text(json.dumps({"epochs": 2, "wall_s": 1.0, "final": {}}))
+
+
+def _study(root, curve, noise=0.3):
+    """A one-model shallow sweep with `curve` as its true mean EMA final top-1, seed noise drawn once."""
+    rng = np.random.default_rng(7)
+    names = {r: "ti.baseline" if r == 1 else f"ti.shallow-{r:g}" for r in RATIOS}
+    for ratio, name in names.items():
+        for seed in SEEDS:
+            _write_run(root / "runs" / name / f"seed{seed}", name, ratio, seed, curve(ratio) + rng.normal(0, noise))
+    (root / "study.yaml").write_text(json.dumps({
+        "name": "deg", "variants": [{"name": n} for n in names.values()], "baseline": "ti.baseline",
+        "sweep": {"models": [{"name": "vit_tiny_patch16_224", "label": "ti"}],
+                  "reductions": [{"shallow": {"ratio": list(RATIOS)}}]}}))
+    paths = write_report(root, n_resamples=500)
+    return paths, json.loads(paths.summary_json.read_text())["pareto"]
+
+
+def test_front_on_a_hand_made_example():
+    points = {"a": (1.0, 70.0), "b": (2.0, 75.0), "c": (3.0, 74.0), "d": (2.0, 75.0), "e": (4.0, 76.0),
+              "f": (1.5, 69.0)}
+    assert front(points) == ["a", "b", "d", "e"]  # c: b is cheaper and better; f: a is cheaper and better; b = d
+    speed = {"fast": (900.0, 70.0), "slow": (300.0, 76.0), "worse": (800.0, 69.0)}
+    assert front(speed, lower_is_cheaper=False) == ["fast", "slow"]  # throughput: higher is cheaper
+
+
+def test_polyfit_is_exact_on_a_quadratic():
+    kept = np.array(RATIOS)
+    np.testing.assert_allclose(polyfit(kept, steep(kept)), [80.0, 0.0, -12.0], atol=1e-9)
+
+
+def test_the_band_covers_the_true_curve_about_as_often_as_it_says():
+    """Pointwise coverage of the 95% band at the swept degrees, over many noise draws of 4 seeds each."""
+    rng = np.random.default_rng(0)
+    names = [f"v{r}" for r in RATIOS]
+    hits, draws = np.zeros(len(RATIOS)), 150
+    for _ in range(draws):
+        values = {n: {s: steep(r) + rng.normal(0, 0.3) for s in range(4)} for n, r in zip(names, RATIOS, strict=True)}
+        fit = fit_series(Series("shallow", dict(zip(names, RATIOS, strict=True)), values), "v1.0", 0.5,
+                         n_resamples=200, seed=int(rng.integers(1 << 30)))
+        grid = np.array(fit["grid"])
+        at = [int(np.flatnonzero(grid == r)[0]) for r in RATIOS]
+        truth = steep(grid[at])
+        hits += (np.array(fit["low"])[at] <= truth) & (truth <= np.array(fit["high"])[at])
+    assert np.all((hits / draws >= 0.88) & (hits / draws <= 0.995)), hits / draws  # stated: 95%
+
+
+def test_fit_recovers_a_known_curve_within_its_interval_and_states_the_degree(tmp_path):
+    paths, pareto = _study(tmp_path / "study", steep)
+    group = pareto["groups"]["ti"]
+    assert group["baseline"] == "ti.baseline" and group["variants"]["ti.shallow-0.5"]["kept"] == pytest.approx(0.5)
+    (fit,) = group["fits"]
+    assert fit["strategy"] == "shallow" and fit["kind"] == "ema"
+    grid, low, high = (np.array(fit[k]) for k in ("grid", "low", "high"))
+    at = [int(np.flatnonzero(grid == r)[0]) for r in RATIOS]  # the swept degrees are on the fit's grid
+    assert np.all((low[at] <= steep(grid[at])) & (steep(grid[at]) <= high[at]))  # truth inside the 95% band
+    assert np.all(high - low < 1.0)  # and the band is informative
+    for true, lo, hi in zip((80.0, 0.0, -12.0), fit["coefficients_low"], fit["coefficients_high"], strict=True):
+        assert lo <= true <= hi
+    true_kept = 1 - np.sqrt(fit["delta"] / 12.0)  # where the true curve is delta below the true baseline
+    degree = fit["degree"]
+    assert degree["reached"] and degree["kept_interval"][0] <= true_kept <= degree["kept_interval"][1]
+    assert group["front"]["ema"]["params"][-1] == "ti.baseline"  # the most accurate is the most expensive
+    report = paths.markdown.read_text()
+    assert "## Accuracy against cost (Pareto)" in report and f"at {degree['kept']:.1%} of MLP parameters kept" in report
+    assert (tmp_path / "study" / "figures" / "pareto.svg").is_file()
+    assert (tmp_path / "study" / "figures" / "degree.png").is_file()
+
+
+def test_a_curve_that_never_drops_is_not_reached_in_the_swept_range(tmp_path):
+    paths, pareto = _study(tmp_path / "study", flat)
+    (fit,) = pareto["groups"]["ti"]["fits"]
+    assert not fit["degree"]["reached"] and fit["degree"]["swept_min_kept"] == pytest.approx(0.25)
+    assert "not reached in the swept range (down to 25.0% of MLP parameters kept" in paths.markdown.read_text()
+
+
+def test_no_section_for_a_study_without_a_sweep_and_fewer_than_three_costs(tmp_path):
+    root = tmp_path / "study"
+    for ratio, name in ((1.0, "base"), (0.5, "half")):
+        for seed in (0, 1):
+            _write_run(root / "runs" / name / f"seed{seed}", name, ratio, seed, 70.0 + seed)
+    paths = write_report(root, n_resamples=50)
+    assert "pareto" not in json.loads(paths.summary_json.read_text())
+    assert "Pareto" not in paths.markdown.read_text()

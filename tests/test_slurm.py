@@ -1,0 +1,86 @@
+"""The SLURM launcher without a cluster: the sbatch script submitit would write for a spec's slurm: section,
+the command-line overrides, and the shared-filesystem check."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from submitit.slurm.slurm import _make_sbatch_string
+
+from vitreduce.errors import VitreduceError
+from vitreduce.study.slurm import check_shared_filesystem, sbatch_parameters
+from vitreduce.study.spec import SlurmOptions, load_spec, parse_spec
+
+
+def sbatch(options: SlurmOptions, name: str = "paper") -> dict[str, str]:
+    """The #SBATCH lines submitit writes, as {option: value}."""
+    text = _make_sbatch_string(command="python -m submitit.core._submit /x", folder="/shared/s/slurm/%j",
+                               **sbatch_parameters(options, name))
+    lines = [line.removeprefix("#SBATCH --") for line in text.splitlines() if line.startswith("#SBATCH --")]
+    return dict(line.split("=", 1) if "=" in line else (line, "") for line in lines)
+
+
+def test_defaults_fit_the_papers_two_gpu_runs():
+    lines = sbatch(SlurmOptions())
+    assert lines["gpus-per-node"] == "2" and lines["ntasks-per-node"] == "2" and lines["nodes"] == "1"
+    assert lines["cpus-per-task"] == "8" and lines["mem"] == "80GB" and lines["time"] == "2880"
+    assert lines["signal"] == "USR2@120" and lines["job-name"] == "paper"
+    assert "partition" not in lines and "account" not in lines
+
+
+def test_every_key_of_the_section_reaches_sbatch():
+    options = SlurmOptions(nodes=2, gpus_per_node=4, cpus_per_task=12, mem_gb=200, timeout_min=600,
+                           signal_delay_s=300, partition="gpu", account="proj", qos="high", constraint="h100",
+                           additional={"exclusive": True, "mail_type": "END"}, setup=["module load cuda"])
+    lines = sbatch(options)
+    assert {k: lines[k] for k in ("nodes", "gpus-per-node", "ntasks-per-node", "cpus-per-task", "mem", "time",
+                                   "signal", "partition", "account", "qos", "constraint", "mail-type")} == {
+        "nodes": "2", "gpus-per-node": "4", "ntasks-per-node": "4", "cpus-per-task": "12", "mem": "200GB",
+        "time": "600", "signal": "USR2@300", "partition": "gpu", "account": "proj", "qos": "high",
+        "constraint": "h100", "mail-type": "END"}
+    assert "exclusive" in lines
+    text = _make_sbatch_string(command="run", folder="/f", **sbatch_parameters(options, "n"))
+    assert "module load cuda" in text.split("srun")[0]  # the setup lines run before the tasks
+
+
+def test_cpu_jobs_have_one_task_and_no_gpu():
+    lines = sbatch(SlurmOptions(gpus_per_node=0))
+    assert lines["ntasks-per-node"] == "1" and "gpus-per-node" not in lines
+
+
+def test_cli_flags_and_set_override_the_spec(tmp_path, tiny_train_config):
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "base": tiny_train_config(), "variants": [{"name": "a"}],
+                                    "slurm": {"partition": "cpu", "qos": "low"}}))
+    spec = load_spec(path, ["launcher=slurm", "slurm.partition=gpu", "slurm.additional={exclusive: true}"])
+    assert spec.launcher == "slurm" and spec.slurm.partition == "gpu" and spec.slurm.qos == "low"
+    assert sbatch(spec.slurm)["partition"] == "gpu"
+    with pytest.raises(VitreduceError, match="slurm.partiton"):
+        parse_spec({"name": "s", "base": tiny_train_config(), "variants": [{"name": "a"}],
+                    "slurm": {"partiton": "gpu"}})
+
+
+def test_the_study_directory_must_be_shared(tmp_path):
+    mounts = tmp_path / "mounts"
+    mounts.write_text("rootfs / overlay rw 0 0\nserver:/home /shared nfs4 rw 0 0\nfs /lus lustre rw 0 0\n")
+    assert check_shared_filesystem(Path("/shared/s"), 4, str(mounts)) == "nfs4"
+    with pytest.raises(VitreduceError, match="node-local"):
+        check_shared_filesystem(tmp_path, 1, str(mounts))  # /tmp: never, whatever the node count
+    assert check_shared_filesystem(Path("/lus/user/study"), 2, str(mounts)) == "lustre"
+    assert check_shared_filesystem(Path("/home/user/study"), 1, str(mounts)) == "overlay"  # one node: any disk
+    with pytest.raises(VitreduceError, match="overlay filesystem"):
+        check_shared_filesystem(Path("/home/user/study"), 2, str(mounts))
+
+
+def test_study_command_flags_reach_the_spec(tmp_path, tiny_train_config):
+    from vitreduce.cli.main import main
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "base": tiny_train_config(), "variants": [{"name": "a"}]}))
+    out = tmp_path / "study"
+    assert main(["study", str(path), "--launcher", "slurm", "--slurm-partition", "gpu", "--slurm-nodes", "2",
+                 "--dry-run", "--out", str(out)]) == 0
+    saved = yaml.safe_load((out / "study.yaml").read_text())
+    assert saved["launcher"] == "slurm" and saved["slurm"]["partition"] == "gpu" and saved["slurm"]["nodes"] == 2
+    assert main(["study", str(path), "extra"]) == 2  # one SPEC, or `status STUDY_DIR`

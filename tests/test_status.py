@@ -1,0 +1,84 @@
+"""`vitreduce study status`: a study whose runs are in every state, from fabricated run directories."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from vitreduce.cli.main import main
+from vitreduce.locks import RunLock
+from vitreduce.study.plan import prepare_study_dir
+from vitreduce.study.spec import parse_spec
+from vitreduce.study.status import RunState, format_status, study_status
+
+STATES = ["done", "running", "requeued", "failed", "pending", "queued"]
+
+
+def epoch(n: int, top1: float) -> str:
+    return json.dumps({"epoch": n, "epoch_time_s": 10.0, "raw": {"top1": top1 - 1}, "ema": {"top1": top1}}) + "\n"
+
+
+@pytest.fixture
+def study(tmp_path, tiny_train_config):
+    """One variant per state, each run directory written as that state leaves it."""
+    spec = parse_spec({"name": "s", "base": tiny_train_config(), "variants": [{"name": n} for n in STATES],
+                       "seeds": [0], "launcher": "slurm"})
+    prepare_study_dir(tmp_path, spec)
+    runs = {name: tmp_path / "runs" / name / "seed0" for name in STATES}
+    for run in runs.values():
+        run.mkdir(parents=True)
+    now = time.time()
+
+    def attempts(*items):
+        return json.dumps({"requeues": len(items) - 1, "attempts": list(items)})
+
+    (runs["done"] / "metrics.jsonl").write_text(epoch(1, 40) + epoch(2, 50) + epoch(3, 60))
+    (runs["done"] / "done.json").write_text(json.dumps({"epochs": 3, "wall_s": 3725.0, "final": {}}))
+    (runs["running"] / "metrics.jsonl").write_text(epoch(1, 40))
+    (runs["running"] / "job.json").write_text(attempts({"job_id": "7_1", "started": now - 65}))
+    (runs["requeued"] / "metrics.jsonl").write_text(epoch(1, 41) + epoch(2, 42))
+    (runs["requeued"] / "job.json").write_text(attempts({"job_id": "7_2", "started": now - 100, "ended": now - 40,
+                                                         "end": "requeued"}))
+    (runs["failed"] / "job.json").write_text(attempts({"job_id": "7_3", "started": now - 30, "ended": now - 20,
+                                                       "end": "failed", "error": "ValueError: boom"}))
+    (runs["failed"] / "train.log").write_text("".join(f"line {i}\n" for i in range(10)))
+    (tmp_path / "slurm").mkdir()
+    jobs = {f"{name}/seed0": {"job_id": f"7_{i}", "cluster": "local"}
+            for i, name in enumerate(STATES) if name != "pending"}
+    (tmp_path / "slurm" / "jobs.json").write_text(json.dumps(jobs))
+    lock = RunLock(runs["running"])
+    assert lock.acquire()
+    yield tmp_path
+    lock.release()
+
+
+def test_every_state(study):
+    lines = {line.label.split("/")[0]: line for line in study_status(study)}
+    assert {name: line.state for name, line in lines.items()} == {
+        "done": RunState.DONE, "running": RunState.RUNNING, "requeued": RunState.REQUEUED,
+        "failed": RunState.FAILED, "pending": RunState.PENDING, "queued": RunState.PENDING}
+    assert (lines["done"].epoch, lines["done"].metric, lines["done"].time_s) == (3, "ema top1 60.00", 3725.0)
+    assert lines["running"].job_id == "7_1" and lines["running"].epoch == 1 and lines["running"].time_s >= 65
+    assert lines["requeued"].time_s == pytest.approx(60) and lines["requeued"].metric == "ema top1 42.00"
+    assert lines["failed"].tail == ["ValueError: boom", "line 5", "line 6", "line 7", "line 8", "line 9"]
+    assert (lines["pending"].job_id, lines["queued"].job_id) == ("-", "7_5")
+    text = format_status(list(lines.values()))
+    assert "1:02:05" in text and "2 pending, 1 running, 1 requeued, 1 done, 1 failed" in text
+    assert f"failed/seed0 failed; log: {study / 'runs' / 'failed' / 'seed0' / 'train.log'}" in text
+
+
+def test_the_scheduler_state_wins_over_the_files(study):
+    slurm = {"7_2": "RUNNING", "7_5": "CANCELLED by 1000", "7_3": "PENDING"}
+    lines = {line.label.split("/")[0]: line for line in study_status(study, scheduler=slurm.get)}
+    assert lines["requeued"].state is RunState.RUNNING
+    assert lines["queued"].state is RunState.FAILED and lines["queued"].tail[0] == "SLURM job state CANCELLED by 1000"
+    assert lines["failed"].state is RunState.PENDING  # requeued by hand (scontrol requeue), waiting again
+
+
+def test_cli(study, tmp_path, capsys):
+    assert main(["study", "status", str(study)]) == 1  # a run failed
+    out = capsys.readouterr().out
+    assert "requeued/seed0" in out and "| line 9" in out
+    assert main(["study", "status", str(tmp_path / "nothing")]) == 2
+    assert "not a study directory" in capsys.readouterr().err

@@ -1,0 +1,102 @@
+"""The `sweep:` section of a study spec: expansion into named variants, validation, study.yaml round trip,
+and the --dry-run table of unique parameters and MACs."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vitreduce.errors import VitreduceError
+from vitreduce.reduction import create_model, describe
+from vitreduce.study.plan import expand
+from vitreduce.study.runner import run_study
+from vitreduce.study.spec import load_spec, parse_spec, spec_tree
+from vitreduce.study.sweep import SweepSpec, expand_sweep, sweep_labels
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"name": "vit_tiny_patch16_224", "label": "ti",
+        "args": {"num_classes": 3, "img_size": 16, "patch_size": 8, "embed_dim": 16, "depth": 4, "num_heads": 2}}
+
+
+def _tree(tmp_path, reductions, models=(TINY,), **extra):
+    return {"name": "sw", "base": {"epochs": 1, "device": "cpu", "data": {"root": str(tmp_path), "workers": 0}},
+            "seeds": [0, 1], "sweep": {"models": list(models), "reductions": reductions}, **extra}
+
+
+def test_grid_expands_into_named_deduplicated_variants_with_the_baseline_first(tmp_path):
+    reductions = [{"shallow": {"ratio": [1, 0.75, 0.5]}}, {"grouped": {"size": [1, 2, 4]}},
+                  {"grouped": {"size": 2, "pattern": ["sequence", "cycle"]}, "shallow": {"ratio": 0.5}},
+                  "grouped:size=2", "shallow:ratio=0.5"]  # the last two repeat grid entries
+    spec = parse_spec(_tree(tmp_path, reductions, models=(TINY, {**TINY, "label": "ti2"})))
+    names = [v.name for v in spec.variants]
+    assert names[:8] == ["ti.baseline", "ti.shallow-0.75", "ti.shallow-0.5", "ti.grouped-2", "ti.grouped-4",
+                         "ti.grouped-2-shallow-0.5", "ti.grouped-2-cycle-shallow-0.5", "ti2.baseline"]
+    assert len(names) == 14 and spec.baseline == "ti.baseline"
+    reductions_of = {v.name: v.overrides["model.reduction"] for v in spec.variants}
+    assert reductions_of["ti.baseline"] == "none"  # ratio 1 and size 1 are the base model, trained once
+    assert reductions_of["ti.grouped-2-cycle-shallow-0.5"] == "grouped:pattern=cycle+shallow:ratio=0.5"
+    plans = expand(spec, tmp_path / "st")
+    assert len(plans) == 28 and plans[0].config.model.depth == 4 and plans[0].config.model.name == TINY["name"]
+    assert {p.seed for p in plans if p.variant == "ti2.grouped-4"} == {0, 1}
+
+
+def test_study_yaml_round_trip_keeps_the_same_runs(tmp_path):
+    spec = parse_spec(_tree(tmp_path, [{"shallow": {"ratio": [1, 0.5]}}], variants=[{"name": "extra"}]))
+    again = parse_spec(yaml.safe_load(yaml.safe_dump(spec_tree(spec))))
+    assert [v.name for v in again.variants] == ["extra", "ti.baseline", "ti.shallow-0.5"] == \
+        [v.name for v in spec.variants]
+    assert sweep_labels(spec_tree(spec)) == {"ti.baseline": "ti", "ti.shallow-0.5": "ti"}
+
+
+@pytest.mark.parametrize("reductions, models, message", [
+    ([{"shallo": {"ratio": [0.5]}}], (TINY,), "sweep.reductions: entry 0: unknown strategy 'shallo'"),
+    ([{"shallow": {"rate": [0.5]}}], (TINY,), "shallow.rate: unknown key; valid keys: ratio"),
+    ([{"shallow": {"ratio": [1.5]}}], (TINY,), "bad value '1.5' for shallow.ratio"),
+    ([{"grouped": {"size": []}}], (TINY,), "grouped.size: the list of values is empty"),
+    ([{"shallow": {"ratio": [0.5]}}], (TINY, TINY), "sweep.models: labels must be unique, repeated: ti"),
+    ([{"shallow": {"ratio": [0.5]}}], ({**TINY, "label": "a.b"},), "sweep.models.0.label"),
+    ([], (TINY,), "sweep.reductions"),
+])
+def test_bad_sweeps_name_the_key_to_change(tmp_path, reductions, models, message):
+    with pytest.raises(VitreduceError, match="invalid study spec") as err:
+        parse_spec(_tree(tmp_path, reductions, models=models))
+    assert message in str(err.value)
+
+
+def test_a_group_size_beyond_the_depth_is_refused_before_any_run_naming_the_variant(tmp_path):
+    spec = parse_spec(_tree(tmp_path, [{"grouped": {"size": [2, 6]}}]))
+    with pytest.raises(VitreduceError, match=r"variant\(s\) ti.grouped-6: .*grouped size 6 exceeds the model depth 4"):
+        run_study(spec, tmp_path / "st", dry_run=True, echo=lambda line: None)
+    assert not (tmp_path / "st").exists()
+
+
+def test_a_variant_and_the_sweep_may_not_disagree(tmp_path):
+    clash = [{"name": "ti.baseline", "overrides": {"model.reduction": "grouped"}}]
+    with pytest.raises(VitreduceError, match="'ti.baseline' is also a variant of the sweep"):
+        parse_spec(_tree(tmp_path, ["grouped"], variants=clash))
+
+
+def test_a_variant_cannot_take_the_name_of_a_summary_key(tmp_path):
+    named = [{"name": "pareto", "overrides": {"model.reduction": "shallow"}}]
+    with pytest.raises(VitreduceError, match="'pareto' is a key of summary.json beside the variants; rename"):
+        parse_spec(_tree(tmp_path, ["grouped"], variants=named))
+
+
+def test_dry_run_prints_unique_parameters_and_macs_from_the_accounting(tmp_path):
+    spec = parse_spec(_tree(tmp_path, [{"shallow": {"ratio": [0.5]}}, {"grouped": {"size": [2]}}]))
+    lines: list[str] = []
+    run_study(spec, tmp_path / "st", dry_run=True, echo=lines.append)
+    table = lines[1].splitlines()
+    assert table[0].split()[:3] == ["variant", "seeds", "reduction"]
+    for row, reduction in zip(table[2:], ("none", "shallow:ratio=0.5", "grouped"), strict=True):
+        d = describe(create_model(TINY["name"], reduction=reduction, device="meta", drop_rate=0.0, **TINY["args"]))
+        assert row.split()[1:5] == ["2", reduction, f"{d.params:,}", f"{d.mlp_params:,}"]
+    assert not list((tmp_path / "st" / "runs").rglob("metrics.jsonl"))  # nothing trained
+
+
+def test_shipped_degree_study_and_its_tiny_variant():
+    full = load_spec(REPO / "studies" / "degree.yaml")
+    assert len(full.variants) == 33 and full.baseline == "vit_base.baseline"
+    assert {v.name.split(".")[0] for v in full.variants} == {"vit_tiny", "vit_small", "vit_base"}
+    tiny = load_spec(REPO / "studies" / "tiny" / "degree.yaml")
+    assert [v.name for v in tiny.variants] == ["vit_tiny.baseline", "vit_tiny.shallow-0.5", "vit_tiny.shallow-0.25"]
+    assert len(expand_sweep(SweepSpec.model_validate(spec_tree(full)["sweep"]))) == 33

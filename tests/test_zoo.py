@@ -1,0 +1,115 @@
+"""timm's transformer zoo: every model family vitreduce claims either reduces under none / grouped /
+shallow / thin with counts that add up, or is refused with the clear error.
+
+Built on the meta device (shapes only). All 290-odd names of the families take minutes on one core,
+so by default the test builds one model per distinct (family, model class, block classes, MLP class,
+MLP norm, attention class, class token, register tokens, LayerScale): the smallest such model, listed
+in REPRESENTATIVES. ``VITREDUCE_ZOO=all`` tests every name instead.
+
+The expected counts are computed here without vitreduce's surgery: the MLPs are found by their module
+names (``...blocks.N.mlp``), grouped sharing removes the MLP of every second block of a stage, and a
+shallow or thin MLP keeps ``round(h / 2)`` of its ``h`` hidden units, each of which owns the same number of
+parameters (everything but fc2's bias scales with ``h``).
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+import vitreduce
+from vitreduce.errors import VitreduceError
+from vitreduce.reduction.architecture import FAMILIES, hub_offline
+from vitreduce.study.runner import run_study
+from vitreduce.study.spec import load_spec
+
+REPRESENTATIVES = [  # the smallest model of each distinct key (see the module docstring), 39 of them
+    "deit3_small_patch16_224", "deit_tiny_distilled_patch16_224", "deit_tiny_patch16_224",
+    "eva02_base_patch14_224", "eva02_enormous_patch14_clip_224", "eva02_tiny_patch14_224",
+    "eva_giant_patch14_224", "eva_large_patch14_196", "swin_tiny_patch4_window7_224", "swinv2_cr_tiny_224",
+    "swinv2_tiny_window8_256", "vit_base_patch16_reg4_gap_256", "vit_base_patch16_rpn_224",
+    "vit_base_patch16_sapiens2", "vit_base_patch16_siglip_gap_224", "vit_base_patch16_xp_224",
+    "vit_dpwee_patch16_reg1_gap_256", "vit_dwee_patch16_reg1_gap_256", "vit_giant_patch14_dinov2",
+    "vit_giant_patch14_reg1_tipsv2", "vit_medium_patch16_gap_256", "vit_medium_patch16_rope_reg1_gap_256",
+    "vit_pe_core_gigantic_patch14_448", "vit_pe_lang_gigantic_patch14_448", "vit_pe_spatial_tiny_patch16_512",
+    "vit_pwee_patch16_reg1_gap_256", "vit_relpos_medium_patch16_cls_224", "vit_relpos_small_patch16_rpn_224",
+    "vit_small_patch14_dinov2", "vit_small_patch14_reg4_dinov2", "vit_small_patch16_18x2_224",
+    "vit_small_patch16_rope_224", "vit_small_plus_patch16_dinov3", "vit_small_r26_s32_224",
+    "vit_so400m_patch16_radio_v4", "vit_srelpos_small_patch16_224", "vit_tiny_patch16_224",
+    "vit_tiny_patch16_dinov3_qkvb", "vit_wee_patch16_reg1_gap_256",
+]
+REFUSED = "no ViT blocks|has no .mlp|which vitreduce cannot reduce"  # the clear errors
+_MLP_NAME = re.compile(r"(.*\bblocks)\.(\d+)\.mlp$")
+
+
+def _names() -> list[str]:
+    if os.environ.get("VITREDUCE_ZOO") == "all":
+        return [n for n in timm.list_models(list(FAMILIES)) if not n.endswith("_mlp")]  # not vitreduce's variants
+    return REPRESENTATIVES
+
+
+def _build(name: str) -> nn.Module:
+    with hub_offline(), torch.device("meta"):
+        return timm.create_model(name, pretrained=False)
+
+
+def _removed(model: nn.Module, reduction: str) -> int:
+    """MLP parameters the reduction removes, found by module name."""
+    removed = 0
+    for name, mlp in model.named_modules():
+        match = _MLP_NAME.fullmatch(name)
+        if not match:
+            continue
+        total = sum(p.numel() for p in mlp.parameters())
+        if reduction == "grouped":
+            removed += total if int(match.group(2)) % 2 else 0
+        elif reduction in ("shallow", "thin"):
+            hidden = mlp.fc2.in_features
+            per_unit = (total - (mlp.fc2.bias.numel() if mlp.fc2.bias is not None else 0)) // hidden
+            removed += (hidden - max(1, round(hidden * 0.5))) * per_unit
+    return removed
+
+
+def test_representatives_are_timm_models_of_the_claimed_families():
+    known = set(timm.list_models(list(FAMILIES)))
+    assert [n for n in REPRESENTATIVES if n not in known] == []
+    assert {next(f for f in FAMILIES if fnmatch.fnmatch(n, f)) for n in REPRESENTATIVES} == set(FAMILIES)
+
+
+@pytest.mark.parametrize("name", _names())
+def test_model_reduces_with_counts_that_add_up_or_is_refused(name):
+    reference = _build(name)
+    full = sum(p.numel() for p in reference.parameters())
+    for reduction in ("none", "grouped", "shallow", "thin"):
+        model = _build(name)
+        try:
+            vitreduce.reduce(model, reduction)
+        except VitreduceError as err:
+            assert reduction == "none" and re.search(REFUSED, str(err)), f"{name} {reduction}: {err}"
+            with pytest.raises(VitreduceError, match="is not a model vitreduce can reduce"):
+                vitreduce.create_model(name, device="meta")
+            return
+        expected = full - _removed(reference, reduction)
+        assert sum(p.numel() for p in model.parameters()) == expected, (name, reduction)
+
+
+def test_architectures_tiny_study_runs_end_to_end(tmp_path):
+    """studies/tiny/architectures.yaml (one seed, one epoch): every architecture x reduction trains, and the
+    summary counts each as its own family's figures say."""
+    spec = load_spec(Path(__file__).resolve().parents[1] / "studies" / "tiny" / "architectures.yaml",
+                     ["seeds=[0]", "overrides.epochs=1", f"overrides.data.root={tmp_path / 'synth'}"])
+    result = run_study(spec, tmp_path / "study", echo=lambda *_: None)
+    summary = json.loads((tmp_path / "study" / "summary.json").read_text())
+    reductions = ("baseline", "grouped-2", "shallow-0.5")
+    variants = [f"{m}.{r}" for m in ("vit_s", "deit3_s", "swin_t", "eva02_s") for r in reductions]
+    assert [k for k in summary if "." in k] == variants, result
+    assert [summary[f"swin_t.{r}"]["unique_mlps"] for r in ("baseline", "grouped-2", "shallow-0.5")] == [12, 6, 12]
+    assert [summary[f"eva02_s.{r}"]["unique_mlps"] for r in ("baseline", "grouped-2", "shallow-0.5")] == [4, 2, 4]
+    assert summary["swin_t.shallow-0.5"]["mlp_hidden"] == [192, 384, 768, 1536]
