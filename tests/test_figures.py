@@ -198,3 +198,51 @@ def test_sharpness_table_has_one_number_format_per_column(rendered):
         cells = [row[column] for row in rows if row[column] != "n/a"]  # ASAM: not measured by v0_1
         decimals = {len(m.group(1)) for cell in cells for m in re.finditer(r"-?\d+\.?(\d*)", cell)}
         assert len(decimals) <= 1 and "e" not in "".join(cells), cells
+
+
+def test_no_axis_prints_an_offset_or_a_power_of_ten(rendered):
+    for name, fig in rendered[0].items():
+        for ax in fig.axes:
+            for axis in (ax.xaxis, ax.yaxis):
+                assert axis.get_offset_text().get_text() == "", (name, axis.get_offset_text().get_text())
+                labels = [t.get_text() for t in axis.get_ticklabels() + axis.get_ticklabels(minor=True)]
+                assert not any("10^" in t or "times" in t for t in labels), (name, labels)
+
+
+def test_log_scale_gradient_norm_has_several_plain_ticks(rendered):
+    ax = rendered[0]["grad_norm.png"].axes[0]
+    low, high = ax.get_ylim()
+    shown = [(t.get_loc(), t.label1.get_text()) for t in ax.yaxis.get_major_ticks() if low <= t.get_loc() <= high]
+    assert len(shown) >= 3, shown
+    for loc, text in shown:
+        assert text and float(text) == pytest.approx(loc, rel=1e-6), (loc, text)
+
+
+def test_every_data_point_lies_inside_its_panel(rendered):
+    # panels sharing a y axis: a limit fixed after the first panel once hid the second panel's data
+    for name in ("top1_vs_epoch.png", "drawdown.png", "peak_to_final.png", "final_top1.png", "top1_difference.png"):
+        for ax in rendered[0][name].axes:
+            low, high = ax.get_ylim()
+            ys = [y for line in ax.get_lines() for y in line.get_ydata()]
+            ys += [y for c in ax.collections for y in (c.get_offsets()[:, 1] if isinstance(c, PathCollection)  # dots
+                                                      else [v for p in c.get_paths() for v in p.vertices[:, 1]])]
+            finite = np.array([y for y in ys if np.isfinite(y)])
+            assert finite.size and finite.min() >= low - 1e-9 and finite.max() <= high + 1e-9, (name, low, high)
+
+
+def test_a_shared_non_negative_axis_keeps_the_second_panels_data(tmp_path, monkeypatch):
+    """The EMA panel's drawdown and peak-to-final far above the raw panel's: still inside the shared y limits."""
+    from types import SimpleNamespace
+
+    models = {"raw": SimpleNamespace(epochs=[1, 2, 3], top1=[10.0, 10.2, 10.1], p2f=0.1),
+              "ema": SimpleNamespace(epochs=[1, 2, 3], top1=[10.0, 14.0, 9.0], p2f=5.0)}
+    run = SimpleNamespace(seed=0, model=models.get)
+    study = SimpleNamespace(baseline="base", variants={"base": [run]})
+    saved = {}
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: saved.setdefault(path.name, fig))
+    figures._fig_drawdown(study, tmp_path / "drawdown.png")
+    figures._fig_strip(study, tmp_path / "p2f.png", lambda m: m.p2f, "peak-to-final (pp)", "p2f", non_negative=True)
+    raw, ema = saved["drawdown.png"].axes
+    assert ema.get_lines()[0].get_ydata().max() == 5.0 and ema.get_ylim()[1] >= 5.0 and ema.get_ylim()[0] == 0
+    raw, ema = saved["p2f.png"].axes
+    assert ema.collections[0].get_offsets()[0, 1] == 5.0 and ema.get_ylim()[1] >= 5.0 and raw.get_ylim()[0] == 0

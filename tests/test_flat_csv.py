@@ -2,9 +2,11 @@
 import csv
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from vitreduce.study.flat import RESULTS_CSV, results_columns
@@ -103,3 +105,45 @@ def test_numbers_are_printed_to_the_precision_of_their_uncertainty():
     assert _pm_column([(100.0, 0.0), (99.0, 0.0)]) == ["100.00 ± 0.00", "99.00 ± 0.00"]
     # GMACs: 3 significant digits for every model, never "0.002" beside "0.0014"
     assert [_gmacs(x) for x in (16.85, 0.0014, 0.002, 4.6)] == ["16.9", "0.00140", "0.00200", "4.60"]
+
+
+def _paired_rows(markdown: str) -> list[list[str]]:
+    lines = markdown[markdown.index("| variant | checkpoint | measure | paired seeds"):].split("\n")
+    table = [line for line in lines[:next(i for i, line in enumerate(lines) if not line.startswith("|"))]]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
+
+
+def test_paired_sharpness_tests_in_summary_json_and_results_csv_are_what_the_report_prints(tmp_path):
+    from vitreduce.study.stats import fmt_p
+
+    study = _study(tmp_path)
+    write_report(study)
+    summary = json.loads((study / "summary.json").read_text())
+    paired = summary["grouped"]["sharpness_vs_baseline"]
+    assert "sharpness_vs_baseline" not in summary["baseline"]
+    assert paired["baseline"] == "baseline" and paired["evidence"] == "exploratory"
+    assert paired["family"]["size"] == len(paired["tests"]) == 2 and paired["family"]["correction"] == "holm"
+    runs = study / "runs"
+    rows = _paired_rows((study / "report.md").read_text())
+    assert [(r[0], r[1], r[2]) for r in rows] == [("grouped", t["checkpoint"], t["name"]) for t in paired["tests"]]
+    for row, test in zip(rows, paired["tests"], strict=True):
+        loss = [json.loads((runs / v / f"seed{s}" / "analysis" / "sharpness_final.json").read_text())["loss"]
+                for v in ("baseline", "grouped") for s in test["seeds"]]
+        if test["measure"] == "loss":  # the per-seed differences are the measured values' differences
+            assert test["differences"] == pytest.approx(np.subtract(loss[2:], loss[:2]).tolist(), abs=1e-12)
+        assert row[3] == str(test["n"]) and row[5] == fmt_p(test["p"]) and row[6] == fmt_p(test["p_adjusted"])
+        assert row[7] == test["reading"] and test["df"] == test["n"] - 1
+        printed = [float(x) for x in re.findall(r"[+-]?\d+\.\d+", row[4])]
+        decimals = len(row[4].split(" ")[0].split(".")[1])
+        for shown, value in zip(printed, (test["mean_diff"], test["ci_low"], test["ci_high"]), strict=True):
+            assert abs(shown - value) <= 0.5 * 10 ** -decimals + 1e-12, (row, test)
+    with open(study / RESULTS_CSV, newline="") as f:
+        csv_rows = {(r["variant"], r["model"]): r for r in csv.DictReader(f)}
+    for model in ("raw", "ema"):
+        assert all(v == "" for k, v in csv_rows["baseline", model].items() if k.startswith("sharpness_vs_baseline_"))
+        row = csv_rows["grouped", model]
+        for test in paired["tests"]:
+            prefix = f"sharpness_vs_baseline_{test['checkpoint']}_{test['measure']}_"
+            for field in ("n", "mean_diff", "ci_low", "ci_high", "t", "df", "p", "p_adjusted", "reading"):
+                assert _same(row[prefix + field], test[field]), (prefix, field)
+        assert row["sharpness_vs_baseline_final_asam_p"] == ""  # v0_1 measured no ASAM: no test, an empty cell

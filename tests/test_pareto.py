@@ -117,3 +117,74 @@ def test_no_section_for_a_study_without_a_sweep_and_fewer_than_three_costs(tmp_p
     paths = write_report(root, n_resamples=50)
     assert "pareto" not in json.loads(paths.summary_json.read_text())
     assert "Pareto" not in paths.markdown.read_text()
+
+
+@pytest.fixture
+def pareto_figures(tmp_path, monkeypatch):
+    """{file name: Figure} of the Pareto section's figures on the steep study, drawn, and its pareto entry."""
+    from vitreduce.study import report_pareto
+
+    saved, original = {}, report_pareto.save_figure
+
+    def record(fig, path):
+        fig.canvas.draw()  # ticks and offset texts are final only once drawn
+        saved[path.name] = fig
+        original(fig, path)
+
+    monkeypatch.setattr(report_pareto, "save_figure", record)
+    _, pareto = _study(tmp_path / "study", steep)
+    return saved, pareto, tmp_path / "study"
+
+
+def test_pareto_figure_colours_markers_legend_and_units(pareto_figures):
+    from matplotlib.colors import to_hex
+
+    from vitreduce.study.plots import variant_colors
+    from vitreduce.study.runs import load_study
+
+    saved, pareto, root = pareto_figures
+    group = pareto["groups"]["ti"]
+    colors = variant_colors(load_study(root))
+    fig = saved["pareto.png"]
+    names = set(group["variants"])
+    for ax in fig.axes:
+        assert ax.xaxis.get_offset_text().get_text() == "" and ax.yaxis.get_offset_text().get_text() == ""
+        assert ax.get_xlabel() in ("unique parameters (millions)", "MACs per image, linear (GMACs)"), ax.get_xlabel()
+        drawn = {c.get_label().removesuffix(" (baseline)"): c for c in ax.containers}
+        assert set(drawn) == names
+        for name, container in drawn.items():  # each variant in its colour of every other figure
+            assert to_hex(container.lines[0].get_color()) == colors[name], name
+            assert container.lines[0].get_marker() == ("*" if name == group["baseline"] else "o"), name
+        (front_line,) = [line for line in ax.get_lines() if line.get_label().startswith("front")]
+        assert len(front_line.get_xdata()) >= 1
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "marker: composition" not in labels and "marker: shallow" in labels
+    assert set(labels) <= {*(f"{n} (baseline)" if n == group["baseline"] else n for n in names),
+                           "marker: shallow", "front, ti (ringed)"}
+    legend_box = fig.legends[0].get_window_extent()
+    assert not any(legend_box.overlaps(ax.get_window_extent()) for ax in fig.axes)
+    (ax,) = saved["degree.png"].axes
+    band = next(c for c in ax.collections if c.get_label().endswith("band"))
+    ys = np.concatenate([p.vertices[:, 1] for p in band.get_paths()])
+    assert ys.min() >= 0 and ys.max() <= 100  # top-1 is a percentage
+
+
+def test_past_ten_variants_the_pareto_colours_are_per_base_model():
+    from types import SimpleNamespace
+
+    from vitreduce.study.report_pareto import _colors
+
+    few = SimpleNamespace(baseline="a.base", variants={"a.base": [], "a.x": [], "b.base": []})
+    groups = {"a": {"baseline": "a.base", "variants": {"a.base": {}, "a.x": {}}},
+              "b": {"baseline": "b.base", "variants": {"b.base": {}}}}
+    by_variant, by_group = _colors(few, groups)
+    assert len(set(by_variant.values())) == 3 and by_group["b"] == by_variant["b.base"]
+    many = {f"a.{i}": {} for i in range(11)}
+    study = SimpleNamespace(baseline="a.0", variants=dict.fromkeys(many, []))
+    by_variant, by_group = _colors(study, {"a": {"baseline": "a.0", "variants": many}})
+    assert set(by_variant.values()) == {by_group["a"]}
+    from vitreduce.study.report_pareto import _cost_axis
+
+    assert _cost_axis("macs_linear_g", [0.0009, 0.0005]) == (1e3, "MACs per image, linear (MMACs)")  # tiny models
+    assert _cost_axis("params", [57_764.0]) == (1e-3, "unique parameters (thousands)")
+    assert _cost_axis("macs_linear_g", [4.6, 1.1])[1] == "MACs per image, linear (GMACs)"

@@ -84,3 +84,66 @@ def test_study_command_flags_reach_the_spec(tmp_path, tiny_train_config):
     saved = yaml.safe_load((out / "study.yaml").read_text())
     assert saved["launcher"] == "slurm" and saved["slurm"]["partition"] == "gpu" and saved["slurm"]["nodes"] == 2
     assert main(["study", str(path), "extra"]) == 2  # one SPEC, or `status STUDY_DIR`
+
+
+@pytest.mark.parametrize(("visible", "expected"), [(1, 0), (2, 1), (4, 1)])
+def test_each_rank_takes_the_gpu_of_its_local_rank_among_those_it_sees(monkeypatch, visible, expected):
+    """LOCAL_RANK 1 uses cuda:1 where the task sees every GPU of its node, cuda:0 where it sees only its own
+    (SLURM --gpus-per-task, cgroups)."""
+    import torch
+
+    from vitreduce.train import distributed
+
+    chosen = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(distributed, "resolve_device", lambda device, what: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)  # a caller's group: nothing to join
+    info = distributed.init("cuda")
+    assert info.device == torch.device("cuda", expected) and chosen == [info.device]
+    assert (info.rank, info.local_rank, info.world_size, info.owns_group) == (1, 1, 2, False)
+
+
+def test_submitting_without_slurm_commands_is_refused_naming_them(monkeypatch):
+    import shutil
+
+    from vitreduce.study.slurm import check_slurm_commands
+
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/sbatch" if name == "sbatch" else None)
+    with pytest.raises(VitreduceError, match="needs SLURM's srun on the PATH.*--dry-run"):
+        check_slurm_commands()
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    check_slurm_commands()
+
+
+def test_a_study_that_slurm_cannot_take_is_refused_before_anything_is_written(tmp_path, tiny_train_config,
+                                                                               monkeypatch):
+    import shutil
+
+    from vitreduce.study.runner import run_study
+
+    spec = parse_spec({"name": "s", "base": tiny_train_config(), "variants": [{"name": "a"}], "launcher": "slurm"})
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # no SLURM here
+    with pytest.raises(VitreduceError, match="needs SLURM's sbatch"):
+        run_study(spec, tmp_path / "study", echo=lambda line: None)
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")  # SLURM, but a study under /tmp
+    with pytest.raises(VitreduceError, match="/tmp"):
+        run_study(spec, tmp_path / "study", echo=lambda line: None)
+    assert not (tmp_path / "study").exists()
+
+
+def test_a_torchrun_spec_runs_on_slurm_with_as_many_gpus_per_node(tiny_train_config):
+    """The paper's spec (launcher: torchrun, nproc_per_node: 2) with --launcher slurm: 2 GPUs per job, as by
+    default; a different --slurm-gpus-per-node is refused, naming both keys."""
+    paper = yaml.safe_load((Path(__file__).parents[1] / "studies" / "paper_vit_b16_in1k.yaml").read_text())
+    assert (paper["launcher"], paper["nproc_per_node"]) == ("torchrun", 2)
+    tree = {"name": "s", "base": tiny_train_config(), "variants": [{"name": "a"}], "nproc_per_node": 2}
+    assert parse_spec({**tree, "launcher": "slurm"}).slurm.gpus_per_node == 2
+    with pytest.raises(VitreduceError, match="nproc_per_node 2 and slurm.gpus_per_node 4 disagree"):
+        parse_spec({**tree, "launcher": "slurm", "slurm": {"gpus_per_node": 4}})
+    assert parse_spec({**tree, "nproc_per_node": 1, "launcher": "slurm", "slurm": {"gpus_per_node": 4}})
+    with pytest.raises(VitreduceError, match="needs launcher: torchrun"):
+        parse_spec({**tree, "launcher": "python"})

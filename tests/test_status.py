@@ -82,3 +82,45 @@ def test_cli(study, tmp_path, capsys):
     assert "requeued/seed0" in out and "| line 9" in out
     assert main(["study", "status", str(tmp_path / "nothing")]) == 2
     assert "not a study directory" in capsys.readouterr().err
+
+
+LOCAL = ["done", "running", "error", "crash", "torchrun", "stopped", "rerun", "new"]
+
+
+def test_a_local_study_has_its_states_from_the_files(tmp_path, tiny_train_config, capsys):
+    """A study run with the local launcher (no slurm/ folder, no job.json): a log ending on an error is failed,
+    one whose error a later session resumed past is not."""
+    spec = parse_spec({"name": "s", "base": tiny_train_config(), "variants": [{"name": n} for n in LOCAL],
+                       "seeds": [0]})
+    prepare_study_dir(tmp_path, spec)
+    runs = {name: tmp_path / "runs" / name / "seed0" for name in LOCAL}
+    for name, run in runs.items():
+        run.mkdir(parents=True)
+        if name != "new":
+            (run / "metrics.jsonl").write_text(epoch(1, 40))
+    (runs["done"] / "done.json").write_text(json.dumps({"epochs": 3, "wall_s": 20.0, "final": {}}))
+    (runs["error"] / "train.log").write_text("epoch 1/3 batch 1/4 loss 1.4\nerror: data.root: no such folder\n")
+    (runs["crash"] / "train.log").write_text("epoch 1/3 batch 1/4\nTraceback (most recent call last):\n"
+                                             '  File "x.py", line 1\nRuntimeError: out of memory\n')
+    (runs["torchrun"] / "train.log").write_text("vitreduce train: error: precision: fp16 needs a CUDA GPU\n"
+                                                "E1130 elastic: failed (exitcode: 2) local_rank: 0\n")
+    (runs["stopped"] / "train.log").write_text("epoch 1/3 batch 1/4 loss 1.4\nepoch 2/3 batch 1/4 loss 1.3\n")
+    (runs["rerun"] / "train.log").write_text("error: boom\nresuming runs/rerun/seed0 from ...\nepoch 2/3 batch 1\n")
+    lock = RunLock(runs["running"])
+    assert lock.acquire()
+    try:
+        lines = {line.label.split("/")[0]: line for line in study_status(tmp_path)}
+        assert main(["study", "status", str(tmp_path)]) == 1
+    finally:
+        lock.release()
+    assert not (tmp_path / "slurm").exists()
+    assert {name: line.state.value for name, line in lines.items()} == {
+        "done": "done", "running": "running", "error": "failed", "crash": "failed", "torchrun": "failed",
+        "stopped": "pending", "rerun": "pending", "new": "pending"}
+    assert lines["error"].tail[0] == "error: data.root: no such folder"
+    assert lines["crash"].tail[0] == "RuntimeError: out of memory"
+    assert lines["torchrun"].tail[0] == "vitreduce train: error: precision: fp16 needs a CUDA GPU"
+    assert {line.job_id for line in lines.values()} == {"-"}
+    assert (lines["stopped"].epoch, lines["stopped"].time_s, lines["done"].time_s) == (1, 10.0, 20.0)
+    out = capsys.readouterr().out
+    assert "3 failed" in out and f"error/seed0 failed; log: {runs['error'] / 'train.log'}" in out

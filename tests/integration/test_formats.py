@@ -85,8 +85,9 @@ def test_a_study_directory_reports_as_it_did(tmp_path, monkeypatch):
     old_summary = json.loads((old / "summary.json").read_text())
     assert list(new_summary) == list(old_summary)
     # Since then: the step spikes (steps.jsonl), which these runs predate: null, and the rest as it was.
-    # the throughput spread (null: no throughput.json) and the sharpness means per checkpoint.
-    new_keys = {"vs_baseline", "step_spikes_mean", "step_spikes_std", "throughput", "sharpness"}
+    # the throughput spread (null: no throughput.json), the sharpness means per checkpoint and their paired tests.
+    new_keys = {"vs_baseline", "step_spikes_mean", "step_spikes_std", "throughput", "sharpness",
+                "sharpness_vs_baseline"}
     for variant, entry in old_summary.items():
         entry.pop("vs_baseline", None)
         assert new_summary[variant]["step_spikes_mean"] is None and new_summary[variant]["step_spikes_std"] is None

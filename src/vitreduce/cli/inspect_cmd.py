@@ -8,6 +8,7 @@ Examples:
   vitreduce inspect vit_base_patch16_224 --reduction none --reduction grouped --reduction shallow
   vitreduce inspect RUN_DIR --json          (RUN_DIR: a run directory, e.g. runs/grouped)
   vitreduce inspect RUN_DIR/model.safetensors --reduction none --reduction grouped
+  vitreduce inspect swin_tiny_patch4_window7_224 --breakdown   (MACs per op category)
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from vitreduce.cli.args import add_model_arg_option, parse_model_args
 from vitreduce.errors import VitreduceError
-from vitreduce.reduction.accounting import ModelDescription, describe
+from vitreduce.reduction.accounting import CATEGORIES, ModelDescription, describe
 from vitreduce.reduction.checkpoint import build_from_metadata, read_metadata
 from vitreduce.reduction.models import create_model
 from vitreduce.reduction.spec import ReductionSpec
@@ -32,17 +33,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--img-size", type=int, help="input size for the MAC count (default: the model's)")
     add_model_arg_option(parser)
-    parser.add_argument("--json", action="store_true", help="print a JSON list, one object per reduction")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also print the MACs per op category (patch embedding, attention projections and "
+                             "matmuls, MLP, patch merging, head), which sum to the totals")
+    parser.add_argument("--json", action="store_true",
+                        help="print a JSON list, one object per reduction (with macs_breakdown: exact MACs per "
+                             "op category)")
 
 
 def run(args: argparse.Namespace) -> int:
     descriptions = describe_variants(args.model, args.reduction, args.img_size, parse_model_args(args.model_arg))
     if args.json:
         # The run.json record without embed_dim, which the architecture table does not show either.
-        rows = [{k: v for k, v in d.record().items() if k != "embed_dim"} for d in descriptions]
+        rows = [{**{k: v for k, v in d.record().items() if k != "embed_dim"}, "macs_breakdown": d.macs_breakdown}
+                for d in descriptions]
         print(json.dumps(rows, indent=2))
     else:
         print(format_table(descriptions))
+        if args.breakdown:
+            print()
+            print(format_breakdown(descriptions))
     return 0
 
 
@@ -81,14 +91,35 @@ def format_table(descriptions: list[ModelDescription]) -> str:
             f"{d.expansion:g}", f"{d.macs_linear_g:.2f}", f"{d.macs_total_g:.2f}",
             f"{d.params / first.params:.3f}", f"{d.macs_linear_g / first.macs_linear_g:.3f}",
         ])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [f"model: {first.model}"]
-    for index, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True)]
-        lines.append("  ".join(cells))
-        if index == 0:
-            lines.append("  ".join("-" * w for w in widths))
+    return f"model: {first.model}\n" + _render(rows)
+
+
+def _render(rows: list[list[str]]) -> str:
+    """Rows of cells as text: the first column left-aligned, the others right-aligned, a rule under the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)])
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+ZERO_MACS = ("relative position bias (a table lookup added to the logits), rotary embeddings (elementwise), "
+             "shifted-window masks, norms, softmax, activations")
+
+
+def format_breakdown(descriptions: list[ModelDescription]) -> str:
+    """GMACs per op category (rows) and reduction (columns); categories that are 0 everywhere left out."""
+    used = [c for c in CATEGORIES if any(d.macs_breakdown.get(c) for d in descriptions)]
+    rows = [["GMACs", *(d.reduction for d in descriptions)]]
+    rows += [[c, *(f"{d.macs_breakdown.get(c, 0) / 1e9:.4f}" for d in descriptions)] for c in used]
+    rows.append(["total linear", *(f"{_linear(d) / 1e9:.4f}" for d in descriptions)])
+    rows.append(["total +attn", *(f"{sum(d.macs_breakdown.values()) / 1e9:.4f}" for d in descriptions)])
+    return _render(rows) + (f"\nattention_matmul (QK^T and AV, per window for Swin) is in +attn only. "
+                            f"0 MACs: {ZERO_MACS}.")
+
+
+def _linear(d: ModelDescription) -> int:
+    return sum(d.macs_breakdown.values()) - d.macs_breakdown.get("attention_matmul", 0)
 
 
 def _hidden(hidden: int | list[int]) -> str:

@@ -16,14 +16,16 @@ nproc_per_node=2, throughput=true).
 On SLURM (--launcher slurm, or launcher: slurm in the spec): every unfinished run is one job of a
 submitit job array, sized by the spec's slurm: section (--slurm-* flags override it); a run that no
 job has yet is submitted, one already queued or running is left alone. A job stopped by its time
-limit or a preemption writes a recovery checkpoint and is requeued (at most slurm.max_requeues
-times); `vitreduce train` itself exits with status 75 (EX_TEMPFAIL) after such a stop (SIGTERM,
-SIGUSR1, SIGUSR2) and resumes exactly when rerun. --wait waits for the jobs and writes the report;
+limit or a preemption stops at the first safe point (after the current step, with a recovery
+checkpoint; during an evaluation, at the epoch's checkpoint) and is requeued (at most
+slurm.max_requeues times); `vitreduce train` itself exits with status 75 (EX_TEMPFAIL) after such a
+stop (SIGTERM, SIGUSR1, SIGUSR2) and resumes exactly when rerun. --wait waits for the jobs and writes the report;
 without it, `vitreduce report STUDY_DIR` writes it later.
 
   vitreduce study status STUDY_DIR   one line per run: state (pending, running, requeued, done,
                                      failed), job id, epoch, last metric, time used; a failed run's
                                      log path and last lines. Exit status 1 if any run failed.
+                                     Local studies too (states from the run directories).
 
 Examples:
   vitreduce study studies/demo.yaml --jobs 2
@@ -66,10 +68,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--launcher", choices=["python", "torchrun", "slurm"], default=None,
                         help="how runs are started (default: the spec's launcher, else python)")
     parser.add_argument("--wait", action="store_true",
-                        help="with --launcher slurm: wait for the jobs, then write the report")
+                        help="with --launcher slurm: wait for the jobs, then write the report (exit status 1 if a "
+                             "run failed); without it the command returns once the jobs are submitted")
+    from vitreduce.study.spec import SlurmOptions
+
     for flag, key in _SLURM_FLAGS.items():
+        default = SlurmOptions.model_fields[key].default
         parser.add_argument(f"--slurm-{flag}", dest=f"slurm_{key}", default=None, metavar=key.upper(),
-                            help=f"the spec's slurm.{key}")
+                            help=f"overrides the spec's slurm.{key} (default: {default or 'none'})")
     add_threads_option(parser, " per run (default: that budget divided between the runs side by side)")
     parser.set_defaults(_threads_per_run=True)  # run_study divides the threads between its runs
 

@@ -5,9 +5,11 @@ single keys, each value parsed as YAML. The run directory receives config.yaml, 
 metrics.jsonl, checkpoints/, train.log (what the command prints, appended), and at the end
 predictions.csv, model.safetensors, model_ema.safetensors and done.json (docs/run-directory.md).
 Rerunning the same command continues from the newest checkpoint; a finished run is left alone.
-SIGTERM, SIGUSR1 or SIGUSR2 (a scheduler's preemption or time-limit warning) stop the run after the
-current optimizer step with a recovery checkpoint, and the command exits with status 75 (EX_TEMPFAIL):
-rerun it (or let the scheduler requeue it) to resume exactly.
+SIGTERM, SIGUSR1 or SIGUSR2 (a scheduler's preemption or time-limit warning) stop the run at the first
+safe point: after the current optimizer step with a recovery checkpoint, or, during start-up, an
+evaluation or an epoch's checkpoint, before the next step (the epoch's checkpoint is the state to resume
+from). The command then exits with status 75 (EX_TEMPFAIL): rerun it (or let the scheduler requeue it)
+to resume exactly.
 
 Examples:
   vitreduce train configs/demo/baseline.yaml

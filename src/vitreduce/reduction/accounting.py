@@ -6,11 +6,19 @@ modules). Two conventions, both multiply-accumulates:
 - ``macs_linear``: nn.Linear and nn.Conv2d only (the paper's "GFLOPs": 16.85 G for ViT-B/16);
 - ``macs_total``: plus the two attention matmuls QK^T and AV (17.56 G for ViT-B/16).
 A shared MLP used by two blocks runs twice and is counted twice; its parameters count once.
+
+The breakdown (``ModelDescription.macs_breakdown``, CATEGORIES) sums exactly to ``macs_total``; every
+category but ``attention_matmul`` is part of ``macs_linear``. A Swin attention runs per window (its
+batch is images x windows), and a shifted window costs what an unshifted one does: the shift is a
+roll and a mask added to the logits. Not multiply-accumulates, so 0 in every category: relative
+position bias (a table lookup added to the logits), rotary embeddings (elementwise products), norms,
+softmax, activations, LayerScale. Swin V2's continuous position bias MLP is a real Linear
+(``position_bias``).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
@@ -24,6 +32,13 @@ from vitreduce.reduction.surgery import REDUCTION_ATTR, unique_mlps
 # follows from mlp_hidden / embed_dim).
 RECORD_FIELDS = ("model", "reduction", "params", "mlp_params", "unique_mlps", "mlp_hidden", "embed_dim",
                  "macs_linear_g", "macs_total_g")
+# MAC categories, in forward order: patch (and hybrid backbone) embedding; qkv (or q, k, v) and output
+# projections; QK^T and AV; other Linears inside an attention (Swin V2's position bias MLP); the MLPs;
+# Swin's patch merging; the classifier (with pooling heads); anything else.
+CATEGORIES = ("patch_embed", "attention_proj", "attention_matmul", "position_bias", "mlp", "patch_merging",
+              "head", "other")
+_HEAD = ("head", "head_dist", "attn_pool", "fc_norm")  # top-level modules that make the classifier
+_PROJECTIONS = ("qkv", "q_proj", "k_proj", "v_proj", "q", "k", "v", "proj")
 
 
 @dataclass(frozen=True)
@@ -40,6 +55,7 @@ class ModelDescription:
     expansion: float
     macs_linear_g: float
     macs_total_g: float
+    macs_breakdown: dict[str, int] = field(default_factory=dict)  # exact MACs per category (CATEGORIES)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -57,21 +73,29 @@ def model_name(model: nn.Module) -> str:
 
 def count_macs(model: nn.Module, img_size: tuple[int, int] | None = None) -> tuple[int, int]:
     """(linear+conv MACs, attention-matmul MACs) for one image through the model's forward."""
-    counts = {"linear": 0, "attention": 0}
+    breakdown = count_macs_by_category(model, img_size)
+    matmul = breakdown["attention_matmul"]
+    return sum(breakdown.values()) - matmul, matmul
+
+
+def count_macs_by_category(model: nn.Module, img_size: tuple[int, int] | None = None) -> dict[str, int]:
+    """Exact MACs of one image through the model's forward, per category of CATEGORIES."""
+    counts = dict.fromkeys(CATEGORIES, 0)
+    categories = _module_categories(model)
 
     def linear_hook(module: nn.Linear, inputs, _output):
         tokens = inputs[0].numel() // module.in_features
-        counts["linear"] += tokens * module.in_features * module.out_features
+        counts[categories.get(id(module), "other")] += tokens * module.in_features * module.out_features
 
     def conv_hook(module: nn.Conv2d, _inputs, output):
         per_output = (module.in_channels // module.groups) * math.prod(module.kernel_size)
-        counts["linear"] += output.numel() * per_output
+        counts[categories.get(id(module), "other")] += output.numel() * per_output
 
     def attention_hook(module: nn.Module, inputs, _output):
         batch, tokens = inputs[0].shape[:2]  # a window attention's batch is images x windows
-        counts["attention"] += 2 * batch * tokens * tokens * _attention_width(module)  # QK^T and AV
+        counts["attention_matmul"] += 2 * batch * tokens * tokens * _attention_width(module)  # QK^T and AV
         if _functional_qkv(module):  # EVA's qkv with separate q/v biases runs as F.linear: no Linear hook
-            counts["linear"] += batch * tokens * module.qkv.in_features * module.qkv.out_features
+            counts["attention_proj"] += batch * tokens * module.qkv.in_features * module.qkv.out_features
 
     handles = []
     for module in model.modules():
@@ -79,14 +103,38 @@ def count_macs(model: nn.Module, img_size: tuple[int, int] | None = None) -> tup
             handles.append(module.register_forward_hook(linear_hook))
         elif isinstance(module, nn.Conv2d):
             handles.append(module.register_forward_hook(conv_hook))
-        elif hasattr(module, "num_heads") and _attention_width(module):
+        elif _is_attention(module):
             handles.append(module.register_forward_hook(attention_hook))
     try:
         _forward_one_image(model, img_size)
     finally:
         for handle in handles:
             handle.remove()
-    return counts["linear"], counts["attention"]
+    return counts
+
+
+def _is_attention(module: nn.Module) -> bool:
+    return hasattr(module, "num_heads") and bool(_attention_width(module))
+
+
+def _module_categories(model: nn.Module) -> dict[int, str]:
+    """{id(module): category} for every module under a category's owner (the first owner wins)."""
+    owners: list[tuple[nn.Module, str]] = [(mlp, "mlp") for _, mlp in unique_mlps(model)]
+    for name, module in model.named_modules():
+        top = name.split(".", 1)[0]
+        if _is_attention(module):
+            owners += [(getattr(module, p), "attention_proj") for p in _PROJECTIONS
+                       if isinstance(getattr(module, p, None), nn.Module)]
+            owners.append((module, "position_bias"))  # its other Linears
+        elif top == "patch_embed" or top in _HEAD and name == top:
+            owners.append((module, "head" if top in _HEAD else "patch_embed"))
+        elif name.rsplit(".", 1)[-1] == "downsample":
+            owners.append((module, "patch_merging"))
+    categories: dict[int, str] = {}
+    for owner, category in owners:
+        for module in owner.modules():
+            categories.setdefault(id(module), category)
+    return categories
 
 
 def _attention_width(module: nn.Module) -> int:
@@ -106,7 +154,8 @@ def _forward_one_image(model: nn.Module, img_size: tuple[int, int] | None) -> No
     param = next(model.parameters())
     if img_size is None:
         img_size = tuple(model.patch_embed.img_size)
-    in_chans = getattr(model.patch_embed.proj, "in_channels", 3)
+    convs = [m for m in model.patch_embed.modules() if isinstance(m, nn.Conv2d)]  # a hybrid's backbone first
+    in_chans = convs[0].in_channels if convs else 3
     image = torch.zeros(1, in_chans, *img_size, device=param.device, dtype=param.dtype)
     was_training = model.training
     model.eval()
@@ -128,7 +177,9 @@ def describe(model: nn.Module, img_size: int | tuple[int, int] | None = None) ->
     hidden = sorted({hidden_units(mlp) for _, mlp in mlps})
     if isinstance(img_size, int):
         img_size = (img_size, img_size)
-    linear, attention = count_macs(model, img_size)
+    breakdown = count_macs_by_category(model, img_size)
+    attention = breakdown["attention_matmul"]
+    linear = sum(breakdown.values()) - attention
     embed_dim = in_features(mlps[0][1])
     return ModelDescription(
         model=model_name(model),
@@ -141,4 +192,5 @@ def describe(model: nn.Module, img_size: int | tuple[int, int] | None = None) ->
         expansion=round(max(hidden_units(mlp) / in_features(mlp) for _, mlp in mlps), 4),
         macs_linear_g=round(linear / 1e9, 4),
         macs_total_g=round((linear + attention) / 1e9, 4),
+        macs_breakdown=breakdown,
     )

@@ -90,11 +90,18 @@ def _fig_bands(study: StudyRuns, path: Path, series: Callable, ylabel: str, titl
                 drawn = True
         if not drawn:
             no_data(ax, f"no {KIND_TITLE[kind]} in these runs")
-        if non_negative:
-            ax.set_ylim(bottom=0)
         label_axes(ax, xlabel="epoch", ylabel=ylabel, title=f"{title}, {KIND_TITLE[kind]}", integer_x=True)
+    _floor_at_zero(axes, non_negative)
     legend_outside(fig)
     save_figure(fig, path)
+
+
+def _floor_at_zero(axes: dict, non_negative: bool) -> None:
+    """Start a non-negative quantity's shared y axis at 0, once every panel is drawn: fixing the limits
+    earlier would freeze them at the first panel's data and clip the other panels'."""
+    if non_negative:
+        top = max(ax.get_ylim()[1] for ax in axes.values())
+        next(iter(axes.values())).set_ylim(0, top)
 
 
 def _fig_top1(study: StudyRuns, path: Path) -> None:
@@ -164,9 +171,8 @@ def _fig_strip(study: StudyRuns, path: Path, value: Callable[[ModelMetrics], flo
             ax.plot([i - 0.25, i + 0.25], [np.mean(pts)] * 2, color="k", linewidth=1.5, zorder=4)
         ax.set_xticks(range(len(names)), names)
         ax.set_xlim(-0.6, len(names) - 0.4)
-        if non_negative:
-            ax.set_ylim(bottom=0)
         label_axes(ax, xlabel="variant", ylabel=ylabel, title=KIND_TITLE[kind])
+    _floor_at_zero(axes, non_negative)
     legend_outside(fig)
     save_figure(fig, path)
 

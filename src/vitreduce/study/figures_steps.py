@@ -10,7 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-from vitreduce.study.plots import band, label_axes, legend_outside, one_axes, ordered_variants, save_figure
+from vitreduce.study.plots import (
+    band,
+    label_axes,
+    legend_outside,
+    one_axes,
+    ordered_variants,
+    plain_log_ticks,
+    save_figure,
+)
 from vitreduce.study.runs import RunMetrics, StudyRuns
 
 _SPREAD = ("median over the seeds that logged the step, band = min-max over them; x marks a step spike (a "
@@ -59,6 +67,7 @@ def _fig_steps(study: StudyRuns, path: Path, series: Callable[[RunMetrics], tupl
         return False
     if log:
         ax.set_yscale("log")
+        plain_log_ticks(ax)
     label_axes(ax, xlabel="optimizer step", ylabel=ylabel, integer_x=True,
                title=f"{title} ({'x: step spikes' if spiked else 'no step spike'})")
     legend_outside(fig)

@@ -11,7 +11,9 @@ import io
 from pathlib import Path
 
 from vitreduce.files import write_text
+from vitreduce.study.analysis import ANALYSED_CHECKPOINTS
 from vitreduce.study.runs import MODEL_KINDS, SHARPNESS_MEASURES
+from vitreduce.study.sharpness_paired import KEYS as _PAIRED_MEASURES
 
 RESULTS_CSV = "results.csv"
 _ARCH = ("params", "mlp_params", "unique_mlps", "macs_linear_g", "macs_total_g", "mlp_hidden", "expansion")
@@ -19,6 +21,9 @@ _ACCURACY = ("top1_final", "top5_final", "top1_peak", "peak_epoch", "p2f")
 _TESTED = ("top1_final", "p2f")  # the seed-level comparisons with the baseline
 _TEST_FIELDS = ("evidence", "mean_diff", "ci_low", "ci_high", "p", "p_adjusted", "verdict")
 _SHARPNESS_CHECKPOINT = "final"
+# The exploratory paired sharpness tests against the baseline (summary.json's `sharpness_vs_baseline`).
+_PAIRED = tuple((c, m) for c in ANALYSED_CHECKPOINTS for m in _PAIRED_MEASURES.values())
+_PAIRED_FIELDS = ("n", "mean_diff", "ci_low", "ci_high", "t", "df", "p", "p_adjusted", "reading")
 _THROUGHPUT = ("median", "min", "max", "device", "batch_size", "precision", "ratio_to_baseline", "ratio_basis")
 
 
@@ -28,13 +33,21 @@ def results_columns() -> list[str]:
             *(f"{name}_{stat}" for name in _ACCURACY for stat in ("mean", "std")),
             *(f"vs_baseline_{metric}_{field}" for metric in _TESTED for field in _TEST_FIELDS),
             "sharpness_n", *(f"sharpness_{name}_{stat}" for name in SHARPNESS_MEASURES for stat in ("mean", "std")),
-            *(f"throughput_{field}" for field in _THROUGHPUT)]
+            *(f"throughput_{field}" for field in _THROUGHPUT),
+            *(f"sharpness_vs_baseline_{c}_{m}_{field}" for c, m in _PAIRED for field in _PAIRED_FIELDS)]
 
 
 def _comparison(entry: dict, kind: str, metric: str) -> dict:
     """The seed-level record of `kind`'s `metric` against the baseline ({} for the baseline or when untested)."""
     records = (entry.get("vs_baseline") or {}).get("seed_level") or []
     return next((r for r in records if r.get("kind") == kind and r.get("metric") == metric), {})
+
+
+def _paired_sharpness(entry: dict) -> dict:
+    """The sharpness_vs_baseline_<checkpoint>_<measure>_<field> cells (empty for the baseline or untested)."""
+    tests = {(t["checkpoint"], t["measure"]): t for t in (entry.get("sharpness_vs_baseline") or {}).get("tests", [])}
+    return {f"sharpness_vs_baseline_{c}_{m}_{field}": tests.get((c, m), {}).get(field)
+            for c, m in _PAIRED for field in _PAIRED_FIELDS}
 
 
 def results_rows(summary: dict) -> list[dict]:
@@ -57,6 +70,7 @@ def results_rows(summary: dict) -> list[dict]:
                     for name in SHARPNESS_MEASURES for stat in ("mean", "std")}
             throughput = entry.get("throughput") or {}
             row |= {f"throughput_{field}": throughput.get(field) for field in _THROUGHPUT}
+            row |= _paired_sharpness(entry)
             rows.append(row)
     return rows
 

@@ -14,14 +14,14 @@ import numpy as np
 from vitreduce.files import atomic_write
 from vitreduce.study.runs import RunMetrics, StudyRuns
 
-_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
             "#17becf")  # matplotlib's tab10, spelled out so a variant's colour does not depend on rcParams
 
 
 def variant_colors(study: StudyRuns) -> dict[str, str]:
     """One colour per variant, the same in every figure of a report: the baseline takes the first colour, the
     others follow in the study's order (cycling after ten)."""
-    return {v: _PALETTE[i % len(_PALETTE)] for i, v in enumerate(ordered_variants(study))}
+    return {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(ordered_variants(study))}
 
 
 def ordered_variants(study: StudyRuns) -> list[str]:
@@ -54,12 +54,27 @@ def label_axes(ax, *, xlabel: str, ylabel: str, title: str | None = None, intege
     ax.grid(alpha=0.3)
 
 
-def legend_outside(fig) -> None:
-    """One legend for the whole figure, to the right of the axes, so it never covers data."""
+def plain_log_ticks(ax) -> None:
+    """Readable ticks on a log-scale y axis: plain numbers (2, 2.5, 3; never "3 x 10^0"), a few per decade
+    when the data span less than two decades, 1-2-5 per decade over wider spans."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    low, high = ax.get_ylim()
+    narrow = high / low < 100 if low > 0 else False
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=8) if narrow else LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylim(low, high)
+
+
+def legend_outside(fig, last: tuple[str, ...] = ()) -> None:
+    """One legend for the whole figure, to the right of the axes, so it never covers data; entries whose label
+    starts with one of `last` (keys of what is drawn, not data series) come after the others."""
     seen: dict[str, object] = {}
     for ax in fig.axes:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             seen.setdefault(label, handle)
+    seen = dict(sorted(seen.items(), key=lambda item: item[0].startswith(last) if last else False))
     if seen:
         fig.legend(list(seen.values()), list(seen), loc="outside right upper", fontsize=8)
 

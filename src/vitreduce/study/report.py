@@ -42,6 +42,7 @@ from vitreduce.study.runs import (
     load_study,
     summarize_study,
 )
+from vitreduce.study.sharpness_paired import sharpness_vs_baseline
 from vitreduce.study.stats import DEFAULT_BOOTSTRAP_SEED, DEFAULT_RESAMPLES, Comparison, compare_to_baseline
 
 NA = "n/a"
@@ -333,6 +334,7 @@ def write_report(study_dir: Path | str, baseline: str | None = None, *, alpha: f
                          spike_window, spike_threshold, step_spike_window, step_spike_z)
     summary = summarize_study(study, read_throughput(study_dir))
     comparisons, results = _compare(study, summary, settings.stats)
+    sharpness_vs_baseline(study, summary, settings.stats.config)  # the sharpness section's tests
     fig_dir = study_dir / "figures"
     figures = write_figures(study, summary, fig_dir)
     sentences = headline(summary, study.baseline)

@@ -14,15 +14,13 @@ import numpy as np
 from vitreduce.config_tree import read_yaml
 from vitreduce.study.formatting import pm
 from vitreduce.study.pareto import COSTS, FIT_MODEL, INTERVAL, degree_statement, pareto_summary
-from vitreduce.study.plots import label_axes, legend_outside, new_figure, save_figure, variant_colors
+from vitreduce.study.plots import PALETTE, label_axes, legend_outside, new_figure, save_figure, variant_colors
 from vitreduce.study.render import Block, Heading, Image, Paragraph, Table
 from vitreduce.study.runs import KIND_TITLE, MODEL_KINDS, StudyRuns
 from vitreduce.study.sweep import sweep_labels
 
 MARKERS = {"baseline": "*", "shallow": "o", "grouped": "s", "thin": "^", "composition": "D"}
 _SHORT = {"params": "params", "macs_linear_g": "MACs", "throughput_img_s": "throughput"}
-_SCALE = {"params": (1e-6, "unique parameters (millions)"), "macs_linear_g": (1.0, "MACs per image, linear (G)"),
-          "throughput_img_s": (1.0, "inference throughput (img/s)")}
 
 
 def pareto_section(study: StudyRuns, summary: dict, fig_dir: Path, *, alpha: float, effect: float,
@@ -33,9 +31,8 @@ def pareto_section(study: StudyRuns, summary: dict, fig_dir: Path, *, alpha: flo
     pareto = pareto_summary(study, summary, labels, alpha=alpha, effect=effect, n_resamples=n_resamples, seed=seed)
     if pareto is None:
         return [], None
-    colors = variant_colors(study)
-    group_colors = {g: colors.get(e["baseline"], "#333333") for g, e in pareto["groups"].items()}
-    _fig_pareto(pareto, group_colors, fig_dir / "pareto.png")
+    colors = _colors(study, pareto["groups"])
+    _fig_pareto(pareto, colors, fig_dir / "pareto.png")
     blocks: list[Block] = [
         Heading("Accuracy against cost (Pareto)"),
         Paragraph("Final top-1 per variant (mean ± sample sd over seeds) against its cost, per base model. A variant "
@@ -43,14 +40,16 @@ def pareto_section(study: StudyRuns, summary: dict, fig_dir: Path, *, alpha: flo
                   "least as accurate in mean final top-1, and strictly one of them. Costs: unique parameters, "
                   "linear MACs per image (docs/metrics.md) and, where the study profiled it, measured inference "
                   "throughput (higher is cheaper). Exploratory: fronts of means, not tests."),
-        Image("figures/pareto.png", "Final top-1 (mean, bars: sd over seeds) against cost; one colour per base "
-                                    "model, one marker per strategy, the star its baseline, the line its front."),
+        Image("figures/pareto.png", "Final top-1 (mean, bars: sd over seeds) against cost: each variant in its "
+                                    "colour of the other figures (one colour per base model when there are too "
+                                    "many variants), one marker per strategy, the large star the baseline, the "
+                                    "dashed line through ringed points the front."),
     ]
     for group, entry in pareto["groups"].items():
         blocks += [Heading(group, level=3), Table(*_group_table(entry))]
     fits = [(g, f) for g, e in pareto["groups"].items() for f in e["fits"]]
     if fits:
-        _fig_degree(pareto, group_colors, fig_dir / "degree.png")
+        _fig_degree(pareto, colors, fig_dir / "degree.png")
         blocks += [Heading("Accuracy against the degree of reduction", level=3),
                    Paragraph(f"Fit: {FIT_MODEL}, per base model and strategy (with at least three distinct degrees, "
                              f"the baseline included); band: {INTERVAL:.0%} percentile interval of {n_resamples:,} "
@@ -79,55 +78,91 @@ def _group_table(entry: dict) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
-def _fig_pareto(pareto: dict, colors: dict[str, str], path: Path) -> None:
-    groups = pareto["groups"]
+def _colors(study: StudyRuns, groups: dict) -> tuple[dict[str, str], dict[str, str]]:
+    """(colour per variant, colour per base model): each variant keeps its colour of every other figure while
+    the study has few enough variants for distinct colours; past that, one colour per base model for all of
+    its variants. A base model's front and fit take its baseline's colour (one per base model past that)."""
+    by_variant = variant_colors(study)
+    if len(by_variant) <= len(PALETTE):
+        return by_variant, {g: by_variant.get(e["baseline"], PALETTE[0]) for g, e in groups.items()}
+    by_group = {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(groups)}
+    return {v: by_group[g] for g, e in groups.items() for v in e["variants"]}, by_group
+
+
+def _cost_axis(cost: str, values: list[float]) -> tuple[float, str]:
+    """(scale, label) in units that print as plain numbers: millions or thousands of parameters, GMACs or
+    MMACs (tiny models), img/s."""
+    top = max(values, default=0.0)
+    if cost == "params":
+        return (1e-6, "unique parameters (millions)") if top >= 1e6 else (1e-3, "unique parameters (thousands)")
+    if cost == "macs_linear_g":
+        return (1.0, "MACs per image, linear (GMACs)") if top >= 1 else (1e3, "MACs per image, linear (MMACs)")
+    return 1.0, "inference throughput (img/s)"
+
+
+def _fig_pareto(pareto: dict, colors: tuple[dict[str, str], dict[str, str]], path: Path) -> None:
+    """Final top-1 against each cost, one row per model kind: marker per strategy, the baseline a large star,
+    the front a line through ringed points; one legend outside the axes with only what is drawn."""
+    groups, (by_variant, by_group) = pareto["groups"], colors
     kinds = [k for k in MODEL_KINDS if any(k in e["front"] for e in groups.values())]
     costs = [c for c in COSTS if any(c in e["front"].get(k, {}) for e in groups.values() for k in kinds)]
-    fig = new_figure(4.2 * len(costs) + 2, 3.6 * len(kinds))
-    axes = np.atleast_2d(fig.subplots(len(kinds), len(costs), squeeze=False))
-    for row, kind in enumerate(kinds):
-        for col, cost in enumerate(costs):
-            ax, (scale, xlabel) = axes[row, col], _SCALE[cost]
+    fig = new_figure(4.2 * len(costs) + 2.6, 3.6 * len(kinds))
+    axes = fig.subplots(len(kinds), len(costs), squeeze=False)
+    per_variant = len(set(by_variant.values())) == len(by_variant)
+    for col, cost in enumerate(costs):
+        scale, xlabel = _cost_axis(cost, [v[cost] for e in groups.values() for v in e["variants"].values()
+                                          if v[cost] is not None])
+        for row, kind in enumerate(kinds):
+            ax = axes[row, col]
             for group, entry in groups.items():
-                points = {n: v for n, v in entry["variants"].items()
-                          if v[cost] is not None and v[kind]["mean"] is not None}
-                for name, v in points.items():
-                    ax.errorbar(v[cost] * scale, v[kind]["mean"], yerr=v[kind]["std"] or 0, color=colors[group],
-                                marker=MARKERS.get(v["strategy"], "o"), ms=11 if name == entry["baseline"] else 6,
-                                mec="black" if name == entry["baseline"] else colors[group], capsize=2, ls="none",
-                                label=group)
-                line = entry["front"].get(kind, {}).get(cost, [])
-                ax.plot([points[n][cost] * scale for n in line], [points[n][kind]["mean"] for n in line],
-                        color=colors[group], lw=1.2, alpha=0.8)
+                _draw_group(ax, group, entry, kind, cost, scale, by_variant, by_group[group], per_variant)
             label_axes(ax, xlabel=xlabel, ylabel=f"final top-1 (%), {KIND_TITLE[kind]}")
-            ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 5), useMathText=True)  # tiny models' MACs
-    for strategy, marker in MARKERS.items():
-        axes[0, 0].plot([], [], marker=marker, color="gray", ls="none", label=strategy)
-    legend_outside(fig)
+            ax.ticklabel_format(axis="both", style="plain", useOffset=False)
+    strategies = {v["strategy"] for e in groups.values() for v in e["variants"].values()}
+    for strategy, marker in MARKERS.items():  # the marker key: strategies present only
+        if strategy in strategies and not (per_variant and strategy == "baseline"):  # there: "(baseline)"
+            axes[0, 0].plot([], [], marker=marker, color="gray", ls="none", label=f"marker: {strategy}")
+    legend_outside(fig, last=("marker: ", "front, "))
     save_figure(fig, path)
 
 
-def _fig_degree(pareto: dict, colors: dict[str, str], path: Path) -> None:
-    groups = {g: e for g, e in pareto["groups"].items() if e["fits"]}
-    fig = new_figure(4.6 * len(groups) + 2, 3.8)
-    for ax, (group, entry) in zip(np.atleast_1d(fig.subplots(1, len(groups), squeeze=False)[0]), groups.items(),
-                                  strict=True):
+def _draw_group(ax, group: str, entry: dict, kind: str, cost: str, scale: float, by_variant: dict[str, str],
+                line_color: str, per_variant: bool) -> None:
+    points = {n: v for n, v in entry["variants"].items() if v[cost] is not None and v[kind]["mean"] is not None}
+    for name, v in points.items():
+        base = name == entry["baseline"]
+        ax.errorbar(v[cost] * scale, v[kind]["mean"], yerr=v[kind]["std"] or 0, color=by_variant[name],
+                    marker=MARKERS.get(v["strategy"], "o"), ms=12 if base else 6, mec="black" if base else None,
+                    capsize=2, ls="none", zorder=4 if base else 3,  # the baseline on top
+                    label=(f"{name} (baseline)" if base else name) if per_variant else group)
+    line = sorted(entry["front"].get(kind, {}).get(cost, []), key=lambda n: points[n][cost])
+    xs, ys = [points[n][cost] * scale for n in line], [points[n][kind]["mean"] for n in line]
+    ax.plot(xs, ys, color=line_color, lw=1.2, ls="--", marker="o", ms=15, mfc="none", alpha=0.8, zorder=2,
+            label=f"front, {group} (ringed)")
+
+
+def _fig_degree(pareto: dict, colors: tuple[dict[str, str], dict[str, str]], path: Path) -> None:
+    groups, (by_variant, by_group) = {g: e for g, e in pareto["groups"].items() if e["fits"]}, colors
+    fig = new_figure(4.6 * len(groups) + 2.6, 3.8)
+    for ax, (group, entry) in zip(fig.subplots(1, len(groups), squeeze=False)[0], groups.items(), strict=True):
         for fit in entry["fits"]:
-            grid = 100 * np.asarray(fit["grid"])
+            grid, color = 100 * np.asarray(fit["grid"]), by_group[group]
             marker = MARKERS.get(fit["strategy"], "o")
-            ax.fill_between(grid, fit["low"], fit["high"], color=colors[group], alpha=0.15)
-            ax.plot(grid, fit["mean"], color=colors[group], ls="-" if marker == "o" else "-.",
-                    label=f"{group}, {fit['strategy']} fit")
+            # top-1 is a percentage: the band is drawn inside [0, 100] (summary.json keeps the bootstrap's ends)
+            ax.fill_between(grid, np.clip(fit["low"], 0, 100), np.clip(fit["high"], 0, 100), color=color,
+                            alpha=0.15, linewidth=0, label=f"{group}, {fit['strategy']}: {INTERVAL:.0%} band")
+            ax.plot(grid, fit["mean"], color=color, ls="-" if marker == "o" else "-.",
+                    label=f"{group}, {fit['strategy']}: fit")
             for name in fit["variants"]:
                 v, base = entry["variants"][name][fit["kind"]], name == entry["baseline"]
-                ax.errorbar(100 * entry["variants"][name]["kept"], v["mean"], yerr=v["std"] or 0, color=colors[group],
-                            marker="*" if base else marker, ms=11 if base else 6, mec="black" if base else None,
-                            ls="none", capsize=2)
+                ax.errorbar(100 * entry["variants"][name]["kept"], v["mean"], yerr=v["std"] or 0,
+                            color=by_variant[name], marker="*" if base else marker, ms=12 if base else 6,
+                            mec="black" if base else None, ls="none", capsize=2, zorder=3, label=name)
             ax.axhline(fit["threshold"], color="gray", ls="--", lw=1, label="baseline minus delta")
             if fit["degree"]["reached"]:
-                ax.axvline(100 * fit["degree"]["kept"], color=colors[group], ls=":", lw=1)
+                ax.axvline(100 * fit["degree"]["kept"], color=color, ls=":", lw=1, label="degree reached")
         ax.invert_xaxis()  # reduction grows to the right
         label_axes(ax, xlabel="MLP parameters kept (% of the base model's)",
                    ylabel=f"final top-1 (%), {KIND_TITLE[entry['fits'][0]['kind']]}", title=group)
-    legend_outside(fig)
+    legend_outside(fig, last=("baseline minus delta", "degree reached"))
     save_figure(fig, path)

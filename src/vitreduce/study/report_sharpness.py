@@ -17,7 +17,7 @@ from vitreduce.study.figures_landscape import landscape_figures
 from vitreduce.study.formatting import NA, fixed, places, pm_column
 from vitreduce.study.render import Block, Bullets, Heading, Paragraph, Table
 from vitreduce.study.runs import StudyRuns, mean_std
-from vitreduce.study.sharpness_paired import SharpnessTest, sharpness_difference_figure, sharpness_tests
+from vitreduce.study.sharpness_paired import SharpnessTest, reading, sharpness_difference_figure, sharpness_tests
 from vitreduce.study.stats import TTest, fmt_p
 
 # The figures comparable across variants first, then those that compare seeds of one variant.
@@ -116,14 +116,6 @@ def sharpness_section(study: StudyRuns, config: StatisticsConfig | None = None) 
     ]
 
 
-def _reading(t: SharpnessTest, alpha: float) -> str:
-    if t.p_adjusted is None:
-        return f"not testable ({t.test.warning})"
-    if t.p_adjusted >= alpha:
-        return "no evidence of a difference"
-    return "higher than the baseline" if t.test.mean_diff > 0 else "lower than the baseline"
-
-
 def _difference(t: TTest) -> str:
     """mean [CI] to the precision of the interval's half-width (2 significant digits)."""
     if t.ci_low is None:
@@ -140,7 +132,7 @@ def paired_blocks(tests: list[SharpnessTest], baseline: str, config: StatisticsC
     config = config or StatisticsConfig()
     rows = [[t.variant, t.checkpoint, t.measure, str(t.test.n), _difference(t.test),
              NA if t.test.p is None else fmt_p(t.test.p), NA if t.p_adjusted is None else fmt_p(t.p_adjusted),
-             _reading(t, config.alpha)] for t in tests]
+             reading(t, config.alpha)] for t in tests]
     testable = sum(t.p_adjusted is not None for t in tests)
     return [
         Paragraph(f"Exploratory: paired difference from {baseline} (variant minus baseline over the seeds both "

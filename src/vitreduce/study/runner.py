@@ -69,6 +69,8 @@ def run_study(spec: StudySpec, out: str | os.PathLike | None = None, jobs: int =
     study_dir = study_dir_of(spec, out)
     plans = expand(spec, study_dir)
     preflight(spec, plans)
+    if spec.launcher == "slurm" and cluster == "slurm" and not dry_run:
+        _check_cluster(spec, study_dir)  # before anything is written
     prepare_study_dir(study_dir, spec)
     ensure_synth_data(plans)
     starts = prepare_runs(plans)
@@ -102,6 +104,12 @@ def run_study(spec: StudySpec, out: str | os.PathLike | None = None, jobs: int =
     if not slurm or wait:
         _after_training(spec, plans, result, threads, echo)
     return result
+
+
+def _check_cluster(spec: StudySpec, study_dir: Path) -> None:
+    from vitreduce.study.slurm import check_cluster  # imports submitit: only for SLURM studies
+
+    check_cluster(study_dir, spec.slurm.nodes)
 
 
 def _check_jobs(spec: StudySpec, jobs: int) -> None:

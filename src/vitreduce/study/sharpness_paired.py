@@ -27,6 +27,10 @@ COMPARABLE = (("loss", "(cross-entropy)", lambda r: r.get("loss")),
                lambda r: per_parameter(r.get("trace"), r.get("parameters"))),
               ("ASAM sharpness", "(cross-entropy)", lambda r: r.get("asam_sharpness")))
 FIGURE = "sharpness_difference.png"
+# Each measure's key in summary.json's `sharpness_vs_baseline` and results.csv (those of `sharpness`).
+KEYS = {"loss": "loss", "trace / parameter": "trace_per_param", "ASAM sharpness": "asam"}
+FAMILY = ("every variant x analysed checkpoint x measure comparable across variants (loss, trace / parameter, "
+          "ASAM sharpness) with a seed paired with the baseline and a defined p; exploratory")
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class SharpnessTest:
     measure: str
     test: TTest
     p_adjusted: float | None = None
+    seeds: tuple[int, ...] = ()  # the seeds both measured, in the order of test.differences
 
 
 def _by_seed(study: StudyRuns, variant: str, which: str, measure) -> dict[int, float]:
@@ -58,13 +63,42 @@ def sharpness_tests(study: StudyRuns, config: StatisticsConfig) -> list[Sharpnes
                 seeds = sorted(set(base) & set(other))
                 if seeds:
                     t = paired_ttest([base[s] for s in seeds], [other[s] for s in seeds], confidence=1 - config.alpha)
-                    tests.append(SharpnessTest(variant, which, name, t))
+                    tests.append(SharpnessTest(variant, which, name, t, seeds=tuple(seeds)))
     testable = [i for i, t in enumerate(tests) if t.test.p is not None]
     adjusted = adjust_pvalues([tests[i].test.p for i in testable], config.correction)
     for i, p in zip(testable, adjusted, strict=True):
         t = tests[i]
-        tests[i] = SharpnessTest(t.variant, t.checkpoint, t.measure, t.test, p)
+        tests[i] = SharpnessTest(t.variant, t.checkpoint, t.measure, t.test, p, t.seeds)
     return tests
+
+
+def reading(t: SharpnessTest, alpha: float) -> str:
+    """What an exploratory test suggests: the report's and summary.json's wording."""
+    if t.p_adjusted is None:
+        return f"not testable ({t.test.warning})"
+    if t.p_adjusted >= alpha:
+        return "no evidence of a difference"
+    return "higher than the baseline" if t.test.mean_diff > 0 else "lower than the baseline"
+
+
+def sharpness_vs_baseline(study: StudyRuns, summary: dict, config: StatisticsConfig) -> None:
+    """Put each variant's paired sharpness tests into its summary.json entry, beside `vs_baseline`."""
+    tests = sharpness_tests(study, config)
+    size = sum(t.p_adjusted is not None for t in tests)
+    for variant in {t.variant for t in tests}:
+        summary[variant]["sharpness_vs_baseline"] = {
+            "baseline": study.baseline, "alpha": config.alpha, "confidence": 1 - config.alpha,
+            "correction": config.correction, "evidence": "exploratory",
+            "family": {"definition": FAMILY, "size": size, "correction": config.correction, "alpha": config.alpha},
+            "tests": [_record(t, config.alpha) for t in tests if t.variant == variant]}
+
+
+def _record(t: SharpnessTest, alpha: float) -> dict:
+    test = t.test
+    return {"checkpoint": t.checkpoint, "measure": KEYS[t.measure], "name": t.measure, "n": test.n,
+            "seeds": list(t.seeds), "differences": list(test.differences), "mean_diff": test.mean_diff,
+            "sd": test.sd, "ci_low": test.ci_low, "ci_high": test.ci_high, "t": test.t, "df": test.df,
+            "p": test.p, "p_adjusted": t.p_adjusted, "reading": reading(t, alpha), "warning": test.warning}
 
 
 def sharpness_difference_figure(study: StudyRuns, fig_dir: Path) -> list[tuple[str, str]]:

@@ -8,13 +8,14 @@ sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT, which ``train.di
 run's output is appended to RUN_DIR/train.log, and each attempt is recorded in RUN_DIR/job.json.
 
 Preemption and time limits: submitit has SLURM send USR2 ``signal_delay_s`` before the limit (and on
-preemption); the run finishes its optimizer step, writes a recovery checkpoint (train.preempt), and
+preemption); the run stops at the first safe point with its state on disk (train.preempt), and
 ``RunJob`` hands over to submitit, which calls ``RunJob.checkpoint`` and requeues the job. The requeued
 job resumes from the run directory exactly. After ``max_requeues`` requeues the run is failed instead.
 """
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
 import socket
 import time
@@ -78,6 +79,22 @@ def check_shared_filesystem(study_dir: Path, nodes: int, mounts: str = "/proc/mo
         raise VitreduceError(f"{study_dir} is on a {fstype or 'unknown'} filesystem, which the {nodes} nodes of a run "
                              f"may not share; use --out on a shared filesystem ({', '.join(SHARED_FS[:6])}, ...)")
     return fstype
+
+
+def check_cluster(study_dir: Path, nodes: int) -> None:
+    """Refuse, before anything is written, a machine without SLURM's commands or a study directory that the
+    job's nodes cannot all see."""
+    check_slurm_commands()
+    check_shared_filesystem(study_dir, nodes)
+
+
+def check_slurm_commands() -> None:
+    """Refuses to submit where SLURM's commands are missing (not a login node of a SLURM cluster)."""
+    missing = [name for name in ("sbatch", "srun") if shutil.which(name) is None]
+    if missing:
+        raise VitreduceError(f"launcher: slurm needs SLURM's {' and '.join(missing)} on the PATH, which this machine "
+                             "lacks: submit from a login node of the cluster, or use --dry-run to print each run's "
+                             "command, or --launcher python / torchrun to train here")
 
 
 def _fs_type(path: Path, mounts: str) -> str:
@@ -172,7 +189,7 @@ def submit_runs(plans: list[RunPlan], options: SlurmOptions, study_dir: Path, na
         on_event: fault injection for tests, handed to every ``RunJob``.
     """
     if cluster == "slurm":
-        check_shared_filesystem(study_dir, options.nodes)
+        check_cluster(study_dir, options.nodes)
     folder = study_dir / SLURM_DIR
     executor = make_executor(options, folder / "%j", name, cluster)
     with executor.batch():

@@ -201,8 +201,12 @@ class StudySpec(_Strict):
             close = difflib.get_close_matches(self.baseline, names, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise ValueError(f"baseline: {self.baseline!r} is not a variant; {hint}variants: {', '.join(names)}")
-        if self.nproc_per_node > 1 and self.launcher != "torchrun":
-            raise ValueError("nproc_per_node > 1 needs launcher: torchrun")
+        if self.nproc_per_node > 1 and self.launcher == "python":
+            raise ValueError("nproc_per_node > 1 needs launcher: torchrun (or slurm)")
+        if self.launcher == "slurm" and self.nproc_per_node not in (1, self.slurm.gpus_per_node):
+            raise ValueError(f"nproc_per_node {self.nproc_per_node} and slurm.gpus_per_node {self.slurm.gpus_per_node} "
+                             "disagree: on SLURM a run has slurm.gpus_per_node processes per node; set "
+                             f"--slurm-gpus-per-node {self.nproc_per_node}, or nproc_per_node=1 to let slurm: decide")
         return self
 
 

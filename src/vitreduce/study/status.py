@@ -2,9 +2,11 @@
 
 A run is ``done`` (done.json), ``running`` (its lock is held, or SLURM says so), ``requeued`` (stopped by a
 signal and handed back to the scheduler), ``failed`` (an error, a job killed, too many requeues) or
-``pending`` (submitted and waiting, or not started). Sources: RUN_DIR/job.json (each job attempt, written
-by vitreduce.study.slurm), STUDY_DIR/slurm/jobs.json (the job ids), metrics.jsonl, done.json, train.log;
-and, where ``sacct`` is on the PATH, SLURM's own state of each job.
+``pending`` (submitted and waiting, or not started, or stopped and waiting for a rerun). Sources:
+RUN_DIR/job.json (each job attempt, written by vitreduce.study.slurm), STUDY_DIR/slurm/jobs.json (the job
+ids), metrics.jsonl, done.json, train.log; and, where ``sacct`` is on the PATH, SLURM's own state of each
+job. A study run with the local launchers (no jobs) has its states from the files alone: a run whose
+train.log ends on an error is ``failed``.
 """
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ from vitreduce.study.spec import parse_spec
 from vitreduce.train import rundir
 
 TAIL = 5  # log lines shown for a failed run
+_PROGRESS = ("epoch ", "resuming ", "done: ")  # train.log lines of a training session under way
+_ERRORS = ("error: ", "vitreduce train: error: ")  # how a failed run's error starts (in process, under torchrun)
 JOBS = "jobs.json"  # STUDY_DIR/slurm/jobs.json: {run label: {"job_id", "submitted", "cluster"}}
 JOB = "job.json"  # RUN_DIR/job.json: {"requeues": N, "attempts": [{"job_id", "host", "started", "ended", "end"}]}
 SLURM_DIR = "slurm"  # STUDY_DIR/slurm/: submitit's scripts and logs, jobs.json
@@ -113,7 +117,24 @@ def _state(run_dir: Path, job: dict[str, Any], attempts: list[dict[str, Any]],
         return RunState.REQUEUED, ""
     if last:  # started, and neither running nor ended as recorded: killed (out of memory, node failure)
         return RunState.FAILED, "the job ended without finishing the run (killed?); rerun the study to resubmit it"
+    if not job and (error := _log_error(run_dir / LOG)):  # never a job: a local study's run, told by its log
+        return RunState.FAILED, error
     return RunState.PENDING, ""
+
+
+def _log_error(log: Path) -> str:
+    """The error a run's last session ended with, from train.log ('' if it did not end on one): a local study
+    writes ``error: ...`` (``vitreduce train: error: ...`` under torchrun) or a traceback there when a run
+    fails; a later session (a rerun resuming the run) logs progress after it."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    starts = [i for i, text in enumerate(lines) if text.startswith((*_ERRORS, "Traceback (most recent call last)"))]
+    if not starts or any(text.startswith(_PROGRESS) for text in lines[starts[-1]:]):
+        return ""
+    first = lines[starts[-1]]
+    return first if first.startswith(_ERRORS) else next(t for t in reversed(lines) if t.strip())
 
 
 def _progress(line: RunLine, run_dir: Path, attempts: list[dict[str, Any]]) -> None:

@@ -213,6 +213,7 @@ class Trainer:
         try:
             final = None
             for epoch in range(position.epochs_done, self.cfg.epochs):
+                preempt.at_safe_point(position, self.info)  # a signal at start-up or in the last epoch's eval/save
                 train_time = self._train_epoch(epoch)
                 final = self._end_epoch(epoch, train_time, last=epoch == self.cfg.epochs - 1)
             if final is None:  # resumed after the last epoch's checkpoint: evaluate once more
@@ -278,9 +279,8 @@ class Trainer:
             self.tensorboard.epoch(record)
         self.progress.write(epoch_line(record, self.cfg.epochs))
         self.scheduler.step(epoch + 1)
-        kinds = ["last"] + (["best"] if self._is_best(record) else [])
         self.position.epochs_done, self.position.batch, self.position.sums = epoch + 1, 0, EpochTotals()
-        self._save(kinds)
+        self._save(["last"] + (["best"] if self._is_best(record) else []))
         return results
 
     def _record(self, epoch: int, train_time: float, epoch_start: float, results: Evaluation) -> dict[str, Any]:

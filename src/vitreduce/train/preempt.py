@@ -1,15 +1,23 @@
-"""Graceful stop on a scheduler's signal: finish the optimizer step, write a recovery checkpoint, exit 75.
+"""Graceful stop on a scheduler's signal: stop at the first safe point, with the state on disk, and exit 75.
 
 SIGTERM (what ``kill``, SLURM's preemption and ``scancel`` send), SIGUSR1 (``sbatch --signal=USR1@T``)
-and SIGUSR2 (submitit's timeout and preemption signal) make a training run stop after the optimizer step
-in progress: it writes a recovery checkpoint (the state a crashed run resumes from, ``train.state``)
-and raises ``Preempted``, a ``SystemExit`` with status ``REQUEUE_EXIT`` (75, EX_TEMPFAIL in sysexits.h:
-"try again later"). Rerunning the same command, or the scheduler requeueing the job, resumes exactly
-where it stopped. Under torchrun every rank learns of a signal any rank received at the end of the
-same step (one small all-reduce per step), so the ranks stop together.
+and SIGUSR2 (submitit's timeout and preemption signal) make a training run stop at the first safe point
+and raise ``Preempted``, a ``SystemExit`` with status ``REQUEUE_EXIT`` (75, EX_TEMPFAIL in sysexits.h:
+"try again later"). The safe points:
+
+- the end of an optimizer step (``after_step``): a recovery checkpoint is written (the state a crashed
+  run resumes from, ``train.state``), then the run stops;
+- the start of an epoch (``at_safe_point``): at start-up, before the first step, and right after the
+  previous epoch's checkpoint, so a signal that arrives during start-up, an evaluation or the epoch's
+  checkpoint write stops the run without training another step and without writing anything more.
+
+Rerunning the same command, or the scheduler requeueing the job, resumes exactly where it stopped.
+Under torchrun every rank learns of a signal any rank received at the same safe point (one small
+all-reduce), so the ranks stop together.
 
 The handlers are installed for the duration of ``train`` (main thread only) and the previous ones put
-back after it: a stop that arrives after the last step leaves the run to finish normally.
+back after it: a stop that arrives during the last epoch's evaluation, or after it, leaves the run to
+finish normally (only its final files remain to be written).
 """
 from __future__ import annotations
 
@@ -32,14 +40,14 @@ _received: list[int] = []  # signal numbers noted by the handler since ``catch_s
 class Preempted(SystemExit):
     """The run stopped on a signal after writing a recovery checkpoint; exit status ``REQUEUE_EXIT``."""
 
-    def __init__(self, signum: int, step: int):
+    def __init__(self, signum: int, step: int, where: str | None = None):
         super().__init__(REQUEUE_EXIT)
         self.signum, self.step = signum, step
+        self.where = where or f"after step {step}, recovery checkpoint written"
 
     def __str__(self) -> str:
-        return (f"stopped on {signal.Signals(self.signum).name} after step {self.step}, recovery checkpoint "
-                f"written; rerun the command (or let the scheduler requeue it) to resume exactly "
-                f"(exit status {REQUEUE_EXIT})")
+        return (f"stopped on {signal.Signals(self.signum).name} {self.where}; rerun the command (or let the "
+                f"scheduler requeue it) to resume exactly (exit status {REQUEUE_EXIT})")
 
 
 def _note(signum: int, frame: Any) -> None:
@@ -76,7 +84,29 @@ def after_step(position: Any, every: int | None, steps_in_epoch: int, info: Dist
     if stop or (every and position.step % every == 0 and position.batch < steps_in_epoch):
         save()
     on_event("step")
-    if stop:  # another rank may have received it: this one then names SIGTERM
-        stopped = Preempted(_received[0] if _received else signal.SIGTERM, position.step)
-        info.on_main(print, f"vitreduce train: {stopped}", file=sys.stderr, flush=True)
-        raise stopped
+    if stop:
+        _stop(info, Preempted(_signum(), position.step))
+
+
+def at_safe_point(position: Any, info: DistInfo) -> None:
+    """Before an epoch's first step (at start-up, or right after the previous epoch's checkpoint): stop if a
+    signal came. The run directory already holds the state a rerun resumes from, so nothing is written."""
+    if not requested(info):
+        return
+    if position.step == 0:
+        where = "before the first step (nothing to save yet)"
+    elif position.batch == 0:
+        where = f"at the checkpoint of epoch {position.epochs_done} (step {position.step}), already written"
+    else:
+        where = f"at the recovery checkpoint of step {position.step}, already written"
+    _stop(info, Preempted(_signum(), position.step, where))
+
+
+def _signum() -> int:
+    """The signal this rank received; SIGTERM when only another rank received one."""
+    return _received[0] if _received else signal.SIGTERM
+
+
+def _stop(info: DistInfo, stopped: Preempted) -> None:
+    info.on_main(print, f"vitreduce train: {stopped}", file=sys.stderr, flush=True)
+    raise stopped
