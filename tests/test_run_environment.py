@@ -64,7 +64,10 @@ def test_a_study_refuses_a_missing_root_not_named_synth(tmp_path):
 
     spec = load_spec(REPO / "studies" / "tiny" / "demo.yaml", [f"overrides.data.root={tmp_path / 'imagenet'}"])
     with pytest.raises(VitreduceError, match=r"imagenet is not a folder \(synth: generates .* synth\*\)"):
-        run_study(spec, tmp_path / "study", dry_run=True)
+        run_study(spec, tmp_path / "study")
+    assert not (tmp_path / "study").exists()
+    with pytest.raises(VitreduceError, match=r"imagenet does not exist. The synth: section generates .* 'synth'"):
+        run_study(spec, tmp_path / "study", dry_run=True)  # a dry run only notes a missing dataset, not this
     assert not (tmp_path / "imagenet").exists()
 
 

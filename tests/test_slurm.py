@@ -147,3 +147,14 @@ def test_a_torchrun_spec_runs_on_slurm_with_as_many_gpus_per_node(tiny_train_con
     assert parse_spec({**tree, "nproc_per_node": 1, "launcher": "slurm", "slurm": {"gpus_per_node": 4}})
     with pytest.raises(VitreduceError, match="needs launcher: torchrun"):
         parse_spec({**tree, "launcher": "python"})
+
+
+def test_a_slurm_dry_run_prints_each_jobs_sbatch_lines(tmp_path, tiny_train_config):
+    from vitreduce.study.runner import run_study
+
+    spec = parse_spec({"name": "s", "base": tiny_train_config(), "variants": [{"name": "a"}], "launcher": "slurm",
+                       "slurm": {"partition": "gpu", "gpus_per_node": 1}})
+    lines: list[str] = []
+    run_study(spec, tmp_path / "study", dry_run=True, echo=lines.append)
+    assert "  #SBATCH --partition=gpu" in lines and "  #SBATCH --gpus-per-node=1" in lines
+    assert f"  #SBATCH --output={tmp_path / 'study' / 'slurm'}/%j/%j_0_log.out" in lines

@@ -100,3 +100,14 @@ def test_shipped_degree_study_and_its_tiny_variant():
     tiny = load_spec(REPO / "studies" / "tiny" / "degree.yaml")
     assert [v.name for v in tiny.variants] == ["vit_tiny.baseline", "vit_tiny.shallow-0.5", "vit_tiny.shallow-0.25"]
     assert len(expand_sweep(SweepSpec.model_validate(spec_tree(full)["sweep"]))) == 33
+
+
+def test_a_dry_run_prints_the_costs_without_the_dataset_and_notes_that_it_is_missing(tmp_path):
+    spec = parse_spec(_tree(tmp_path / "absent", [{"shallow": {"ratio": [1, 0.5]}}]))
+    lines: list[str] = []
+    run_study(spec, tmp_path / "st", dry_run=True, echo=lines.append)
+    assert any("ti.shallow-0.5" in line and "shallow:ratio=0.5" in line for line in lines)
+    assert any(line.startswith("note (dry run; the commands need the data where they run): all variants: data.root")
+               for line in lines)
+    with pytest.raises(VitreduceError, match="data.root .*absent is not a folder"):
+        run_study(spec, tmp_path / "real", echo=lambda line: None)

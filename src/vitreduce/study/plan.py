@@ -104,9 +104,13 @@ def expand(spec: StudySpec, study_dir: str | os.PathLike) -> list[RunPlan]:
 # Checks before any run starts
 
 
-def preflight(spec: StudySpec, plans: list[RunPlan]) -> None:
-    """Build every distinct model on the meta device and check every dataset root: all problems at once."""
-    problems = []
+def preflight(spec: StudySpec, plans: list[RunPlan], data_here: bool = True) -> list[str]:
+    """Build every distinct model on the meta device and check every dataset root: all problems at once.
+
+    With ``data_here`` False (a dry run, whose commands may run on another machine) a missing dataset root is
+    returned as a note instead of refused.
+    """
+    problems, data_problems = [], []
 
     def who(variants: list[str]) -> str:
         return "all variants" if len(variants) == len(spec.variants) > 1 else f"variant(s) {', '.join(variants)}"
@@ -120,13 +124,15 @@ def preflight(spec: StudySpec, plans: list[RunPlan]) -> None:
         root = Path(data[0].root).expanduser()
         if not root.is_dir() and (data[1] is None or not root.name.startswith(SYNTH_PREFIX)):
             made = f" (synth: generates the built-in dataset only into a folder named {SYNTH_PREFIX}*)" * bool(data[1])
-            problems.append(f"{who(variants)}: data.root {data[0].root} is not a folder{made}; point it at your "
-                            "dataset with --set base.data.root=/path/to/data")
+            data_problems.append(f"{who(variants)}: data.root {data[0].root} is not a folder{made}; point it at "
+                                 "your dataset with --set base.data.root=/path/to/data")
     if spec.profiling and len(_distinct(plans, lambda p: p.config.model.model_copy(update={"reduction": ""}))) > 1:
         problems.append("throughput: the variants differ in more than model.reduction, so one throughput.json "
                         "cannot profile them; profile each model with `vitreduce profile`")
+    problems += data_problems * data_here
     if problems:
         raise VitreduceError(f"study {spec.name} cannot start:\n  " + "\n  ".join(problems))
+    return [f"note (dry run; the commands need the data where they run): {p}" for p in data_problems]
 
 
 def _distinct(plans: list[RunPlan], key) -> list[tuple[Any, list[str]]]:

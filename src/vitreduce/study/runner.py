@@ -68,7 +68,7 @@ def run_study(spec: StudySpec, out: str | os.PathLike | None = None, jobs: int =
     check_threads(threads)
     study_dir = study_dir_of(spec, out)
     plans = expand(spec, study_dir)
-    preflight(spec, plans)
+    notes = preflight(spec, plans, data_here=not dry_run)
     if spec.launcher == "slurm" and cluster == "slurm" and not dry_run:
         _check_cluster(spec, study_dir)  # before anything is written
     prepare_study_dir(study_dir, spec)
@@ -86,12 +86,9 @@ def run_study(spec: StudySpec, out: str | os.PathLike | None = None, jobs: int =
     result = StudyResult(study_dir)
     launcher = RunLauncher(spec.launcher, spec.nproc_per_node, threads, len(plans))
     if dry_run:
-        from vitreduce.console import text_table
-        from vitreduce.study.sweep import variant_costs
-
-        echo(text_table(*variant_costs(plans), numbers_right=True))
-        for index, plan, status in todo:
-            echo(f"[{index}/{len(plans)}] {plan.label} ({status}): {' '.join(launcher.command(plan, display=True))}")
+        _print_dry_run(launcher, plans, todo, notes, echo)
+        if spec.launcher == "slurm":
+            _print_sbatch(spec, study_dir, echo)
         return result
     for index, plan in enumerate(plans, 1):
         if starts[plan.label] == rundir.RunStatus.DONE:
@@ -104,6 +101,27 @@ def run_study(spec: StudySpec, out: str | os.PathLike | None = None, jobs: int =
     if not slurm or wait:
         _after_training(spec, plans, result, threads, echo)
     return result
+
+
+def _print_dry_run(launcher: RunLauncher, plans: list[RunPlan], todo: list[Task], notes: list[str], echo) -> None:
+    """What the study would train: each variant's cost, then each unfinished run's command."""
+    from vitreduce.console import text_table
+    from vitreduce.study.sweep import variant_costs
+
+    echo(text_table(*variant_costs(plans), numbers_right=True))
+    for note in notes:
+        echo(note)
+    for index, plan, status in todo:
+        echo(f"[{index}/{len(plans)}] {plan.label} ({status}): {' '.join(launcher.command(plan, display=True))}")
+
+
+def _print_sbatch(spec: StudySpec, study_dir: Path, echo) -> None:
+    from vitreduce.study.slurm import sbatch_header
+
+    echo(f"launcher slurm: each run above is one job of an array (submitit), {spec.slurm.gpus_per_node} task(s) "
+         "per node as the ranks of one run (torchrun's command is the same training by hand); each job's sbatch:")
+    for line in sbatch_header(spec.slurm, spec.name, study_dir):
+        echo(f"  {line}")
 
 
 def _check_cluster(spec: StudySpec, study_dir: Path) -> None:

@@ -50,6 +50,14 @@ def sbatch_parameters(options: SlurmOptions, name: str) -> dict[str, Any]:
     return {key: value for key, value in params.items() if value is not None}
 
 
+def sbatch_header(options: SlurmOptions, name: str, study_dir: Path) -> list[str]:
+    """The #SBATCH lines of each run's job, as submitit writes them (the dry run shows them)."""
+    from submitit.slurm.slurm import _make_sbatch_string  # submitit's own writer, pinned version
+
+    text = _make_sbatch_string(command="", folder=str(study_dir / SLURM_DIR / "%j"), **sbatch_parameters(options, name))
+    return [line for line in text.splitlines() if line.startswith("#SBATCH")]
+
+
 def make_executor(options: SlurmOptions, folder: Path, name: str, cluster: str = "slurm") -> submitit.Executor:
     """submitit's executor for the jobs: ``slurm``, or ``local`` (the same jobs as subprocesses of this
     machine, with the same time limit and signal; what the tests use)."""
