@@ -184,6 +184,6 @@ def test_load_study_refuses_empty_or_unfinished(tmp_path):
 def test_a_throughput_json_without_its_spread_reports_the_median_and_no_ratio():
     old = summarize_throughput({"infer_img_s": 1020.0})  # written before the profiler recorded min and max
     assert old == {"median": 1020.0, "min": None, "max": None, "device": None, "batch_size": None,
-                   "precision": None}
+                   "precision": None, "base_model": None}
     assert throughput_ratio(old, old) == (None, "no range")
     assert summarize_throughput({"infer_img_s": None}) is None and summarize_throughput(None) is None

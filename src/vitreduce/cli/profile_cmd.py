@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from vitreduce.cli.args import add_threads_option
+from vitreduce.cli.args import add_model_arg_option, add_threads_option, parse_model_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile each variant (compile time is excluded: warm-up covers it)")
     parser.add_argument("--img-size", type=int, default=None, help="input size (default: the model's own)")
+    add_model_arg_option(parser)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per variant and mode (default 5)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs per variant and mode (default 2)")
     parser.add_argument("--no-memory", action="store_true",
@@ -54,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from vitreduce.efficiency.results import format_table
 
     base, kwargs, default_variants = resolve_model(args.model)
+    kwargs.update(parse_model_args(args.model_arg))  # a checkpoint's architecture, --model-arg on top (as inspect)
     num_classes = kwargs.pop("num_classes", 1000)
     if args.compile:
         print("note: --compile: compilation runs during warm-up and is not timed", file=sys.stderr)

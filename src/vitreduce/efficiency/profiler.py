@@ -30,7 +30,7 @@ from vitreduce.reduction.accounting import count_macs, describe
 from vitreduce.reduction.models import create_model
 from vitreduce.reduction.spec import ReductionSpec, Step
 
-__all__ = ["profile_variants", "write_throughput_json"]
+__all__ = ["profile_variants", "throughput_records", "write_throughput_json"]
 
 Run = Callable[[], None]  # one batch or one training step of one variant
 Say = Callable[[str], None]  # reports a line of progress
@@ -239,16 +239,36 @@ def _rates(batch_size: int, seconds: dict[StepKind, list[float]]) -> dict[str, f
 
 def write_throughput_json(study_dir: str | os.PathLike, variants: dict[str, str | ReductionSpec], model_name: str,
                           **profile_kwargs: Any) -> Path:
-    """Profile a study's variants and write STUDY_DIR/throughput.json for its report (atomically).
+    """Profile a study's variants of one base model and write STUDY_DIR/throughput.json (atomically).
 
     Args:
         study_dir: the study directory.
         variants: {variant name: reduction spec}; names sharing a spec are profiled once.
         model_name: timm base model of the study.
-        **profile_kwargs: passed to ``profile_variants`` (default here: ``mode="infer"``, ``memory=False``).
+        **profile_kwargs: passed to ``throughput_records``.
 
     Returns:
         The path written: ``{variant: {"infer_img_s": float, ...settings}}``.
+    """
+    path = Path(study_dir) / "throughput.json"
+    write_json(path, throughput_records(variants, model_name, **profile_kwargs))
+    return path
+
+
+def throughput_records(variants: dict[str, str | ReductionSpec], model_name: str, base_model: str | None = None,
+                       **profile_kwargs: Any) -> dict[str, dict[str, Any]]:
+    """throughput.json's entries of one base model's variants, profiled interleaved in one process.
+
+    Args:
+        variants: {variant name: reduction spec}; names sharing a spec are profiled once.
+        model_name: timm base model.
+        base_model: what tells this base model apart from a study's others (default ``model_name``); the
+            report compares each variant's throughput with the baseline of the same ``base_model`` only.
+        **profile_kwargs: passed to ``profile_variants`` (default here: ``mode="infer"``, ``memory=False``).
+
+    Returns:
+        ``{variant: {"infer_img_s": float, "infer_img_s_min", "infer_img_s_max", "reduction", "model",
+        "base_model", "device", "precision", "batch_size"}}``.
     """
     if not variants:
         raise VitreduceError("no variants to profile for throughput.json")
@@ -263,7 +283,6 @@ def write_throughput_json(study_dir: str | os.PathLike, variants: dict[str, str 
         p = by_spec[spec]
         data[name] = {"infer_img_s": p.infer_img_s, "infer_img_s_min": p.infer_img_s_min,
                       "infer_img_s_max": p.infer_img_s_max, "reduction": spec, "model": model_name,
-                      "device": p.device, "precision": p.precision, "batch_size": p.batch_size}
-    path = Path(study_dir) / "throughput.json"
-    write_json(path, data)
-    return path
+                      "base_model": base_model or model_name, "device": p.device, "precision": p.precision,
+                      "batch_size": p.batch_size}
+    return data

@@ -126,9 +126,6 @@ def preflight(spec: StudySpec, plans: list[RunPlan], data_here: bool = True) -> 
             made = f" (synth: generates the built-in dataset only into a folder named {SYNTH_PREFIX}*)" * bool(data[1])
             data_problems.append(f"{who(variants)}: data.root {data[0].root} is not a folder{made}; point it at "
                                  "your dataset with --set base.data.root=/path/to/data")
-    if spec.profiling and len(_distinct(plans, lambda p: p.config.model.model_copy(update={"reduction": ""}))) > 1:
-        problems.append("throughput: the variants differ in more than model.reduction, so one throughput.json "
-                        "cannot profile them; profile each model with `vitreduce profile`")
     problems += data_problems * data_here
     if problems:
         raise VitreduceError(f"study {spec.name} cannot start:\n  " + "\n  ".join(problems))

@@ -92,11 +92,14 @@ def _throughput(t: dict | None) -> str:
     return f"{t['median']:,.0f}{spread} img/s"
 
 
-def _ratio(t: dict | None) -> str:
-    """The throughput ratio to the baseline, given only where the [min, max] ranges do not overlap."""
+def _ratio(t: dict | None, unnamed: tuple[str | None, ...] = ()) -> str:
+    """The throughput ratio to the baseline of the same base model, given only where the [min, max] ranges do not
+    overlap; the variant it is against is named unless it is one of ``unnamed`` (the study's baseline, itself)."""
     if t is None:
         return NA
-    return f"{t['ratio_to_baseline']:.2f}x" if t["ratio_to_baseline"] is not None else f"{NA} ({t['ratio_basis']})"
+    against = f" vs {t['ratio_against']}" if t.get("ratio_against") not in (None, *unnamed) else ""
+    return (f"{t['ratio_to_baseline']:.2f}x" if t["ratio_to_baseline"] is not None
+            else f"{NA} ({t['ratio_basis']})") + against
 
 
 def _count(x) -> str:
@@ -116,8 +119,10 @@ def results_table(summary: dict, kind: ModelKind) -> tuple[list[str], list[list[
     columns = {name: _pm_column([(e[kind][f"{name}_mean"], e[kind][f"{name}_std"]) for e in summary.values()],
                                 digits=0 if name == "peak_epoch" else 2)
                for name in ("top1_final", "top5_final", "top1_peak", "peak_epoch", "p2f")}
+    baseline = next((name for name, e in summary.items() if e.get("baseline")), None)
     rows = [[_variant_label(name, e), str(e[kind]["n"]), NA if e["params"] is None else f"{e['params'] / 1e6:.2f}M",
-             *(columns[c][i] for c in columns), _throughput(e.get("throughput")), _ratio(e.get("throughput"))]
+             *(columns[c][i] for c in columns), _throughput(e.get("throughput")),
+             _ratio(e.get("throughput"), (baseline, name))]
             for i, (name, e) in enumerate(summary.items())]
     return headers, rows
 
@@ -138,7 +143,9 @@ def _throughput_note(summary: dict) -> str:
                          f"{t['precision'] or NA}" for t in measured.values()})
     return ("Throughput: inference images/s from throughput.json (vitreduce profile), median [min-max] over "
             "its timed repeats; n/a where absent. The ratio to the baseline's median is given only where the "
-            "two [min-max] ranges do not overlap; overlapping ranges cannot tell the variants apart."
+            "two [min-max] ranges do not overlap; overlapping ranges cannot tell the variants apart. Each "
+            "variant is compared with the baseline of its own base model: the study's baseline, else that "
+            "model's unreduced variant (named after the ratio); n/a without one."
             + (f" Measured with {'; '.join(conditions)}." if conditions else ""))
 
 

@@ -10,6 +10,7 @@ would change any run is refused, naming what differs.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,21 +220,49 @@ def _analyse(config: AnalysisConfig, plans: list[RunPlan], echo, threads: int) -
 def _throughput(options: ThroughputOptions, plans: list[RunPlan], study_dir: Path, echo) -> None:
     """throughput.json via vitreduce.efficiency.profiler, once (delete the file to measure again).
 
-    Only once every run has finished: runs training meanwhile (or failing) would distort the timings.
+    Only once every run has finished: runs training meanwhile (or failing) would distort the timings. Each
+    base model's variants are timed together, interleaved; the entries of all base models go into one file,
+    each naming its ``base_model`` (the report compares a variant only with its own base model's baseline).
     """
     path = study_dir / "throughput.json"
     if path.is_file():
         echo(f"throughput: {path} exists (delete it to measure again)")
         return
-    from vitreduce.efficiency.profiler import write_throughput_json
+    from vitreduce.efficiency.profiler import throughput_records
+    from vitreduce.files import write_json
 
-    model = plans[0].config.model
-    kwargs = {k: v for k, v in model.timm_kwargs().items() if k not in ("num_classes", "img_size", "drop_rate",
-                                                                        "drop_path_rate", "weight_init")}
-    reductions = {p.variant: p.config.model.reduction for p in plans}
-    echo(f"throughput: profiling {len(reductions)} variant(s) of {model.name} for {path}")
-    write_throughput_json(study_dir, reductions, model.name, img_size=model.img_size, num_classes=model.num_classes,
-                          model_kwargs=kwargs, **options.model_dump())
+    groups = _base_models(plans)
+    records: dict[str, dict] = {}
+    for index, (base_model, (name, kwargs), variants) in enumerate(groups, 1):
+        echo(f"throughput: profiling {len(variants)} variant(s) of {base_model} ({index}/{len(groups)}) for {path}")
+        kwargs = dict(kwargs)  # img_size and num_classes are the profiler's own arguments
+        records |= throughput_records(variants, name, base_model=base_model, img_size=kwargs.pop("img_size", None),
+                                      num_classes=kwargs.pop("num_classes"), model_kwargs=kwargs,
+                                      **options.model_dump())
+    write_json(path, records)  # once every base model is measured: a failure leaves no partial file
+
+
+def _base_models(plans: list[RunPlan]) -> list[tuple[str, tuple[str, dict], dict[str, str]]]:
+    """(base model, (timm name, profiling kwargs), {variant: reduction}) per distinct architecture profiled.
+
+    Variants differing only in what does not change speed (drop rates, weight init) share a base model. Its
+    name is the timm name, with the settings that tell apart base models sharing one (``embed_dim=48``).
+    """
+    groups: dict[str, tuple[tuple[str, dict], dict[str, str]]] = {}
+    for plan in plans:
+        model = plan.config.model
+        kwargs = {k: v for k, v in model.timm_kwargs().items() if k not in ("drop_rate", "drop_path_rate",
+                                                                            "weight_init")}
+        key = json.dumps([model.name, kwargs], sort_keys=True, default=str)
+        groups.setdefault(key, ((model.name, kwargs), {}))[1][plan.variant] = model.reduction
+    named = []
+    for (name, kwargs), variants in groups.values():
+        same = [k for (n, k), _ in groups.values() if n == name]
+        differ = sorted(key for key in {*kwargs, *(k for o in same for k in o)}
+                        if any(o.get(key) != kwargs.get(key) for o in same))
+        named.append((name + (f" ({', '.join(f'{k}={kwargs.get(k)}' for k in differ)})" if differ else ""),
+                      (name, kwargs), variants))
+    return named
 
 
 def print_results(result: StudyResult, note: str = "") -> None:

@@ -353,7 +353,8 @@ def summarize_throughput(record: dict | None) -> dict | None:
         return None
     return {"median": float(record["infer_img_s"]), "min": _number(record.get("infer_img_s_min")),
             "max": _number(record.get("infer_img_s_max")), "device": record.get("device"),
-            "batch_size": record.get("batch_size"), "precision": record.get("precision")}
+            "batch_size": record.get("batch_size"), "precision": record.get("precision"),
+            "base_model": record.get("base_model")}  # None in files written before studies of several models
 
 
 def throughput_ratio(variant: dict | None, baseline: dict | None) -> tuple[float | None, str]:
@@ -377,9 +378,19 @@ def summarize_study(study: StudyRuns, throughput: dict | None = None) -> dict[st
         entry["sharpness"] = summarize_sharpness(runs)
         entry["baseline"] = variant == study.baseline
         summary[variant] = entry
-    base = summary.get(study.baseline, {}).get("throughput")
-    for entry in summary.values():
-        if entry["throughput"] is not None:
-            ratio, why = throughput_ratio(entry["throughput"], base)
-            entry["throughput"].update(ratio_to_baseline=ratio, ratio_basis=why)
+    measured = {v: e["throughput"] for v, e in summary.items() if e["throughput"] is not None}
+    for variant, t in measured.items():
+        against = _same_model_baseline(variant, measured, summary, study.baseline)
+        ratio, why = (throughput_ratio(t, measured.get(against)) if against else (None, "no baseline of its model"))
+        t.update(ratio_to_baseline=ratio, ratio_basis=why, ratio_against=against)
     return summary
+
+
+def _same_model_baseline(variant: str, measured: dict[str, dict], summary: dict, baseline: str) -> str | None:
+    """The study's baseline if profiled as the same base model (always, in files naming none), else that base
+    model's unreduced variant (a sweep's ``<label>.baseline``), else None: speeds of two models are not compared."""
+    model = measured[variant]["base_model"]
+    if model is None or measured.get(baseline, {}).get("base_model") == model:
+        return baseline
+    return next((v for v, t in measured.items() if t["base_model"] == model
+                 and summary[v].get("reduction") in ("none", None)), None)
