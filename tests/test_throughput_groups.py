@@ -1,5 +1,6 @@
 """A study over several base models profiles each model's variants together (interleaved) into one
 throughput.json, and the report compares each variant's throughput only with its own base model's baseline."""
+import csv
 import json
 
 import pytest
@@ -66,6 +67,10 @@ def test_each_ratio_is_against_the_baseline_of_its_own_base_model(study):
             assert t["ratio_to_baseline"] == pytest.approx(t["median"] / base["median"])
         else:
             assert t["ratio_basis"] == "ranges overlap" and t["ratio_to_baseline"] is None
+    with open(study_dir / "results.csv", newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["model"] == "ema"]
+    assert {r["variant"]: r["throughput_ratio_against"] for r in rows} == against
+    assert {r["throughput_base_model"] for r in rows} == {summary[v]["throughput"]["base_model"] for v in VARIANTS}
     # The Pareto section's throughput axis, per base model.
     for label in ("narrow", "wide"):
         group = summary["pareto"]["groups"][label]

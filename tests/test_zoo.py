@@ -148,3 +148,6 @@ def test_architectures_tiny_study_runs_end_to_end(tmp_path):
     assert [summary[f"eva02_s.{r}"]["unique_mlps"] for r in ("baseline", "grouped-2", "shallow-0.5")] == [4, 2, 4]
     assert summary["swin_t.baseline"]["mlp_hidden"] == [64, 128]
     assert summary["swin_t.shallow-0.5"]["mlp_hidden"] == [32, 64]
+    # Each architecture's variants profiled together; each ratio against its own architecture's baseline.
+    assert {v: summary[v]["throughput"]["ratio_against"] for v in variants} == {
+        v: f"{v.split('.')[0]}.baseline" for v in variants}

@@ -24,7 +24,8 @@ _SHARPNESS_CHECKPOINT = "final"
 # The exploratory paired sharpness tests against the baseline (summary.json's `sharpness_vs_baseline`).
 _PAIRED = tuple((c, m) for c in ANALYSED_CHECKPOINTS for m in _PAIRED_MEASURES.values())
 _PAIRED_FIELDS = ("n", "mean_diff", "ci_low", "ci_high", "t", "df", "p", "p_adjusted", "reading")
-_THROUGHPUT = ("median", "min", "max", "device", "batch_size", "precision", "ratio_to_baseline", "ratio_basis")
+_THROUGHPUT = ("median", "min", "max", "device", "batch_size", "precision", "base_model", "ratio_to_baseline",
+               "ratio_against", "ratio_basis")
 
 
 def results_columns() -> list[str]:
