@@ -1,7 +1,7 @@
 """One prepared GPU check: every GPU path of vitreduce exercised, every GPU figure measured, in one call.
 
-    .venv/bin/python benchmarks/gpu_check.py --out gpu-check              # on a GPU (about 6-8 min on an H200)
-    .venv/bin/python benchmarks/gpu_check.py --out /tmp/check --dry-run   # same code paths, CPU, tiny, seconds
+    .venv/bin/python benchmarks/gpu_check.py --out gpu-check              # on a GPU (within --budget, 450 s by default)
+    .venv/bin/python benchmarks/gpu_check.py --out /tmp/check --dry-run   # same code paths, CPU, tiny, about a minute
 
 Writes OUT/gpu_check.json (every section's status, checks and figures), OUT/gpu_check.md (the same as
 tables) and prints a summary. Sections are independent: one that fails records its error and the rest

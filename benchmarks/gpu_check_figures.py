@@ -104,7 +104,8 @@ def hvp_time(check: Check) -> dict:
     """One HVP (fp32, eval, unfused attention: what an analysis runs) against one fp32 training step of
     ViT-B/16, grouped, on the same batch of 64."""
     torch.manual_seed(0)
-    kwargs = {**DRY_MODEL["model_kwargs"], "img_size": 16, "num_classes": 5} if check.dry else {}
+    kwargs = {**DRY_MODEL["model_kwargs"], "img_size": DRY_MODEL["img_size"],
+              "num_classes": DRY_MODEL["num_classes"]} if check.dry else {}
     name = "vit_tiny_patch16_224" if check.dry else "vit_base_patch16_224"
     model = vitreduce.create_model(name, reduction="grouped", **kwargs).to(check.device)
     size, batch = (16, 4) if check.dry else (224, 64)

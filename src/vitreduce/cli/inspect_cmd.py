@@ -112,14 +112,10 @@ def format_breakdown(descriptions: list[ModelDescription]) -> str:
     used = [c for c in CATEGORIES if any(d.macs_breakdown.get(c) for d in descriptions)]
     rows = [["GMACs", *(d.reduction for d in descriptions)]]
     rows += [[c, *(f"{d.macs_breakdown.get(c, 0) / 1e9:.4f}" for d in descriptions)] for c in used]
-    rows.append(["total linear", *(f"{_linear(d) / 1e9:.4f}" for d in descriptions)])
-    rows.append(["total +attn", *(f"{sum(d.macs_breakdown.values()) / 1e9:.4f}" for d in descriptions)])
+    rows.append(["total linear", *(f"{d.macs_linear_g:.4f}" for d in descriptions)])
+    rows.append(["total +attn", *(f"{d.macs_total_g:.4f}" for d in descriptions)])
     return _render(rows) + (f"\nattention_matmul (QK^T and AV, per window for Swin) is in +attn only. "
                             f"0 MACs: {ZERO_MACS}.")
-
-
-def _linear(d: ModelDescription) -> int:
-    return sum(d.macs_breakdown.values()) - d.macs_breakdown.get("attention_matmul", 0)
 
 
 def _hidden(hidden: int | list[int]) -> str:

@@ -28,7 +28,7 @@ from vitreduce.errors import VitreduceError
 from vitreduce.files import write_json
 from vitreduce.reduction.accounting import count_macs, describe
 from vitreduce.reduction.models import create_model
-from vitreduce.reduction.spec import ReductionSpec, Step
+from vitreduce.reduction.spec import ReductionSpec
 
 __all__ = ["profile_variants", "throughput_records", "write_throughput_json"]
 
@@ -93,20 +93,12 @@ def profile_variants(
 # Counts and memory
 
 
-def _shape_spec(spec: ReductionSpec) -> ReductionSpec:
-    """Same shapes, buildable on the meta device (which units a shallow step keeps does not change shapes)."""
-    return ReductionSpec(tuple(
-        Step(s.strategy, {**s.params, "keep": "first"}) if s.params.get("keep") == "magnitude" else s
-        for s in spec.steps
-    ))
-
-
 def _account(settings: ProfileSettings, specs: list[ReductionSpec]) -> list[dict[str, Any]]:
     """Per variant, its counts and exact static memory, from the meta device (no memory, no arithmetic).
 
     A CPU run that would not fit in the RAM available is refused here, before anything is built.
     """
-    metas = [create_model(settings.model_name, reduction=_shape_spec(s), device="meta", **settings.model_kwargs)
+    metas = [create_model(settings.model_name, reduction=s.with_shapes_only(), device="meta", **settings.model_kwargs)
              for s in specs]
     statics = [static_memory(m) for m in metas]
     if settings.device.type == "cpu":

@@ -73,7 +73,11 @@ def model_name(model: nn.Module) -> str:
 
 def count_macs(model: nn.Module, img_size: tuple[int, int] | None = None) -> tuple[int, int]:
     """(linear+conv MACs, attention-matmul MACs) for one image through the model's forward."""
-    breakdown = count_macs_by_category(model, img_size)
+    return _totals(count_macs_by_category(model, img_size))
+
+
+def _totals(breakdown: dict[str, int]) -> tuple[int, int]:
+    """(linear+conv MACs, attention-matmul MACs) of a breakdown: every category but the matmuls is linear."""
     matmul = breakdown["attention_matmul"]
     return sum(breakdown.values()) - matmul, matmul
 
@@ -178,8 +182,7 @@ def describe(model: nn.Module, img_size: int | tuple[int, int] | None = None) ->
     if isinstance(img_size, int):
         img_size = (img_size, img_size)
     breakdown = count_macs_by_category(model, img_size)
-    attention = breakdown["attention_matmul"]
-    linear = sum(breakdown.values()) - attention
+    linear, attention = _totals(breakdown)
     embed_dim = in_features(mlps[0][1])
     return ModelDescription(
         model=model_name(model),

@@ -170,6 +170,12 @@ class ReductionSpec:
         """The step of that strategy, or None."""
         return next((s for s in self.steps if s.strategy == strategy), None)
 
+    def with_shapes_only(self) -> ReductionSpec:
+        """The same shapes, buildable on the meta device: keep=magnitude needs real weights, and which units a
+        shallow step keeps does not change a shape, so it becomes keep=first."""
+        return ReductionSpec(tuple(Step(s.strategy, {**s.params, "keep": "first"})
+                                   if s.params.get("keep") == "magnitude" else s for s in self.steps))
+
 
 def _parse_step(part: str, whole: str) -> Step:
     name, _, arg_text = part.partition(":")

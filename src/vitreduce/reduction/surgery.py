@@ -33,10 +33,7 @@ def vit_blocks(model: nn.Module) -> list[nn.Module]:
 
 def unique_mlps(model: nn.Module) -> list[tuple[list[int], nn.Module]]:
     """Each distinct MLP module with the positions (over all stages) of the blocks that use it."""
-    users: dict[int, tuple[list[int], nn.Module]] = {}
-    for ref in all_blocks(model):
-        users.setdefault(id(ref.block.mlp), ([], ref.block.mlp))[0].append(ref.position)
-    return list(users.values())
+    return [([ref.position for ref in refs], mlp) for refs, mlp in _unique_mlp_refs(model)]
 
 
 def unique_named_mlps(model: nn.Module) -> list[tuple[str, nn.Module]]:

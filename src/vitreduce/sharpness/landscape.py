@@ -25,6 +25,7 @@ from vitreduce.errors import VitreduceError
 from vitreduce.files import atomic_write
 from vitreduce.reduction.params import alias_groups, unique_named_parameters
 from vitreduce.sharpness.batches import LossBatch
+from vitreduce.sharpness.landscape_plots import plot_contour, plot_directions, plot_interpolation
 from vitreduce.sharpness.progress import ProgressSink
 
 Direction = dict[str, torch.Tensor]  # first parameter name -> tensor shaped like it
@@ -307,8 +308,6 @@ def write_landscape(out_dir: str | Path, *, line: Curve | Sequence[Curve] | None
         other_title: what the second checkpoint (alpha 1 of the interpolation) is.
         start_title: what alpha 0 of the interpolation is, where that is not ``title``'s checkpoint.
     """
-    from vitreduce.sharpness.landscape_plots import plot_contour, plot_directions, plot_interpolation
-
     out_dir = Path(out_dir)
     written = []
     if line is not None:

@@ -126,7 +126,8 @@ def preflight(spec: StudySpec, plans: list[RunPlan], data_here: bool = True) -> 
             made = f" (synth: generates the built-in dataset only into a folder named {SYNTH_PREFIX}*)" * bool(data[1])
             data_problems.append(f"{who(variants)}: data.root {data[0].root} is not a folder{made}; point it at "
                                  "your dataset with --set base.data.root=/path/to/data")
-    problems += data_problems * data_here
+    if data_here:
+        problems += data_problems
     if problems:
         raise VitreduceError(f"study {spec.name} cannot start:\n  " + "\n  ".join(problems))
     return [f"note (dry run; the commands need the data where they run): {p}" for p in data_problems]
@@ -155,12 +156,9 @@ def _check_model(model: ModelConfig) -> None:
             raise VitreduceError(f"model.init_checkpoint {model.init_checkpoint} does not exist")
         return
     from vitreduce.reduction.models import create_model
-    from vitreduce.reduction.spec import ReductionSpec, Step
+    from vitreduce.reduction.spec import ReductionSpec
 
-    # keep=magnitude needs real weights; keep=first gives the same shapes.
-    spec = ReductionSpec.parse(model.reduction)
-    spec = ReductionSpec(tuple(Step(s.strategy, {**s.params, "keep": "first"}) if s.params.get("keep") == "magnitude"
-                               else s for s in spec.steps))
+    spec = ReductionSpec.parse(model.reduction).with_shapes_only()
     create_model(model.name, reduction=spec, device="meta", **model.timm_kwargs())
 
 

@@ -43,10 +43,10 @@ class SharpnessTest:
     seeds: tuple[int, ...] = ()  # the seeds both measured, in the order of test.differences
 
 
-def _by_seed(study: StudyRuns, variant: str, which: str, measure) -> dict[int, float]:
+def _by_seed(study: StudyRuns, analyses: dict, variant: str, which: str, measure) -> dict[int, float]:
     values = {}
     for run in study.variants.get(variant, []):
-        result = read_run_analysis(run.run_dir).get(which)
+        result = analyses[run.run_dir].get(which)
         value = None if result is None else measure(result)
         if value is not None and np.isfinite(value):
             values[run.seed] = float(value)
@@ -56,10 +56,11 @@ def _by_seed(study: StudyRuns, variant: str, which: str, measure) -> dict[int, f
 def sharpness_tests(study: StudyRuns, config: StatisticsConfig) -> list[SharpnessTest]:
     """Every variant x checkpoint x comparable measure with a paired seed; the family adjusted together."""
     tests = []
+    analyses = {run.run_dir: read_run_analysis(run.run_dir) for runs in study.variants.values() for run in runs}
     for variant in ordered_variants(study)[1:] if study.baseline in study.variants else []:
         for which in ANALYSED_CHECKPOINTS:
             for name, _, measure in COMPARABLE:
-                base, other = (_by_seed(study, v, which, measure) for v in (study.baseline, variant))
+                base, other = (_by_seed(study, analyses, v, which, measure) for v in (study.baseline, variant))
                 seeds = sorted(set(base) & set(other))
                 if seeds:
                     t = paired_ttest([base[s] for s in seeds], [other[s] for s in seeds], confidence=1 - config.alpha)

@@ -1,8 +1,9 @@
 """A study on SLURM through submitit: one job per run (a job array), requeued from its checkpoint.
 
-``submit_runs`` checks the study directory (a shared filesystem when a run spans several nodes), submits
-every run that is neither finished nor already queued or running as one submitit job array, and
-records the job ids in STUDY_DIR/slurm/jobs.json (submitit's scripts and logs go to STUDY_DIR/slurm/).
+``check_cluster`` checks the machine and the study directory (a shared filesystem when a run spans several
+nodes) before the study writes anything; ``submit_runs`` then submits every run that is neither finished
+nor already queued or running as one submitit job array, and records the job ids in
+STUDY_DIR/slurm/jobs.json (submitit's scripts and logs go to STUDY_DIR/slurm/).
 Each job runs ``RunJob``: every task is a rank of one DDP run (submitit's TorchDistributedEnvironment
 sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT, which ``train.distributed`` reads), the
 run's output is appended to RUN_DIR/train.log, and each attempt is recorded in RUN_DIR/job.json.
@@ -196,8 +197,6 @@ def submit_runs(plans: list[RunPlan], options: SlurmOptions, study_dir: Path, na
         cluster: ``slurm``, or ``local`` (submitit's LocalExecutor: subprocesses of this machine).
         on_event: fault injection for tests, handed to every ``RunJob``.
     """
-    if cluster == "slurm":
-        check_cluster(study_dir, options.nodes)
     folder = study_dir / SLURM_DIR
     executor = make_executor(options, folder / "%j", name, cluster)
     with executor.batch():
@@ -221,7 +220,6 @@ def wait_for(jobs: list[Any], plans: list[RunPlan], echo) -> dict[str, str]:
             errors[plan.label] = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         echo(f"{plan.label}: job {job.job_id} " + (f"FAILED: {errors[plan.label]}" if errors[plan.label] else "done"))
     return errors
-
 
 
 def submit_study(options: SlurmOptions, name: str, study_dir: Path, todo: list[RunPlan], echo, wait: bool = False,

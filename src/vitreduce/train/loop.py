@@ -258,7 +258,7 @@ class Trainer:
         self.scheduler.step_update(num_updates=position.step)
         self.progress.update(len(batches), images, result.loss, self.last_lr)
         preempt.after_step(position, self.cfg.checkpoint.recovery_every_steps, len(self.loader), self.info,
-                           save=lambda: self._save(["recovery"]), on_event=self.on_event)  # may stop here
+                           result.stop, save=lambda: self._save(["recovery"]), on_event=self.on_event)  # may stop
 
     def _halted(self, epoch: int, step: int, batch: int, err: NonFiniteError) -> VitreduceError:
         newest = self.info.on_main(latest, self.ckpt_dir)  # what a rerun resumes from

@@ -12,8 +12,9 @@ and raise ``Preempted``, a ``SystemExit`` with status ``REQUEUE_EXIT`` (75, EX_T
   checkpoint write stops the run without training another step and without writing anything more.
 
 Rerunning the same command, or the scheduler requeueing the job, resumes exactly where it stopped.
-Under torchrun every rank learns of a signal any rank received at the same safe point (one small
-all-reduce), so the ranks stop together.
+Under torchrun every rank learns of a signal any rank received at the same safe point (after a step, from
+the step's own all-reduce in ``train.step``; at an epoch's start, one small all-reduce), so the ranks stop
+together.
 
 The handlers are installed for the duration of ``train`` (main thread only) and the previous ones put
 back after it: a stop that arrives during the last epoch's evaluation, or after it, leaves the run to
@@ -69,18 +70,27 @@ def catch_signals() -> Callable[[], None]:
     return restore
 
 
+def signalled() -> bool:
+    """Whether this rank has received a stop signal (``train.step`` shares it with the other ranks)."""
+    return bool(_received)
+
+
 def requested(info: DistInfo) -> bool:
     """Whether this rank, or any rank under torchrun, has received a stop signal."""
     if not info.distributed:
-        return bool(_received)
-    return bool(all_sum(torch.tensor(float(bool(_received)), device=info.device)).item())
+        return signalled()
+    return bool(all_sum(torch.tensor(float(signalled()), device=info.device)).item())
 
 
-def after_step(position: Any, every: int | None, steps_in_epoch: int, info: DistInfo,
+def after_step(position: Any, every: int | None, steps_in_epoch: int, info: DistInfo, stopping: bool,
                save: Callable[[], None], on_event: Callable[[str], None]) -> None:
     """The end of an optimizer step: the recovery checkpoint when due (every ``every`` steps, not at an
-    epoch's end, which has its own) or when a stop was requested, the "step" event, then the stop."""
-    stop = requested(info)
+    epoch's end, which has its own) or when a stop was requested, the "step" event, then the stop.
+
+    ``stopping``: some rank had a signal at the step's own sync (``StepResult.stop``: no second all-reduce
+    per step); a single process also stops on a signal that came after it.
+    """
+    stop = stopping or (not info.distributed and signalled())
     if stop or (every and position.step % every == 0 and position.batch < steps_in_epoch):
         save()
     on_event("step")

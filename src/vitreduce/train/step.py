@@ -22,6 +22,7 @@ from vitreduce.reduction.params import unique_parameters
 from vitreduce.reduction.surgery import unique_named_mlps
 from vitreduce.train.distributed import all_mean
 from vitreduce.train.ema import Ema
+from vitreduce.train.preempt import signalled
 
 
 class NonFiniteError(VitreduceError):
@@ -58,6 +59,7 @@ class StepResult:
     loss: float  # mean loss over the step's images (NaN/inf when skipped for that reason)
     grad_norm: float  # global norm over unique parameters, before clipping
     skipped: bool  # the optimizer did not step (non-finite loss/gradient, or fp16 overflow)
+    stop: bool = False  # some rank had received a stop signal before this step's sync (train.preempt)
 
 
 @dataclass
@@ -123,15 +125,15 @@ def train_step(ctx: StepContext, micro_batches: list[tuple[torch.Tensor, torch.T
         grad_norm = torch.nn.utils.clip_grad_norm_(ctx.params, ctx.clip_grad)
     else:
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in ctx.params if p.grad is not None])
-    # (loss, gradient norm) averaged over ranks: one sync gives every rank the same verdict.
-    check = all_mean(torch.stack([loss_sum / total, grad_norm.double()]))
-    loss_value, norm_value = check.tolist()
+    # (loss, gradient norm, stop signal) averaged over ranks: one sync gives every rank the same verdict.
+    check = all_mean(torch.stack([loss_sum / total, grad_norm.double(), torch.full_like(loss_sum, float(signalled()))]))
+    loss_value, norm_value, stop = check.tolist()
     loss_finite, norm_finite = is_finite(loss_value), is_finite(norm_value)
     if ctx.scaler.is_enabled() and loss_finite and not norm_finite:
         # fp16 overflow: the scaler skips this step and lowers its scale (expected, counted).
         ctx.scaler.step(ctx.optimizer)
         ctx.scaler.update()
-        return StepResult(loss_value, norm_value, skipped=True)
+        return StepResult(loss_value, norm_value, skipped=True, stop=stop > 0)
     if not (loss_finite and norm_finite):
         what = "loss" if not loss_finite else "gradient norm"
         if ctx.nonfinite == "halt":
@@ -139,7 +141,7 @@ def train_step(ctx: StepContext, micro_batches: list[tuple[torch.Tensor, torch.T
         ctx.optimizer.zero_grad(set_to_none=True)
         if ctx.scaler.is_enabled():
             ctx.scaler.update()  # resets the scaler's per-step bookkeeping
-        return StepResult(loss_value, norm_value, skipped=True)
+        return StepResult(loss_value, norm_value, skipped=True, stop=stop > 0)
     if probe is not None:
         probe.before_update()
     ctx.scaler.step(ctx.optimizer)
@@ -148,4 +150,4 @@ def train_step(ctx: StepContext, micro_batches: list[tuple[torch.Tensor, torch.T
     ctx.scaler.update()
     if ctx.ema is not None:
         ctx.ema.update()
-    return StepResult(loss_value, norm_value, skipped=False)
+    return StepResult(loss_value, norm_value, skipped=False, stop=stop > 0)
