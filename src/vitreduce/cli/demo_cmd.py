@@ -1,6 +1,6 @@
 """Run the demo: baseline, grouped, shallow and thin tiny ViTs on the built-in dataset, 2 seeds, then the report.
 
-Runs the study studies/demo.yaml (8 runs; about 4 minutes on a 2-core CPU, no GPU needed): the
+Runs the study studies/demo.yaml (8 runs; 1-3 minutes on a 2-core CPU, no GPU needed): the
 built-in synthetic dataset is generated under data/ on first use, the runs go to
 runs/studies/demo/runs/<variant>/seed<S>/, and the command ends by printing the results table and
 the report's path. --quick runs studies/tiny/demo.yaml instead (2 epochs, 400 training and 200
@@ -23,7 +23,7 @@ from vitreduce.cli.args import add_threads_option
 # The studies/ folder of the source tree this package runs from (src/vitreduce/cli/ -> repo root).
 STUDIES = Path(__file__).resolve().parents[3] / "studies"
 QUICK_NOTE = ("QUICK DEMO: 2 epochs on 400 training images, a smoke test of the pipeline; its numbers mean "
-              "nothing. Run `vitreduce demo` (about 4 minutes on 2 cores) for the real demo.")
+              "nothing. Run `vitreduce demo` (1-3 minutes on 2 cores) for the real demo.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
