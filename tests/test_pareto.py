@@ -188,3 +188,17 @@ def test_past_ten_variants_the_pareto_colours_are_per_base_model():
     assert _cost_axis("macs_linear_g", [0.0009, 0.0005]) == (1e3, "MACs per image, linear (MMACs)")  # tiny models
     assert _cost_axis("params", [57_764.0]) == (1e-3, "unique parameters (thousands)")
     assert _cost_axis("macs_linear_g", [4.6, 1.1])[1] == "MACs per image, linear (GMACs)"
+
+
+def test_the_section_table_has_one_number_format_per_column():
+    from vitreduce.study.report_pareto import _group_table
+    from vitreduce.study.runs import MODEL_KINDS
+
+    def variant(mean: float, sd: float) -> dict:
+        stats = {"n": 2, "mean": mean, "std": sd}
+        return {"reduction": "none", "kept": 1.0, "params": 10, "macs_linear_g": 1.0, "throughput_img_s": None,
+                **{kind: stats for kind in MODEL_KINDS}}
+
+    entry = {"baseline": "a", "front": {}, "variants": {"a": variant(30.4, 8.77), "b": variant(37.6, 0.28)}}
+    _, rows = _group_table(entry)
+    assert [row[-3:-1] for row in rows] == [["30.40 ± 8.77"] * 2, ["37.60 ± 0.28"] * 2]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from vitreduce.config_tree import read_yaml
-from vitreduce.study.formatting import pm
+from vitreduce.study.formatting import pm_column
 from vitreduce.study.pareto import COSTS, FIT_MODEL, INTERVAL, degree_statement, pareto_summary
 from vitreduce.study.plots import PALETTE, label_axes, legend_outside, new_figure, save_figure, variant_colors
 from vitreduce.study.render import Block, Heading, Image, Paragraph, Table
@@ -67,14 +67,16 @@ def _group_table(entry: dict) -> tuple[list[str], list[list[str]]]:
     costs = [c for c in COSTS if any(v[c] is not None for v in entry["variants"].values())]
     headers = ["variant", "reduction", "MLP kept", *(COSTS[c] for c in costs),
                *(f"top-1 {KIND_TITLE[k]}" for k in MODEL_KINDS), "on the front"]
+    accuracy = {k: pm_column([(v[k]["mean"], v[k]["std"]) for v in entry["variants"].values()])
+                for k in MODEL_KINDS}  # one format per column
     rows = []
-    for name, v in entry["variants"].items():
+    for i, (name, v) in enumerate(entry["variants"].items()):
         on = [f"{KIND_TITLE[k].split()[0]} vs {_SHORT[c]}" for k, fronts in entry["front"].items()
               for c, f in fronts.items() if name in f]
         cells = [f"{v['params']:,}" if c == "params" else f"{v[c]:.4g}" if v[c] is not None else "n/a" for c in costs]
         rows.append([f"{name} (baseline)" if name == entry["baseline"] else name, v["reduction"] or "n/a",
                      "n/a" if v["kept"] is None else f"{v['kept']:.1%}", *cells,
-                     *(pm(v[k]["mean"], v[k]["std"]) for k in MODEL_KINDS), "* " + ", ".join(on) if on else ""])
+                     *(accuracy[k][i] for k in MODEL_KINDS), "* " + ", ".join(on) if on else ""])
     return headers, rows
 
 
