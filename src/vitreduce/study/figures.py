@@ -41,8 +41,9 @@ _FIGURES = (  # (file name, caption) of the figures every report has
 )
 
 
-def write_figures(study: StudyRuns, summary: dict, fig_dir: Path) -> list[tuple[str, str]]:
-    """Write every figure the study's data allow into ``fig_dir``; returns (file name, caption) pairs."""
+def write_figures(study: StudyRuns, summary: dict, fig_dir: Path, paired_sharpness=()) -> list[tuple[str, str]]:
+    """Write every figure the study's data allow into ``fig_dir``; returns (file name, caption) pairs.
+    ``paired_sharpness``: the report's paired sharpness tests (study.sharpness_paired), drawn as one figure."""
     fig_dir.mkdir(exist_ok=True)
     top1, diff, final, p2f, drawdown, loss = (fig_dir / name for name, _ in _FIGURES)
     _fig_top1(study, top1)
@@ -52,7 +53,7 @@ def write_figures(study: StudyRuns, summary: dict, fig_dir: Path) -> list[tuple[
                non_negative=True)
     _fig_drawdown(study, drawdown)
     _fig_loss(study, loss)
-    return [*_FIGURES, *step_figures(study, fig_dir), *sharpness_figures(study, fig_dir)]
+    return [*_FIGURES, *step_figures(study, fig_dir), *sharpness_figures(study, fig_dir, list(paired_sharpness))]
 
 
 def _kind_axes(width: float = 11):

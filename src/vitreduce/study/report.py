@@ -184,7 +184,8 @@ SUMMARY_FIGURES = ("final_top1.png", "top1_vs_epoch.png")
 
 
 def _document(study: StudyRuns, summary: dict, comparisons: list[Comparison], results: list[SeedResult],
-              figures: list[tuple[str, str]], settings: _Settings, sentences: list[str]) -> list[Block]:
+              figures: list[tuple[str, str]], settings: _Settings, sentences: list[str],
+              paired_sharpness: list | None = None) -> list[Block]:
     """Title, context, the headline (sentences, one figure, one table); the sections; the appendix last."""
     lead = next((f for name in SUMMARY_FIGURES for f in figures if f[0].endswith("/" + name)), None)
     return [
@@ -200,7 +201,7 @@ def _document(study: StudyRuns, summary: dict, comparisons: list[Comparison], re
         *_results_sections(summary),
         *_stability_section(study, summary, settings),
         *statistics_blocks(study, comparisons, results, settings.stats),
-        *sharpness_section(study, settings.stats.config),
+        *sharpness_section(study, settings.stats.config, paired_sharpness),
         Heading("Figures"),
         *(Image(src, caption) for src, caption in figures if (src, caption) != lead),
         Heading("Appendix"),
@@ -341,12 +342,12 @@ def write_report(study_dir: Path | str, baseline: str | None = None, *, alpha: f
                          spike_window, spike_threshold, step_spike_window, step_spike_z)
     summary = summarize_study(study, read_throughput(study_dir))
     comparisons, results = _compare(study, summary, settings.stats)
-    sharpness_vs_baseline(study, summary, settings.stats.config)  # the sharpness section's tests
+    paired = sharpness_vs_baseline(study, summary, settings.stats.config)  # table, figure and summary.json
     fig_dir = study_dir / "figures"
-    figures = write_figures(study, summary, fig_dir)
+    figures = write_figures(study, summary, fig_dir, paired)
     sentences = headline(summary, study.baseline)
     blocks = _document(study, summary, comparisons, results,
-                       [(f"figures/{name}", caption) for name, caption in figures], settings, sentences)
+                       [(f"figures/{name}", caption) for name, caption in figures], settings, sentences, paired)
     cfg = settings.stats.config
     section, pareto = pareto_section(study, summary, fig_dir, alpha=cfg.alpha, effect=cfg.effect,
                                      n_resamples=n_resamples, seed=bootstrap_seed)

@@ -98,9 +98,11 @@ def sharpness_caveats(study: StudyRuns) -> list[str]:
     return caveats
 
 
-def sharpness_section(study: StudyRuns, config: StatisticsConfig | None = None) -> list[Block]:
+def sharpness_section(study: StudyRuns, config: StatisticsConfig | None = None,
+                      tests: list[SharpnessTest] | None = None) -> list[Block]:
     """The report's sharpness section: the table, the paired tests against the baseline (the statistics
-    settings' alpha and correction) and what it can support (nothing without analysis files)."""
+    settings' alpha and correction; ``tests``: sharpness_tests' result where already computed) and what it
+    can support (nothing without analysis files)."""
     rows = sharpness_rows(study)
     if not rows:
         return []
@@ -111,7 +113,8 @@ def sharpness_section(study: StudyRuns, config: StatisticsConfig | None = None) 
                   "seeded subset of the training split with the eval transform, in eval mode; mean ± sample std "
                   "over seeds. Larger = sharper."),
         Table(sharpness_headers(), rows),
-        *paired_blocks(sharpness_tests(study, config or StatisticsConfig()), study.baseline, config),
+        *paired_blocks(sharpness_tests(study, config or StatisticsConfig()) if tests is None else tests,
+                       study.baseline, config),
         Bullets(sharpness_caveats(study)),
     ]
 
@@ -145,6 +148,7 @@ def paired_blocks(tests: list[SharpnessTest], baseline: str, config: StatisticsC
     ]
 
 
-def sharpness_figures(study: StudyRuns, fig_dir: Path) -> list[tuple[str, str]]:
-    """Write the sharpness figures the runs' analysis allows (landscapes, paired differences); (name, caption)."""
-    return [*landscape_figures(study, fig_dir), *sharpness_difference_figure(study, fig_dir)]
+def sharpness_figures(study: StudyRuns, fig_dir: Path, tests: list[SharpnessTest]) -> list[tuple[str, str]]:
+    """Write the sharpness figures the runs' analysis allows (landscapes, the paired differences of ``tests``);
+    (name, caption)."""
+    return [*landscape_figures(study, fig_dir), *sharpness_difference_figure(study, fig_dir, tests)]

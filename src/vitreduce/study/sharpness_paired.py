@@ -82,8 +82,9 @@ def reading(t: SharpnessTest, alpha: float) -> str:
     return "higher than the baseline" if t.test.mean_diff > 0 else "lower than the baseline"
 
 
-def sharpness_vs_baseline(study: StudyRuns, summary: dict, config: StatisticsConfig) -> None:
-    """Put each variant's paired sharpness tests into its summary.json entry, beside `vs_baseline`."""
+def sharpness_vs_baseline(study: StudyRuns, summary: dict, config: StatisticsConfig) -> list[SharpnessTest]:
+    """Put each variant's paired sharpness tests into its summary.json entry, beside `vs_baseline`; returns
+    them for the report's table and figure (one computation per report)."""
     tests = sharpness_tests(study, config)
     size = sum(t.p_adjusted is not None for t in tests)
     for variant in {t.variant for t in tests}:
@@ -92,6 +93,7 @@ def sharpness_vs_baseline(study: StudyRuns, summary: dict, config: StatisticsCon
             "correction": config.correction, "evidence": "exploratory",
             "family": {"definition": FAMILY, "size": size, "correction": config.correction, "alpha": config.alpha},
             "tests": [_record(t, config.alpha) for t in tests if t.variant == variant]}
+    return tests
 
 
 def _record(t: SharpnessTest, alpha: float) -> dict:
@@ -102,10 +104,9 @@ def _record(t: SharpnessTest, alpha: float) -> dict:
             "p": test.p, "p_adjusted": t.p_adjusted, "reading": reading(t, alpha), "warning": test.warning}
 
 
-def sharpness_difference_figure(study: StudyRuns, fig_dir: Path) -> list[tuple[str, str]]:
+def sharpness_difference_figure(study: StudyRuns, fig_dir: Path, tests: list[SharpnessTest]) -> list[tuple[str, str]]:
     """Per comparable measure, the per-seed paired differences from the baseline (dots), their mean and t-based
-    95% CI (black), for each variant and checkpoint; nothing without a paired seed."""
-    tests = sharpness_tests(study, StatisticsConfig())
+    CI (black; the tests' confidence), for each variant and checkpoint; nothing without a paired seed."""
     if not tests:
         return []
     colors = variant_colors(study)
@@ -132,6 +133,7 @@ def sharpness_difference_figure(study: StudyRuns, fig_dir: Path) -> list[tuple[s
     legend_outside(fig)
     save_figure(fig, fig_dir / FIGURE)
     return [(FIGURE, "Sharpness, paired difference from the baseline (variant minus baseline, same seed) of the "
-                     "measures comparable across variants: one dot per seed, black = mean and t-based 95% CI "
+                     f"measures comparable across variants: one dot per seed, black = mean and t-based "
+                     f"{tests[0].test.confidence:.0%} CI "
                      "(none where n < 2 or the differences are identical). Larger = sharper than the baseline. "
                      "Exploratory (see the sharpness section's paired tests).")]
