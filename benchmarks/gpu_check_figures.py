@@ -63,7 +63,7 @@ def _profile(check: Check, compile: bool) -> dict:
             rows.append({"model": short, "variant": p.reduction, "compiled": compile, "batch": p.batch_size,
                          "infer_img_s": p.infer_img_s, "train_img_s": p.train_img_s,
                          "infer_ratio": p.infer_ratio, "train_ratio": p.train_ratio,
-                         "mac_bound": base.macs_total_g / p.macs_total_g,
+                         "mac_bound": base.macs_total / p.macs_total,
                          "peak_infer_mb": p.peak_mem_infer_mb, "peak_train_mb": p.peak_mem_train_mb})
         shallow, last = rows[-1], time.perf_counter() - start
         headlines.append(f"{short} bf16 b{base.batch_size} {'compiled' if compile else 'eager'}: base "

@@ -74,7 +74,7 @@ def summary_row(model: str, precision: str, rows: list[VariantProfile]) -> str:
     def saving(ratio_value):
         return "n/a" if ratio_value is None else f"{100 * (1 - ratio_value):.1f}%"
 
-    bound = f"{base.macs_total_g / shallow.macs_total_g:.2f} / {base.macs_linear / shallow.macs_linear:.2f}"
+    bound = f"{base.macs_total / shallow.macs_total:.2f} / {base.macs_linear / shallow.macs_linear:.2f}"
     cells = [
         SHORT.get(model, model), precision, str(base.batch_size), f"{base.infer_img_s:.1f}", f"{base.train_img_s:.1f}",
         ratio(shallow.infer_ratio), ratio(shallow.train_ratio), bound,

@@ -51,7 +51,7 @@ def test_macs_do_not_depend_on_fused_attention_or_device():
 def test_shared_parameters_count_once_but_compute_twice():
     full, grouped = vitreduce.describe(tiny_model()), vitreduce.describe(tiny_model("grouped"))
     assert grouped.params == full.params - full.mlp_params // 2
-    assert grouped.macs_linear_g == full.macs_linear_g
+    assert grouped.macs_linear == full.macs_linear
     assert sum(p.numel() for p in tiny_model("grouped").parameters()) == grouped.params
 
 
@@ -60,3 +60,16 @@ def test_img_size_changes_the_mac_count():
     assert vitreduce.describe(model).macs_total_g > 3 * 17.56
     with torch.device("meta"):
         assert vitreduce.describe(model, img_size=224).macs_linear_g == pytest.approx(16.85, abs=0.005)
+
+
+def test_a_tiny_models_macs_are_exact_and_nonzero_in_the_record_and_the_table():
+    from vitreduce.cli.inspect_cmd import format_table
+
+    full, shallow = vitreduce.describe(tiny_model()), vitreduce.describe(tiny_model("shallow"))
+    linear, attention = count_macs(tiny_model("shallow"))
+    assert shallow.record()["macs_linear"] == linear and shallow.record()["macs_total"] == linear + attention
+    assert isinstance(shallow.record()["macs_total"], int) and "macs_linear_g" not in shallow.record()
+    table = format_table([full, shallow]).splitlines()
+    assert "KMACs linear" in table[1] and "0.00" not in table[4]
+    ratio = f"{shallow.macs_linear / full.macs_linear:.3f}"
+    assert ratio != "1.000" and table[4].endswith(ratio)  # the MACs ratio, from the exact counts

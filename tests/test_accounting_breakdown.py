@@ -94,7 +94,7 @@ def test_categories_sum_to_the_totals(name):
     assert list(d.macs_breakdown) == list(CATEGORIES) and d.macs_breakdown["other"] == 0
     assert sum(d.macs_breakdown.values()) == linear + attention
     assert d.macs_breakdown["attention_matmul"] == attention
-    assert round((linear + attention) / 1e9, 4) == d.macs_total_g and "macs_breakdown" not in d.record()
+    assert linear + attention == d.macs_total and linear == d.macs_linear and "macs_breakdown" not in d.record()
 
 
 def test_inspect_breakdown_and_json(capsys):

@@ -26,7 +26,7 @@ def test_inspect_paper_table_json(capsys):
     assert main(args) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [set(r) for r in rows] == [{"model", "reduction", "params", "mlp_params", "unique_mlps", "mlp_hidden",
-                                       "macs_linear_g", "macs_total_g", "macs_breakdown"}] * 3
+                                       "macs_linear", "macs_total", "macs_breakdown"}] * 3
     assert [r["params"] for r in rows] == [86_567_656, 58_233_064, 58_237_672]
     assert [r["reduction"] for r in rows] == ["none", "grouped", "shallow:ratio=0.5"]
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vitreduce.numbers import format_macs, macs_unit
 from vitreduce.study.flat import RESULTS_CSV, results_columns
-from vitreduce.study.report import _gmacs, _pm, _pm_column, results_table, write_report
+from vitreduce.study.report import _pm, _pm_column, results_table, write_report
 from vitreduce.study.runs import throughput_ratio
 
 STUDY = Path(__file__).resolve().parent / "fixtures" / "v0_1" / "study" / "out"
@@ -48,7 +49,7 @@ def test_results_csv_has_a_row_per_variant_and_model_equal_to_summary_json(tmp_p
         entry = summary[row["variant"]]
         kind = entry[row["model"]]
         assert _same(row["n"], kind["n"]) and _same(row["params"], entry["params"])
-        assert _same(row["macs_total_g"], entry["macs_total_g"]) and _same(row["mlp_params"], entry["mlp_params"])
+        assert _same(row["macs_total"], entry["macs_total"]) and _same(row["mlp_params"], entry["mlp_params"])
         for name in ("top1_final", "top5_final", "top1_peak", "peak_epoch", "p2f"):
             assert _same(row[f"{name}_mean"], kind[f"{name}_mean"]) and _same(row[f"{name}_std"], kind[f"{name}_std"])
         final = entry["sharpness"]["final"]  # the fixture's runs have sharpness analyses
@@ -103,8 +104,11 @@ def test_numbers_are_printed_to_the_precision_of_their_uncertainty():
     # one format per column: the most precise nonzero std sets the decimal place of every row
     assert _pm_column([(21.875, 4.419), (25.0, 0.0), (15.625, 13.258)]) == ["21.9 ± 4.4", "25.0 ± 0.0", "15.6 ± 13.3"]
     assert _pm_column([(100.0, 0.0), (99.0, 0.0)]) == ["100.00 ± 0.00", "99.00 ± 0.00"]
-    # GMACs: 3 significant digits for every model, never "0.002" beside "0.0014"
-    assert [_gmacs(x) for x in (16.85, 0.0014, 0.002, 4.6)] == ["16.9", "0.00140", "0.00200", "4.60"]
+    # MACs: exact counts, in the unit where the largest prints between 1 and 1000; never "0.00"
+    assert macs_unit([16_848_500_000, 11_269_000_000]) == (1e9, "GMACs")
+    assert macs_unit([655_488, 1_246_336]) == (1e6, "MMACs") and macs_unit([655_488]) == (1e3, "KMACs")
+    assert macs_unit([512]) == (1.0, "MACs") and macs_unit([None]) == (1.0, "MACs")
+    assert [format_macs(x, 1e6) for x in (1_246_336, 655_488, None)] == ["1.25", "0.66", "n/a"]
 
 
 def _paired_rows(markdown: str) -> list[list[str]]:

@@ -140,7 +140,7 @@ def test_eva02_small_counted_by_hand():
             params - depth * mlp + unique * mlp_r, unique * mlp_r, unique, kept)
         linear = 256 * width * 3 * 14 * 14 + depth * tokens * (4 * width * width + 3 * kept * width)
         attention = depth * 2 * tokens * tokens * width
-        assert (d.macs_linear_g, d.macs_total_g) == (round(linear / 1e9, 4), round((linear + attention) / 1e9, 4))
+        assert (d.macs_linear, d.macs_total) == (linear, linear + attention)
 
 
 def test_thin_keeps_a_vit_glumlp_gate_init():

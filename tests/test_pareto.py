@@ -28,8 +28,8 @@ def _write_run(run_dir, name, ratio, seed, top1):
     (run_dir / "run.json").write_text(json.dumps({
         "model": "vit_tiny_patch16_224", "reduction": "none" if ratio == 1 else f"shallow:ratio={ratio}", "seed": seed,
         "params": BASE_PARAMS - BASE_MLP + mlp, "mlp_params": mlp, "unique_mlps": 12, "mlp_hidden": round(768 * ratio),
-        "embed_dim": 192, "macs_linear_g": 0.4 + 0.6 * ratio, "macs_total_g": 0.5 + 0.6 * ratio, "num_classes": 10,
-        "epochs": 2}))
+        "embed_dim": 192, "macs_linear": round(4e8 + 6e8 * ratio), "macs_total": round(5e8 + 6e8 * ratio),
+        "num_classes": 10, "epochs": 2}))
     lines = [{"epoch": e, "step": e, "lr": 1e-3, "train_loss": 1.0 / e, "raw": {"top1": top1 - 3 + e, "top5": 99.0},
               "ema": {"top1": top1 - 2 + e, "top5": 99.0}} for e in (1, 2)]  # final: raw top1 - 1, EMA top1
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
@@ -185,9 +185,9 @@ def test_past_ten_variants_the_pareto_colours_are_per_base_model():
     assert set(by_variant.values()) == {by_group["a"]}
     from vitreduce.study.report_pareto import _cost_axis
 
-    assert _cost_axis("macs_linear_g", [0.0009, 0.0005]) == (1e3, "MACs per image, linear (MMACs)")  # tiny models
+    assert _cost_axis("macs_linear", [900_000, 500_000]) == (1e-3, "MACs per image, linear (KMACs)")  # tiny models
     assert _cost_axis("params", [57_764.0]) == (1e-3, "unique parameters (thousands)")
-    assert _cost_axis("macs_linear_g", [4.6, 1.1])[1] == "MACs per image, linear (GMACs)"
+    assert _cost_axis("macs_linear", [4_600_000_000, 1_100_000_000])[1] == "MACs per image, linear (GMACs)"
 
 
 def test_the_section_table_has_one_number_format_per_column():
@@ -196,7 +196,7 @@ def test_the_section_table_has_one_number_format_per_column():
 
     def variant(mean: float, sd: float) -> dict:
         stats = {"n": 2, "mean": mean, "std": sd}
-        return {"reduction": "none", "kept": 1.0, "params": 10, "macs_linear_g": 1.0, "throughput_img_s": None,
+        return {"reduction": "none", "kept": 1.0, "params": 10, "macs_linear": 10**9, "throughput_img_s": None,
                 **{kind: stats for kind in MODEL_KINDS}}
 
     entry = {"baseline": "a", "front": {}, "variants": {"a": variant(30.4, 8.77), "b": variant(37.6, 0.28)}}

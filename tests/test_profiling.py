@@ -18,7 +18,7 @@ from vitreduce.study.report import read_throughput
 SMALL = dict(img_size=16, patch_size=8, embed_dim=16, depth=2, num_heads=2)
 MEDIUM = dict(img_size=16, patch_size=8, embed_dim=256, depth=2, num_heads=4)  # ~6.5 MB of weights: above RSS noise
 FAST = dict(batch_size=2, repeats=2, warmup=0, memory=False, model_kwargs=SMALL, num_classes=5)
-JSON_KEYS = {"reduction", "params", "macs_linear_g", "infer_img_s", "train_img_s", "peak_mem_infer_mb",
+JSON_KEYS = {"reduction", "params", "macs_linear", "macs_total", "infer_img_s", "train_img_s", "peak_mem_infer_mb",
              "peak_mem_train_mb", "weights_bytes", "grads_bytes", "optimizer_bytes"}
 
 

@@ -25,7 +25,8 @@ def _write_run(run_dir, variant, seed, *, epochs=6, ema=True, finished=True, n_i
     (run_dir / "run.json").write_text(json.dumps({
         "model": "vit_base_patch16_224", "reduction": variant, "seed": seed, "params": params,
         "mlp_params": mlp_params, "unique_mlps": unique, "mlp_hidden": hidden, "embed_dim": 768,
-        "macs_linear_g": macs, "macs_total_g": macs + 0.72, "num_classes": 10, "epochs": epochs}))
+        "macs_linear": round(macs * 1e9), "macs_total": round((macs + 0.72) * 1e9), "num_classes": 10,
+        "epochs": epochs}))
     lines = []
     for e in range(1, epochs + 1):
         top1 = 40 + 30 * (1 - 0.6**e) + rng.normal(0, 0.5)

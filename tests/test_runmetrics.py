@@ -29,8 +29,8 @@ def write_run(run_dir, raw, ema=None, losses=None, *, finished=True, info=None, 
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text("model: vit_tiny_patch16_224\n")
     info = {"model": "vit_tiny_patch16_224", "reduction": "none", "params": 1000, "mlp_params": 400,
-            "unique_mlps": 12, "mlp_hidden": 768, "embed_dim": 192, "macs_linear_g": 1.25,
-            "macs_total_g": 1.3, "num_classes": 10, "epochs": len(raw), **(info or {})}
+            "unique_mlps": 12, "mlp_hidden": 768, "embed_dim": 192, "macs_linear": 1_250_000_000,
+            "macs_total": 1_300_000_000, "num_classes": 10, "epochs": len(raw), **(info or {})}
     (run_dir / "run.json").write_text(json.dumps(info))
     ema = ema or [None] * len(raw)
     losses = losses or [1.0] * len(raw)

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((REPO / "configs" / "paper").glob("*.yaml")) + sorted((REPO / "configs" / "demo").glob("*.yaml"))
 TINY_CONFIG = REPO / "configs" / "tiny.yaml"
 RUN_KEYS = {"model", "reduction", "seed", "params", "mlp_params", "unique_mlps", "mlp_hidden", "embed_dim",
-            "macs_linear_g", "macs_total_g", "num_classes", "epochs", "vitreduce_version"}
+            "macs_linear", "macs_total", "num_classes", "epochs", "vitreduce_version"}
 METRIC_KEYS = {"epoch", "step", "lr", "train_loss", "img_s", "epoch_time_s", "raw", "ema", "skipped_steps",
                "bad_images"}
 

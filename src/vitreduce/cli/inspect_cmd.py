@@ -18,6 +18,7 @@ from pathlib import Path
 
 from vitreduce.cli.args import add_model_arg_option, parse_model_args
 from vitreduce.errors import VitreduceError
+from vitreduce.numbers import format_macs, macs_unit
 from vitreduce.reduction.accounting import CATEGORIES, ModelDescription, describe
 from vitreduce.reduction.checkpoint import build_from_metadata, read_metadata
 from vitreduce.reduction.models import create_model
@@ -82,14 +83,15 @@ def describe_variants(model: str, reductions: list[str] | None, img_size: int | 
 def format_table(descriptions: list[ModelDescription]) -> str:
     """The paper's architecture table, with ratios against the first row."""
     first = descriptions[0]
+    divisor, unit = macs_unit(d.macs_total for d in descriptions)
     header = ["reduction", "params", "MLP params", "unique MLPs", "MLP hidden", "expansion",
-              "GMACs linear", "GMACs +attn", "params ratio", "MACs ratio"]
+              f"{unit} linear", f"{unit} +attn", "params ratio", "MACs ratio"]
     rows = [header]
     for d in descriptions:
         rows.append([
             d.reduction, f"{d.params:,}", f"{d.mlp_params:,}", str(d.unique_mlps), _hidden(d.mlp_hidden),
-            f"{d.expansion:g}", f"{d.macs_linear_g:.2f}", f"{d.macs_total_g:.2f}",
-            f"{d.params / first.params:.3f}", f"{d.macs_linear_g / first.macs_linear_g:.3f}",
+            f"{d.expansion:g}", format_macs(d.macs_linear, divisor), format_macs(d.macs_total, divisor),
+            f"{d.params / first.params:.3f}", f"{d.macs_linear / first.macs_linear:.3f}",
         ])
     return f"model: {first.model}\n" + _render(rows)
 
@@ -108,12 +110,13 @@ ZERO_MACS = ("relative position bias (a table lookup added to the logits), rotar
 
 
 def format_breakdown(descriptions: list[ModelDescription]) -> str:
-    """GMACs per op category (rows) and reduction (columns); categories that are 0 everywhere left out."""
+    """MACs per op category (rows) and reduction (columns); categories that are 0 everywhere left out."""
     used = [c for c in CATEGORIES if any(d.macs_breakdown.get(c) for d in descriptions)]
-    rows = [["GMACs", *(d.reduction for d in descriptions)]]
-    rows += [[c, *(f"{d.macs_breakdown.get(c, 0) / 1e9:.4f}" for d in descriptions)] for c in used]
-    rows.append(["total linear", *(f"{d.macs_linear_g:.4f}" for d in descriptions)])
-    rows.append(["total +attn", *(f"{d.macs_total_g:.4f}" for d in descriptions)])
+    divisor, unit = macs_unit(d.macs_total for d in descriptions)
+    rows = [[unit, *(d.reduction for d in descriptions)]]
+    rows += [[c, *(format_macs(d.macs_breakdown.get(c, 0), divisor, 4) for d in descriptions)] for c in used]
+    rows.append(["total linear", *(format_macs(d.macs_linear, divisor, 4) for d in descriptions)])
+    rows.append(["total +attn", *(format_macs(d.macs_total, divisor, 4) for d in descriptions)])
     return _render(rows) + (f"\nattention_matmul (QK^T and AV, per window for Swin) is in +attn only. "
                             f"0 MACs: {ZERO_MACS}.")
 

@@ -26,7 +26,7 @@ from vitreduce.efficiency.settings import Mode, ProfileSettings, check_cpu_ram, 
 from vitreduce.efficiency.workload import STEP_KINDS, StepKind, TrainStep, build_model, infer_step, make_batch
 from vitreduce.errors import VitreduceError
 from vitreduce.files import write_json
-from vitreduce.reduction.accounting import count_macs, describe
+from vitreduce.reduction.accounting import describe
 from vitreduce.reduction.models import create_model
 from vitreduce.reduction.spec import ReductionSpec
 
@@ -108,8 +108,7 @@ def _account(settings: ProfileSettings, specs: list[ReductionSpec]) -> list[dict
         desc = describe(meta)
         accounts.append({
             "params": desc.params, "mlp_params": desc.mlp_params, "unique_mlps": desc.unique_mlps,
-            "macs_linear_g": desc.macs_linear_g, "macs_total_g": desc.macs_total_g,
-            "macs_linear": count_macs(meta)[0], **static,
+            "macs_linear": desc.macs_linear, "macs_total": desc.macs_total, **static,
         })
     return accounts
 

@@ -9,6 +9,7 @@ import torch
 from vitreduce.console import text_table
 from vitreduce.device import Precision
 from vitreduce.efficiency.memory import CPU_METHOD, CUDA_METHOD, MB
+from vitreduce.numbers import format_macs, macs_unit
 
 
 @dataclass(frozen=True)
@@ -27,9 +28,8 @@ class VariantProfile:
     params: int
     mlp_params: int
     unique_mlps: int
-    macs_linear_g: float
-    macs_total_g: float
-    macs_linear: int  # exact, for the ratio (the _g figures are rounded)
+    macs_linear: int  # exact; rounded only where printed
+    macs_total: int
     weights_bytes: int
     grads_bytes: int
     optimizer_bytes: int
@@ -97,13 +97,12 @@ def device_name(device: str) -> str:
     return "cpu"
 
 
-_COLUMNS = ["variant", "params", "MLP params", "MLPs", "GMACs lin/tot", "infer img/s", "train img/s",
-            "peak infer MB", "peak train MB", "static train MB"]
-
-
 def format_table(profiles: list[VariantProfile]) -> str:
     """A header stating the settings and what memory means, then one row per variant."""
-    return "\n".join(_settings_lines(profiles[0]) + ["", text_table(_COLUMNS, [_cells(p) for p in profiles])])
+    divisor, unit = macs_unit(p.macs_total for p in profiles)
+    columns = ["variant", "params", "MLP params", "MLPs", f"{unit} lin/tot", "infer img/s", "train img/s",
+               "peak infer MB", "peak train MB", "static train MB"]
+    return "\n".join(_settings_lines(profiles[0]) + ["", text_table(columns, [_cells(p, divisor) for p in profiles])])
 
 
 def _settings_lines(first: VariantProfile) -> list[str]:
@@ -118,10 +117,11 @@ def _settings_lines(first: VariantProfile) -> list[str]:
     ]
 
 
-def _cells(p: VariantProfile) -> list[str]:
+def _cells(p: VariantProfile, macs_divisor: float) -> list[str]:
+    macs = f"{format_macs(p.macs_linear, macs_divisor)}/{format_macs(p.macs_total, macs_divisor)}"
     return [
         p.reduction, f"{p.params / 1e6:.2f}M (x{p.params_ratio:.2f})", f"{p.mlp_params / 1e6:.2f}M",
-        str(p.unique_mlps), f"{p.macs_linear_g:.2f}/{p.macs_total_g:.2f} (x{p.macs_ratio:.2f})",
+        str(p.unique_mlps), f"{macs} (x{p.macs_ratio:.2f})",
         _rate(p.infer_img_s, p.infer_img_s_min, p.infer_img_s_max, p.infer_ratio),
         _rate(p.train_img_s, p.train_img_s_min, p.train_img_s_max, p.train_ratio),
         _memory(p.peak_mem_infer_mb, p.peak_mem_infer_ratio), _memory(p.peak_mem_train_mb, p.peak_mem_train_ratio),

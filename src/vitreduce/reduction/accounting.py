@@ -31,7 +31,7 @@ from vitreduce.reduction.surgery import REDUCTION_ATTR, unique_mlps
 # What a run directory's run.json and `vitreduce inspect --json` record of a model (``expansion``
 # follows from mlp_hidden / embed_dim).
 RECORD_FIELDS = ("model", "reduction", "params", "mlp_params", "unique_mlps", "mlp_hidden", "embed_dim",
-                 "macs_linear_g", "macs_total_g")
+                 "macs_linear", "macs_total")
 # MAC categories, in forward order: patch (and hybrid backbone) embedding; qkv (or q, k, v) and output
 # projections; QK^T and AV; other Linears inside an attention (Swin V2's position bias MLP); the MLPs;
 # Swin's patch merging; the classifier (with pooling heads); anything else.
@@ -53,9 +53,19 @@ class ModelDescription:
     mlp_hidden: int | list[int]
     embed_dim: int
     expansion: float
-    macs_linear_g: float
-    macs_total_g: float
+    macs_linear: int  # exact; rounded only where printed (numbers.macs_unit)
+    macs_total: int
     macs_breakdown: dict[str, int] = field(default_factory=dict)  # exact MACs per category (CATEGORIES)
+
+    @property
+    def macs_linear_g(self) -> float:
+        """GMACs, linear and conv only (unrounded)."""
+        return self.macs_linear / 1e9
+
+    @property
+    def macs_total_g(self) -> float:
+        """GMACs including the attention matmuls (unrounded)."""
+        return self.macs_total / 1e9
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -63,6 +73,15 @@ class ModelDescription:
     def record(self) -> dict:
         """The fields of RECORD_FIELDS, in that order."""
         return {key: getattr(self, key) for key in RECORD_FIELDS}
+
+
+def upgrade_record(record: dict) -> dict:
+    """A run.json record as written today: vitreduce 0.1.0 stored GMACs rounded to 4 decimals (``macs_*_g``);
+    they are read as the MAC count they round to, the only figure such a file has."""
+    for key in ("macs_linear", "macs_total"):
+        if key not in record and isinstance(record.get(f"{key}_g"), int | float):
+            record[key] = round(record.pop(f"{key}_g") * 1e9)
+    return record
 
 
 def model_name(model: nn.Module) -> str:
@@ -193,7 +212,7 @@ def describe(model: nn.Module, img_size: int | tuple[int, int] | None = None) ->
         mlp_hidden=hidden[0] if len(hidden) == 1 else hidden,
         embed_dim=embed_dim,
         expansion=round(max(hidden_units(mlp) / in_features(mlp) for _, mlp in mlps), 4),
-        macs_linear_g=round(linear / 1e9, 4),
-        macs_total_g=round((linear + attention) / 1e9, 4),
+        macs_linear=linear,
+        macs_total=linear + attention,
         macs_breakdown=breakdown,
     )

@@ -16,7 +16,7 @@ from vitreduce.study.runs import MODEL_KINDS, SHARPNESS_MEASURES
 from vitreduce.study.sharpness_paired import KEYS as _PAIRED_MEASURES
 
 RESULTS_CSV = "results.csv"
-_ARCH = ("params", "mlp_params", "unique_mlps", "macs_linear_g", "macs_total_g", "mlp_hidden", "expansion")
+_ARCH = ("params", "mlp_params", "unique_mlps", "macs_linear", "macs_total", "mlp_hidden", "expansion")
 _ACCURACY = ("top1_final", "top5_final", "top1_peak", "peak_epoch", "p2f")
 _TESTED = ("top1_final", "p2f")  # the seed-level comparisons with the baseline
 _TEST_FIELDS = ("evidence", "mean_diff", "ci_low", "ci_high", "p", "p_adjusted", "verdict")

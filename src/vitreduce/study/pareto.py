@@ -25,8 +25,8 @@ from scipy import stats as sps
 from vitreduce.study.power import minimum_detectable
 from vitreduce.study.runs import MODEL_KINDS, StudyRuns
 
-COSTS = {"params": "unique parameters", "macs_linear_g": "GMACs (linear)", "throughput_img_s": "throughput (img/s)"}
-LOWER_IS_CHEAPER = {"params": True, "macs_linear_g": True, "throughput_img_s": False}
+COSTS = {"params": "unique parameters", "macs_linear": "MACs (linear)", "throughput_img_s": "throughput (img/s)"}
+LOWER_IS_CHEAPER = {"params": True, "macs_linear": True, "throughput_img_s": False}
 FIT_MODEL = ("top1 = a + b*r + c*r^2 with r = 1 - kept (kept: MLP parameters over the base model's), least squares "
              "through the variants' mean final top-1 (a line where only two degrees are swept)")
 DEFAULT_RESAMPLES = 2000

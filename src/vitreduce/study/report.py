@@ -18,11 +18,10 @@ from pydantic import ValidationError
 from vitreduce.console import text_table
 from vitreduce.errors import VitreduceError
 from vitreduce.files import write_bytes
+from vitreduce.numbers import format_macs, macs_unit
 from vitreduce.study.family import SeedResult, StatisticsConfig, resolve_primary, seed_level
 from vitreduce.study.figures import write_figures
 from vitreduce.study.flat import RESULTS_CSV, write_results_csv
-from vitreduce.study.formatting import fixed as _fixed
-from vitreduce.study.formatting import places as _places
 from vitreduce.study.formatting import pm as _pm
 from vitreduce.study.formatting import pm_column as _pm_column
 from vitreduce.study.headline import headline, headline_table
@@ -79,11 +78,6 @@ def _num(x, digits: int = 2) -> str:
     return NA if x is None else f"{x:.{digits}f}"
 
 
-def _gmacs(x) -> str:
-    """3 significant digits in fixed notation for every model (16.9, 0.00140)."""
-    return NA if x is None else _fixed(x, _places(x, 3))
-
-
 def _throughput(t: dict | None) -> str:
     """median [min-max] img/s of throughput.json."""
     if t is None:
@@ -128,11 +122,12 @@ def results_table(summary: dict, kind: ModelKind) -> tuple[list[str], list[list[
 
 
 def architecture_table(summary: dict) -> tuple[list[str], list[list[str]]]:
-    headers = ["variant", "reduction", "params", "MLP params", "unique MLPs", "GMACs (linear)",
-               "GMACs (incl. attention)", "MLP hidden", "expansion"]
+    divisor, unit = macs_unit(e["macs_total"] for e in summary.values())
+    headers = ["variant", "reduction", "params", "MLP params", "unique MLPs", f"{unit} (linear)",
+               f"{unit} (incl. attention)", "MLP hidden", "expansion"]
     rows = [[_variant_label(name, e), e.get("reduction") or NA, _count(e["params"]), _count(e["mlp_params"]),
-             _count(e["unique_mlps"]), _gmacs(e["macs_linear_g"]), _gmacs(e["macs_total_g"]), _count(e["mlp_hidden"]),
-             _num(e["expansion"])] for name, e in summary.items()]
+             _count(e["unique_mlps"]), format_macs(e["macs_linear"], divisor), format_macs(e["macs_total"], divisor),
+             _count(e["mlp_hidden"]), _num(e["expansion"])] for name, e in summary.items()]
     return headers, rows
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from vitreduce.config_tree import read_yaml
+from vitreduce.numbers import macs_unit
 from vitreduce.study.formatting import pm_column
 from vitreduce.study.pareto import COSTS, FIT_MODEL, INTERVAL, degree_statement, pareto_summary
 from vitreduce.study.plots import PALETTE, label_axes, legend_outside, new_figure, save_figure, variant_colors
@@ -20,7 +21,7 @@ from vitreduce.study.runs import KIND_TITLE, MODEL_KINDS, StudyRuns
 from vitreduce.study.sweep import sweep_labels
 
 MARKERS = {"baseline": "*", "shallow": "o", "grouped": "s", "thin": "^", "composition": "D"}
-_SHORT = {"params": "params", "macs_linear_g": "MACs", "throughput_img_s": "throughput"}
+_SHORT = {"params": "params", "macs_linear": "MACs", "throughput_img_s": "throughput"}
 
 
 def pareto_section(study: StudyRuns, summary: dict, fig_dir: Path, *, alpha: float, effect: float,
@@ -92,13 +93,14 @@ def _colors(study: StudyRuns, groups: dict) -> tuple[dict[str, str], dict[str, s
 
 
 def _cost_axis(cost: str, values: list[float]) -> tuple[float, str]:
-    """(scale, label) in units that print as plain numbers: millions or thousands of parameters, GMACs or
-    MMACs (tiny models), img/s."""
+    """(scale, label) in units that print as plain numbers: millions or thousands of parameters, GMACs, or
+    MMACs and KMACs (tiny models), img/s."""
     top = max(values, default=0.0)
     if cost == "params":
         return (1e-6, "unique parameters (millions)") if top >= 1e6 else (1e-3, "unique parameters (thousands)")
-    if cost == "macs_linear_g":
-        return (1.0, "MACs per image, linear (GMACs)") if top >= 1 else (1e3, "MACs per image, linear (MMACs)")
+    if cost == "macs_linear":
+        divisor, unit = macs_unit(values)
+        return 1 / divisor, f"MACs per image, linear ({unit})"
     return 1.0, "inference throughput (img/s)"
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from vitreduce.config_tree import read_yaml
 from vitreduce.errors import VitreduceError
 from vitreduce.numbers import is_finite
-from vitreduce.reduction.accounting import RECORD_FIELDS
+from vitreduce.reduction.accounting import RECORD_FIELDS, upgrade_record
 from vitreduce.sharpness.measures import per_parameter
 from vitreduce.study.analysis import read_run_analysis
 from vitreduce.train.logs import read_metrics, read_steps
@@ -176,7 +176,7 @@ def load_run(run_dir: Path | str, *, spike_window: int = DEFAULT_SPIKE_WINDOW,
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise VitreduceError(f"run directory {run_dir} does not exist")
-    info = _read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
+    info = upgrade_record(_read_json(run_dir / "run.json")) if (run_dir / "run.json").is_file() else {}
     done = _read_json(run_dir / "done.json") if (run_dir / "done.json").is_file() else None
     metrics_path = run_dir / "metrics.jsonl"
     records = read_metrics(metrics_path) if metrics_path.is_file() else []

@@ -29,6 +29,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from vitreduce.errors import VitreduceError
+from vitreduce.numbers import format_macs, macs_unit
 from vitreduce.reduction.spec import STRATEGIES, ReductionSpec, Step
 
 BASELINE = "baseline"  # the name of each base model's unreduced variant: <label>.baseline
@@ -218,6 +219,8 @@ def variant_costs(plans) -> tuple[list[str], list[list[str]]]:
             continue
         d = describe(create_model(model.name, reduction=spec, device="meta", **model.timm_kwargs()))
         rows.append([variant, str(len(seeds[variant])), model.reduction, f"{d.params:,}", f"{d.mlp_params:,}",
-                     f"{d.macs_linear_g:.4g}", f"{d.macs_total_g:.4g}"])
-    return ["variant", "seeds", "reduction", "params (unique)", "MLP params", "GMACs (linear)",
-            "GMACs (incl. attention)"], rows
+                     d.macs_linear, d.macs_total])
+    divisor, unit = macs_unit(m for row in rows for m in row[5:] if isinstance(m, int))
+    rows = [row[:5] + [format_macs(m, divisor) if isinstance(m, int) else m for m in row[5:]] for row in rows]
+    return ["variant", "seeds", "reduction", "params (unique)", "MLP params", f"{unit} (linear)",
+            f"{unit} (incl. attention)"], rows
