@@ -150,3 +150,17 @@ def test_reduce_command_fresh_and_inspect(tmp_path, capsys):
     assert main(["inspect", str(out), "--json"]) == 0
     row = json.loads(capsys.readouterr().out)[0]
     assert row["reduction"] == "grouped" and row["unique_mlps"] == 6
+
+
+def test_identical_content_gives_identical_bytes(tmp_path):
+    # safetensors orders header metadata by a per-map hash seed; vitreduce sorts it, so a checksum can tell
+    # whether two runs wrote the same model.
+    model = tiny_model("grouped")
+    paths = [vitreduce.save(model, tmp_path / f"m{i}.safetensors", metadata={f"k{j}": str(j) for j in range(8)})
+             for i in range(6)]
+    assert len({p.read_bytes() for p in paths}) == 1
+    header = paths[0].read_bytes()[8:8 + int.from_bytes(paths[0].read_bytes()[:8], "little")]
+    keys = list(json.loads(header)["__metadata__"])
+    assert keys == sorted(keys) and len(keys) == 14
+    loaded = vitreduce.load(paths[0])
+    assert loaded.blocks[0].mlp is loaded.blocks[1].mlp  # the rewritten header still loads, sharing kept

@@ -1,6 +1,7 @@
 """Exact resume: a run SIGKILLed mid-epoch or mid-save and rerun ends bitwise identical to an uninterrupted one."""
 from __future__ import annotations
 
+import filecmp
 import json
 import subprocess
 from pathlib import Path
@@ -38,6 +39,7 @@ def assert_same_run(a: Path, b: Path) -> None:
         assert ta.keys() == tb.keys()
         for key in ta:
             assert torch.equal(ta[key], tb[key]), f"{name}: {key}"
+        assert filecmp.cmp(a / name, b / name, shallow=False), f"{name}: same tensors, different bytes"
     assert metrics(a) == metrics(b)
     assert [r["epoch"] for r in metrics(b)] == [1, 2, 3]  # no epoch logged twice
     assert (a / "predictions.csv").read_text() == (b / "predictions.csv").read_text()

@@ -53,8 +53,34 @@ def save(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | N
     if clash:
         raise VitreduceError(f"metadata keys {sorted(clash)} are reserved by vitreduce; rename them")
     header.update({k: str(v) for k, v in (metadata or {}).items()})
-    atomic_write(path, lambda tmp: save_file(stored, tmp, metadata=header))
+    write_safetensors(path, stored, header)
     return Path(path)
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """safetensors' ``save_file``, atomically, with the header's metadata in sorted key order.
+
+    safetensors keeps the metadata in a hash map whose order changes from process to process, so the same
+    weights and header would give files that differ in a few bytes; sorted, identical content gives
+    identical bytes (a checksum can tell whether two runs wrote the same model).
+    """
+    def write(tmp: str) -> None:
+        save_file(tensors, tmp, metadata=metadata)
+        _sort_metadata(tmp)
+
+    atomic_write(path, write)
+
+
+def _sort_metadata(path: str) -> None:
+    with open(path, "rb+") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:  # the same JSON in another key order: cannot be longer
+            raise RuntimeError(f"{path}: the sorted safetensors header does not fit in place")
+        f.seek(8)
+        f.write(text.ljust(size))  # safetensors pads its header with spaces too
 
 
 def _state_aliases(model: nn.Module, state: dict) -> dict[str, str]:

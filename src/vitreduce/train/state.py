@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from vitreduce.errors import VitreduceError
-from vitreduce.files import atomic_write, fsync_dir
+from vitreduce.files import fsync_dir
 from vitreduce.numbers import is_finite
 from vitreduce.reduction import checkpoint
 from vitreduce.train import history
@@ -182,7 +182,7 @@ def _write_files(folder: Path, trainables: Trainables, position: Position, rng_s
         "scaler": trainables.scaler.state_dict(),
     })
     meta = {"format": FORMAT, "state": json.dumps(header)}
-    atomic_write(folder / STATE, lambda path: save_file({**tensors, **rng_tensors}, path, metadata=meta))
+    checkpoint.write_safetensors(folder / STATE, {**tensors, **rng_tensors}, meta)
 
 
 def write_model_files(folder: Path, module: nn.Module, ema: Ema | None, position: Position) -> None:
