@@ -20,8 +20,14 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 
+# The suite on this machine's own CPU kernels, then the tests that compare numbers with stored ones under
+# every lower capability torch can dispatch to (tests/cpu_capabilities.py; docs/reproducibility.md).
 test: lint
 	$(PY) -m pytest -q -n 2 --dist loadgroup
+	@for cap in $$($(PY) tests/cpu_capabilities.py); do \
+		echo "tests marked stored_numbers, under ATEN_CPU_CAPABILITY=$$cap:"; \
+		ATEN_CPU_CAPABILITY=$$cap $(PY) -m pytest -q -n 2 --dist loadgroup -m stored_numbers || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -108,3 +108,10 @@ def test_the_verb_table_is_complete():
     assert set(choices) == verbs
     on_disk = {p.stem for p in (SRC / "cli").glob("*_cmd.py")}
     assert set(VERBS.values()) == on_disk
+
+
+def test_make_test_runs_stored_number_tests_under_every_lower_cpu_capability():
+    from cpu_capabilities import lower_capabilities
+
+    assert lower_capabilities("AVX512") == ["default", "avx2"] and lower_capabilities("AVX2") == ["default"]
+    assert lower_capabilities("DEFAULT") == [] and lower_capabilities("SVE256") == ["default"]

@@ -133,6 +133,7 @@ def test_a_run_config_with_an_unreadable_augment_section_is_refused(run, tmp_pat
             eval_preprocessing_for(copy / "model.safetensors")
 
 
+@pytest.mark.stored_numbers
 def test_a_run_trained_with_default_preprocessing_is_analysed_as_before(tmp_path, monkeypatch, capsys):
     """The format fixture's analysis was made with timm's default data config of vit_tiny_patch16_224, which
     equals the recipe's defaults its run trained with (bicubic, crop 0.9, mean = std = 0.5): the same inputs,

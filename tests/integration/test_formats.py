@@ -19,7 +19,7 @@ from vitreduce.study.headline import headline
 from vitreduce.study.report import architecture_table, results_table
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "v0_1"
-pytestmark = pytest.mark.xdist_group("formats")
+pytestmark = [pytest.mark.xdist_group("formats"), pytest.mark.stored_numbers]
 
 
 def test_a_saved_checkpoint_loads_with_its_sharing_and_outputs():
