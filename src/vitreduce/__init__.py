@@ -1,11 +1,21 @@
-"""vitreduce: MLP parameter reduction (sharing, width slicing) for timm Vision Transformers."""
+"""vitreduce: MLP parameter reduction (sharing, width slicing) for timm Vision Transformers.
+
+The names below are imported on first use (``vitreduce.lazy``): `import vitreduce` alone imports no torch.
+"""
 from vitreduce.errors import VitreduceError
-from vitreduce.reduction.accounting import ModelDescription, describe
-from vitreduce.reduction.checkpoint import load, save
-from vitreduce.reduction.models import create_model
-from vitreduce.reduction.spec import ReductionSpec
-from vitreduce.reduction.surgery import reduce
+from vitreduce.lazy import lazy_exports
 from vitreduce.version import __version__
+
+_EXPORTS = {
+    "ModelDescription": "vitreduce.reduction.accounting",
+    "describe": "vitreduce.reduction.accounting",
+    "load": "vitreduce.reduction.checkpoint",
+    "save": "vitreduce.reduction.checkpoint",
+    "create_model": "vitreduce.reduction.models",
+    "ReductionSpec": "vitreduce.reduction.spec",
+    "reduce": "vitreduce.reduction.surgery",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "ModelDescription",

@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; ``argv`` None: this process's own arguments (the process's entry point)."""
+    if argv is None and next((a for a in sys.argv[1:] if not a.startswith("-")), None) == "train":
+        from vitreduce.train import preempt  # imports no torch
+
+        preempt.catch_early()  # a stop signal during the imports below ends the run at its first safe point
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # argparse's own error, with the verb's hint (train: the --set form of a config key)

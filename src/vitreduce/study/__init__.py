@@ -13,8 +13,12 @@ families, their correction and verdicts), ``power`` (what the seeds could detect
 (mean ± std in tables), ``figures``, ``figures_steps``, ``figures_landscape`` and ``render`` (report.md,
 report.html, summary.json, figures/).
 """
-from vitreduce.study.report import write_report
-from vitreduce.study.runner import StudyResult, print_results, run_study
-from vitreduce.study.spec import StudySpec, load_spec
+from vitreduce.lazy import lazy_exports
+
+# Imported on first use (vitreduce.lazy): a SLURM job's entry (vitreduce.study.job) imports no torch.
+_EXPORTS = {"write_report": "vitreduce.study.report", "StudyResult": "vitreduce.study.runner",
+            "print_results": "vitreduce.study.runner", "run_study": "vitreduce.study.runner",
+            "StudySpec": "vitreduce.study.spec", "load_spec": "vitreduce.study.spec"}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = ["StudyResult", "StudySpec", "load_spec", "print_results", "run_study", "write_report"]

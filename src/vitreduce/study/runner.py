@@ -47,8 +47,7 @@ class StudyResult:
 
 
 def run_study(spec: StudySpec, out: str | os.PathLike | None = None, jobs: int = 1, echo=to_stderr,
-              dry_run: bool = False, threads: int | None = None, wait: bool = False, cluster: str = "slurm",
-              on_event=None) -> StudyResult:
+              dry_run: bool = False, threads: int | None = None, wait: bool = False, on_event=None) -> StudyResult:
     """Run (or resume, or just report) a study; a failing run is reported without stopping the others.
 
     Args:
@@ -61,8 +60,8 @@ def run_study(spec: StudySpec, out: str | os.PathLike | None = None, jobs: int =
         echo: where the study's progress lines go (default: stderr; the engine's own lines go to stderr).
         dry_run: check everything, write study.yaml and every run's config.yaml, print each unfinished
             run's command (to launch by hand or submit to a cluster), train nothing.
-        wait: with ``launcher: slurm``, wait for the jobs, then write the report (else submit and return).
-        cluster: with ``launcher: slurm``, submitit's ``slurm`` or ``local`` executor (vitreduce.study.slurm).
+        wait: with ``launcher: slurm``, wait for the jobs, then write the report (else submit and return; the
+            report is written then only when every run has finished).
         on_event: fault injection for tests, handed to each SLURM job's training (``train.loop.EventHook``).
     """
     _check_jobs(spec, jobs)
@@ -70,7 +69,7 @@ def run_study(spec: StudySpec, out: str | os.PathLike | None = None, jobs: int =
     study_dir = study_dir_of(spec, out)
     plans = expand(spec, study_dir)
     notes = preflight(spec, plans, data_here=not dry_run)
-    if spec.launcher == "slurm" and cluster == "slurm" and not dry_run:
+    if spec.launcher == "slurm" and not dry_run:
         _check_cluster(spec, study_dir)  # before anything is written
     prepare_study_dir(study_dir, spec)
     ensure_synth_data(plans)
@@ -89,17 +88,17 @@ def run_study(spec: StudySpec, out: str | os.PathLike | None = None, jobs: int =
     if dry_run:
         _print_dry_run(launcher, plans, todo, notes, echo)
         if spec.launcher == "slurm":
-            _print_sbatch(spec, study_dir, echo)
+            _print_job_script(spec, study_dir, len(todo), echo)
         return result
     for index, plan in enumerate(plans, 1):
         if starts[plan.label] == rundir.RunStatus.DONE:
             echo(f"[{index}/{len(plans)}] {plan.label}: finished before (done.json), skipped")
             result.outcomes.append(Outcome(plan, OutcomeStatus.SKIPPED))
     slurm = spec.launcher == "slurm"
-    result.outcomes += (_submit(spec, study_dir, todo, echo, wait, cluster, on_event) if slurm
+    result.outcomes += (_submit(spec, study_dir, todo, echo, wait, on_event) if slurm
                         else _train(launcher, todo, jobs, echo))
     _summarise(result, echo)
-    if not slurm or wait:
+    if not slurm or wait or not todo:  # submitted without --wait: the report once every run has finished
         _after_training(spec, plans, result, threads, echo)
     return result
 
@@ -116,12 +115,16 @@ def _print_dry_run(launcher: RunLauncher, plans: list[RunPlan], todo: list[Task]
         echo(f"[{index}/{len(plans)}] {plan.label} ({status}): {' '.join(launcher.command(plan, display=True))}")
 
 
-def _print_sbatch(spec: StudySpec, study_dir: Path, echo) -> None:
-    from vitreduce.study.slurm import sbatch_header
+def _print_job_script(spec: StudySpec, study_dir: Path, runs: int, echo) -> None:
+    """The script submitit will submit for the unfinished runs, whole (from submitit's own writer)."""
+    from vitreduce.study.slurm import job_script
 
-    echo(f"launcher slurm: each run above is one job of an array (submitit), {spec.slurm.gpus_per_node} task(s) "
-         "per node as the ranks of one run (torchrun's command is the same training by hand); each job's sbatch:")
-    for line in sbatch_header(spec.slurm, spec.name, study_dir):
+    if not runs:
+        return
+    tasks = max(spec.slurm.gpus_per_node, 1)
+    echo(f"launcher slurm: each run above is one {'job of an array' if runs > 1 else 'job'}, {tasks} task(s) per "
+         f"node as the ranks of one run (torchrun's command is the same training by hand); the job script:")
+    for line in job_script(spec.slurm, spec.name, study_dir, runs).splitlines():
         echo(f"  {line}")
 
 
@@ -159,12 +162,11 @@ def _train(launcher: RunLauncher, todo: list[Task], jobs: int, echo) -> list[Out
     return outcomes
 
 
-def _submit(spec: StudySpec, study_dir: Path, todo: list[Task], echo, wait: bool, cluster: str,
-            on_event) -> list[Outcome]:
+def _submit(spec: StudySpec, study_dir: Path, todo: list[Task], echo, wait: bool, on_event) -> list[Outcome]:
     """The unfinished runs as SLURM jobs (vitreduce.study.slurm); with ``wait``, until they end."""
     from vitreduce.study.slurm import submit_study
 
-    outcomes = submit_study(spec.slurm, spec.name, study_dir, [p for _, p, _ in todo], echo, wait, cluster, on_event)
+    outcomes = submit_study(spec.slurm, spec.name, study_dir, [p for _, p, _ in todo], echo, wait, on_event)
     if not wait:
         echo(f"study: follow the jobs with `vitreduce study status {study_dir}`; when they are done, "
              f"`vitreduce report {study_dir}` writes the report (or rerun with --wait)")
@@ -268,7 +270,10 @@ def _base_models(plans: list[RunPlan]) -> list[tuple[str, tuple[str, dict], dict
 def print_results(result: StudyResult, note: str = "") -> None:
     """The results table and the report's path on stdout (what `vitreduce study` and `demo` end with)."""
     if result.report is None:
-        print(f"no run of {result.study_dir} has finished yet: no report")
+        finished = sum(o.status in (OutcomeStatus.SKIPPED, OutcomeStatus.TRAINED) for o in result.outcomes)
+        print(f"no report yet: {finished} of {len(result.outcomes)} runs of {result.study_dir} finished, the others "
+              f"are queued or training; `vitreduce report {result.study_dir}` writes it once they are done"
+              if finished else f"no run of {result.study_dir} has finished yet: no report")
         return
     from vitreduce.study.report import format_results_table
 

@@ -118,6 +118,26 @@ def _throughput_form(value: Any) -> str:
     return "options" if isinstance(value, dict | ThroughputOptions) else "switch"
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_LIST = r"[A-Za-z0-9_.+-]+(,[A-Za-z0-9_.+-]+)*"
+# slurm.<key> -> the characters SLURM's names take (partition, account, qos: a name or a comma list).
+_SLURM_VALUES = {
+    "partition": (re.compile(_LIST), "partition name (letters, digits, '_', '-', '.', several separated by ',')"),
+    "account": (re.compile(_LIST), "account name (letters, digits, '_', '-', '.')"),
+    "qos": (re.compile(_LIST), "QOS name (letters, digits, '_', '-', '.', several separated by ',')"),
+    "constraint": (re.compile(r"[A-Za-z0-9_.+\-&|,\[\]*():!]+"),
+                   "constraint (node features joined by '&', '|', ',', with [ ] and *N; no spaces or quotes)"),
+}
+_OPTION = re.compile(r"[A-Za-z][A-Za-z0-9]*([_-][A-Za-z0-9]+)*")
+# sbatch options the job script takes from other keys (slurm.additional may not set them).
+_OWN_OPTIONS = {**{key: f"slurm.{key}" for key in ("nodes", "partition", "account", "qos", "constraint")},
+                "time": "slurm.timeout_min", "mem": "slurm.mem_gb", "gpus_per_node": "slurm.gpus_per_node",
+                "ntasks_per_node": "slurm.gpus_per_node", "cpus_per_task": "slurm.cpus_per_task",
+                "signal": "slurm.signal_delay_s", "array": "one job per run", "job_name": "the study's name",
+                "output": "STUDY_DIR/slurm/", "error": "STUDY_DIR/slurm/", "open_mode": "logs are appended to",
+                "requeue": "jobs are requeued", "no_requeue": "jobs are requeued"}
+
+
 class SlurmOptions(_Strict):
     """The ``slurm:`` section: the SLURM job of each run when ``launcher: slurm`` (vitreduce.study.slurm,
     through submitit). The defaults fit the paper's runs: one node, 2 GPUs, one task (DDP rank) per GPU.
@@ -138,6 +158,44 @@ class SlurmOptions(_Strict):
     setup: list[str] = []  # shell lines run before the job's tasks (module load, source a venv)
     max_requeues: Whole = Field(10, ge=0, le=_COUNT_MAX)  # a run requeued more often than this fails
     array_parallelism: Whole = Field(256, ge=1, le=_COUNT_MAX)  # jobs of the array running at once
+
+    # Every value reaches the job script: names in SLURM's character set, no control character (a newline
+    # would end an #SBATCH line and start a shell line; sbatch ignores every #SBATCH line after it).
+    @field_validator("partition", "account", "qos", "constraint")
+    @classmethod
+    def _names(cls, value: str | None, info) -> str | None:
+        pattern, what = _SLURM_VALUES[info.field_name]
+        if value is not None and not pattern.fullmatch(value):
+            raise ValueError(f"{value!r} is not a SLURM {what}")
+        return value
+
+    @field_validator("additional")
+    @classmethod
+    def _additional(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key, item in value.items():
+            if not _OPTION.fullmatch(str(key)):
+                raise ValueError(f"{key!r} is not an sbatch option name (letters, digits, '_' or '-', e.g. mail_type)")
+            if str(key).replace("-", "_") in _OWN_OPTIONS:
+                raise ValueError(f"{key!r} is set by vitreduce ({_OWN_OPTIONS[str(key).replace('-', '_')]})")
+            if not isinstance(item, str | int | float | bool) or _CONTROL.search(str(item)):
+                raise ValueError(f"{key}: {item!r} must be one line of text, a number or true")
+        return value
+
+    @field_validator("setup")
+    @classmethod
+    def _setup(cls, value: list[str]) -> list[str]:
+        for line in value:
+            if _CONTROL.search(line):
+                raise ValueError(f"{line!r}: each setup entry is one shell line (no newline or control character)")
+        return value
+
+    @model_validator(mode="after")
+    def _signal_before_limit(self) -> SlurmOptions:
+        if self.signal_delay_s >= self.timeout_min * 60:
+            raise ValueError(f"slurm.signal_delay_s {self.signal_delay_s} is not shorter than the time limit "
+                             f"(slurm.timeout_min {self.timeout_min} = {self.timeout_min * 60} s): the stop signal "
+                             "must come before the limit; lower signal_delay_s or raise timeout_min")
+        return self
 
 
 # `throughput: true` profiles with the default options; a mapping sets some of them.

@@ -26,15 +26,13 @@ from vitreduce.console import clock, text_table
 from vitreduce.errors import VitreduceError
 from vitreduce.locks import LOCK_FILE
 from vitreduce.study.plan import LOG, SPEC_FILE, RunPlan, expand
+from vitreduce.study.slurm_job import JOBS, SLURM_DIR, read_job
 from vitreduce.study.spec import parse_spec
 from vitreduce.train import rundir
 
 TAIL = 5  # log lines shown for a failed run
 _PROGRESS = ("epoch ", "resuming ", "done: ")  # train.log lines of a training session under way
 _ERRORS = ("error: ", "vitreduce train: error: ")  # how a failed run's error starts (in process, under torchrun)
-JOBS = "jobs.json"  # STUDY_DIR/slurm/jobs.json: {run label: {"job_id", "submitted", "cluster"}}
-JOB = "job.json"  # RUN_DIR/job.json: {"requeues": N, "attempts": [{"job_id", "host", "started", "ended", "end"}]}
-SLURM_DIR = "slurm"  # STUDY_DIR/slurm/: submitit's scripts and logs, jobs.json
 Scheduler = Callable[[str], str | None]  # job id -> SLURM state (PENDING, RUNNING, ...) or None if unknown
 
 
@@ -81,10 +79,10 @@ def study_status(study_dir: str | Path, scheduler: Scheduler | None = None) -> l
     jobs = read_jobs(study_dir)
     if scheduler is None and shutil.which("sacct") and any(j.get("cluster") == "slurm" for j in jobs.values()):
         scheduler = _sacct(study_dir)
-    return [_line(plan, jobs.get(plan.label, {}), scheduler) for plan in expand(spec, study_dir)]
+    return [_line(plan, jobs.get(plan.label, {}), scheduler, study_dir) for plan in expand(spec, study_dir)]
 
 
-def _line(plan: RunPlan, job: dict[str, Any], scheduler: Scheduler | None) -> RunLine:
+def _line(plan: RunPlan, job: dict[str, Any], scheduler: Scheduler | None, study_dir: Path) -> RunLine:
     record = read_job(plan.run_dir)
     attempts = record.get("attempts", [])
     job_id = str(attempts[-1].get("job_id") or job.get("job_id") or "-") if attempts else job.get("job_id", "-")
@@ -93,8 +91,23 @@ def _line(plan: RunPlan, job: dict[str, Any], scheduler: Scheduler | None) -> Ru
     state, why = _state(plan.run_dir, job, attempts, scheduler(str(job_id)) if scheduler and job else None)
     line.state = state
     if state is RunState.FAILED:
-        line.tail = ([why] if why else []) + _tail(plan.run_dir / LOG)
+        scheduler_log = _scheduler_log(study_dir, str(job_id)) if job else None
+        if scheduler_log is not None and (not why or why.startswith("SLURM job state")):
+            why = "; ".join(filter(None, [_log_error(scheduler_log, progress=False), why]))
+        if scheduler_log is not None and not _log_error(line.log):  # the traceback is in submitit's log
+            line.log = scheduler_log
+        line.tail = ([why] if why else []) + _tail(line.log)
     return line
+
+
+def _scheduler_log(study_dir: Path, job_id: str) -> Path | None:
+    """The stderr of the job's first task (STUDY_DIR/slurm/<id>/<id>_0_log.err, submitit's layout): where
+    a job's traceback, and an error before Python started (a bad setup line), go. None if it is empty."""
+    path = study_dir / SLURM_DIR / job_id / f"{job_id}_0_log.err"
+    try:
+        return path if path.stat().st_size else None
+    except OSError:
+        return None
 
 
 def _state(run_dir: Path, job: dict[str, Any], attempts: list[dict[str, Any]],
@@ -104,16 +117,24 @@ def _state(run_dir: Path, job: dict[str, Any], attempts: list[dict[str, Any]],
         return RunState.DONE, ""
     if _locked(run_dir):
         return RunState.RUNNING, ""
-    slurm = None if slurm in ("UNKNOWN", "READY") else slurm  # not in SLURM's accounting (yet): the files decide
-    if slurm is not None and slurm.split()[0] in _SLURM:
-        return _SLURM[slurm.split()[0]], ""
-    if slurm is not None and slurm != "COMPLETED":  # FAILED, CANCELLED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL...
-        return RunState.FAILED, f"SLURM job state {slurm}"
     last = attempts[-1] if attempts else {}
     end = last.get("end")
+    slurm = None if slurm in ("UNKNOWN", "READY") else slurm  # not in SLURM's accounting (yet): the files decide
+    this_job = bool(job) and last.get("job_id") == job.get("job_id")  # the newest attempt is of the job SLURM has
+    state = _SLURM.get(slurm.split()[0]) if slurm else None
+    # A failed attempt is the run's state while its job ends (sacct still RUNNING) and after a requeue that will
+    # fail at its start (requeues spent); only a job requeued by hand (scontrol requeue) is waiting again.
+    if this_job and end == "failed" and (last.get("requeues_spent") or state not in (RunState.PENDING,
+                                                                                    RunState.REQUEUED)):
+        return RunState.FAILED, last.get("error", "")
+    if state is not None:
+        stopped = this_job and end in ("requeued", "preempted")
+        return (RunState.REQUEUED if state is RunState.PENDING and stopped else state), ""  # sacct: PENDING
+    if slurm is not None and slurm != "COMPLETED":  # FAILED, CANCELLED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL...
+        return RunState.FAILED, f"SLURM job state {slurm}"
     if end == "failed":
         return RunState.FAILED, last.get("error", "")
-    if end == "requeued":
+    if end in ("requeued", "preempted"):
         return RunState.REQUEUED, ""
     if last:  # started, and neither running nor ended as recorded: killed (out of memory, node failure)
         return RunState.FAILED, "the job ended without finishing the run (killed?); rerun the study to resubmit it"
@@ -122,15 +143,19 @@ def _state(run_dir: Path, job: dict[str, Any], attempts: list[dict[str, Any]],
     return RunState.PENDING, ""
 
 
-def _log_error(log: Path) -> str:
+def _log_error(log: Path, progress: bool = True) -> str:
     """The error a run's last session ended with, from train.log ('' if it did not end on one): a local study
     writes ``error: ...`` (``vitreduce train: error: ...`` under torchrun) or a traceback there when a run
-    fails; a later session (a rerun resuming the run) logs progress after it."""
+    fails; a later session (a rerun resuming the run) logs progress after it. With ``progress`` False (a
+    job's stderr), the traceback's exception line, or the last line (an error before Python started)."""
     try:
-        lines = log.read_text(errors="replace").splitlines()
+        lines = [t for t in log.read_text(errors="replace").splitlines() if t.strip() and not t.startswith("srun:")]
     except OSError:
         return ""
     starts = [i for i, text in enumerate(lines) if text.startswith((*_ERRORS, "Traceback (most recent call last)"))]
+    if not progress:
+        after = [t for t in lines[starts[-1] + 1:] if not t.startswith(" ")] if starts else lines[-1:]
+        return after[-1] if after else ""
     if not starts or any(text.startswith(_PROGRESS) for text in lines[starts[-1]:]):
         return ""
     first = lines[starts[-1]]
@@ -171,14 +196,6 @@ def _locked(run_dir: Path) -> bool:
     except OSError:
         pass
     return False
-
-
-def read_job(run_dir: Path) -> dict[str, Any]:
-    """RUN_DIR/job.json ({} when the run has never run as a job)."""
-    try:
-        return json.loads((run_dir / JOB).read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def read_jobs(study_dir: Path) -> dict[str, dict[str, Any]]:

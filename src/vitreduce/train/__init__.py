@@ -10,8 +10,12 @@ Modules: ``config`` (the typed config tree), ``model`` (the model a config names
 ``distributed`` (torchrun), ``preempt`` (stop after a step on SIGTERM/SIGUSR1/SIGUSR2, exit status 75),
 ``loop`` (the ``Trainer`` that runs the epochs).
 """
-from vitreduce.train.config import TrainConfig, load_config
-from vitreduce.train.evaluate import evaluate_checkpoint
-from vitreduce.train.loop import RunResult, train
+from vitreduce.lazy import lazy_exports
+
+# Imported on first use (vitreduce.lazy): ``preempt`` must be importable before torch is.
+_EXPORTS = {"TrainConfig": "vitreduce.train.config", "load_config": "vitreduce.train.config",
+            "evaluate_checkpoint": "vitreduce.train.evaluate", "RunResult": "vitreduce.train.loop",
+            "train": "vitreduce.train.loop"}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = ["RunResult", "TrainConfig", "evaluate_checkpoint", "load_config", "train"]

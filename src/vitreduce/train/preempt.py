@@ -18,7 +18,12 @@ together.
 
 The handlers are installed for the duration of ``train`` (main thread only) and the previous ones put
 back after it: a stop that arrives during the last epoch's evaluation, or after it, leaves the run to
-finish normally (only its final files remain to be written).
+finish normally (only its final files remain to be written). A process whose only work is one training run
+(`vitreduce train`, each task of a SLURM job) calls ``catch_early`` as its first statement, before the
+imports that take tens of seconds on a busy node: a signal during start-up is then noted too, and honoured
+at the first safe point (before the first step) with exit status 75, instead of killing the process.
+
+This module imports no torch at import time (``catch_early`` must run before torch is imported).
 """
 from __future__ import annotations
 
@@ -26,11 +31,10 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from vitreduce.train.distributed import DistInfo, all_sum
+if TYPE_CHECKING:
+    from vitreduce.train.distributed import DistInfo
 
 REQUEUE_EXIT = 75  # EX_TEMPFAIL: the run stopped cleanly and wants to be run again
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
@@ -55,13 +59,29 @@ def _note(signum: int, frame: Any) -> None:
     _received.append(signum)
 
 
+def catch_early() -> None:
+    """Note SIGTERM/SIGUSR1/SIGUSR2 from now on, for the rest of the process: the first statement of a process
+    that trains one run. Signals noted before ``train`` starts stop it at its first safe point.
+
+    The three are also unblocked: one that arrived while the parent had them blocked (an inherited mask) is
+    delivered now, not never."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in SIGNALS:
+            signal.signal(signum, _note)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+
+
 def catch_signals() -> Callable[[], None]:
     """Note SIGTERM/SIGUSR1/SIGUSR2 instead of dying; returns the function that puts the old handlers back.
-    Outside the main thread (where Python cannot set handlers) nothing is installed."""
-    _received.clear()
+    Outside the main thread (where Python cannot set handlers) nothing is installed. Signals noted since
+    ``catch_early`` are kept (they stop the run at its first safe point); otherwise older notes (an earlier
+    run in this process) are forgotten."""
     if threading.current_thread() is not threading.main_thread():
+        _received.clear()
         return lambda: None
     previous = {signum: signal.signal(signum, _note) for signum in SIGNALS}
+    if any(handler is not _note for handler in previous.values()):
+        _received.clear()
 
     def restore() -> None:
         for signum, handler in previous.items():
@@ -79,6 +99,10 @@ def requested(info: DistInfo) -> bool:
     """Whether this rank, or any rank under torchrun, has received a stop signal."""
     if not info.distributed:
         return signalled()
+    import torch
+
+    from vitreduce.train.distributed import all_sum
+
     return bool(all_sum(torch.tensor(float(signalled()), device=info.device)).item())
 
 

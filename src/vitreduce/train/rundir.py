@@ -192,7 +192,8 @@ def write_run_record(out: Path, model: nn.Module, config: TrainConfig, world_siz
     """run.json: what the model is (``ModelDescription.record``) and how it is trained, written at the start;
     with ``init`` (what ``model.init_checkpoint`` loaded) its "init" record, and its line printed."""
     record = {**describe(model).record(), "seed": config.seed, "num_classes": config.model.num_classes,
-              "epochs": config.epochs, "vitreduce_version": __version__, "world_size": world_size}
+              "epochs": config.epochs, "vitreduce_version": __version__, "world_size": world_size,
+              "threads": torch.get_num_threads()}  # per process: --threads, or a SLURM job's cpus_per_task
     if init is not None:
         record["init"] = init.record()
         print(init.line(), flush=True)
