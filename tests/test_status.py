@@ -124,3 +124,54 @@ def test_a_local_study_has_its_states_from_the_files(tmp_path, tiny_train_config
     assert (lines["stopped"].epoch, lines["stopped"].time_s, lines["done"].time_s) == (1, 10.0, 20.0)
     out = capsys.readouterr().out
     assert "3 failed" in out and f"error/seed0 failed; log: {runs['error'] / 'train.log'}" in out
+
+
+def slurm_run(tmp_path, tiny_train_config, attempts: list[dict], job_id: str = "9_0"):
+    """A one-run SLURM study whose job.json holds ``attempts`` and whose jobs.json names ``job_id``."""
+    spec = parse_spec({"name": "s", "base": tiny_train_config(), "variants": [{"name": "a"}], "seeds": [0],
+                       "launcher": "slurm"})
+    prepare_study_dir(tmp_path, spec)
+    run = tmp_path / "runs" / "a" / "seed0"
+    run.mkdir(parents=True)
+    (run / "job.json").write_text(json.dumps({"requeues": len(attempts) - 1, "attempts": attempts}))
+    (tmp_path / "slurm").mkdir()
+    (tmp_path / "slurm" / "jobs.json").write_text(json.dumps({"a/seed0": {"job_id": job_id, "cluster": "slurm"}}))
+    return run
+
+
+def test_a_failed_job_shows_its_reason_and_the_log_holding_its_traceback(tmp_path, tiny_train_config):
+    """sacct says FAILED: the reason is the job's own (job.json), the log the job's stderr (no train.log)."""
+    slurm_run(tmp_path, tiny_train_config, [{"job_id": "9_0", "started": 1.0, "ended": 2.0, "end": "failed",
+                                             "error": "FileNotFoundError: config.yaml"}])
+    stderr = tmp_path / "slurm" / "9_0" / "9_0_0_log.err"
+    stderr.parent.mkdir()
+    stderr.write_text("submitit INFO - Starting\nTraceback (most recent call last):\n  File \"x.py\", line 1\n"
+                      "FileNotFoundError: config.yaml\nsrun: error: node1: task 0: Exited with exit code 1\n")
+    [line] = study_status(tmp_path, scheduler={"9_0": "FAILED"}.get)
+    assert line.state is RunState.FAILED and line.log == stderr
+    assert line.tail[0] == "FileNotFoundError: config.yaml" and "Traceback (most recent call last):" in line.tail
+    assert f"a/seed0 failed; log: {stderr}" in format_status([line])
+
+
+def test_a_job_that_died_before_python_shows_its_stderr(tmp_path, tiny_train_config):
+    """No attempt recorded (a setup line failed): the reason is the last line of the job's stderr."""
+    slurm_run(tmp_path, tiny_train_config, [])
+    stderr = tmp_path / "slurm" / "9_0" / "9_0_0_log.err"
+    stderr.parent.mkdir()
+    stderr.write_text("/var/spool/slurmd/job9/slurm_script: line 12: module: command not found\n")
+    [line] = study_status(tmp_path, scheduler={"9_0": "FAILED"}.get)
+    assert line.state is RunState.FAILED and line.log == stderr
+    assert line.tail[0] == ("/var/spool/slurmd/job9/slurm_script: line 12: module: command not found; "
+                            "SLURM job state FAILED")
+
+
+def test_a_requeued_job_is_requeued_while_slurm_has_it_pending(tmp_path, tiny_train_config):
+    """sacct says PENDING after a requeue: the run is requeued, not pending; spent requeues stay failed."""
+    stop = {"job_id": "9_0", "started": 1.0, "ended": 2.0, "end": "requeued", "signal": "SIGUSR2"}
+    slurm_run(tmp_path, tiny_train_config, [stop])
+    [line] = study_status(tmp_path, scheduler={"9_0": "PENDING"}.get)
+    assert line.state is RunState.REQUEUED
+    spent = {**stop, "end": "failed", "error": "slurm.max_requeues (1) reached", "requeues_spent": True}
+    (tmp_path / "runs" / "a" / "seed0" / "job.json").write_text(json.dumps({"attempts": [spent]}))
+    [line] = study_status(tmp_path, scheduler={"9_0": "PENDING"}.get)
+    assert line.state is RunState.FAILED and line.tail[0] == "slurm.max_requeues (1) reached"

@@ -133,3 +133,22 @@ def test_cli_exits_with_requeue_status_on_sigusr1(reference, tiny_train_config, 
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stderr
     assert_same_run(reference, out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_a_signal_before_the_command_has_started_stops_it_with_the_requeue_status(tiny_train_config, tmp_path,
+                                                                                   signum):
+    """A signal that arrives before `vitreduce train` has run a line (held by the parent's signal mask until the
+    command takes its handlers, first thing, before importing torch) stops the run before its first step with
+    exit status 75: neither killed by the default action nor lost."""
+    config = write_config(tmp_path / "config.yaml", tiny_train_config())
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with subprocess.Popen([sys.executable, "-m", "vitreduce", "train", str(config), "--out", str(out)],
+                          stderr=subprocess.PIPE, text=True, env=env,
+                          preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signum})) as proc:
+        proc.send_signal(signum)  # pending in the child from its first instruction
+        stderr = proc.stderr.read()
+    assert proc.returncode == REQUEUE_EXIT, stderr
+    assert f"stopped on {signum.name} before the first step" in stderr and not (out / "done.json").exists()
