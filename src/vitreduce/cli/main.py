@@ -7,8 +7,11 @@ it runs, except where the command divides them between runs itself (`_threads_pe
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.util
 import sys
+from pathlib import Path
 
 from vitreduce.errors import VitreduceError
 
@@ -28,12 +31,17 @@ VERBS = {
 }
 
 
-def _commands():
-    for verb, module_name in VERBS.items():
-        yield verb, importlib.import_module(f"vitreduce.cli.{module_name}")
+def _summary(verb: str) -> str:
+    """The first line of a verb's help, read from its module's source without importing it (nor torch)."""
+    spec = importlib.util.find_spec(f"vitreduce.cli.{VERBS[verb]}")
+    doc = ast.get_docstring(ast.parse(Path(spec.origin).read_text())) if spec and spec.origin else None
+    return doc.strip().splitlines()[0] if doc else verb
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verbs: list[str] | None = None) -> argparse.ArgumentParser:
+    """The command line's parser, with the arguments of ``verbs`` (default: every verb); the other verbs are
+    listed with their summary only, their modules not imported (`vitreduce --version` and `--help` start
+    in a fraction of a second, without torch)."""
     from vitreduce.version import __version__
 
     parser = argparse.ArgumentParser(
@@ -41,11 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vitreduce {__version__}")
     subparsers = parser.add_subparsers(dest="verb", metavar="COMMAND")
-    for verb, module in _commands():
+    for verb, module_name in VERBS.items():
+        if verbs is not None and verb not in verbs:
+            subparsers.add_parser(verb, help=_summary(verb))
+            continue
+        module = importlib.import_module(f"vitreduce.cli.{module_name}")
         doc = (module.__doc__ or "").strip()
-        summary = doc.splitlines()[0] if doc else verb
         sub = subparsers.add_parser(
-            verb, help=summary, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+            verb, help=_summary(verb), description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
         )
         module.add_arguments(sub)
         sub.set_defaults(_run=module.run, _unknown_hint=getattr(module, "unknown_hint", None))
@@ -54,11 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """The command line; ``argv`` None: this process's own arguments (the process's entry point)."""
-    if argv is None and next((a for a in sys.argv[1:] if not a.startswith("-")), None) == "train":
+    verb = next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), None)
+    if argv is None and verb == "train":
         from vitreduce.train import preempt  # imports no torch
 
         preempt.catch_early()  # a stop signal during the imports below ends the run at its first safe point
-    parser = build_parser()
+    parser = build_parser([verb] if verb in VERBS else [])
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # argparse's own error, with the verb's hint (train: the --set form of a config key)
         hint = getattr(args, "_unknown_hint", None)
