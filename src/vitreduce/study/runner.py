@@ -84,7 +84,8 @@ def run_study(spec: StudySpec, out: str | os.PathLike | None = None, jobs: int =
     if not dry_run and spec.launcher != "slurm" and (warning := busy_warning(threads * jobs * spec.nproc_per_node)):
         echo(warning)
     result = StudyResult(study_dir)
-    launcher = RunLauncher(spec.launcher, spec.nproc_per_node, threads, len(plans))
+    nproc = max(spec.slurm.gpus_per_node, 1) if spec.launcher == "slurm" else spec.nproc_per_node  # the dry run's
+    launcher = RunLauncher(spec.launcher, nproc, threads, len(plans))  # torchrun command: the ranks of one job
     if dry_run:
         _print_dry_run(launcher, plans, todo, notes, echo)
         if spec.launcher == "slurm":

@@ -96,7 +96,7 @@ def _line(plan: RunPlan, job: dict[str, Any], scheduler: Scheduler | None, study
             why = "; ".join(filter(None, [_log_error(scheduler_log, progress=False), why]))
         if scheduler_log is not None and not _log_error(line.log):  # the traceback is in submitit's log
             line.log = scheduler_log
-        line.tail = ([why] if why else []) + _tail(line.log)
+        line.tail = why.splitlines() + _tail(line.log)
     return line
 
 
