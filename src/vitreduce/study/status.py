@@ -3,7 +3,7 @@
 A run is ``done`` (done.json), ``running`` (its lock is held, or SLURM says so), ``requeued`` (stopped by a
 signal and handed back to the scheduler), ``failed`` (an error, a job killed, too many requeues) or
 ``pending`` (submitted and waiting, or not started, or stopped and waiting for a rerun). Sources:
-RUN_DIR/job.json (each job attempt, written by vitreduce.study.slurm), STUDY_DIR/slurm/jobs.json (the job
+RUN_DIR/job.json (each job attempt, written by vitreduce.study.slurm_job), STUDY_DIR/slurm/jobs.json (the job
 ids), metrics.jsonl, done.json, train.log; and, where ``sacct`` is on the PATH, SLURM's own state of each
 job. A study run with the local launchers (no jobs) has its states from the files alone: a run whose
 train.log ends on an error is ``failed``.
