@@ -157,15 +157,16 @@ def test_load_study_order_baseline_and_unfinished(tmp_path):
     write_run(tmp_path / "runs" / "a_grouped" / "seed1", raw=[1.0], finished=False)
     (tmp_path / "study.yaml").write_text("name: demo\nvariants:\n  - name: z_base\n  - name: a_grouped\n")
     study = load_study(tmp_path)
-    # listed variants first, in the spec's order, then the rest sorted; the first is the baseline
-    assert list(study.variants) == ["z_base", "a_grouped", "b_shallow"]
+    # the spec's variants in its order, the first the baseline; a folder it does not name is no variant
+    assert list(study.variants) == ["z_base", "a_grouped"] and study.unlisted == ("b_shallow",)
     assert study.baseline == "z_base" and study.name == "demo"
     assert [(v, r.seed) for v, r in study.excluded] == [("a_grouped", 1)]
     assert [r.seed for r in study.variants["a_grouped"]] == [0]
-    study = load_study(tmp_path, include_unfinished=True, baseline="b_shallow")
-    assert [r.seed for r in study.variants["a_grouped"]] == [0, 1] and study.baseline == "b_shallow"
-    (tmp_path / "study.yaml").write_text("baseline: a_grouped\n")
-    assert load_study(tmp_path).baseline == "a_grouped"
+    study = load_study(tmp_path, include_unfinished=True, baseline="a_grouped")
+    assert [r.seed for r in study.variants["a_grouped"]] == [0, 1] and study.baseline == "a_grouped"
+    (tmp_path / "study.yaml").write_text("baseline: a_grouped\n")  # no variants named: every folder, sorted
+    study = load_study(tmp_path)
+    assert study.baseline == "a_grouped" and list(study.variants) == ["a_grouped", "b_shallow", "z_base"]
     with pytest.raises(VitreduceError, match="baseline variant 'nope'"):
         load_study(tmp_path, baseline="nope")
 

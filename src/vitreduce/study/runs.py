@@ -4,34 +4,46 @@ Every figure is defined in docs/metrics.md; this module is the one place that co
 """
 from __future__ import annotations
 
+import functools
 import json
-import math
 import re
-import statistics
-from collections import deque
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-
-import numpy as np
 
 from vitreduce.config_tree import read_yaml
 from vitreduce.errors import VitreduceError
 from vitreduce.numbers import is_finite
 from vitreduce.reduction.accounting import RECORD_FIELDS, upgrade_record
 from vitreduce.sharpness.measures import per_parameter
+from vitreduce.statistics.sample import mean_std
 from vitreduce.study.analysis import read_run_analysis
+from vitreduce.study.outcome import (
+    STATUSES,
+    Outcome,
+    Unreadable,
+    check_ranges,
+    classify,
+    first_bad_step,
+    summarize_outcomes,
+)
+from vitreduce.study.spikes import (
+    DEFAULT_SPIKE_THRESHOLD,
+    DEFAULT_SPIKE_WINDOW,
+    DEFAULT_STEP_SPIKE_WINDOW,
+    DEFAULT_STEP_SPIKE_Z,
+    find_loss_spikes,
+    find_step_spikes,
+)
+from vitreduce.study.sweep import sweep_labels
+from vitreduce.study.throughput import same_model_baseline, summarize_throughput, throughput_ratio
 from vitreduce.train.logs import read_metrics, read_steps
 
 ModelKind = Literal["raw", "ema"]  # the trained weights, or their exponential moving average
 MODEL_KINDS: tuple[ModelKind, ...] = ("raw", "ema")
 KIND_TITLE: dict[ModelKind, str] = {"raw": "raw model", "ema": "EMA model"}  # as tables and figures name them
-DEFAULT_SPIKE_THRESHOLD = 0.10  # an epoch's train loss more than 10% above the reference minimum
-DEFAULT_SPIKE_WINDOW = 5  # reference = minimum over the previous 5 logged epochs
-DEFAULT_STEP_SPIKE_WINDOW = 50  # a logged step's reference: the previous 50 finite logged losses
-DEFAULT_STEP_SPIKE_Z = 7.0  # a step spike: more than 7 robust standard deviations above their median
-MAD_TO_SD = 1.4826  # the median absolute deviation times this estimates a normal distribution's sd
 # run.json fields that describe the model; every seed of a variant must agree on them.
 ARCH_KEYS = (*RECORD_FIELDS, "num_classes", "epochs")
 _SEED_DIR = re.compile(r"seed(\d+)")
@@ -80,59 +92,6 @@ def model_metrics(records: Sequence[dict], kind: ModelKind) -> ModelMetrics | No
     )
 
 
-def find_loss_spikes(epochs: Sequence[int], losses: Sequence[float | None], *,
-                     window: int = DEFAULT_SPIKE_WINDOW, threshold: float = DEFAULT_SPIKE_THRESHOLD) -> list[int]:
-    """Epochs whose train loss is a spike (docs/metrics.md).
-
-    An epoch is a spike when its loss is not finite, or exceeds (1 + threshold) times the minimum finite
-    loss of the previous `window` logged epochs. The first epoch has no reference and is only a spike
-    when not finite. Epochs without a loss (None) are skipped and are no reference.
-    """
-    if window < 1:
-        raise VitreduceError(f"spike window must be >= 1 epoch, got {window}")
-    if threshold < 0:
-        raise VitreduceError(f"spike threshold must be >= 0 (a relative increase), got {threshold}")
-    spikes = []
-    for i, (epoch, loss) in enumerate(zip(epochs, losses, strict=True)):
-        if loss is None:
-            continue
-        if not math.isfinite(loss):
-            spikes.append(epoch)
-            continue
-        previous = [x for x in losses[max(0, i - window):i] if x is not None and math.isfinite(x)]
-        if previous and loss > (1.0 + threshold) * min(previous):
-            spikes.append(epoch)
-    return spikes
-
-
-def find_step_spikes(steps: Sequence[int], losses: Sequence[float | None], *,
-                     window: int = DEFAULT_STEP_SPIKE_WINDOW, z: float = DEFAULT_STEP_SPIKE_Z) -> list[int]:
-    """Logged steps whose loss is a spike (docs/metrics.md).
-
-    A step is a spike when its loss is not finite (None), or exceeds the median m of the previous
-    `window` finite logged losses by more than `z` x 1.4826 x their median absolute deviation (a robust
-    z-score, one-sided). A step is judged once `window` finite losses precede it; spikes stay in the
-    reference, which the median and the MAD barely notice.
-    """
-    if window < 1:
-        raise VitreduceError(f"step spike window must be >= 1 logged step, got {window}")
-    if not z >= 0:
-        raise VitreduceError(f"step spike z must be >= 0 (robust standard deviations), got {z}")
-    spikes = []
-    reference: deque[float] = deque(maxlen=window)
-    for step, loss in zip(steps, losses, strict=True):
-        if loss is None or not math.isfinite(loss):
-            spikes.append(step)
-            continue
-        if len(reference) == window:
-            median = statistics.median(reference)
-            scale = MAD_TO_SD * statistics.median(abs(x - median) for x in reference)
-            if loss > median + z * scale:
-                spikes.append(step)
-        reference.append(loss)
-    return spikes
-
-
 @dataclass(frozen=True)
 class RunMetrics:
     """Everything the report needs from one run directory."""
@@ -152,6 +111,8 @@ class RunMetrics:
     step_loss: tuple[float | None, ...] = ()  # None: not finite
     step_grad_norm: tuple[float | None, ...] = ()  # global gradient norm; None: not finite
     step_spike_steps: tuple[int, ...] | None = None
+    outcome: Outcome = Outcome("finished")  # finished, diverged, unfinished or unreadable (vitreduce.study.outcome)
+    last_epoch: int = 0  # the last epoch metrics.jsonl records
 
     @property
     def step_spikes(self) -> int | None:
@@ -159,7 +120,11 @@ class RunMetrics:
 
     @property
     def epochs_logged(self) -> int:
-        return max(self.loss_epochs + (self.raw.epochs if self.raw else ()), default=0)
+        return max(self.loss_epochs + (self.raw.epochs if self.raw else ()) + (self.last_epoch,))
+
+    @property
+    def status(self) -> str:
+        return self.outcome.status
 
     @property
     def loss_spikes(self) -> int:
@@ -172,28 +137,58 @@ class RunMetrics:
 def load_run(run_dir: Path | str, *, spike_window: int = DEFAULT_SPIKE_WINDOW,
              spike_threshold: float = DEFAULT_SPIKE_THRESHOLD, step_spike_window: int = DEFAULT_STEP_SPIKE_WINDOW,
              step_spike_z: float = DEFAULT_STEP_SPIKE_Z) -> RunMetrics:
-    """Read one run directory; an unfinished run (no done.json) is read as far as it got."""
+    """Read one run directory and say what became of it (``RunMetrics.outcome``, vitreduce.study.outcome).
+
+    An unfinished run (no done.json) is read as far as it got. A run whose files cannot be read, or hold
+    values the engine cannot have written, is returned as unreadable with the file and the reason; a run
+    with a number that is not finite is diverged, and has no final accuracy (``raw`` and ``ema`` None).
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise VitreduceError(f"run directory {run_dir} does not exist")
-    info = upgrade_record(_read_json(run_dir / "run.json")) if (run_dir / "run.json").is_file() else {}
-    done = _read_json(run_dir / "done.json") if (run_dir / "done.json").is_file() else None
-    metrics_path = run_dir / "metrics.jsonl"
-    records = read_metrics(metrics_path) if metrics_path.is_file() else []
+    match = _SEED_DIR.fullmatch(run_dir.name)
+    try:
+        return _read_run(run_dir, int(match.group(1)) if match else None, spike_window, spike_threshold,
+                         step_spike_window, step_spike_z)
+    except Unreadable as err:
+        return RunMetrics(run_dir=run_dir, seed=int(match.group(1)) if match else None, info={}, finished=False,
+                          epochs_planned=None, loss_epochs=(), train_loss=(), loss_spike_epochs=(), raw=None,
+                          ema=None, outcome=Outcome("unreadable", err.why, file=err.file))
+
+
+def _read_file(run_dir: Path, name: str, reader):
+    """reader(path), with every way the file can fail to read turned into Unreadable(name, why)."""
+    try:
+        return reader(run_dir / name)
+    except UnicodeDecodeError:
+        raise Unreadable(name, "not a text file (binary content)") from None
+    except (VitreduceError, OSError) as err:
+        raise Unreadable(name, str(getattr(err, "strerror", None) or err)) from None
+
+
+def _read_run(run_dir: Path, seed: int | None, spike_window: int, spike_threshold: float, step_spike_window: int,
+              step_spike_z: float) -> RunMetrics:
+    info = upgrade_record(_read_file(run_dir, "run.json", _read_json)) if (run_dir / "run.json").is_file() else {}
+    done = _read_file(run_dir, "done.json", _read_json) if (run_dir / "done.json").is_file() else None
+    if not (run_dir / "metrics.jsonl").is_file() and done is not None:
+        raise Unreadable("metrics.jsonl", "missing, although done.json says the run finished")
+    records = _read_file(run_dir, "metrics.jsonl", read_metrics) if (run_dir / "metrics.jsonl").is_file() else []
+    check_ranges(records)
     with_loss = [r for r in records if isinstance(r.get("train_loss"), int | float)]
     loss_epochs = tuple(r["epoch"] for r in with_loss)
     losses = tuple(float(r["train_loss"]) for r in with_loss)
-    match = _SEED_DIR.fullmatch(run_dir.name)
-    seed = int(match.group(1)) if match else info.get("seed")
     planned = (done or {}).get("epochs", info.get("epochs"))
+    steps = _read_file(run_dir, "steps.jsonl", lambda p: _step_series(p, step_spike_window, step_spike_z))
+    outcome = classify(records, done is not None, first_bad_step(steps.get("steps", ()), steps.get("step_loss", ())))
+    usable = outcome.status != "diverged"  # a diverged run has no final accuracy, not an earlier epoch's
     return RunMetrics(
-        run_dir=run_dir, seed=seed, info=info, finished=done is not None,
+        run_dir=run_dir, seed=seed if seed is not None else info.get("seed"), info=info, finished=done is not None,
         epochs_planned=planned if isinstance(planned, int) else None,
         loss_epochs=loss_epochs, train_loss=losses,
         loss_spike_epochs=tuple(find_loss_spikes(loss_epochs, losses, window=spike_window,
                                                  threshold=spike_threshold)),
-        raw=model_metrics(records, "raw"), ema=model_metrics(records, "ema"),
-        **_step_series(run_dir / "steps.jsonl", step_spike_window, step_spike_z),
+        raw=model_metrics(records, "raw") if usable else None, ema=model_metrics(records, "ema") if usable else None,
+        outcome=outcome, last_epoch=max((r["epoch"] for r in records), default=0), **steps,
     )
 
 
@@ -219,19 +214,35 @@ class StudyRuns:
     study_dir: Path
     name: str
     baseline: str
-    variants: dict[str, list[RunMetrics]]  # included runs; a variant with none is left out
-    excluded: list[tuple[str, RunMetrics]]  # unfinished runs left out, with their variant
+    variants: dict[str, list[RunMetrics]]  # included runs (finished; unfinished too on request); may be empty
+    excluded: list[tuple[str, RunMetrics]]  # every other run (diverged, unfinished, unreadable), with its variant
     statistics: dict | None = None  # study.yaml's `statistics:` section (checked by the report), if any
+    runs: dict[str, list[RunMetrics]] = field(default_factory=dict)  # every run of every variant, by seed
+    unlisted: tuple[str, ...] = ()  # run folders of variants study.yaml does not name: not reported
+
+    def included(self, run: RunMetrics) -> bool:
+        return not any(r is run for _, r in self.excluded)
 
 
 def _spec_variant_names(spec: dict) -> list[str]:
     variants = spec.get("variants")
+    names: list = []
     if isinstance(variants, dict):
-        return [str(k) for k in variants]
-    if isinstance(variants, list):
+        names = list(variants)
+    elif isinstance(variants, list):
         names = [v if isinstance(v, str) else v.get("name") if isinstance(v, dict) else None for v in variants]
-        return [str(n) for n in names if n is not None]
-    return []
+    return [str(n) for n in names if n is not None] + list(sweep_labels(spec))
+
+
+def _spec_seeds(spec: dict) -> list[int]:
+    seeds = spec.get("seeds")
+    return [s for s in seeds if isinstance(s, int) and not isinstance(s, bool)] if isinstance(seeds, list) else []
+
+
+def _not_started(run_dir: Path, seed: int) -> RunMetrics:
+    return RunMetrics(run_dir=run_dir, seed=seed, info={}, finished=False, epochs_planned=None, loss_epochs=(),
+                      train_loss=(), loss_spike_epochs=(), raw=None, ema=None,
+                      outcome=Outcome("unfinished", "not started (no run directory)"))
 
 
 def load_study(study_dir: Path | str, *, baseline: str | None = None, include_unfinished: bool = False,
@@ -240,53 +251,48 @@ def load_study(study_dir: Path | str, *, baseline: str | None = None, include_un
                step_spike_z: float = DEFAULT_STEP_SPIKE_Z) -> StudyRuns:
     """Read STUDY_DIR/runs/<variant>/seed<S>/ and resolve the baseline variant.
 
-    The baseline is the argument, else study.yaml's `baseline:`, else the first variant (in the order of
-    study.yaml's `variants:` list when present, else sorted by name). Unfinished runs are left out (and
-    listed in `excluded`) unless `include_unfinished`.
+    With a study.yaml, the study is its variants x seeds: a listed run without a folder is unfinished (not
+    started), and a folder of a variant it does not name is left out (``unlisted``). The baseline is the
+    argument, else study.yaml's `baseline:`, else the first variant (in the order of study.yaml's
+    `variants:` list when present, else sorted by name). Only finished runs are included (unfinished ones
+    too with `include_unfinished`); every other run is in `excluded` with its outcome.
     """
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
         raise VitreduceError(f"study directory {study_dir} does not exist; pass the --out of `vitreduce study`")
     find_step_spikes((), (), window=step_spike_window, z=step_spike_z)  # checks the settings before any run is read
-    spec: dict = {}
-    if (study_dir / "study.yaml").is_file():
-        spec = read_yaml(study_dir / "study.yaml")
+    spec: dict = read_yaml(study_dir / "study.yaml") if (study_dir / "study.yaml").is_file() else {}
     runs_root = study_dir / "runs"
     on_disk = sorted(p.name for p in runs_root.iterdir() if p.is_dir()) if runs_root.is_dir() else []
-    listed = [v for v in _spec_variant_names(spec) if v in on_disk]
-    order = listed + [v for v in on_disk if v not in listed]
-    variants: dict[str, list[RunMetrics]] = {}
-    excluded: list[tuple[str, RunMetrics]] = []
-    found = 0
+    named = _spec_variant_names(spec)
+    order = [v for v in named if v in on_disk] + ([] if named else on_disk)
+    read = functools.partial(load_run, spike_window=spike_window, spike_threshold=spike_threshold,
+                             step_spike_window=step_spike_window, step_spike_z=step_spike_z)
+    every: dict[str, list[RunMetrics]] = {}
     for variant in order:
-        seed_dirs = [p for p in (runs_root / variant).iterdir() if p.is_dir() and _SEED_DIR.fullmatch(p.name)]
-        runs = [load_run(p, spike_window=spike_window, spike_threshold=spike_threshold,
-                         step_spike_window=step_spike_window, step_spike_z=step_spike_z) for p in seed_dirs]
-        found += len(runs)
-        runs.sort(key=lambda r: r.seed if r.seed is not None else -1)
-        excluded += [(variant, r) for r in runs if not r.finished and not include_unfinished]
-        kept = [r for r in runs if r.finished or include_unfinished]
-        if kept:
-            variants[variant] = kept
-    if found == 0:
+        found = {int(m.group(1)): p for p in (runs_root / variant).iterdir()
+                 if p.is_dir() and (m := _SEED_DIR.fullmatch(p.name))}
+        every[variant] = [read(found[s]) if s in found else _not_started(runs_root / variant / f"seed{s}", s)
+                          for s in sorted(set(found) | set(_spec_seeds(spec)))]
+    if not any(r.run_dir.is_dir() for runs in every.values() for r in runs):
         raise VitreduceError(f"no runs found under {runs_root}/<variant>/seed<S>/; is {study_dir} a study directory?")
-    if not variants:
-        raise VitreduceError(f"none of the {found} runs under {runs_root} has finished (no done.json); "
-                             "wait for them or pass --include-unfinished")
+    keep = ("finished", "unfinished") if include_unfinished else ("finished",)
+    variants = {v: kept for v, runs in every.items() if (kept := [r for r in runs if r.status in keep])}
+    if not variants and not any(r.status == "diverged" for runs in every.values() for r in runs):
+        counts = Counter(r.status for runs in every.values() for r in runs)
+        raise VitreduceError(f"none of the runs under {runs_root} has finished ({_counted(counts)}); wait for them, "
+                             "pass --include-unfinished, or see each run's train.log")
     baseline = baseline or spec.get("baseline") or order[0]
     if baseline not in order:
         raise VitreduceError(f"baseline variant {baseline!r} has no runs in {runs_root}; choose one of {order}")
+    excluded = [(v, r) for v, runs in every.items() for r in runs if r not in variants.get(v, [])]
     return StudyRuns(study_dir=study_dir, name=str(spec.get("name") or study_dir.name), baseline=str(baseline),
-                     variants=variants, excluded=excluded, statistics=spec.get("statistics"))
+                     variants=variants, excluded=excluded, statistics=spec.get("statistics"), runs=every,
+                     unlisted=tuple(v for v in on_disk if v not in order))
 
 
-def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:
-    """(mean, sample std with ddof=1, n) over the finite values; std is None when n < 2, both when n = 0."""
-    xs = [float(v) for v in values if v is not None and math.isfinite(v)]
-    if not xs:
-        return None, None, 0
-    std = float(np.std(xs, ddof=1)) if len(xs) >= 2 else None
-    return float(np.mean(xs)), std, len(xs)
+def _counted(counts: Counter) -> str:
+    return ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s])
 
 
 def _common(runs: Sequence[RunMetrics], key: str, variant: str):
@@ -309,12 +315,16 @@ def summarize_kind(runs: Sequence[RunMetrics], kind: ModelKind) -> dict:
     return out
 
 
-def summarize_variant(variant: str, runs: Sequence[RunMetrics]) -> dict:
-    """The summary.json entry of one variant (docs/metrics.md lists the keys)."""
+def summarize_variant(variant: str, runs: Sequence[RunMetrics], every: Sequence[RunMetrics] | None = None) -> dict:
+    """The summary.json entry of one variant (docs/metrics.md lists the keys): `runs` are the included runs
+    (what every mean and test is over), `every` all its runs (each with its outcome; default `runs`)."""
+    every = runs if every is None else every
     out: dict = {"n": len(runs), "seeds": [r.seed for r in runs],
-                 "unfinished_included": sum(not r.finished for r in runs)}
+                 "unfinished_included": sum(not r.finished for r in runs),
+                 "outcomes": summarize_outcomes([(r.seed, r.outcome) for r in every], [r.seed for r in runs])}
+    described = list(runs) or [r for r in every if r.info]  # a variant whose every run diverged is still described
     for key in ARCH_KEYS:
-        out[key] = _common(runs, key, variant)
+        out[key] = _common(described, key, variant) if described else None
     hidden, embed = out["mlp_hidden"], out["embed_dim"]
     out["expansion"] = hidden / embed if is_finite(hidden) and is_finite(embed) and embed else None
     out["loss_spikes_mean"], out["loss_spikes_std"], _ = mean_std([r.loss_spikes for r in runs])
@@ -347,32 +357,12 @@ def summarize_sharpness(runs: Sequence[RunMetrics]) -> dict[str, dict]:
     return out
 
 
-def summarize_throughput(record: dict | None) -> dict | None:
-    """throughput.json's entry of one variant as {"median", "min", "max", "device", "batch_size", "precision"}."""
-    if not record or not is_finite(record.get("infer_img_s")):
-        return None
-    return {"median": float(record["infer_img_s"]), "min": _number(record.get("infer_img_s_min")),
-            "max": _number(record.get("infer_img_s_max")), "device": record.get("device"),
-            "batch_size": record.get("batch_size"), "precision": record.get("precision"),
-            "base_model": record.get("base_model")}  # None in files written before studies of several models
-
-
-def throughput_ratio(variant: dict | None, baseline: dict | None) -> tuple[float | None, str]:
-    """(median / baseline median, why) where the [min, max] ranges do not overlap; else (None, the reason)."""
-    if variant is None or baseline is None:
-        return None, "no throughput"
-    if None in (variant["min"], variant["max"], baseline["min"], baseline["max"]):
-        return None, "no range"
-    if variant["min"] <= baseline["max"] and baseline["min"] <= variant["max"]:
-        return None, "ranges overlap"
-    return variant["median"] / baseline["median"], "ranges apart"
-
-
 def summarize_study(study: StudyRuns, throughput: dict | None = None) -> dict[str, dict]:
     """summary.json: one entry per variant; `throughput` is throughput.json ({variant: {"infer_img_s": x, ...}})."""
     summary = {}
-    for variant, runs in study.variants.items():
-        entry = summarize_variant(variant, runs)
+    for variant, every in (study.runs or study.variants).items():
+        runs = study.variants.get(variant, [])
+        entry = summarize_variant(variant, runs, every)
         entry["throughput"] = summarize_throughput((throughput or {}).get(variant))
         entry["throughput_img_s"] = entry["throughput"]["median"] if entry["throughput"] else None
         entry["sharpness"] = summarize_sharpness(runs)
@@ -380,17 +370,7 @@ def summarize_study(study: StudyRuns, throughput: dict | None = None) -> dict[st
         summary[variant] = entry
     measured = {v: e["throughput"] for v, e in summary.items() if e["throughput"] is not None}
     for variant, t in measured.items():
-        against = _same_model_baseline(variant, measured, summary, study.baseline)
+        against = same_model_baseline(variant, measured, summary, study.baseline)
         ratio, why = (throughput_ratio(t, measured.get(against)) if against else (None, "no baseline of its model"))
         t.update(ratio_to_baseline=ratio, ratio_basis=why, ratio_against=against)
     return summary
-
-
-def _same_model_baseline(variant: str, measured: dict[str, dict], summary: dict, baseline: str) -> str | None:
-    """The study's baseline if profiled as the same base model (always, in files naming none), else that base
-    model's unreduced variant (a sweep's ``<label>.baseline``), else None: speeds of two models are not compared."""
-    model = measured[variant]["base_model"]
-    if model is None or measured.get(baseline, {}).get("base_model") == model:
-        return baseline
-    return next((v for v, t in measured.items() if t["base_model"] == model
-                 and summary[v].get("reduction") in ("none", None)), None)
