@@ -11,7 +11,9 @@ import pytest
 
 from vitreduce.numbers import format_macs, macs_unit
 from vitreduce.study.flat import RESULTS_CSV, results_columns
-from vitreduce.study.report import _pm, _pm_column, results_table, write_report
+from vitreduce.study.formatting import pm as _pm
+from vitreduce.study.formatting import pm_column as _pm_column
+from vitreduce.study.report import results_table, write_report
 from vitreduce.study.runs import throughput_ratio
 
 STUDY = Path(__file__).resolve().parent / "fixtures" / "v0_1" / "study" / "out"
@@ -118,7 +120,7 @@ def _paired_rows(markdown: str) -> list[list[str]]:
 
 
 def test_paired_sharpness_tests_in_summary_json_and_results_csv_are_what_the_report_prints(tmp_path):
-    from vitreduce.study.stats import fmt_p
+    from vitreduce.statistics.pvalue import fmt_p
 
     study = _study(tmp_path)
     write_report(study)
@@ -135,7 +137,8 @@ def test_paired_sharpness_tests_in_summary_json_and_results_csv_are_what_the_rep
                 for v in ("baseline", "grouped") for s in test["seeds"]]
         if test["measure"] == "loss":  # the per-seed differences are the measured values' differences
             assert test["differences"] == pytest.approx(np.subtract(loss[2:], loss[:2]).tolist(), abs=1e-12)
-        assert row[3] == str(test["n"]) and row[5] == fmt_p(test["p"]) and row[6] == fmt_p(test["p_adjusted"])
+        assert row[3] == str(test["n"]) and row[5] == fmt_p(test["p"], 0.05)
+        assert row[6] == fmt_p(test["p_adjusted"], 0.05)
         assert row[7] == test["reading"] and test["df"] == test["n"] - 1
         printed = [float(x) for x in re.findall(r"[+-]?\d+\.\d+", row[4])]
         decimals = len(row[4].split(" ")[0].split(".")[1])

@@ -104,7 +104,7 @@ def test_report_files_summary_and_links(study):
     assert lead.startswith("Confirmatory family: the 2 comparison(s) of each variant with the baseline on final "
                            "top-1 of the raw model (primary metric raw_top1_final, the default), Holm")
     assert "- grouped: only n=2 paired seeds (df=1)" in md
-    assert "grouped: runs/grouped/seed2 (epoch 6 of 6)" in md
+    assert "grouped: runs/grouped/seed2: unfinished (epoch 6 of 6, no done.json)" in md
     assert "significant" not in md
     for line in md.splitlines():
         if "McNemar" in line and line.startswith("| "):

@@ -32,3 +32,8 @@ def pm_column(pairs: list[tuple], digits: int = 2) -> list[str]:
     stds = [s for m, s in pairs if m is not None and s]
     column = max((places(s, 2) for s in stds), default=digits)
     return [pm(m, s, digits, column) for m, s in pairs]
+
+
+def variant_label(name: str, entry: dict) -> str:
+    """A variant's name in a table, the baseline marked."""
+    return f"{name} (baseline)" if entry.get("baseline") else name

@@ -7,10 +7,10 @@ paired t-tests are stated as results; every other figure in the report is called
 """
 from __future__ import annotations
 
+from vitreduce.statistics.pvalue import fmt_p
 from vitreduce.study.family import BETTER, METRIC_TITLE, NOT_TESTABLE, WORSE
 from vitreduce.study.power import MAX_SEEDS
 from vitreduce.study.runs import KIND_TITLE
-from vitreduce.study.stats import fmt_p
 
 NA = "n/a"
 EXPLORATORY = ("Everything else in this report (the other metrics and model kinds, the image-level tests on these "
@@ -57,7 +57,7 @@ def _level(record: dict) -> str:
 def _verdict_clause(variant: str, r: dict, baseline: str) -> str:
     ci = "" if r["ci_low"] is None else (f", {r['confidence']:.0%} CI [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] pp")
     return (f"{variant} is {r['verdict']} than the baseline ({baseline}) by {r['mean_diff']:+.2f} pp{ci}, "
-            f"adjusted p={fmt_p(r['p_adjusted'])}")
+            f"adjusted p={fmt_p(r['p_adjusted'], r['family']['alpha'])}")
 
 
 def headline(summary: dict, baseline: str) -> list[str]:
@@ -119,7 +119,7 @@ def headline_table(summary: dict, baseline: str, primary: str) -> tuple[list[str
             diff = f"{r['mean_diff']:+.2f}" + ("" if r["ci_low"] is None else
                                                f" [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]")
         rows.append([variant, str(k["n"]), NA if e["params"] is None else f"{e['params'] / 1e6:.2f}M", value, diff,
-                     NA if r is None or r["p_adjusted"] is None else fmt_p(r["p_adjusted"]),
+                     NA if r is None or r["p_adjusted"] is None else fmt_p(r["p_adjusted"], r["family"]["alpha"]),
                      "" if r is None else r["verdict"]])
     title = f"{METRIC_TITLE[metric]}, {KIND_TITLE[kind]}"
     return (["variant", "n", "params", f"{title} (mean ± sd)", "difference vs baseline (pp) [CI]", "adjusted p",

@@ -22,11 +22,12 @@ from vitreduce.numbers import format_macs, macs_unit
 from vitreduce.study.family import SeedResult, StatisticsConfig, resolve_primary, seed_level
 from vitreduce.study.figures import write_figures
 from vitreduce.study.flat import RESULTS_CSV, write_results_csv
-from vitreduce.study.formatting import pm as _pm
 from vitreduce.study.formatting import pm_column as _pm_column
+from vitreduce.study.formatting import variant_label
 from vitreduce.study.headline import headline, headline_table
-from vitreduce.study.render import Block, Bullets, Heading, Image, Paragraph, Table, render_html, render_markdown
+from vitreduce.study.render import Block, Heading, Image, Paragraph, Table, render_html, render_markdown
 from vitreduce.study.report_pareto import pareto_section
+from vitreduce.study.report_runs import ReportSettings, runs_section, stability_section
 from vitreduce.study.report_sharpness import sharpness_section
 from vitreduce.study.report_stats import IMAGE_LEVEL, StatsSettings, image_level_blocks, statistics_blocks
 from vitreduce.study.runs import (
@@ -42,6 +43,7 @@ from vitreduce.study.runs import (
     summarize_study,
 )
 from vitreduce.study.sharpness_paired import sharpness_vs_baseline
+from vitreduce.study.stability import divergence_tests
 from vitreduce.study.stats import DEFAULT_BOOTSTRAP_SEED, DEFAULT_RESAMPLES, Comparison, compare_to_baseline
 
 NA = "n/a"
@@ -102,10 +104,6 @@ def _count(x) -> str:
     return NA if x is None else f"{x:,}"
 
 
-def _variant_label(name: str, entry: dict) -> str:
-    return f"{name} (baseline)" if entry.get("baseline") else name
-
-
 def results_table(summary: dict, kind: ModelKind) -> tuple[list[str], list[list[str]]]:
     """The paper's results table for one model kind: mean ± std (ddof=1) over n seeds."""
     headers = ["variant", "n", "params", "top-1 final", "top-5 final", "top-1 peak", "peak epoch",
@@ -114,7 +112,7 @@ def results_table(summary: dict, kind: ModelKind) -> tuple[list[str], list[list[
                                 digits=0 if name == "peak_epoch" else 2)
                for name in ("top1_final", "top5_final", "top1_peak", "peak_epoch", "p2f")}
     baseline = next((name for name, e in summary.items() if e.get("baseline")), None)
-    rows = [[_variant_label(name, e), str(e[kind]["n"]), NA if e["params"] is None else f"{e['params'] / 1e6:.2f}M",
+    rows = [[variant_label(name, e), str(e[kind]["n"]), NA if e["params"] is None else f"{e['params'] / 1e6:.2f}M",
              *(columns[c][i] for c in columns), _throughput(e.get("throughput")),
              _ratio(e.get("throughput"), (baseline, name))]
             for i, (name, e) in enumerate(summary.items())]
@@ -125,7 +123,7 @@ def architecture_table(summary: dict) -> tuple[list[str], list[list[str]]]:
     divisor, unit = macs_unit(e["macs_total"] for e in summary.values())
     headers = ["variant", "reduction", "params", "MLP params", "unique MLPs", f"{unit} (linear)",
                f"{unit} (incl. attention)", "MLP hidden", "expansion"]
-    rows = [[_variant_label(name, e), e.get("reduction") or NA, _count(e["params"]), _count(e["mlp_params"]),
+    rows = [[variant_label(name, e), e.get("reduction") or NA, _count(e["params"]), _count(e["mlp_params"]),
              _count(e["unique_mlps"]), format_macs(e["macs_linear"], divisor), format_macs(e["macs_total"], divisor),
              _count(e["mlp_hidden"]), _num(e["expansion"])] for name, e in summary.items()]
     return headers, rows
@@ -163,23 +161,12 @@ def format_results_table(summary: dict) -> str:
 # The document
 
 
-@dataclass(frozen=True)
-class _Settings:
-    """How the report was computed, stated in its text."""
-
-    stats: StatsSettings
-    spike_window: int
-    spike_threshold: float
-    step_spike_window: int = DEFAULT_STEP_SPIKE_WINDOW
-    step_spike_z: float = DEFAULT_STEP_SPIKE_Z
-
-
 # The figure shown beside the headline, the first one written: the per-seed final top-1, else the curves.
 SUMMARY_FIGURES = ("final_top1.png", "top1_vs_epoch.png")
 
 
 def _document(study: StudyRuns, summary: dict, comparisons: list[Comparison], results: list[SeedResult],
-              figures: list[tuple[str, str]], settings: _Settings, sentences: list[str],
+              figures: list[tuple[str, str]], settings: ReportSettings, sentences: list[str],
               paired_sharpness: list | None = None) -> list[Block]:
     """Title, context, the headline (sentences, one figure, one table); the sections; the appendix last."""
     lead = next((f for name in SUMMARY_FIGURES for f in figures if f[0].endswith("/" + name)), None)
@@ -192,9 +179,9 @@ def _document(study: StudyRuns, summary: dict, comparisons: list[Comparison], re
         Paragraph(" ".join(sentences)),
         *([Image(*lead)] if lead else []),
         Table(*headline_table(summary, study.baseline, settings.stats.config.primary)),
-        *_runs_section(study, summary),
+        *runs_section(study, summary),
         *_results_sections(summary),
-        *_stability_section(study, summary, settings),
+        *stability_section(study, summary, settings),
         *statistics_blocks(study, comparisons, results, settings.stats),
         *sharpness_section(study, settings.stats.config, paired_sharpness),
         Heading("Figures"),
@@ -205,21 +192,6 @@ def _document(study: StudyRuns, summary: dict, comparisons: list[Comparison], re
     ]
 
 
-def _runs_section(study: StudyRuns, summary: dict) -> list[Block]:
-    blocks: list[Block] = [
-        Heading("Runs"),
-        Table(["variant", "n", "seeds", "unfinished included"],
-              [[_variant_label(v, e), str(e["n"]), ", ".join(map(str, e["seeds"])), str(e["unfinished_included"])]
-               for v, e in summary.items()]),
-    ]
-    if study.excluded:
-        blocks.append(Paragraph("Unfinished runs left out (no done.json; vitreduce report --include-unfinished "
-                                "reports them as far as they got):"))
-        blocks.append(Bullets([f"{v}: {r.run_dir.relative_to(study.study_dir)} (epoch {r.epochs_logged} of "
-                               f"{r.epochs_planned or '?'})" for v, r in study.excluded]))
-    return blocks
-
-
 def _results_sections(summary: dict) -> list[Block]:
     blocks: list[Block] = []
     for kind in _kinds_present(summary):
@@ -227,38 +199,6 @@ def _results_sections(summary: dict) -> list[Block]:
     return [*blocks,
             Paragraph(_throughput_note(summary)),
             Heading("Architecture"), Table(*architecture_table(summary))]
-
-
-def _stability_section(study: StudyRuns, summary: dict, settings: _Settings) -> list[Block]:
-    rows = [[_variant_label(v, summary[v]), str(len(runs)),
-             _pm(summary[v]["loss_spikes_mean"], summary[v]["loss_spikes_std"], 1),
-             "; ".join(f"seed {r.seed}: {list(r.loss_spike_epochs) or 'none'}" for r in runs)]
-            for v, runs in study.variants.items()]
-    return [
-        Heading("Training stability"),
-        Paragraph(f"Loss spike: an epoch whose train loss is not finite or exceeds {1 + settings.spike_threshold:g} "
-                  f"x the minimum train loss of the previous {settings.spike_window} logged epochs."),
-        Table(["variant", "n", "loss spikes per run", "spike epochs"], rows),
-        *_step_spike_blocks(study, summary, settings),
-    ]
-
-
-def _step_spike_blocks(study: StudyRuns, summary: dict, settings: _Settings) -> list[Block]:
-    """Spikes of the logged steps (steps.jsonl); nothing when no run has one (older runs report as before)."""
-    if not any(r.steps for runs in study.variants.values() for r in runs):
-        return []
-    rows = [[_variant_label(v, summary[v]), str(sum(bool(r.steps) for r in runs)),
-             _pm(summary[v]["step_spikes_mean"], summary[v]["step_spikes_std"], 1),
-             "; ".join(f"seed {r.seed}: " + ("no steps.jsonl" if r.step_spike_steps is None else
-                                              str(list(r.step_spike_steps)) if r.step_spike_steps else "none")
-                       for r in runs)] for v, runs in study.variants.items()]
-    return [
-        Paragraph(f"Step-level loss spike (steps.jsonl, every logging.step_every optimizer steps): a logged step "
-                  f"whose loss is not finite, or exceeds the median of the previous {settings.step_spike_window} "
-                  f"finite logged losses by more than {settings.step_spike_z:g} x 1.4826 x their median absolute "
-                  "deviation (a robust z-score). Runs without steps.jsonl are left out of the mean."),
-        Table(["variant", "runs with steps", "step spikes per run", "spike steps"], rows),
-    ]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -333,9 +273,10 @@ def write_report(study_dir: Path | str, baseline: str | None = None, *, alpha: f
     study = load_study(study_dir, baseline=baseline, include_unfinished=include_unfinished,
                        spike_window=spike_window, spike_threshold=spike_threshold,
                        step_spike_window=step_spike_window, step_spike_z=step_spike_z)
-    settings = _Settings(_stats_settings(study, alpha, correction, primary, effect, n_resamples, bootstrap_seed),
+    settings = ReportSettings(_stats_settings(study, alpha, correction, primary, effect, n_resamples, bootstrap_seed),
                          spike_window, spike_threshold, step_spike_window, step_spike_z)
     summary = summarize_study(study, read_throughput(study_dir))
+    divergence_tests(summary, study.baseline, settings.stats.config.alpha)
     comparisons, results = _compare(study, summary, settings.stats)
     paired = sharpness_vs_baseline(study, summary, settings.stats.config)  # table, figure and summary.json
     fig_dir = study_dir / "figures"

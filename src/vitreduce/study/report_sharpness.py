@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vitreduce.sharpness.measures import per_parameter
+from vitreduce.statistics.pvalue import fmt_p
 from vitreduce.study.analysis import ANALYSED_CHECKPOINTS, read_run_analysis
 from vitreduce.study.family import CORRECTION_NAME, StatisticsConfig
 from vitreduce.study.figures_landscape import landscape_figures
@@ -18,7 +19,7 @@ from vitreduce.study.formatting import NA, fixed, places, pm_column
 from vitreduce.study.render import Block, Bullets, Heading, Paragraph, Table
 from vitreduce.study.runs import StudyRuns, mean_std
 from vitreduce.study.sharpness_paired import SharpnessTest, reading, sharpness_difference_figure, sharpness_tests
-from vitreduce.study.stats import TTest, fmt_p
+from vitreduce.study.stats import TTest
 
 # The figures comparable across variants first, then those that compare seeds of one variant.
 _MEASURES = (("loss", lambda r: r.get("loss")),
@@ -134,7 +135,8 @@ def paired_blocks(tests: list[SharpnessTest], baseline: str, config: StatisticsC
         return []
     config = config or StatisticsConfig()
     rows = [[t.variant, t.checkpoint, t.measure, str(t.test.n), _difference(t.test),
-             NA if t.test.p is None else fmt_p(t.test.p), NA if t.p_adjusted is None else fmt_p(t.p_adjusted),
+             NA if t.test.p is None else fmt_p(t.test.p, config.alpha),
+             NA if t.p_adjusted is None else fmt_p(t.p_adjusted, config.alpha),
              reading(t, config.alpha)] for t in tests]
     testable = sum(t.p_adjusted is not None for t in tests)
     return [

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vitreduce.statistics.pvalue import fmt_p
 from vitreduce.study.family import (
     CORRECTION_NAME,
     METRIC_TITLE,
@@ -17,7 +18,7 @@ from vitreduce.study.family import (
 from vitreduce.study.power import MAX_SEEDS, describe_detectable
 from vitreduce.study.render import Block, Bullets, Heading, Paragraph, Table
 from vitreduce.study.runs import KIND_TITLE, StudyRuns
-from vitreduce.study.stats import Comparison, describe_bootstrap, describe_mcnemar, fmt_p
+from vitreduce.study.stats import Comparison, describe_bootstrap, describe_mcnemar
 
 NA = "n/a"
 SHORT_NAME = {"holm": "Holm", "bh": "Benjamini-Hochberg"}
@@ -34,8 +35,8 @@ class StatsSettings:
     bootstrap_seed: int
 
 
-def _p(p: float | None) -> str:
-    return NA if p is None else fmt_p(p)
+def _p(p: float | None, alpha: float) -> str:
+    return NA if p is None else fmt_p(p, alpha)
 
 
 def _ci(r: SeedResult) -> str:
@@ -106,7 +107,8 @@ def _seed_level(results: list[SeedResult], settings: StatsSettings) -> list[Bloc
                   "the true one."),
         Table(["variant", "n", "difference (pp)", conf, "raw p", "adjusted p", "verdict",
                "detectable at 80% power (pp)", f"seeds for {c.effect:+.2f} pp"],
-              [[r.variant, str(r.test.n), _diff(r), _ci(r), _p(r.test.p), _p(r.p_adjusted), r.verdict,
+              [[r.variant, str(r.test.n), _diff(r), _ci(r), _p(r.test.p, c.alpha), _p(r.p_adjusted, c.alpha),
+                r.verdict,
                 NA if r.detectable.min_effect is None else f"{r.detectable.min_effect:.2f}", _seeds_needed(r)]
                for r in confirmatory]),
     ]
@@ -123,7 +125,7 @@ def _seed_level(results: list[SeedResult], settings: StatsSettings) -> list[Bloc
                       "not a result."),
             Table(["family", "variant", "n", "difference (pp)", conf, "raw p", "adjusted p", "reading"],
                   [[r.family.name.removeprefix("exploratory: "), r.variant, str(r.test.n), _diff(r), _ci(r),
-                    _p(r.test.p), _p(r.p_adjusted),
+                    _p(r.test.p, c.alpha), _p(r.p_adjusted, c.alpha),
                     r.verdict if r.verdict == NOT_TESTABLE else f"{r.verdict} (exploratory)"] for r in exploratory]),
         ]
     return blocks

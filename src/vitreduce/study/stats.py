@@ -22,16 +22,13 @@ import numpy as np
 from scipy import stats as sps
 
 from vitreduce.errors import VitreduceError
+from vitreduce.statistics.pvalue import fmt_p
 from vitreduce.study.runs import MODEL_KINDS, ModelKind, RunMetrics
 
 DEFAULT_ALPHA = 0.05
 DEFAULT_RESAMPLES = 2000
 DEFAULT_BOOTSTRAP_SEED = 0
 MIN_SEEDS = 3  # below this the t-test line carries a warning
-
-
-def fmt_p(p: float) -> str:
-    return f"{p:.3g}" if p >= 1e-3 else f"{p:.1e}"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -86,7 +83,8 @@ def describe_ttest(t: TTest) -> str:
     if t.p is None:
         return f"mean paired difference {diff} over n={t.n} seeds; not testable ({t.warning})"
     text = (f"mean paired difference {diff} over n={t.n} seeds, {t.confidence:.0%} CI [{t.ci_low:+.2f}, "
-            f"{t.ci_high:+.2f}] pp (t-based, unadjusted), paired t-test t={t.t:.3g}, df={t.df}, raw p={fmt_p(t.p)}")
+            f"{t.ci_high:+.2f}] pp (t-based, unadjusted), paired t-test t={t.t:.3g}, df={t.df}, "
+            f"raw p={fmt_p(t.p, 1 - t.confidence)}")
     return f"{text}; warning: {t.warning}" if t.warning else text
 
 
@@ -204,8 +202,8 @@ def clustered_mcnemar(correct_base: np.ndarray, correct_variant: np.ndarray) -> 
 def describe_mcnemar(m: McNemar | ClusteredMcNemar, alpha: float = DEFAULT_ALPHA) -> str:
     """An image-level statement (unadjusted p) about the trained models on this test set."""
     if m.p < alpha:
-        return f"these trained models differ on this test set ({m.test} p={fmt_p(m.p)} < {alpha:g})"
-    return f"no difference shown between these trained models on this test set ({m.test} p={fmt_p(m.p)})"
+        return f"these trained models differ on this test set ({m.test} p={fmt_p(m.p, alpha)} < {alpha:g})"
+    return f"no difference shown between these trained models on this test set ({m.test} p={fmt_p(m.p, alpha)})"
 
 
 # ---------------------------------------------------------------------------------------------------
