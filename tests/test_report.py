@@ -228,12 +228,14 @@ def test_headline_without_a_verdict_states_what_the_seeds_could_detect():
     lines = headline(summary, "base")
     assert lines[0] == ("With 2 paired seeds per variant, no variant differs from the baseline (base) in final top-1 "
                         "of the EMA model at the family-wise 5% level (Holm, 3 comparisons).")
-    assert lines[1] == ("At 80% power these seeds could only have detected differences of 64-152 pp; detecting "
+    assert lines[1] == ("Weak evidence whatever the p-value: a, b, c rest on 2 paired seeds (df=1), with almost no "
+                        "power and no way to check the t-test's normality.")
+    assert lines[2] == ("At 80% power these seeds could only have detected differences of 64-152 pp; detecting "
                         "+0.42 pp would take 204-1,144 paired seeds per variant.")
     assert "exploratory" in lines[-1] and not any("better" in s for s in lines)
     headers, rows = headline_table(summary, "base", "ema_top1_final")
-    assert headers[3] == "final top-1, EMA model (mean ± sd)" and rows[0][4] == "(baseline)"
-    assert rows[1] == ["a", "2", "58.00M", "70.00 ± 1.00", "+0.10 [-0.90, +1.10]", "0.5",
+    assert headers[3] == "final top-1, EMA model (mean ± sd over n)" and rows[0][6] == "(baseline)"
+    assert rows[1] == ["a", "2", "58.00M", "70.00 ± 1.00", "2", "n/a", "+0.10 [-0.90, +1.10]", "0.5",
                        "no evidence of a difference"]
 
 
@@ -269,6 +271,6 @@ def test_report_leads_with_the_headline_and_ends_with_the_appendix(study):
     headline_section = md.split("## Headline\n\n")[1].split("\n## ")[0]
     sentences = headline(json.loads(paths.summary_json.read_text()), "base")
     assert " ".join(sentences) in headline_section and headline_section.count("![") == 1
-    assert "| variant | n | params | final top-1, raw model (mean ± sd) |" in headline_section
+    assert "| variant | n | params | final top-1, raw model (mean ± sd over n) | paired seeds |" in headline_section
     appendix = md.split("\n## Appendix\n")[1]
     assert "(image level)" in appendix and "(image level)" not in md.split("\n## Appendix\n")[0]

@@ -16,7 +16,6 @@ from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from scipy import stats as sps
 
 from vitreduce.errors import VitreduceError
 from vitreduce.study.power import Detectable, detectable
@@ -32,6 +31,9 @@ PRIMARY_CHOICES = ("ema_top1_final", "raw_top1_final", "ema_p2f", "raw_p2f")
 DEFAULT_CORRECTION: Correction = "holm"
 DEFAULT_EFFECT = 0.42  # pp: the paper's ViT-B/16 grouped-vs-baseline top-1 gain, the effect a study should see
 BETTER, WORSE, NO_EVIDENCE, NOT_TESTABLE = "better", "worse", "no evidence of a difference", "not testable"
+NEGLIGIBLE = "negligible difference"  # shown, but smaller than the smallest difference of interest
+NEGLIGIBLE_CODE = 2
+VERDICT_OF_CODE = {1: BETTER, -1: WORSE, 0: NO_EVIDENCE, NEGLIGIBLE_CODE: NEGLIGIBLE}
 
 
 class StatisticsConfig(BaseModel):
@@ -44,6 +46,9 @@ class StatisticsConfig(BaseModel):
     correction: Correction = DEFAULT_CORRECTION  # holm: family-wise error rate; bh: false discovery rate
     alpha: float = Field(0.05, gt=0, lt=1)  # significance level of every family
     effect: float = Field(DEFAULT_EFFECT, gt=0)  # pp: the effect whose seeds-needed the report states
+    # pp: the smallest difference of interest; a significant difference below it (or below one test image,
+    # whichever is larger) is called negligible, neither better nor worse
+    min_effect: float = Field(0.0, ge=0)
 
 
 def adjust_pvalues(p: Sequence[float], method: Correction) -> list[float]:
@@ -51,18 +56,11 @@ def adjust_pvalues(p: Sequence[float], method: Correction) -> list[float]:
     values = np.asarray(p, dtype=float)
     if values.ndim != 1 or np.any((values < 0) | (values > 1)) or np.any(np.isnan(values)):
         raise ValueError(f"p-values must be a 1-D sequence in [0, 1], got {p}")
+    if method not in CORRECTION_NAME:
+        raise VitreduceError(f"correction must be one of holm, bh; got {method!r}")
     if values.size == 0:
         return []
-    if method == "bh":
-        return [float(x) for x in sps.false_discovery_control(values, method="bh")]
-    if method != "holm":
-        raise VitreduceError(f"correction must be one of holm, bh; got {method!r}")
-    order = np.argsort(values, kind="stable")
-    m = values.size
-    stepped = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * values[order]))
-    adjusted = np.empty(m)
-    adjusted[order] = stepped
-    return [float(x) for x in adjusted]
+    return [float(x) for x in holm_bh_many(values[None, :], method)[0]]  # the one implementation, one row
 
 
 def holm_bh_many(p: np.ndarray, method: Correction) -> np.ndarray:
@@ -80,19 +78,24 @@ def holm_bh_many(p: np.ndarray, method: Correction) -> np.ndarray:
     return adjusted
 
 
-def verdict_word(mean_diff: float | None, p_adjusted: float | None, alpha: float, metric: str) -> str:
-    """better / worse / no evidence of a difference, from the adjusted p and the sign of the difference."""
+def verdict_word(mean_diff: float | None, p_adjusted: float | None, alpha: float, metric: str,
+                 min_effect: float = 0.0) -> str:
+    """better / worse / negligible / no evidence of a difference, from the adjusted p, the sign of the difference
+    and the smallest difference of interest (the scalar form of verdicts_many, which decides)."""
     if p_adjusted is None or mean_diff is None:
         return NOT_TESTABLE
-    if p_adjusted >= alpha:
-        return NO_EVIDENCE
-    return BETTER if (mean_diff > 0) == HIGHER_IS_BETTER[metric] else WORSE
+    code = int(verdicts_many(np.array([mean_diff]), np.array([p_adjusted]), alpha, metric, min_effect)[0])
+    return VERDICT_OF_CODE[code]
 
 
-def verdicts_many(mean_diff: np.ndarray, p_adjusted: np.ndarray, alpha: float, metric: str) -> np.ndarray:
-    """verdict_word over arrays: 1 better, -1 worse, 0 no evidence (the property test's vectorised form)."""
+def verdicts_many(mean_diff: np.ndarray, p_adjusted: np.ndarray, alpha: float, metric: str,
+                  min_effect: float = 0.0) -> np.ndarray:
+    """Verdict codes over arrays: 1 better, -1 worse, 0 no evidence, 2 negligible. Only an adjusted p strictly
+    below alpha decides (p = alpha is no evidence), and a difference smaller than ``min_effect`` (pp: one test
+    image, or the spec's smallest effect of interest) is called negligible, neither better nor worse."""
     sign = np.sign(mean_diff) * (1 if HIGHER_IS_BETTER[metric] else -1)
-    return np.where(p_adjusted < alpha, sign, 0).astype(int)
+    decided = np.where(np.abs(mean_diff) < min_effect, NEGLIGIBLE_CODE, sign)
+    return np.where(p_adjusted < alpha, decided, 0).astype(int)
 
 
 @dataclass(frozen=True)
@@ -162,8 +165,10 @@ class SeedResult:
     variant: str
     test: TTest
     p_adjusted: float | None  # None where the test is undefined (it entered the correction as p = 1)
-    verdict: str  # better / worse / no evidence of a difference / not testable
+    verdict: str  # better / worse / negligible difference / no evidence of a difference / not testable
     detectable: Detectable
+    min_effect: float = 0.0  # pp: below this a shown difference is negligible (one image, or the spec's)
+    min_effect_source: str = "none stated"
 
     def record(self) -> dict:
         """The summary.json form (docs/metrics.md)."""
@@ -173,12 +178,25 @@ class SeedResult:
                 "mean_diff": t.mean_diff, "sd": t.sd, "confidence": t.confidence, "ci_low": t.ci_low,
                 "ci_high": t.ci_high, "t": t.t, "df": t.df, "p": t.p, "p_adjusted": self.p_adjusted,
                 "correction": self.family.correction, "alpha": self.family.alpha, "verdict": self.verdict,
-                "warning": t.warning, "detectable": dataclasses.asdict(self.detectable)}
+                "warning": t.warning, "detectable": dataclasses.asdict(self.detectable),
+                "mean_baseline": t.mean_baseline, "mean_variant": t.mean_variant, "min_effect": self.min_effect,
+                "min_effect_source": self.min_effect_source}
+
+
+def smallest_difference(comparison: Comparison, config: StatisticsConfig) -> tuple[float, str]:
+    """(pp, why) below which a difference is negligible: one test image (the resolution of top-1 on this test
+    set, where predictions.csv says how many images) or the spec's ``min_effect``, whichever is larger."""
+    images = [p.bootstrap.n_images for kc in comparison.kinds.values() for p in kc.per_seed]
+    one_image = 100.0 / min(images) if images else 0.0
+    if config.min_effect >= one_image:
+        return config.min_effect, ("statistics.min_effect" if config.min_effect else "none stated")
+    return one_image, f"one test image of {min(images):,}"
 
 
 def seed_level(comparisons: Sequence[Comparison], config: StatisticsConfig) -> list[SeedResult]:
     """Every family's results, the confirmatory family first; `config.primary` already resolved."""
     results = []
+    smallest = {c.variant: smallest_difference(c, config) for c in comparisons}
     for kind, metric, evidence in family_keys(config.primary or "raw_top1_final"):
         members = [(c.variant, getattr(c.kinds[kind], "top1" if metric == "top1_final" else "p2f"))
                    for c in comparisons if kind in c.kinds]
@@ -190,6 +208,9 @@ def seed_level(comparisons: Sequence[Comparison], config: StatisticsConfig) -> l
         adjusted = adjust_pvalues([1.0 if t.p is None else t.p for _, t in members], config.correction)
         for (variant, t), p_adj in zip(members, adjusted, strict=True):
             p_adj = None if t.p is None else p_adj
-            results.append(SeedResult(family, variant, t, p_adj, verdict_word(t.mean_diff, p_adj, config.alpha, metric),
-                                      detectable(list(t.differences), family.first_rank_alpha, config.effect)))
+            least, why = smallest[variant]
+            results.append(SeedResult(family, variant, t, p_adj,
+                                      verdict_word(t.mean_diff, p_adj, config.alpha, metric, least),
+                                      detectable(list(t.differences), family.first_rank_alpha, config.effect),
+                                      least, why))
     return results

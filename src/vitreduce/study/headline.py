@@ -8,9 +8,11 @@ paired t-tests are stated as results; every other figure in the report is called
 from __future__ import annotations
 
 from vitreduce.statistics.pvalue import fmt_p
-from vitreduce.study.family import BETTER, METRIC_TITLE, NOT_TESTABLE, WORSE
+from vitreduce.study.family import BETTER, METRIC_TITLE, NEGLIGIBLE, NOT_TESTABLE, WORSE
 from vitreduce.study.power import MAX_SEEDS
 from vitreduce.study.runs import KIND_TITLE
+from vitreduce.study.stability import describe_divergence, diverged_variants, not_counted
+from vitreduce.study.stats import MIN_SEEDS
 
 NA = "n/a"
 EXPLORATORY = ("Everything else in this report (the other metrics and model kinds, the image-level tests on these "
@@ -61,11 +63,14 @@ def _verdict_clause(variant: str, r: dict, baseline: str) -> str:
 
 
 def headline(summary: dict, baseline: str) -> list[str]:
-    """The headline sentences, generated from the confirmatory family's verdicts and detectable effects."""
+    """The headline sentences, generated from the confirmatory family's verdicts and detectable effects, with
+    every caveat that applies to them: few seeds, negligible differences, diverged or uncounted runs, an EMA
+    that contradicts its raw model or averages over more steps than the run had."""
     records = confirmatory(summary)
     if not records:
         return [f"No variant could be compared with the baseline ({baseline}): it, or every other variant, has no "
-                "finished runs, so this study supports no claim about the variants.", EXPLORATORY]
+                "finished runs, so this study supports no claim about the variants.", *_run_caveats(summary),
+                EXPLORATORY]
     first = next(iter(records.values()))
     what = f"{METRIC_TITLE[first['metric']]} of the {KIND_TITLE[first['kind']]}"
     testable = {v: r for v, r in records.items() if r["verdict"] != NOT_TESTABLE}
@@ -74,19 +79,93 @@ def headline(summary: dict, baseline: str) -> list[str]:
     sentences = []
     if testable:
         decided = [_verdict_clause(v, r, baseline) for v, r in testable.items() if r["verdict"] in (BETTER, WORSE)]
+        negligible = {v: r for v, r in testable.items() if r["verdict"] == NEGLIGIBLE}
         if decided:
-            rest = len(testable) - len(decided)
+            rest = len(testable) - len(decided) - len(negligible)
             tail = f"; the other {rest} show no evidence of a difference" if rest else ""
             sentences.append(f"{seeds}, in {what} {_level(first)}: {'; '.join(decided)}{tail}.")
-        else:
+        elif len(negligible) < len(testable):
             which = "no tested variant" if len(testable) < len(records) else "no variant"
-            sentences.append(f"{seeds}, {which} differs from the baseline ({baseline}) in {what} {_level(first)}.")
+            sentences.append(f"{seeds}, {which} differs from the baseline ({baseline}) in {what} {_level(first)}"
+                             + (" by more than a negligible amount" if negligible else "") + ".")
+        sentences += _negligible_sentence(negligible, what, baseline)
+        sentences += _few_seeds_sentence(testable)
     untested = [v for v in records if v not in testable]
     if untested:
         sentences.append(f"Not testable against the baseline ({baseline}) in {what}, so no claim either way: "
                          + "; ".join(f"{v} ({_why_untested(records[v])})" for v in untested) + ".")
     sentences += _power_sentence(testable.values())
-    return [*sentences, EXPLORATORY]
+    sentences += _reversal_sentences(summary, first)
+    sentences += _ema_horizon_sentences(summary)
+    return [*sentences, *_run_caveats(summary), EXPLORATORY]
+
+
+def _negligible_sentence(negligible: dict[str, dict], what: str, baseline: str) -> list[str]:
+    if not negligible:
+        return []
+    parts = [f"{v} by {r['mean_diff']:+.2f} pp (adjusted p={fmt_p(r['p_adjusted'], r['family']['alpha'])}; "
+             f"smallest difference of interest {r['min_effect']:.2f} pp: {r['min_effect_source']})"
+             for v, r in negligible.items()]
+    return [f"Shown to differ from the baseline ({baseline}) in {what}, but by less than matters, so called neither "
+            f"better nor worse: {'; '.join(parts)}."]
+
+
+def _few_seeds_sentence(testable: dict[str, dict]) -> list[str]:
+    """The t-test's own warning where a verdict rests on fewer than MIN_SEEDS paired seeds."""
+    few = {v: r for v, r in testable.items() if r["n"] < MIN_SEEDS}
+    if not few:
+        return []
+    dfs = sorted({r["n"] - 1 for r in few.values()})
+    return [f"Weak evidence whatever the p-value: {', '.join(few)} rest{'s' if len(few) == 1 else ''} on "
+            f"{_range([r['n'] for r in few.values()], str)} paired seeds (df={'/'.join(map(str, dfs))}), with almost "
+            "no power and no way to check the t-test's normality."]
+
+
+def _reversal_sentences(summary: dict, first: dict) -> list[str]:
+    """A variant whose raw and EMA models get opposite verdicts on the confirmatory metric."""
+    out = []
+    for variant, entry in summary.items():
+        by_kind = {r["kind"]: r for r in (entry.get("vs_baseline") or {}).get("seed_level", [])
+                   if r.get("metric") == first["metric"] and r.get("verdict") in (BETTER, WORSE)}
+        if len(by_kind) == 2 and by_kind["raw"]["verdict"] != by_kind["ema"]["verdict"]:
+            ema, raw = by_kind["ema"], by_kind["raw"]
+            out.append(f"Reversal: {variant}'s EMA model is {ema['verdict']} ({ema['mean_diff']:+.2f} pp) but its raw "
+                       f"model is {raw['verdict']} ({raw['mean_diff']:+.2f} pp) than the baseline's in "
+                       f"{METRIC_TITLE[first['metric']]}, so neither model's verdict stands for the variant.")
+    return out
+
+
+def _ema_horizon_sentences(summary: dict) -> list[str]:
+    """A variant whose EMA averages over more optimizer steps than its runs trained."""
+    out = []
+    for variant, e in summary.items():
+        decay, steps = e.get("ema_decay"), e.get("steps_trained")
+        if decay is None or not steps or 1 / (1 - decay) <= steps or not e.get("ema", {}).get("n"):
+            continue
+        raw, ema = e["raw"].get("top1_final_mean"), e["ema"].get("top1_final_mean")
+        lag = "" if raw is None or ema is None else f"; its final top-1 is {ema - raw:+.2f} pp from the raw model's"
+        out.append(f"EMA horizon: {variant}'s EMA (decay {decay:g}) averages over about {1 / (1 - decay):,.0f} "
+                   f"optimizer steps, more than the {steps:,} its runs trained, so it still carries its "
+                   f"initialisation{lag}.")
+    return out
+
+
+def _run_caveats(summary: dict) -> list[str]:
+    """Diverged runs (left out of every accuracy figure) and runs no figure counts."""
+    out = []
+    diverged = diverged_variants(summary)
+    if diverged:
+        differs = [v for v, d in diverged.items() if (d.get("vs_baseline") or {}).get("differs")]
+        tested = (f" Fisher's exact test finds more divergence than the baseline's in {', '.join(differs)}." if differs
+                  else "")
+        out.append("Diverged runs, which have no final accuracy and are left out of every accuracy figure above "
+                   f"(the Training stability section counts them): "
+                   f"{'; '.join(f'{v} {describe_divergence(d)}' for v, d in diverged.items())}.{tested}")
+    missing = not_counted(summary)
+    if missing:
+        counts = " and ".join(f"{n} {status} run{'s' if n != 1 else ''}" for status, n in missing.items())
+        out.append(f"Not counted anywhere: {counts} (listed under Runs).")
+    return out
 
 
 def _why_untested(r: dict) -> str:
@@ -105,7 +184,8 @@ def _power_sentence(records) -> list[str]:
 
 
 def headline_table(summary: dict, baseline: str, primary: str) -> tuple[list[str], list[list[str]]]:
-    """variant, n, params, the primary metric's mean ± sd, difference vs baseline with CI, adjusted p, verdict."""
+    """variant, n, params, the primary metric's mean ± sd over its n runs; then over the seeds paired with the
+    baseline: their number, the two means, the difference with its CI, adjusted p and verdict."""
     kind, metric = primary.split("_", 1)
     records = confirmatory(summary)
     rows = []
@@ -113,14 +193,19 @@ def headline_table(summary: dict, baseline: str, primary: str) -> tuple[list[str
         k, r = e[kind], records.get(variant)
         mean, sd = k[f"{metric}_mean"], k[f"{metric}_std"]
         value = NA if mean is None else f"{mean:.2f}" if sd is None else f"{mean:.2f} ± {sd:.2f}"
+        paired = means = NA
         if r is None or r["mean_diff"] is None:
             diff = "(baseline)" if variant == baseline else NA
         else:
             diff = f"{r['mean_diff']:+.2f}" + ("" if r["ci_low"] is None else
                                                f" [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]")
-        rows.append([variant, str(k["n"]), NA if e["params"] is None else f"{e['params'] / 1e6:.2f}M", value, diff,
+            paired = str(r["n"])
+            if r.get("mean_baseline") is not None:
+                means = f"{r['mean_baseline']:.2f} → {r['mean_variant']:.2f}"
+        rows.append([variant, str(k["n"]), NA if e["params"] is None else f"{e['params'] / 1e6:.2f}M", value,
+                     paired, means, diff,
                      NA if r is None or r["p_adjusted"] is None else fmt_p(r["p_adjusted"], r["family"]["alpha"]),
                      "" if r is None else r["verdict"]])
     title = f"{METRIC_TITLE[metric]}, {KIND_TITLE[kind]}"
-    return (["variant", "n", "params", f"{title} (mean ± sd)", "difference vs baseline (pp) [CI]", "adjusted p",
-             "verdict"], rows)
+    return (["variant", "n", "params", f"{title} (mean ± sd over n)", "paired seeds",
+             "paired means (baseline → variant)", "difference vs baseline (pp) [CI]", "adjusted p", "verdict"], rows)

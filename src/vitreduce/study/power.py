@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from scipy import integrate, optimize
 from scipy import stats as sps
 
+from vitreduce.statistics.sample import Sample
+
 DEFAULT_POWER = 0.80
 MAX_SEEDS = 100_000  # seeds_needed searches up to here and says "more than" beyond it
 
@@ -90,9 +92,9 @@ def detectable(differences: list[float], alpha: float, effect: float, power: flo
     if n < 2:
         return Detectable(power, alpha, n, None, None, effect, None, False,
                           f"n={n} paired seed(s): the seed-to-seed spread needs at least 2")
-    mean = sum(differences) / n
-    sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
-    if sd <= 1e-9 * max(1.0, abs(mean)):
+    sample = Sample(tuple(float(x) for x in differences))
+    sd = sample.sd
+    if sample.degenerate:
         return Detectable(power, alpha, n, 0.0, None, effect, None, False,
                           "the paired differences are identical across seeds (sd 0): the spread cannot be estimated")
     needed = seeds_needed(effect, sd, alpha, power)

@@ -113,6 +113,8 @@ class RunMetrics:
     step_spike_steps: tuple[int, ...] | None = None
     outcome: Outcome = Outcome("finished")  # finished, diverged, unfinished or unreadable (vitreduce.study.outcome)
     last_epoch: int = 0  # the last epoch metrics.jsonl records
+    steps_trained: int | None = None  # optimizer steps at the last logged epoch
+    ema_decay: float | None = None  # config.yaml's ema.decay, when the run kept an EMA
 
     @property
     def step_spikes(self) -> int | None:
@@ -178,6 +180,9 @@ def _read_run(run_dir: Path, seed: int | None, spike_window: int, spike_threshol
     loss_epochs = tuple(r["epoch"] for r in with_loss)
     losses = tuple(float(r["train_loss"]) for r in with_loss)
     planned = (done or {}).get("epochs", info.get("epochs"))
+    config = _read_file(run_dir, "config.yaml", read_yaml) if (run_dir / "config.yaml").is_file() else {}
+    decay = (config.get("ema") or {}).get("decay") if isinstance(config.get("ema"), dict) else None
+    last_step = records[-1].get("step") if records else None
     steps = _read_file(run_dir, "steps.jsonl", lambda p: _step_series(p, step_spike_window, step_spike_z))
     outcome = classify(records, done is not None, first_bad_step(steps.get("steps", ()), steps.get("step_loss", ())))
     usable = outcome.status != "diverged"  # a diverged run has no final accuracy, not an earlier epoch's
@@ -189,6 +194,8 @@ def _read_run(run_dir: Path, seed: int | None, spike_window: int, spike_threshol
                                                  threshold=spike_threshold)),
         raw=model_metrics(records, "raw") if usable else None, ema=model_metrics(records, "ema") if usable else None,
         outcome=outcome, last_epoch=max((r["epoch"] for r in records), default=0), **steps,
+        steps_trained=last_step if isinstance(last_step, int) else None,
+        ema_decay=float(decay) if is_finite(decay) and 0 < decay < 1 else None,
     )
 
 
@@ -325,6 +332,8 @@ def summarize_variant(variant: str, runs: Sequence[RunMetrics], every: Sequence[
     described = list(runs) or [r for r in every if r.info]  # a variant whose every run diverged is still described
     for key in ARCH_KEYS:
         out[key] = _common(described, key, variant) if described else None
+    out["steps_trained"] = min((r.steps_trained for r in runs if r.steps_trained), default=None)
+    out["ema_decay"] = max((r.ema_decay for r in runs if r.ema_decay is not None), default=None)
     hidden, embed = out["mlp_hidden"], out["embed_dim"]
     out["expansion"] = hidden / embed if is_finite(hidden) and is_finite(embed) and embed else None
     out["loss_spikes_mean"], out["loss_spikes_std"], _ = mean_std([r.loss_spikes for r in runs])

@@ -28,7 +28,8 @@ def divergence_tests(summary: dict, baseline: str, alpha: float) -> None:
 
 def diverged_variants(summary: dict) -> dict[str, dict]:
     """{variant: its outcomes.divergence} for the variants with a diverged run."""
-    return {v: e["outcomes"]["divergence"] for v, e in summary.items() if e["outcomes"]["divergence"]["diverged"]}
+    return {v: e["outcomes"]["divergence"] for v, e in summary.items()
+            if "outcomes" in e and e["outcomes"]["divergence"]["diverged"]}
 
 
 def describe_divergence(d: dict) -> str:
@@ -39,6 +40,6 @@ def describe_divergence(d: dict) -> str:
 
 def not_counted(summary: dict) -> dict[str, int]:
     """{status: runs} of the unfinished and unreadable runs that no figure counts, over the study."""
+    counted = [e for e in summary.values() if "outcomes" in e]
     return {s: n for s in ("unfinished", "unreadable")
-            if (n := sum(e["outcomes"][s] - (e["unfinished_included"] if s == "unfinished" else 0)
-                         for e in summary.values()))}
+            if (n := sum(e["outcomes"][s] - (e["unfinished_included"] if s == "unfinished" else 0) for e in counted))}

@@ -23,6 +23,7 @@ from scipy import stats as sps
 
 from vitreduce.errors import VitreduceError
 from vitreduce.statistics.pvalue import fmt_p
+from vitreduce.statistics.sample import Sample
 from vitreduce.study.runs import MODEL_KINDS, ModelKind, RunMetrics
 
 DEFAULT_ALPHA = 0.05
@@ -50,6 +51,8 @@ class TTest:
     confidence: float = 1 - DEFAULT_ALPHA
     ci_low: float | None = None  # t-based interval of the mean difference
     ci_high: float | None = None
+    mean_baseline: float | None = None  # over the paired seeds only, beside the difference they make
+    mean_variant: float | None = None
 
 
 def paired_ttest(baseline: Sequence[float], variant: Sequence[float], *,
@@ -61,16 +64,18 @@ def paired_ttest(baseline: Sequence[float], variant: Sequence[float], *,
     n = a.size
     d = b - a
     mean = float(d.mean()) if n else None
-    base = functools.partial(TTest, n, differences=tuple(float(x) for x in d), confidence=confidence)
+    base = functools.partial(TTest, n, differences=tuple(float(x) for x in d), confidence=confidence,
+                             mean_baseline=float(a.mean()) if n else None, mean_variant=float(b.mean()) if n else None)
     if n < 2:
         return base(None, mean, None, None, f"n={n} paired seed(s): a t-test needs at least 2")
     warning = (f"only n={n} paired seeds (df={n - 1}): almost no power and normality cannot be checked, "
                "weak evidence whatever the p-value") if n < MIN_SEEDS else None
-    sd = float(d.std(ddof=1))
-    if sd <= 1e-9 * max(1.0, abs(mean)):
+    sample = Sample(tuple(float(x) for x in d))
+    if sample.degenerate:
         # Identical differences make t infinite (scipy then says p=0): the test is undefined, not significant.
         note = "the differences are identical across seeds, so t is undefined"
-        return base(n - 1, mean, None, None, f"{warning}; {note}" if warning else note, sd=sd)
+        return base(n - 1, mean, None, None, f"{warning}; {note}" if warning else note, sd=sample.sd)
+    sd = sample.sd
     res = sps.ttest_rel(b, a)
     low, high = res.confidence_interval(confidence)
     return base(n - 1, mean, float(res.statistic), float(res.pvalue), warning, sd=sd, ci_low=float(low),
