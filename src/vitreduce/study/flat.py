@@ -24,13 +24,14 @@ _SHARPNESS_CHECKPOINT = "final"
 # The exploratory paired sharpness tests against the baseline (summary.json's `sharpness_vs_baseline`).
 _PAIRED = tuple((c, m) for c in ANALYSED_CHECKPOINTS for m in _PAIRED_MEASURES.values())
 _PAIRED_FIELDS = ("n", "mean_diff", "ci_low", "ci_high", "t", "df", "p", "p_adjusted", "reading")
+_OUTCOMES = ("listed", "finished", "diverged", "unfinished", "unreadable")  # every run of the variant, by outcome
 _THROUGHPUT = ("median", "min", "max", "device", "batch_size", "precision", "base_model", "ratio_to_baseline",
                "ratio_against", "ratio_basis")
 
 
 def results_columns() -> list[str]:
     """The header of results.csv, in order."""
-    return ["variant", "model", "baseline", "n", *_ARCH,
+    return ["variant", "model", "baseline", "n", *(f"runs_{s}" for s in _OUTCOMES), "diverged_epochs", *_ARCH,
             *(f"{name}_{stat}" for name in _ACCURACY for stat in ("mean", "std")),
             *(f"vs_baseline_{metric}_{field}" for metric in _TESTED for field in _TEST_FIELDS),
             "sharpness_n", *(f"sharpness_{name}_{stat}" for name in SHARPNESS_MEASURES for stat in ("mean", "std")),
@@ -52,14 +53,18 @@ def _paired_sharpness(entry: dict) -> dict:
 
 
 def results_rows(summary: dict) -> list[dict]:
-    """One row per variant and model kind that some seed has, in summary order, raw before EMA."""
+    """One row per variant and model kind that some seed has, in summary order, raw before EMA; a variant none of
+    whose runs is counted (every one diverged, say) still has its raw row, with n 0 and its outcomes."""
     rows = []
     for variant, entry in summary.items():
         for kind in MODEL_KINDS:
             k = entry[kind]
-            if not k["n"]:
+            if not k["n"] and (kind == "ema" or entry["raw"]["n"] or entry["ema"]["n"]):
                 continue
+            outcomes = entry.get("outcomes") or {}
             row = {"variant": variant, "model": kind, "baseline": bool(entry.get("baseline")), "n": k["n"],
+                   **{f"runs_{s}": outcomes.get(s) for s in _OUTCOMES},
+                   "diverged_epochs": ";".join(map(str, (outcomes.get("divergence") or {}).get("epochs", []))),
                    **{key: entry.get(key) for key in _ARCH},
                    **{f"{name}_{stat}": k[f"{name}_{stat}"] for name in _ACCURACY for stat in ("mean", "std")}}
             for metric in _TESTED:
