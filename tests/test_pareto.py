@@ -1,6 +1,6 @@
 """The Pareto section: the front on a hand-made example, and on fabricated studies with a known
-accuracy-vs-reduction curve the fit recovers it within its stated uncertainty and the degree statement
-is right (reached where the curve drops, "not reached in the swept range" where it never does)."""
+accuracy-vs-reduction curve the fit recovers it within its stated uncertainty, and the degree statement (a
+fixed-sequence non-inferiority test on the swept degrees) names the right degree."""
 import json
 
 import numpy as np
@@ -20,6 +20,10 @@ def steep(kept):
 
 def flat(kept):
     return 80.0 + 0.0 * kept
+
+
+def flat_then_drop(kept):
+    return 80.0 - 12.0 * (np.asarray(kept) < 0.3)  # flat from 100% to 37.5% kept, 12 pp lower at 25%
 
 
 def _write_run(run_dir, name, ratio, seed, top1):
@@ -71,7 +75,7 @@ def test_the_band_covers_the_true_curve_about_as_often_as_it_says():
     hits, draws = np.zeros(len(RATIOS)), 150
     for _ in range(draws):
         values = {n: {s: steep(r) + rng.normal(0, 0.3) for s in range(4)} for n, r in zip(names, RATIOS, strict=True)}
-        fit = fit_series(Series("shallow", dict(zip(names, RATIOS, strict=True)), values), "v1.0", 0.5,
+        fit = fit_series(Series("shallow", dict(zip(names, RATIOS, strict=True)), values), "v1.0",
                          n_resamples=200, seed=int(rng.integers(1 << 30)))
         grid = np.array(fit["grid"])
         at = [int(np.flatnonzero(grid == r)[0]) for r in RATIOS]
@@ -92,21 +96,39 @@ def test_fit_recovers_a_known_curve_within_its_interval_and_states_the_degree(tm
     assert np.all(high - low < 1.0)  # and the band is informative
     for true, lo, hi in zip((80.0, 0.0, -12.0), fit["coefficients_low"], fit["coefficients_high"], strict=True):
         assert lo <= true <= hi
-    true_kept = 1 - np.sqrt(fit["delta"] / 12.0)  # where the true curve is delta below the true baseline
-    degree = fit["degree"]
-    assert degree["reached"] and degree["kept_interval"][0] <= true_kept <= degree["kept_interval"][1]
     assert group["front"]["ema"]["params"][-1] == "ti.baseline"  # the most accurate is the most expensive
+    # 0.5 kept is 3 pp below the baseline, far outside the 1 pp margin: the sequence stops there at the latest
+    degree = fit["degree"]
+    assert degree["most_reduced"] in (None, "ti.shallow-0.75") and degree["margin"] == 1.0 and degree["alpha"] == 0.05
+    assert not degree["steps"][1]["shown"] and degree["steps"][1]["p"] > 0.99
+    assert [s["note"] for s in degree["steps"][2:]] == ["not tested: the sequence stopped at ti.shallow-0.5"] * 2
+    assert fit["lack_of_fit"]["p"] > 0.05  # the quadratic is the truth: no lack of fit
     report = paths.markdown.read_text()
-    assert "## Accuracy against cost (Pareto)" in report and f"at {degree['kept']:.1%} of MLP parameters kept" in report
+    assert "## Accuracy against cost (Pareto)" in report
+    assert "ti, shallow: " in report and "ti.shallow-0.5 -2.92 pp" in report
     assert (tmp_path / "study" / "figures" / "pareto.svg").is_file()
     assert (tmp_path / "study" / "figures" / "degree.png").is_file()
 
 
-def test_a_curve_that_never_drops_is_not_reached_in_the_swept_range(tmp_path):
+def test_a_flat_then_drop_sweep_names_the_last_flat_degree(tmp_path):
+    """Flat from 100% to 37.5% of MLP parameters kept, 12 pp lower at 25%: the old fitted-curve rule called 100%
+    the degree; the non-inferiority sequence shows 75%, 50% and 37.5%, stops at 25%, and the quadratic's lack of
+    fit is flagged."""
+    paths, pareto = _study(tmp_path / "study", flat_then_drop)
+    (fit,) = pareto["groups"]["ti"]["fits"]
+    degree = fit["degree"]
+    assert degree["most_reduced"] == "ti.shallow-0.375" and degree["most_reduced_kept"] == pytest.approx(0.375)
+    assert [s["shown"] for s in degree["steps"]] == [True, True, True, False]
+    assert fit["lack_of_fit"]["p"] < 0.05
+    report = paths.markdown.read_text()
+    assert "is ti.shallow-0.375 (37.5% of MLP parameters kept)" in report and "read the measured points" in report
+
+
+def test_a_curve_that_never_drops_is_non_inferior_down_to_the_least_kept(tmp_path):
     paths, pareto = _study(tmp_path / "study", flat)
     (fit,) = pareto["groups"]["ti"]["fits"]
-    assert not fit["degree"]["reached"] and fit["degree"]["swept_min_kept"] == pytest.approx(0.25)
-    assert "not reached in the swept range (down to 25.0% of MLP parameters kept" in paths.markdown.read_text()
+    assert fit["degree"]["most_reduced"] == "ti.shallow-0.25" and fit["degree"]["swept_min_kept"] == 0.25
+    assert "is ti.shallow-0.25 (25.0% of MLP parameters kept)" in paths.markdown.read_text()
 
 
 def test_no_section_for_a_study_without_a_sweep_and_fewer_than_three_costs(tmp_path):

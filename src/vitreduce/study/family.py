@@ -30,6 +30,7 @@ HIGHER_IS_BETTER: dict[str, bool] = {"top1_final": True, "p2f": False}  # less d
 PRIMARY_CHOICES = ("ema_top1_final", "raw_top1_final", "ema_p2f", "raw_p2f")
 DEFAULT_CORRECTION: Correction = "holm"
 DEFAULT_EFFECT = 0.42  # pp: the paper's ViT-B/16 grouped-vs-baseline top-1 gain, the effect a study should see
+DEFAULT_MARGIN = 1.0  # pp of top-1: the non-inferiority margin of the degree statement unless the spec states one
 BETTER, WORSE, NO_EVIDENCE, NOT_TESTABLE = "better", "worse", "no evidence of a difference", "not testable"
 NEGLIGIBLE = "negligible difference"  # shown, but smaller than the smallest difference of interest
 NEGLIGIBLE_CODE = 2
@@ -49,6 +50,8 @@ class StatisticsConfig(BaseModel):
     # pp: the smallest difference of interest; a significant difference below it (or below one test image,
     # whichever is larger) is called negligible, neither better nor worse
     min_effect: float = Field(0.0, ge=0)
+    # pp: how far below the baseline a reduced degree may be and still be called non-inferior (degree statement)
+    margin: float = Field(DEFAULT_MARGIN, gt=0)
 
 
 def adjust_pvalues(p: Sequence[float], method: Correction) -> list[float]:

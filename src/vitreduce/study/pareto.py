@@ -7,28 +7,33 @@ the sweep's labels (study.yaml ``sweep:``), else run.json's model name and width
   and model kind (raw, EMA), the variants no other variant beats on both cost and mean final top-1;
 - **fit** (one per reduction strategy with at least three distinct degrees, the baseline included): mean
   final top-1 over seeds against r = 1 - kept, kept = MLP parameters (unique) / the base model's, fitted
-  by least squares as top1 = a + b r + c r^2 (a line with two degrees); its uncertainty is a percentile
-  interval over a bootstrap that resamples each variant's seeds, widened about the fit for n seeds by
-  sqrt(n/(n-1)) x t_{n-1}/z (resampling few seeds understates the spread of their mean and its tails);
-- **degree**: the least reduction at which the fitted curve falls below the baseline's mean by more than
-  the detectable effect delta, looked for only inside the swept range; delta is the minimum difference a
-  paired t-test over these seeds detects with 80% power (vitreduce.study.power), else the study's effect.
+  by least squares as top1 = a + b r + c r^2 (a line with two degrees); a description, never the basis of
+  a claim: its band is a percentile interval over a bootstrap that resamples each variant's seeds, widened
+  about the fit for n seeds by sqrt(n/(n-1)) x t_{n-1}/z, and its lack of fit is checked with an F-test
+  against the seed-to-seed spread;
+- **degree** (the claim): a fixed-sequence non-inferiority test over the degrees actually swept, from the
+  least to the most reduced (vitreduce.statistics.noninferiority), against the spec's margin
+  (``statistics.margin``), at the study's alpha split evenly over the fitted series (Bonferroni), so the
+  most reduced degree shown non-inferior has a family-wise error rate of at most alpha.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats as sps
 
-from vitreduce.study.power import minimum_detectable
+from vitreduce.statistics.noninferiority import fixed_sequence, lack_of_fit
+from vitreduce.statistics.pvalue import fmt_p
 from vitreduce.study.runs import MODEL_KINDS, StudyRuns
 
 COSTS = {"params": "unique parameters", "macs_linear": "MACs (linear)", "throughput_img_s": "throughput (img/s)"}
 LOWER_IS_CHEAPER = {"params": True, "macs_linear": True, "throughput_img_s": False}
 FIT_MODEL = ("top1 = a + b*r + c*r^2 with r = 1 - kept (kept: MLP parameters over the base model's), least squares "
              "through the variants' mean final top-1 (a line where only two degrees are swept)")
+NONINFERIORITY = "fixed-sequence non-inferiority (one-sided paired t-tests, least to most reduced)"
 DEFAULT_RESAMPLES = 2000
 DEFAULT_SEED = 0
 INTERVAL = 0.95  # the bootstrap's percentile interval
@@ -112,33 +117,6 @@ def evaluate(coef: np.ndarray, kept: np.ndarray) -> np.ndarray:
     return coef[0] + coef[1] * r + coef[2] * r * r
 
 
-def crossing(grid: np.ndarray, curve: np.ndarray, threshold: float) -> float | None:
-    """The largest kept (least reduction) on the descending ``grid`` where ``curve`` is below ``threshold``."""
-    below = np.nonzero(curve < threshold)[0]
-    return float(grid[below[0]]) if below.size else None
-
-
-def detectable_drop(series: Series, baseline: str, alpha: float, effect: float) -> tuple[float, str]:
-    """delta (pp) and where it comes from: the minimum detectable difference of the paired t-test over the
-    series' seeds (pooled sd of the paired differences with the baseline), else the study's stated effect."""
-    base = series.values[baseline]
-    residuals, ns = [], []
-    for variant, values in series.values.items():
-        diffs = [values[s] - base[s] for s in values if s in base]
-        if variant != baseline and len(diffs) >= 2:
-            residuals += list(np.asarray(diffs) - np.mean(diffs))
-            ns.append(len(diffs))
-    dof = len(residuals) - len(ns)
-    if ns and dof > 0:
-        sd = math.sqrt(sum(x * x for x in residuals) / dof)
-        n = int(np.median(ns))
-        if sd > 1e-9:
-            return minimum_detectable(sd, n, alpha), (
-                f"the minimum difference a paired t-test over {n} seeds detects with 80% power at alpha={alpha:g} "
-                f"(pooled sd of the paired differences {sd:.2f} pp)")
-    return effect, "the study's stated effect (the seed-to-seed spread could not be estimated from these seeds)"
-
-
 def _widening(n: int) -> float:
     """How much wider than the bootstrap's percentiles the interval is drawn, for n seeds per variant.
 
@@ -151,41 +129,47 @@ def _widening(n: int) -> float:
     return math.sqrt(n / (n - 1)) * float(sps.t.ppf(q, n - 1) / sps.norm.ppf(q))
 
 
-def fit_series(series: Series, baseline: str, delta: float, n_resamples: int = DEFAULT_RESAMPLES,
-               seed: int = DEFAULT_SEED) -> dict:
-    """The fit, its bootstrap interval on a grid of kept, and where it falls below baseline - delta."""
+def fit_series(series: Series, baseline: str, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> dict:
+    """The descriptive fit, its bootstrap band on a grid of kept, and its lack-of-fit check."""
     names = [v for v in series.kept if series.values.get(v)]
     kept = np.array([series.kept[v] for v in names])
     grid = np.unique(np.concatenate([np.linspace(kept.min(), 1.0, GRID), kept]))[::-1]  # descending, swept included
     coef = polyfit(kept, np.array([np.mean(list(series.values[v].values())) for v in names]))
-    base_mean = float(np.mean(list(series.values[baseline].values())))
     rng = np.random.default_rng(seed)
-    curves, crossings, coefs = [], [], []
+    curves, coefs = [], []
     for _ in range(n_resamples):
-        means = {v: float(np.mean(rng.choice(list(series.values[v].values()), len(series.values[v]))))
-                 for v in names}
-        c = polyfit(kept, np.array([means[v] for v in names]))
-        curve = evaluate(c, grid)
+        means = [float(np.mean(rng.choice(list(series.values[v].values()), len(series.values[v])))) for v in names]
+        c = polyfit(kept, np.array(means))
         coefs.append(c)
-        curves.append(curve)
-        crossings.append(crossing(grid, curve, means[baseline] - delta))
+        curves.append(evaluate(c, grid))
     tail = (1 - INTERVAL) / 2 * 100
     curve = evaluate(coef, grid)
     widen = _widening(min(len(series.values[v]) for v in names))
     low, high = (curve + widen * (p - curve) for p in np.percentile(np.array(curves), [tail, 100 - tail], axis=0))
     c_low, c_high = (coef + widen * (p - coef) for p in np.percentile(np.array(coefs), [tail, 100 - tail], axis=0))
-    reached = [x for x in crossings if x is not None]
-    at = crossing(grid, curve, base_mean - delta)
+    fit_check = lack_of_fit([list(series.values[v].values()) for v in names], evaluate(coef, kept).tolist(),
+                            min(3, len(np.unique(kept))))
     return {
         "strategy": series.strategy, "variants": names, "kept": kept.tolist(), "coefficients": coef.tolist(),
         "coefficients_low": c_low.tolist(), "coefficients_high": c_high.tolist(),
         "grid": grid.tolist(), "mean": curve.tolist(), "low": low.tolist(), "high": high.tolist(),
-        "baseline_mean": base_mean, "threshold": base_mean - delta,
-        "degree": {"reached": at is not None, "kept": at,
-                   "kept_interval": None if not reached else [float(np.percentile(reached, tail)),
-                                                              float(np.percentile(reached, 100 - tail))],
-                   "reached_fraction": len(reached) / n_resamples, "swept_min_kept": float(kept.min())},
+        "baseline_mean": float(np.mean(list(series.values[baseline].values()))),
+        "lack_of_fit": dataclasses.asdict(fit_check),
     }
+
+
+def degree_test(series: Series, baseline: str, margin: float, alpha: float) -> dict:
+    """summary.json's ``degree`` of a series: the fixed-sequence non-inferiority test over its swept degrees."""
+    base = series.values[baseline]
+    degrees = [(v, series.kept[v], [vals[s] - base[s] for s in sorted(vals) if s in base])
+               for v, vals in series.values.items() if v != baseline]
+    result = fixed_sequence(degrees, margin, alpha)
+    best = result.most_reduced
+    return {"method": NONINFERIORITY, "margin": margin, "alpha": alpha,
+            "steps": [dataclasses.asdict(step) for step in result.steps],
+            "most_reduced": None if best is None else best.name,
+            "most_reduced_kept": None if best is None else best.kept,
+            "swept_min_kept": float(min(series.kept.values()))}
 
 
 def _kind_stats(values: dict[int, float]) -> dict:
@@ -221,42 +205,56 @@ def _group(study: StudyRuns, summary: dict, variants: list[str], settings: dict)
         if baseline not in kept or len(set(kept.values())) < 3:
             continue
         series = Series(strategy, kept, {v: seed_values(study, v, kind) for v in kept})
-        delta, source = detectable_drop(series, baseline, settings["alpha"], settings["effect"])
-        fit = fit_series(series, baseline, delta, settings["n_resamples"], settings["seed"])
-        fit.update(kind=kind, delta=delta, delta_source=source,
-                   below=[{"variant": v, "kept": kept[v],
-                           "difference": entries[v][kind]["mean"] - entries[baseline][kind]["mean"]}
-                          for v in kept if entries[v][kind]["mean"] - entries[baseline][kind]["mean"] < -delta])
+        fit = fit_series(series, baseline, settings["n_resamples"], settings["seed"])
+        fit.update(kind=kind, series=series)  # the degree test needs every series' count first (pareto_summary)
         fits.append(fit)
     return {"baseline": baseline, "variants": entries, "front": fronts, "fits": fits}
 
 
-def pareto_summary(study: StudyRuns, summary: dict, labels: dict[str, str], *, alpha: float, effect: float,
+def pareto_summary(study: StudyRuns, summary: dict, labels: dict[str, str], *, alpha: float, margin: float,
                    n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> dict | None:
     """summary.json's ``pareto``: per base model its variants, fronts and fits; None where the section does
     not apply (no sweep, and no base model with three variants of different cost)."""
     groups = group_variants(study, summary, labels)
     if not applies(groups, summary, bool(labels)):
         return None
-    settings = {"alpha": alpha, "effect": effect, "n_resamples": n_resamples, "seed": seed}
+    settings = {"n_resamples": n_resamples, "seed": seed}
+    out = {name: _group(study, summary, variants, settings) for name, variants in groups.items()}
+    fits = [f for g in out.values() for f in g["fits"]]
+    for g in out.values():
+        for fit in g["fits"]:  # one family over every series: alpha split evenly (Bonferroni)
+            fit["degree"] = degree_test(fit.pop("series"), g["baseline"], margin, alpha / len(fits))
     return {"costs": COSTS, "fit_model": FIT_MODEL, "interval": INTERVAL, "resamples": n_resamples,
-            "bootstrap_seed": seed, "alpha": alpha,
-            "groups": {name: _group(study, summary, variants, settings) for name, variants in groups.items()}}
+            "bootstrap_seed": seed, "alpha": alpha, "margin": margin, "series": len(fits), "groups": out}
 
 
 def degree_statement(group: str, fit: dict) -> str:
-    """The degree at which accuracy falls below the baseline, with its evidence; never past the swept range."""
+    """The claim about the degree, from the fixed-sequence non-inferiority test on the swept degrees only."""
     d, what = fit["degree"], f"{group}, {fit['strategy']}"
-    rule = (f"below the baseline's mean final top-1 ({fit['baseline_mean']:.2f}%) by more than {fit['delta']:.2f} pp "
-            f"({fit['delta_source']})")
-    measured = "; ".join(f"{b['variant']} {b['difference']:+.2f} pp" for b in fit["below"]) or "none"
-    if not d["reached"]:
-        share = f"; {d['reached_fraction']:.0%} of the bootstrap fits do" if d["reached_fraction"] else ""
-        return (f"{what}: the fitted accuracy does not fall {rule}: not reached in the swept range (down to "
-                f"{d['swept_min_kept']:.1%} of MLP parameters kept{share}). Swept variants below that line: "
-                f"{measured}.")
-    interval = d["kept_interval"]
-    spread = f", {INTERVAL:.0%} bootstrap interval {interval[0]:.1%}-{interval[1]:.1%}" if interval else ""
-    return (f"{what}: the fitted accuracy falls {rule} at {d['kept']:.1%} of MLP parameters kept{spread} "
-            f"(reached in {d['reached_fraction']:.0%} of the bootstrap fits). Swept variants below that line: "
-            f"{measured}.")
+    rule = (f"non-inferior to the baseline within {d['margin']:g} pp of {fit_title(fit)} (one-sided paired t-tests "
+            f"in a fixed sequence from the least to the most reduced degree, family-wise alpha {d['alpha']:.3g})")
+    steps = "; ".join(_step_text(s, d["alpha"]) for s in d["steps"])
+    if d["most_reduced"] is None:
+        return f"{what}: no swept degree is shown {rule}. Steps: {steps}."
+    return (f"{what}: the most reduced degree shown {rule} is {d['most_reduced']} ({d['most_reduced_kept']:.1%} of "
+            f"MLP parameters kept). Degrees between the swept ones are not claimed. Steps: {steps}.")
+
+
+def fit_title(fit: dict) -> str:
+    return f"final top-1 of the {'EMA' if fit['kind'] == 'ema' else 'raw'} model"
+
+
+def _step_text(step: dict, alpha: float) -> str:
+    if step["p"] is None:
+        return f"{step['name']} {step['note']}"
+    return (f"{step['name']} {step['mean_diff']:+.2f} pp, lower bound {step['lower']:+.2f} pp, "
+            f"p={fmt_p(step['p'], alpha)}: {step['note']}")
+
+
+def fit_statement(group: str, fit: dict) -> str:
+    """What the descriptive fit is, and whether it misses the measured means by more than their spread."""
+    lof = fit["lack_of_fit"]
+    check = (f"lack of fit {lof['note']}, p={fmt_p(lof['p'], 0.05)}"
+             + (": the curve misses the measured means by more than their seed-to-seed spread, so read the "
+                "measured points, not the curve" if lof["p"] < 0.05 else "") if lof["p"] is not None else lof["note"])
+    return f"{group}, {fit['strategy']}: the fitted curve is a description of the measured means ({check})."

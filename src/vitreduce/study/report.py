@@ -285,7 +285,7 @@ def write_report(study_dir: Path | str, baseline: str | None = None, *, alpha: f
     blocks = _document(study, summary, comparisons, results,
                        [(f"figures/{name}", caption) for name, caption in figures], settings, sentences, paired)
     cfg = settings.stats.config
-    section, pareto = pareto_section(study, summary, fig_dir, alpha=cfg.alpha, effect=cfg.effect,
+    section, pareto = pareto_section(study, summary, fig_dir, alpha=cfg.alpha, margin=cfg.margin,
                                      n_resamples=n_resamples, seed=bootstrap_seed)
     blocks[blocks.index(Heading("Figures")):blocks.index(Heading("Figures"))] = section  # before the figures
     blocks.append(Paragraph(f"Every number of this report, unformatted: summary.json, and {RESULTS_CSV} (one row per "

@@ -3,7 +3,8 @@ and the degree statements (vitreduce.study.pareto computes; this module words, t
 
 Figures: figures/pareto.png (final top-1 against unique parameters, linear MACs and measured throughput; one
 row per model kind) and figures/degree.png (final top-1 against the fraction of MLP parameters kept, with the
-fit, its bootstrap band and the baseline-minus-delta line); each with an SVG beside it.
+descriptive fit, its bootstrap band, the baseline-minus-margin line and the degrees shown non-inferior); each
+with an SVG beside it.
 """
 from __future__ import annotations
 
@@ -14,7 +15,15 @@ import numpy as np
 from vitreduce.config_tree import read_yaml
 from vitreduce.numbers import macs_unit
 from vitreduce.study.formatting import pm_column
-from vitreduce.study.pareto import COSTS, FIT_MODEL, INTERVAL, degree_statement, pareto_summary
+from vitreduce.study.pareto import (
+    COSTS,
+    FIT_MODEL,
+    INTERVAL,
+    NONINFERIORITY,
+    degree_statement,
+    fit_statement,
+    pareto_summary,
+)
 from vitreduce.study.plots import PALETTE, label_axes, legend_outside, new_figure, save_figure, variant_colors
 from vitreduce.study.render import Block, Heading, Image, Paragraph, Table
 from vitreduce.study.runs import KIND_TITLE, MODEL_KINDS, StudyRuns
@@ -24,12 +33,12 @@ MARKERS = {"baseline": "*", "shallow": "o", "grouped": "s", "thin": "^", "compos
 _SHORT = {"params": "params", "macs_linear": "MACs", "throughput_img_s": "throughput"}
 
 
-def pareto_section(study: StudyRuns, summary: dict, fig_dir: Path, *, alpha: float, effect: float,
+def pareto_section(study: StudyRuns, summary: dict, fig_dir: Path, *, alpha: float, margin: float,
                    n_resamples: int, seed: int) -> tuple[list[Block], dict | None]:
     """The section's blocks and summary.json's ``pareto`` ([] and None where the section does not apply)."""
     spec = study.study_dir / "study.yaml"
     labels = sweep_labels(read_yaml(spec)) if spec.is_file() else {}
-    pareto = pareto_summary(study, summary, labels, alpha=alpha, effect=effect, n_resamples=n_resamples, seed=seed)
+    pareto = pareto_summary(study, summary, labels, alpha=alpha, margin=margin, n_resamples=n_resamples, seed=seed)
     if pareto is None:
         return [], None
     colors = _colors(study, pareto["groups"])
@@ -52,15 +61,23 @@ def pareto_section(study: StudyRuns, summary: dict, fig_dir: Path, *, alpha: flo
     if fits:
         _fig_degree(pareto, colors, fig_dir / "degree.png")
         blocks += [Heading("Accuracy against the degree of reduction", level=3),
-                   Paragraph(f"Fit: {FIT_MODEL}, per base model and strategy (with at least three distinct degrees, "
-                             f"the baseline included); band: {INTERVAL:.0%} percentile interval of {n_resamples:,} "
-                             "bootstrap fits, each resampling every variant's seeds with replacement, widened about "
-                             "the fit for n seeds by sqrt(n/(n-1)) x t(n-1)/z (resampling few seeds understates the "
-                             "spread of their mean and its tails). The degree statement is looked for only inside the "
-                             "swept range."),
-                   Image("figures/degree.png", f"Final top-1 against MLP parameters kept; curve: the fit, band: its "
-                                               f"{INTERVAL:.0%} bootstrap interval, dashed: baseline minus delta."),
-                   *(Paragraph(degree_statement(g, f)) for g, f in fits)]
+                   Paragraph(f"The claim: {NONINFERIORITY}, per base model and strategy, on the degrees actually "
+                             f"swept. At each degree, in order, a one-sided paired t-test over the seeds it shares "
+                             f"with the baseline of H0: mean difference <= -{margin:g} pp (the non-inferiority "
+                             "margin, statistics.margin) at level alpha; the sequence stops at the first degree not "
+                             f"shown non-inferior. The study's alpha ({alpha:g}) is split evenly over the "
+                             f"{pareto['series']} series tested, so every statement below holds with a family-wise "
+                             "error rate of at most alpha. A degree between two swept ones is never claimed."),
+                   *(Paragraph(degree_statement(g, f)) for g, f in fits),
+                   Paragraph(f"The description: {FIT_MODEL}, per base model and strategy (with at least three "
+                             f"distinct degrees, the baseline included); band: {INTERVAL:.0%} percentile interval of "
+                             f"{n_resamples:,} bootstrap fits, each resampling every variant's seeds with "
+                             "replacement, widened about the fit for n seeds by sqrt(n/(n-1)) x t(n-1)/z. The curve "
+                             "summarises the measured means; no claim rests on it."),
+                   *(Paragraph(fit_statement(g, f)) for g, f in fits),
+                   Image("figures/degree.png", f"Final top-1 against MLP parameters kept; curve: the descriptive "
+                                               f"fit, band: its {INTERVAL:.0%} bootstrap interval, dashed: baseline "
+                                               "minus the margin, ringed: the degrees shown non-inferior.")]
     return blocks, pareto
 
 
@@ -162,11 +179,14 @@ def _fig_degree(pareto: dict, colors: tuple[dict[str, str], dict[str, str]], pat
                 ax.errorbar(100 * entry["variants"][name]["kept"], v["mean"], yerr=v["std"] or 0,
                             color=by_variant[name], marker="*" if base else marker, ms=12 if base else 6,
                             mec="black" if base else None, ls="none", capsize=2, zorder=3, label=name)
-            ax.axhline(fit["threshold"], color="gray", ls="--", lw=1, label="baseline minus delta")
-            if fit["degree"]["reached"]:
-                ax.axvline(100 * fit["degree"]["kept"], color=color, ls=":", lw=1, label="degree reached")
+            ax.axhline(fit["baseline_mean"] - fit["degree"]["margin"], color="gray", ls="--", lw=1,
+                       label="baseline minus margin")
+            shown = [s for s in fit["degree"]["steps"] if s["shown"]]
+            means = [entry["variants"][s["name"]][fit["kind"]]["mean"] for s in shown]
+            ax.plot([100 * s["kept"] for s in shown], means, ls="none", marker="o", ms=15, mfc="none", color=color,
+                    label="shown non-inferior")
         ax.invert_xaxis()  # reduction grows to the right
         label_axes(ax, xlabel="MLP parameters kept (% of the base model's)",
                    ylabel=f"final top-1 (%), {KIND_TITLE[entry['fits'][0]['kind']]}", title=group)
-    legend_outside(fig, last=("baseline minus delta", "degree reached"))
+    legend_outside(fig, last=("baseline minus margin", "shown non-inferior"))
     save_figure(fig, path)

@@ -139,10 +139,12 @@ def paired_blocks(tests: list[SharpnessTest], baseline: str, config: StatisticsC
              NA if t.p_adjusted is None else fmt_p(t.p_adjusted, config.alpha),
              reading(t, config.alpha)] for t in tests]
     testable = sum(t.p_adjusted is not None for t in tests)
+    size = f"The {len(tests)} comparisons ({testable} testable; an untestable one counts as p = 1, as in the " \
+           "seed-level families)"
     return [
         Paragraph(f"Exploratory: paired difference from {baseline} (variant minus baseline over the seeds both "
                   f"measured; larger = sharper), {1 - config.alpha:.0%} t-based CI, two-sided paired t-test over "
-                  f"seeds. The {testable} testable comparisons form one exploratory family of their own, adjusted "
+                  f"seeds. {size} form one exploratory family of their own, adjusted "
                   f"with {CORRECTION_NAME[config.correction]} at alpha={config.alpha:g}: they suggest what to "
                   "test next and confirm nothing."),
         Table(["variant", "checkpoint", "measure", "paired seeds", f"difference vs {baseline} [CI]", "raw p",

@@ -30,7 +30,8 @@ FIGURE = "sharpness_difference.png"
 # Each measure's key in summary.json's `sharpness_vs_baseline` and results.csv (those of `sharpness`).
 KEYS = {"loss": "loss", "trace / parameter": "trace_per_param", "ASAM sharpness": "asam"}
 FAMILY = ("every variant x analysed checkpoint x measure comparable across variants (loss, trace / parameter, "
-          "ASAM sharpness) with a seed paired with the baseline and a defined p; exploratory")
+          "ASAM sharpness) with a seed paired with the baseline; an undefined test counts in the family as p = 1; "
+          "exploratory")
 
 
 @dataclass(frozen=True)
@@ -65,12 +66,10 @@ def sharpness_tests(study: StudyRuns, config: StatisticsConfig) -> list[Sharpnes
                 if seeds:
                     t = paired_ttest([base[s] for s in seeds], [other[s] for s in seeds], confidence=1 - config.alpha)
                     tests.append(SharpnessTest(variant, which, name, t, seeds=tuple(seeds)))
-    testable = [i for i, t in enumerate(tests) if t.test.p is not None]
-    adjusted = adjust_pvalues([tests[i].test.p for i in testable], config.correction)
-    for i, p in zip(testable, adjusted, strict=True):
-        t = tests[i]
-        tests[i] = SharpnessTest(t.variant, t.checkpoint, t.measure, t.test, p, t.seeds)
-    return tests
+    # As in the seed-level families, an undefined test enters as p = 1: the family keeps its size.
+    adjusted = adjust_pvalues([1.0 if t.test.p is None else t.test.p for t in tests], config.correction)
+    return [SharpnessTest(t.variant, t.checkpoint, t.measure, t.test, None if t.test.p is None else p, t.seeds)
+            for t, p in zip(tests, adjusted, strict=True)]
 
 
 def reading(t: SharpnessTest, alpha: float) -> str:
@@ -86,7 +85,7 @@ def sharpness_vs_baseline(study: StudyRuns, summary: dict, config: StatisticsCon
     """Put each variant's paired sharpness tests into its summary.json entry, beside `vs_baseline`; returns
     them for the report's table and figure (one computation per report)."""
     tests = sharpness_tests(study, config)
-    size = sum(t.p_adjusted is not None for t in tests)
+    size = len(tests)
     for variant in {t.variant for t in tests}:
         summary[variant]["sharpness_vs_baseline"] = {
             "baseline": study.baseline, "alpha": config.alpha, "confidence": 1 - config.alpha,
