@@ -2,6 +2,7 @@
 magnitude scores, grouped scaling, thin widths and init, the MLP norm, and EVA-02-S counted by hand."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -159,3 +160,27 @@ def test_gated_checkpoints_keep_sharing(tmp_path):
     images = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(loaded(images), model(images))
 
+
+
+def _output_ratio(mlp: str, scale: str, norm: bool = False, n: int = 2) -> float:
+    """std of the shared MLP's output over the full model's (its first block's), on unit-variance tokens."""
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", mlp_layer=MLPS[mlp][0], scale_mlp_norm=norm,
+                              **TINY_VIT).eval()
+    full = copy.deepcopy(model.blocks[0].mlp)
+    vitreduce.reduce(model, f"grouped:size={n},scale={scale}")
+    tokens = torch.randn(4096, TINY_VIT["embed_dim"], generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return float(model.blocks[0].mlp(tokens).std() / full(tokens).std())
+
+
+@pytest.mark.parametrize(("mlp", "norm", "auto"), [("Mlp", False, 0.50), ("Mlp", True, 0.71), ("GluMlp", False, 0.32),
+                                                     ("SwiGLUPacked", False, 0.35), ("SwiGLU", False, 0.32),
+                                                     ("SwiGLU", True, 0.71)])
+def test_the_output_rule_starts_every_mlp_kind_at_the_plain_mlps_output_scale(mlp, norm, auto):
+    """Under scale=auto the shared MLP's output at init (n = 2) is about 1/n of the full one's only for a plain
+    MLP: a gated MLP scales gate, value and fc2 (0.32-0.35), a norm over the hidden units undoes fc1's factor
+    (0.71 = 1/sqrt(2)). scale=output gives every kind exactly 1/n."""
+    assert _output_ratio(mlp, "auto", norm) == pytest.approx(auto, abs=0.02)  # docs/reductions.md's table
+    for n in (2, 3):
+        assert _output_ratio(mlp, "output", norm, n) == pytest.approx(1 / n, rel=1e-4)

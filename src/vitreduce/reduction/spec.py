@@ -31,11 +31,11 @@ def _parse_ratio(text: str) -> float:
 
 
 def _parse_scale(text: str) -> float | str:
-    if text == "auto":
-        return "auto"
+    if text in ("auto", "output"):
+        return text
     value = float(text)
     if not math.isfinite(value) or value <= 0:
-        raise ValueError("must be 'auto' or a positive finite number")
+        raise ValueError("must be 'auto', 'output' or a positive finite number")
     return value
 
 
@@ -92,8 +92,9 @@ _ALWAYS_SHOWN = {"ratio"}
 _RUN_FIRST = ("thin",)
 _HELP = (
     "valid: 'none' or steps joined by '+', each STRATEGY[:key=value,...] with "
-    "grouped(size=2, scale=auto|FLOAT, init=first|mean, pattern=sequence|cycle; scale=auto: 1/sqrt(n) on "
-    "fc1 and fc2.weight for init=first, the same std for init=mean), "
+    "grouped(size=2, scale=auto|output|FLOAT, init=first|mean, pattern=sequence|cycle; scale=auto: 1/sqrt(n) "
+    "on fc1 and fc2.weight for init=first, the same std for init=mean; output: fc2.weight x 1/n, the output "
+    "at 1/n for every MLP kind), "
     "shallow(ratio=0.5, keep=first|magnitude|random, seed=0), thin(ratio=0.5; runs before grouped)"
 )
 

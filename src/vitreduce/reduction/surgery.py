@@ -118,33 +118,37 @@ def _share(members: list[nn.Module], step: Step) -> None:
         averaged = len(sources) if step.params["init"] == "mean" else 1
         if averaged > 1:
             _average_into(kept, sources)
-        factor, bias_factor = group_scale(len(members), averaged, step.params["scale"])
-        scaled = [t for layer in input_layers(kept) for t in (layer.weight, layer.bias)] + [kept.fc2.weight]
-        for tensor in scaled:
-            if tensor is not None and factor != 1.0:
-                tensor.mul_(factor)
-        if kept.fc2.bias is not None and bias_factor != 1.0:
-            kept.fc2.bias.mul_(bias_factor)
+        factor, out_factor, bias_factor = group_scale(len(members), averaged, step.params["scale"])
+        scaled = [(t, factor) for layer in input_layers(kept) for t in (layer.weight, layer.bias)]
+        for tensor, f in [*scaled, (kept.fc2.weight, out_factor), (kept.fc2.bias, bias_factor)]:
+            if tensor is not None and f != 1.0:
+                tensor.mul_(f)
     for block in members:
         block.mlp = kept
 
 
-def group_scale(shared_by: int, averaged: int, scale: float | str) -> tuple[float, float]:
-    """Factors on (fc1.weight, fc1.bias, fc2.weight) and on fc2.bias of an MLP shared by ``shared_by``
-    blocks and made as the mean of ``averaged`` MLPs (1 for init=first).
+def group_scale(shared_by: int, averaged: int, scale: float | str) -> tuple[float, float, float]:
+    """Factors on the tensors in fc1's role (fc1.weight and fc1.bias; a gated MLP's gate and value), on
+    fc2.weight and on fc2.bias of an MLP shared by ``shared_by`` blocks and made as the mean of ``averaged``
+    MLPs (1 for init=first).
 
-    A float scale is the first factor as given, fc2.bias unscaled. ``auto`` is the published rule,
-    1/sqrt(n) on the first three tensors and fc2.bias left alone, stated for independently initialised
+    A float scale is the fc1 and fc2.weight factor as given, fc2.bias unscaled. ``auto`` is the published
+    rule, 1/sqrt(n) on fc1 and fc2.weight and fc2.bias left alone, stated for independently initialised
     MLPs and ``init=first``: each tensor of the shared MLP gets the std it has under init=first. The mean
     of ``averaged`` independent draws already has 1/sqrt(averaged) of their std, so for ``init=mean``
-    auto first multiplies every averaged tensor by sqrt(averaged): first and mean then differ in which
-    values the shared MLP starts from, not in their scale (for pairs: x 1 on the three tensors, x sqrt(2)
-    on fc2.bias).
+    every rule first multiplies every averaged tensor by sqrt(averaged): first and mean then differ in
+    which values the shared MLP starts from, not in their scale (for pairs under auto: x 1 on the three
+    tensors, x sqrt(2) on fc2.bias). Under auto a plain MLP's output starts at about 1/n of the full
+    model's, but a gated one's at about n^(-3/2) (gate, value and fc2 each scaled) and one with a norm over
+    its hidden units at 1/sqrt(n) (the norm undoes fc1's factor). ``output`` scales fc2.weight alone by 1/n:
+    the output is linear in fc2.weight, so every MLP kind starts at exactly 1/n of its full output.
     """
-    if scale != "auto":
-        return float(scale), 1.0
     undo_mean = math.sqrt(averaged)  # 1.0 for init=first; x / x is exactly 1.0, so mean of n is x 1.0
-    return undo_mean / math.sqrt(shared_by), undo_mean
+    if scale == "auto":
+        return undo_mean / math.sqrt(shared_by), undo_mean / math.sqrt(shared_by), undo_mean
+    if scale == "output":
+        return undo_mean, undo_mean / shared_by, undo_mean
+    return float(scale), float(scale), 1.0
 
 
 def _distinct(modules) -> list[nn.Module]:
