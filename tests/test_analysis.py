@@ -9,7 +9,7 @@ import pytest
 
 from vitreduce.errors import VitreduceError
 from vitreduce.study.analysis import AnalysisConfig, analyze_run, checkpoint_path
-from vitreduce.study.report import write_report
+from vitreduce.study.reporting import write_report
 from vitreduce.train.config import load_config
 from vitreduce.train.loop import train
 

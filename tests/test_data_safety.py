@@ -1,5 +1,5 @@
 """Hostile data folders: high-bit-depth pixels read right or refused, links that cannot loop or relabel,
-FIFOs never opened, and user text in the report shown as text (vitreduce.data.images, study.render)."""
+FIFOs never opened, and user text in the report shown as text (vitreduce.data.images, report.render)."""
 from __future__ import annotations
 
 import os
@@ -17,9 +17,9 @@ import vitreduce
 from vitreduce.data import AugmentConfig, DataConfig, build_eval_loader, build_train_loader, check_dataset
 from vitreduce.data.images import read_rgb, scan_split
 from vitreduce.errors import VitreduceError
+from vitreduce.report.render import Bullets, Heading, Paragraph, Table, render_html, render_markdown
 from vitreduce.sharpness.batches import load_batches
-from vitreduce.study.render import Bullets, Heading, Paragraph, Table, render_html, render_markdown
-from vitreduce.study.report import write_report
+from vitreduce.study.reporting import write_report
 
 SIZE = 8  # images are written at the model's input size, so the eval transform only scales to [0, 1]
 PLAIN = AugmentConfig(enabled=False, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), crop_pct=1.0)
@@ -283,6 +283,7 @@ def test_report_md_and_html_escape_hand_edited_names(tmp_path):
     (study / "runs" / "grouped").rename(study / "runs" / variant)
     spec = yaml.safe_load((study / "study.yaml").read_text())
     spec["name"] = "<script>alert(1)</script>"
+    spec["variants"] = [{**v, "name": variant} if v["name"] == "grouped" else v for v in spec["variants"]]
     (study / "study.yaml").write_text(yaml.safe_dump(spec))
     paths = write_report(study, n_resamples=20)
     md, page = paths.markdown.read_text(), paths.html.read_text()

@@ -11,8 +11,8 @@ import pytest
 from matplotlib.collections import PathCollection
 from matplotlib.colors import to_hex
 
-from vitreduce.study import figures, figures_landscape, figures_steps, sharpness_paired
-from vitreduce.study.report import write_report
+from vitreduce.report import figures, figures_landscape, figures_steps, sharpness_paired
+from vitreduce.study.reporting import write_report
 
 FIXTURES = Path(__file__).parent / "fixtures" / "v0_1"
 UNITS = ("(%)", "(pp)", "(cross-entropy)", "(L2, log scale)", "(cross-entropy / weight^2)")

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from vitreduce.numbers import format_macs, macs_unit
-from vitreduce.study.flat import RESULTS_CSV, results_columns
-from vitreduce.study.formatting import pm as _pm
-from vitreduce.study.formatting import pm_column as _pm_column
-from vitreduce.study.report import results_table, write_report
-from vitreduce.study.runs import throughput_ratio
+from vitreduce.report.flat import RESULTS_CSV, results_columns
+from vitreduce.report.formatting import pm as _pm
+from vitreduce.report.formatting import pm_column as _pm_column
+from vitreduce.report.runs import throughput_ratio
+from vitreduce.report.write import results_table
+from vitreduce.study.reporting import write_report
 
 STUDY = Path(__file__).resolve().parent / "fixtures" / "v0_1" / "study" / "out"
 

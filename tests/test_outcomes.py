@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
+from vitreduce.report.runs import load_run
+from vitreduce.statistics.family import NEGLIGIBLE, NO_EVIDENCE, verdict_word
 from vitreduce.statistics.pvalue import fmt_p
-from vitreduce.study.family import NEGLIGIBLE, NO_EVIDENCE, verdict_word
-from vitreduce.study.report import write_report
-from vitreduce.study.runs import load_run
+from vitreduce.study.reporting import write_report
 
 N_IMAGES = 200
 

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from vitreduce.study.pareto import Series, fit_series, front, polyfit
-from vitreduce.study.report import write_report
+from vitreduce.report.pareto import Series, fit_series, front, polyfit
+from vitreduce.study.reporting import write_report
 
 BASE_PARAMS, BASE_MLP = 5_000_000, 3_000_000
 RATIOS = (1.0, 0.75, 0.5, 0.375, 0.25)
@@ -144,7 +144,7 @@ def test_no_section_for_a_study_without_a_sweep_and_fewer_than_three_costs(tmp_p
 @pytest.fixture
 def pareto_figures(tmp_path, monkeypatch):
     """{file name: Figure} of the Pareto section's figures on the steep study, drawn, and its pareto entry."""
-    from vitreduce.study import report_pareto
+    from vitreduce.report import pareto_section as report_pareto
 
     saved, original = {}, report_pareto.save_figure
 
@@ -161,8 +161,8 @@ def pareto_figures(tmp_path, monkeypatch):
 def test_pareto_figure_colours_markers_legend_and_units(pareto_figures):
     from matplotlib.colors import to_hex
 
-    from vitreduce.study.plots import variant_colors
-    from vitreduce.study.runs import load_study
+    from vitreduce.report.plots import variant_colors
+    from vitreduce.report.runs import load_study
 
     saved, pareto, root = pareto_figures
     group = pareto["groups"]["ti"]
@@ -194,7 +194,7 @@ def test_pareto_figure_colours_markers_legend_and_units(pareto_figures):
 def test_past_ten_variants_the_pareto_colours_are_per_base_model():
     from types import SimpleNamespace
 
-    from vitreduce.study.report_pareto import _colors
+    from vitreduce.report.pareto_section import _colors
 
     few = SimpleNamespace(baseline="a.base", variants={"a.base": [], "a.x": [], "b.base": []})
     groups = {"a": {"baseline": "a.base", "variants": {"a.base": {}, "a.x": {}}},
@@ -205,7 +205,7 @@ def test_past_ten_variants_the_pareto_colours_are_per_base_model():
     study = SimpleNamespace(baseline="a.0", variants=dict.fromkeys(many, []))
     by_variant, by_group = _colors(study, {"a": {"baseline": "a.0", "variants": many}})
     assert set(by_variant.values()) == {by_group["a"]}
-    from vitreduce.study.report_pareto import _cost_axis
+    from vitreduce.report.pareto_section import _cost_axis
 
     assert _cost_axis("macs_linear", [900_000, 500_000]) == (1e-3, "MACs per image, linear (KMACs)")  # tiny models
     assert _cost_axis("params", [57_764.0]) == (1e-3, "unique parameters (thousands)")
@@ -213,8 +213,8 @@ def test_past_ten_variants_the_pareto_colours_are_per_base_model():
 
 
 def test_the_section_table_has_one_number_format_per_column():
-    from vitreduce.study.report_pareto import _group_table
-    from vitreduce.study.runs import MODEL_KINDS
+    from vitreduce.report.pareto_section import _group_table
+    from vitreduce.report.runs import MODEL_KINDS
 
     def variant(mean: float, sd: float) -> dict:
         stats = {"n": 2, "mean": mean, "std": sd}

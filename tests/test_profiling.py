@@ -12,7 +12,7 @@ from vitreduce.efficiency.memory import MB, static_memory
 from vitreduce.efficiency.profiler import profile_variants, write_throughput_json
 from vitreduce.efficiency.workload import TrainStep, make_batch
 from vitreduce.errors import VitreduceError
-from vitreduce.study.report import read_throughput
+from vitreduce.report.write import read_throughput
 
 # Small enough to build and step in milliseconds; 2 blocks so grouped shares one MLP.
 SMALL = dict(img_size=16, patch_size=8, embed_dim=16, depth=2, num_heads=2)

@@ -8,7 +8,8 @@ import pytest
 
 from vitreduce.cli import report_cmd
 from vitreduce.errors import VitreduceError
-from vitreduce.study.report import format_results_table, write_report
+from vitreduce.report.write import format_results_table
+from vitreduce.study.reporting import write_report
 
 REQUIRED_KIND_KEYS = {"top1_final_mean", "top1_final_std", "top1_peak_mean", "peak_epoch_mean", "p2f_mean",
                       "p2f_std"}
@@ -221,7 +222,7 @@ def _entry(verdict=None, n=2, diff=0.1, p_adj=0.5, min_effect=64.0, needed=204, 
 
 
 def test_headline_without_a_verdict_states_what_the_seeds_could_detect():
-    from vitreduce.study.headline import headline, headline_table
+    from vitreduce.report.headline import headline, headline_table
 
     summary = {"base": _entry(), "a": _entry("no evidence of a difference", min_effect=152.4, needed=1144),
                "b": _entry("no evidence of a difference"), "c": _entry("no evidence of a difference", needed=500)}
@@ -240,7 +241,7 @@ def test_headline_without_a_verdict_states_what_the_seeds_could_detect():
 
 
 def test_headline_names_the_better_variant_with_its_interval():
-    from vitreduce.study.headline import headline
+    from vitreduce.report.headline import headline
 
     summary = {"base": _entry(), "a": _entry("better", diff=0.8, p_adj=0.01, correction="bh", size=2),
                "b": _entry("no evidence of a difference", correction="bh", size=2)}
@@ -251,7 +252,7 @@ def test_headline_names_the_better_variant_with_its_interval():
 
 
 def test_headline_with_one_seed_claims_nothing():
-    from vitreduce.study.headline import headline
+    from vitreduce.report.headline import headline
 
     lines = headline({"base": _entry(n=1), "a": _entry("not testable", n=1, size=1)}, "base")
     assert lines[0] == ("Not testable against the baseline (base) in final top-1 of the EMA model, so no claim either "
@@ -261,7 +262,7 @@ def test_headline_with_one_seed_claims_nothing():
 
 
 def test_report_leads_with_the_headline_and_ends_with_the_appendix(study):
-    from vitreduce.study.headline import headline
+    from vitreduce.report.headline import headline
 
     paths = write_report(study, n_resamples=20)
     md = paths.markdown.read_text()

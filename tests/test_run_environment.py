@@ -147,7 +147,7 @@ def test_files_and_folders_follow_the_umask(tmp_path, tiny_train_config, umask_0
 
 
 def test_a_report_follows_the_umask(tmp_path, umask_022):
-    from vitreduce.study.report import write_report
+    from vitreduce.study.reporting import write_report
 
     study = tmp_path / "study"
     shutil.copytree(FIXTURES / "study" / "out", study, symlinks=True)

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from vitreduce.errors import VitreduceError
-from vitreduce.study.runs import (
+from vitreduce.report.runs import (
     find_loss_spikes,
     load_run,
     load_study,

@@ -15,11 +15,11 @@ import vitreduce
 from vitreduce.cli.main import main
 from vitreduce.errors import VitreduceError
 from vitreduce.reduction.params import unique_named_parameters
+from vitreduce.report.render import render_markdown
+from vitreduce.report.runs import load_study
+from vitreduce.report.sharpness_section import sharpness_section
 from vitreduce.sharpness.measures import analysis_mode, analyze_sharpness
 from vitreduce.sharpness.options import SharpnessOptions
-from vitreduce.study.render import render_markdown
-from vitreduce.study.report_sharpness import sharpness_section
-from vitreduce.study.runs import load_study
 
 OLD_STUDY = Path(__file__).resolve().parent / "fixtures" / "v0_1" / "study" / "out"
 

@@ -7,19 +7,18 @@ import pytest
 from scipy import stats as sps
 
 from vitreduce.errors import VitreduceError
-from vitreduce.study.runs import load_run
-from vitreduce.study.stats import (
+from vitreduce.report.compare import compare_to_baseline, read_predictions
+from vitreduce.report.runs import load_run
+from vitreduce.statistics.paired import (
     Bootstrap,
     McNemar,
     clustered_mcnemar,
-    compare_to_baseline,
     describe_bootstrap,
     describe_mcnemar,
     describe_ttest,
     mcnemar_exact,
     paired_bootstrap_ci,
     paired_ttest,
-    read_predictions,
 )
 
 

@@ -15,7 +15,7 @@ from conftest import tiny_model
 from test_engine import batch, context
 
 from vitreduce.errors import VitreduceError
-from vitreduce.study.runs import find_step_spikes
+from vitreduce.report.runs import find_step_spikes
 from vitreduce.train.config import validate
 from vitreduce.train.logs import read_steps
 from vitreduce.train.loop import train

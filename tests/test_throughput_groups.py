@@ -6,7 +6,8 @@ import json
 import pytest
 
 from vitreduce.efficiency import profiler
-from vitreduce.study.report import results_table, write_report
+from vitreduce.report.write import results_table
+from vitreduce.study.reporting import write_report
 from vitreduce.study.runner import run_study
 from vitreduce.study.spec import parse_spec
 

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats as sps
 
 from vitreduce.errors import VitreduceError
-from vitreduce.study.family import (
+from vitreduce.statistics.family import (
     BETTER,
     NO_EVIDENCE,
     NOT_TESTABLE,
@@ -20,9 +20,9 @@ from vitreduce.study.family import (
     verdict_word,
     verdicts_many,
 )
-from vitreduce.study.power import MAX_SEEDS, detectable, minimum_detectable, power_paired, seeds_needed
+from vitreduce.statistics.paired import Comparison, KindComparison, paired_ttest
+from vitreduce.statistics.power import MAX_SEEDS, detectable, minimum_detectable, power_paired, seeds_needed
 from vitreduce.study.spec import parse_spec, spec_tree
-from vitreduce.study.stats import Comparison, KindComparison, paired_ttest
 
 
 def test_holm_against_hand_computation():

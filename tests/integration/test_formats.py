@@ -15,8 +15,8 @@ import vitreduce
 from vitreduce.cli.main import main
 from vitreduce.data.synth import write_synth_dataset
 from vitreduce.reduction.accounting import upgrade_record
-from vitreduce.study.headline import headline
-from vitreduce.study.report import architecture_table, results_table
+from vitreduce.report.headline import headline
+from vitreduce.report.write import architecture_table, results_table
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "v0_1"
 pytestmark = [pytest.mark.xdist_group("formats"), pytest.mark.stored_numbers]

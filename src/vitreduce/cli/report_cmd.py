@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vitreduce.study.family import DEFAULT_EFFECT, PRIMARY_CHOICES
-from vitreduce.study.runs import DEFAULT_SPIKE_THRESHOLD, DEFAULT_SPIKE_WINDOW
-from vitreduce.study.stats import DEFAULT_ALPHA, DEFAULT_BOOTSTRAP_SEED, DEFAULT_RESAMPLES
+from vitreduce.report.runs import DEFAULT_SPIKE_THRESHOLD, DEFAULT_SPIKE_WINDOW
+from vitreduce.statistics.family import DEFAULT_EFFECT, PRIMARY_CHOICES
+from vitreduce.statistics.paired import DEFAULT_ALPHA, DEFAULT_BOOTSTRAP_SEED, DEFAULT_RESAMPLES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitreduce.study.report import format_results_table, write_report
+    from vitreduce.report.write import format_results_table
+    from vitreduce.study.reporting import write_report
 
     paths = write_report(args.study_dir, args.baseline, alpha=args.alpha, correction=args.correction,
                          primary=args.primary, effect=args.effect, n_resamples=args.resamples,

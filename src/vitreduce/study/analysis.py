@@ -8,13 +8,13 @@ eval``), and writes ``RUN/analysis/sharpness_<final|peak>.json`` (the ``vitreduc
 object plus the options used, the preprocessing among them) and ``RUN/analysis/landscape/`` (a 1D
 filter-normalised surface around the final checkpoint and the interpolation peak -> final, CSV +
 PNG, and options.json). A result whose options match is reused, so rerunning a study costs nothing.
-The report (vitreduce.study.report) reads these files; nothing here is needed to read them.
+The report reads these files (vitreduce.report.analysis_files); nothing here is needed to read them.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,11 +22,8 @@ from vitreduce.config_tree import read_yaml
 from vitreduce.data.transforms import DEFAULTS, RUN_CONFIG, EvalPreprocessing, eval_preprocessing_for
 from vitreduce.errors import VitreduceError
 from vitreduce.files import write_json
+from vitreduce.report.analysis_files import ANALYSED_CHECKPOINTS, ANALYSIS_DIR, AnalysedCheckpoint
 from vitreduce.sharpness.options import Method, SharpnessOptions
-
-ANALYSIS_DIR = "analysis"
-AnalysedCheckpoint = Literal["final", "peak"]  # the last epoch's weights, and the best epoch's (checkpoints/best)
-ANALYSED_CHECKPOINTS: tuple[str, ...] = get_args(AnalysedCheckpoint)
 
 
 class _RunCheckpoints(BaseModel):
@@ -175,13 +172,3 @@ def _landscape(run_dir: Path, config: AnalysisConfig, models: dict, batches, log
                               other_title=f"{run} final" if path else "", start_title=f"{run} peak")
     write_json(marker, {"options": options})
     return [*written, marker]
-
-
-def read_run_analysis(run_dir: str | Path) -> dict[str, dict]:
-    """``{"final": {...}, "peak": {...}}``: the sharpness results a run has (missing ones left out)."""
-    results = {}
-    for which in ANALYSED_CHECKPOINTS:
-        path = Path(run_dir) / ANALYSIS_DIR / f"sharpness_{which}.json"
-        if path.is_file():
-            results[which] = json.loads(path.read_text())
-    return results

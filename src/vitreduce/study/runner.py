@@ -4,7 +4,7 @@
 directories, validates every run's config and checks every model and dataset before any run starts
 (vitreduce.study.plan), skips finished runs, resumes interrupted ones (the trainer resumes exactly),
 keeps two processes off the same run with a file lock (vitreduce.study.launch), trains several at once
-with ``jobs > 1`` (vitreduce.study.pool), and ends with ``vitreduce.study.report.write_report``. A study
+with ``jobs > 1`` (vitreduce.study.pool), and ends with ``vitreduce.study.reporting.write_report``. A study
 is just those run directories; ``study.yaml`` records the resolved spec, and a rerun with a spec that
 would change any run is refused, naming what differs.
 """
@@ -39,7 +39,7 @@ from vitreduce.train import rundir
 class StudyResult:
     study_dir: Path
     outcomes: list[Outcome] = field(default_factory=list)
-    report: Any = None  # vitreduce.study.report.ReportPaths, or None when no run has finished
+    report: Any = None  # vitreduce.report.write.ReportPaths, or None when no run has finished
 
     @property
     def failed(self) -> list[Outcome]:
@@ -193,7 +193,7 @@ def _after_training(spec: StudySpec, plans: list[RunPlan], result: StudyResult, 
     if spec.analysis is not None:
         _analyse(spec.analysis, plans, echo, threads)
     if any(finished):
-        from vitreduce.study.report import write_report
+        from vitreduce.study.reporting import write_report
 
         result.report = write_report(result.study_dir)
 
@@ -276,7 +276,7 @@ def print_results(result: StudyResult, note: str = "") -> None:
               f"are queued or training; `vitreduce report {result.study_dir}` writes it once they are done"
               if finished else f"no run of {result.study_dir} has finished yet: no report")
         return
-    from vitreduce.study.report import format_results_table
+    from vitreduce.report.write import format_results_table
 
     print(format_results_table(result.report.summary))
     if note:

@@ -39,8 +39,8 @@ from vitreduce.config_tree import (
 )
 from vitreduce.device import Precision
 from vitreduce.errors import VitreduceError
+from vitreduce.statistics.family import StatisticsConfig
 from vitreduce.study.analysis import AnalysisConfig
-from vitreduce.study.family import StatisticsConfig
 from vitreduce.study.sweep import SweepSpec, expand_sweep
 from vitreduce.train.config import TrainConfig
 
@@ -215,7 +215,7 @@ class StudySpec(_Strict):
     baseline: str | None = None  # a variant name; default the first
     throughput: Throughput = False  # true, or ThroughputOptions
     analysis: AnalysisConfig | None = None  # sharpness/landscape of final/peak checkpoints (study.analysis)
-    statistics: StatisticsConfig | None = None  # primary metric, correction, alpha, effect (study.family)
+    statistics: StatisticsConfig | None = None  # the report's statistics settings (statistics.family)
     launcher: Launcher = "python"
     slurm: SlurmOptions = SlurmOptions()  # the jobs of launcher: slurm
     nproc_per_node: Whole = Field(1, ge=1, le=_COUNT_MAX)  # processes per run under torchrun

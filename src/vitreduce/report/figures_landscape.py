@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from vitreduce.report.analysis_files import ANALYSIS_DIR
+from vitreduce.report.plots import label_axes, legend_outside, one_axes, ordered_variants, save_figure
+from vitreduce.report.runs import StudyRuns
 from vitreduce.sharpness.landscape_plots import loss_change
-from vitreduce.study.analysis import ANALYSIS_DIR
-from vitreduce.study.plots import label_axes, legend_outside, one_axes, ordered_variants, save_figure
-from vitreduce.study.runs import StudyRuns
 
 Curve = tuple[np.ndarray, np.ndarray]  # (alphas, losses)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from vitreduce.files import atomic_write
-from vitreduce.study.runs import RunMetrics, StudyRuns
+from vitreduce.report.runs import RunMetrics, StudyRuns
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
             "#17becf")  # matplotlib's tab10, spelled out so a variant's colour does not depend on rcParams

@@ -8,19 +8,16 @@ import functools
 import json
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from vitreduce.config_tree import read_yaml
 from vitreduce.errors import VitreduceError
 from vitreduce.numbers import is_finite
 from vitreduce.reduction.accounting import RECORD_FIELDS, upgrade_record
-from vitreduce.sharpness.measures import per_parameter
-from vitreduce.statistics.sample import mean_std
-from vitreduce.study.analysis import read_run_analysis
-from vitreduce.study.outcome import (
+from vitreduce.report.analysis_files import read_run_analysis
+from vitreduce.report.outcome import (
     STATUSES,
     Outcome,
     Unreadable,
@@ -29,7 +26,7 @@ from vitreduce.study.outcome import (
     first_bad_step,
     summarize_outcomes,
 )
-from vitreduce.study.spikes import (
+from vitreduce.report.spikes import (
     DEFAULT_SPIKE_THRESHOLD,
     DEFAULT_SPIKE_WINDOW,
     DEFAULT_STEP_SPIKE_WINDOW,
@@ -37,15 +34,16 @@ from vitreduce.study.spikes import (
     find_loss_spikes,
     find_step_spikes,
 )
-from vitreduce.study.sweep import sweep_labels
-from vitreduce.study.throughput import same_model_baseline, summarize_throughput, throughput_ratio
+from vitreduce.report.throughput import same_model_baseline, summarize_throughput, throughput_ratio
+from vitreduce.sharpness.measures import per_parameter
+from vitreduce.statistics.family import KIND_TITLE as KIND_TITLE  # re-exported for the report modules
+from vitreduce.statistics.family import MODEL_KINDS, ModelKind
+from vitreduce.statistics.sample import mean_std
 from vitreduce.train.logs import read_metrics, read_steps
 
-ModelKind = Literal["raw", "ema"]  # the trained weights, or their exponential moving average
-MODEL_KINDS: tuple[ModelKind, ...] = ("raw", "ema")
-KIND_TITLE: dict[ModelKind, str] = {"raw": "raw model", "ema": "EMA model"}  # as tables and figures name them
 # run.json fields that describe the model; every seed of a variant must agree on them.
 ARCH_KEYS = (*RECORD_FIELDS, "num_classes", "epochs")
+LabelsOf = Callable[[dict], dict[str, str]]  # study.yaml's tree -> {sweep variant: base model label}
 _SEED_DIR = re.compile(r"seed(\d+)")
 
 
@@ -111,7 +109,7 @@ class RunMetrics:
     step_loss: tuple[float | None, ...] = ()  # None: not finite
     step_grad_norm: tuple[float | None, ...] = ()  # global gradient norm; None: not finite
     step_spike_steps: tuple[int, ...] | None = None
-    outcome: Outcome = Outcome("finished")  # finished, diverged, unfinished or unreadable (vitreduce.study.outcome)
+    outcome: Outcome = Outcome("finished")  # finished, diverged, unfinished or unreadable (vitreduce.report.outcome)
     last_epoch: int = 0  # the last epoch metrics.jsonl records
     steps_trained: int | None = None  # optimizer steps at the last logged epoch
     ema_decay: float | None = None  # config.yaml's ema.decay, when the run kept an EMA
@@ -139,7 +137,7 @@ class RunMetrics:
 def load_run(run_dir: Path | str, *, spike_window: int = DEFAULT_SPIKE_WINDOW,
              spike_threshold: float = DEFAULT_SPIKE_THRESHOLD, step_spike_window: int = DEFAULT_STEP_SPIKE_WINDOW,
              step_spike_z: float = DEFAULT_STEP_SPIKE_Z) -> RunMetrics:
-    """Read one run directory and say what became of it (``RunMetrics.outcome``, vitreduce.study.outcome).
+    """Read one run directory and say what became of it (``RunMetrics.outcome``, vitreduce.report.outcome).
 
     An unfinished run (no done.json) is read as far as it got. A run whose files cannot be read, or hold
     values the engine cannot have written, is returned as unreadable with the file and the reason; a run
@@ -226,19 +224,20 @@ class StudyRuns:
     statistics: dict | None = None  # study.yaml's `statistics:` section (checked by the report), if any
     runs: dict[str, list[RunMetrics]] = field(default_factory=dict)  # every run of every variant, by seed
     unlisted: tuple[str, ...] = ()  # run folders of variants study.yaml does not name: not reported
+    labels: dict[str, str] = field(default_factory=dict)  # a sweep's variant -> its base model's label
 
     def included(self, run: RunMetrics) -> bool:
         return not any(r is run for _, r in self.excluded)
 
 
-def _spec_variant_names(spec: dict) -> list[str]:
+def _spec_variant_names(spec: dict, labels: dict[str, str]) -> list[str]:
     variants = spec.get("variants")
     names: list = []
     if isinstance(variants, dict):
         names = list(variants)
     elif isinstance(variants, list):
         names = [v if isinstance(v, str) else v.get("name") if isinstance(v, dict) else None for v in variants]
-    return [str(n) for n in names if n is not None] + list(sweep_labels(spec))
+    return [str(n) for n in names if n is not None] + list(labels)
 
 
 def _spec_seeds(spec: dict) -> list[int]:
@@ -255,14 +254,16 @@ def _not_started(run_dir: Path, seed: int) -> RunMetrics:
 def load_study(study_dir: Path | str, *, baseline: str | None = None, include_unfinished: bool = False,
                spike_window: int = DEFAULT_SPIKE_WINDOW, spike_threshold: float = DEFAULT_SPIKE_THRESHOLD,
                step_spike_window: int = DEFAULT_STEP_SPIKE_WINDOW,
-               step_spike_z: float = DEFAULT_STEP_SPIKE_Z) -> StudyRuns:
+               step_spike_z: float = DEFAULT_STEP_SPIKE_Z, labels_of: LabelsOf | None = None) -> StudyRuns:
     """Read STUDY_DIR/runs/<variant>/seed<S>/ and resolve the baseline variant.
 
     With a study.yaml, the study is its variants x seeds: a listed run without a folder is unfinished (not
     started), and a folder of a variant it does not name is left out (``unlisted``). The baseline is the
     argument, else study.yaml's `baseline:`, else the first variant (in the order of study.yaml's
     `variants:` list when present, else sorted by name). Only finished runs are included (unfinished ones
-    too with `include_unfinished`); every other run is in `excluded` with its outcome.
+    too with `include_unfinished`); every other run is in `excluded` with its outcome. `labels_of` names the
+    variants of study.yaml's `sweep:` section with their base model's label (the study spec knows how:
+    vitreduce.study.reporting hands it over); without it only `variants:` is read.
     """
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
@@ -271,7 +272,8 @@ def load_study(study_dir: Path | str, *, baseline: str | None = None, include_un
     spec: dict = read_yaml(study_dir / "study.yaml") if (study_dir / "study.yaml").is_file() else {}
     runs_root = study_dir / "runs"
     on_disk = sorted(p.name for p in runs_root.iterdir() if p.is_dir()) if runs_root.is_dir() else []
-    named = _spec_variant_names(spec)
+    labels = labels_of(spec) if labels_of and spec else {}
+    named = _spec_variant_names(spec, labels)
     order = [v for v in named if v in on_disk] + ([] if named else on_disk)
     read = functools.partial(load_run, spike_window=spike_window, spike_threshold=spike_threshold,
                              step_spike_window=step_spike_window, step_spike_z=step_spike_z)
@@ -295,7 +297,7 @@ def load_study(study_dir: Path | str, *, baseline: str | None = None, include_un
     excluded = [(v, r) for v, runs in every.items() for r in runs if r not in variants.get(v, [])]
     return StudyRuns(study_dir=study_dir, name=str(spec.get("name") or study_dir.name), baseline=str(baseline),
                      variants=variants, excluded=excluded, statistics=spec.get("statistics"), runs=every,
-                     unlisted=tuple(v for v in on_disk if v not in order))
+                     unlisted=tuple(v for v in on_disk if v not in order), labels=labels)
 
 
 def _counted(counts: Counter) -> str:

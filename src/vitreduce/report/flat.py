@@ -1,6 +1,6 @@
 """results.csv: summary.json flattened to one row per variant and model kind (raw, EMA), for users' own plots.
 
-A pure function of the summary write_report builds (vitreduce.study.runs.summarize_study plus each variant's
+A pure function of the summary write_report builds (vitreduce.report.runs.summarize_study plus each variant's
 `vs_baseline`); every number the report's tables show is a column, unformatted. Columns are defined in
 docs/metrics.md under summary.json; an empty cell is a figure that is undefined or was not measured.
 """
@@ -11,9 +11,9 @@ import io
 from pathlib import Path
 
 from vitreduce.files import write_text
-from vitreduce.study.analysis import ANALYSED_CHECKPOINTS
-from vitreduce.study.runs import MODEL_KINDS, SHARPNESS_MEASURES
-from vitreduce.study.sharpness_paired import KEYS as _PAIRED_MEASURES
+from vitreduce.report.analysis_files import ANALYSED_CHECKPOINTS
+from vitreduce.report.runs import MODEL_KINDS, SHARPNESS_MEASURES
+from vitreduce.report.sharpness_paired import KEYS as _PAIRED_MEASURES
 
 RESULTS_CSV = "results.csv"
 _ARCH = ("params", "mlp_params", "unique_mlps", "macs_linear", "macs_total", "mlp_hidden", "expansion")

@@ -1,6 +1,6 @@
 """Accuracy against cost: the Pareto front, the accuracy-vs-degree fit and the degree at which accuracy drops.
 
-Pure functions of a study's runs and summary (vitreduce.study.runs). Variants are grouped by base model:
+Pure functions of a study's runs and summary (vitreduce.report.runs). Variants are grouped by base model:
 the sweep's labels (study.yaml ``sweep:``), else run.json's model name and width. Per base model:
 
 - **front**: for each cost (unique parameters, linear MACs, measured inference throughput where profiled)
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
+from vitreduce.report.runs import MODEL_KINDS, StudyRuns
 from vitreduce.statistics.noninferiority import fixed_sequence, lack_of_fit
 from vitreduce.statistics.pvalue import fmt_p
-from vitreduce.study.runs import MODEL_KINDS, StudyRuns
 
 COSTS = {"params": "unique parameters", "macs_linear": "MACs (linear)", "throughput_img_s": "throughput (img/s)"}
 LOWER_IS_CHEAPER = {"params": True, "macs_linear": True, "throughput_img_s": False}

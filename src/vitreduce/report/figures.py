@@ -1,8 +1,8 @@
 """The report's figures (figures/*.png, each with an SVG beside it): top-1 vs epoch, the paired difference
 from the baseline per epoch, per-seed strip plots of final top-1 and of peak-to-final, the drawdown from the
 running best, train loss per epoch with its spikes, the per-step loss and gradient norm with their step
-spikes (vitreduce.study.figures_steps, runs with steps.jsonl), and the sharpness figures. Each is defined in
-docs/metrics.md; what they share is in vitreduce.study.plots.
+spikes (vitreduce.report.figures_steps, runs with steps.jsonl), and the sharpness figures. Each is defined in
+docs/metrics.md; what they share is in vitreduce.report.plots.
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from vitreduce.study.figures_steps import step_figures
-from vitreduce.study.plots import (
+from vitreduce.report.figures_steps import step_figures
+from vitreduce.report.plots import (
     band,
     label_axes,
     legend_outside,
@@ -24,8 +24,8 @@ from vitreduce.study.plots import (
     save_figure,
     variant_colors,
 )
-from vitreduce.study.report_sharpness import sharpness_figures
-from vitreduce.study.runs import KIND_TITLE, MODEL_KINDS, ModelMetrics, RunMetrics, StudyRuns
+from vitreduce.report.runs import KIND_TITLE, MODEL_KINDS, ModelMetrics, RunMetrics, StudyRuns
+from vitreduce.report.sharpness_section import sharpness_figures
 
 _FIGURES = (  # (file name, caption) of the figures every report has
     ("top1_vs_epoch.png", "Top-1 vs epoch, raw (left) and EMA (right): mean over seeds, band = min-max over "
@@ -43,7 +43,7 @@ _FIGURES = (  # (file name, caption) of the figures every report has
 
 def write_figures(study: StudyRuns, summary: dict, fig_dir: Path, paired_sharpness=()) -> list[tuple[str, str]]:
     """Write every figure the study's data allow into ``fig_dir``; returns (file name, caption) pairs.
-    ``paired_sharpness``: the report's paired sharpness tests (study.sharpness_paired), drawn as one figure."""
+    ``paired_sharpness``: the report's paired sharpness tests (report.sharpness_paired), drawn as one figure."""
     fig_dir.mkdir(exist_ok=True)
     top1, diff, final, p2f, drawdown, loss = (fig_dir / name for name, _ in _FIGURES)
     _fig_top1(study, top1)

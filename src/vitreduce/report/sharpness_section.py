@@ -1,6 +1,6 @@
 """The report's sharpness section: a table per variant (mean over seeds), the paired tests against the
-baseline (vitreduce.study.sharpness_paired), what each number can support, and the sharpness figures
-(vitreduce.study.figures_landscape and the paired differences).
+baseline (vitreduce.report.sharpness_paired), what each number can support, and the sharpness figures
+(vitreduce.report.figures_landscape and the paired differences).
 
 Pure functions of the files vitreduce.study.analysis wrote into the run directories; a study without
 them gets no section. Files written before ASAM and the normalised trace were recorded still report:
@@ -10,16 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vitreduce.report.analysis_files import ANALYSED_CHECKPOINTS, read_run_analysis
+from vitreduce.report.figures_landscape import landscape_figures
+from vitreduce.report.formatting import NA, fixed, places, pm_column
+from vitreduce.report.render import Block, Bullets, Heading, Paragraph, Table
+from vitreduce.report.runs import StudyRuns, mean_std
+from vitreduce.report.sharpness_paired import SharpnessTest, reading, sharpness_difference_figure, sharpness_tests
 from vitreduce.sharpness.measures import per_parameter
+from vitreduce.statistics.family import CORRECTION_NAME, StatisticsConfig
+from vitreduce.statistics.paired import TTest
 from vitreduce.statistics.pvalue import fmt_p
-from vitreduce.study.analysis import ANALYSED_CHECKPOINTS, read_run_analysis
-from vitreduce.study.family import CORRECTION_NAME, StatisticsConfig
-from vitreduce.study.figures_landscape import landscape_figures
-from vitreduce.study.formatting import NA, fixed, places, pm_column
-from vitreduce.study.render import Block, Bullets, Heading, Paragraph, Table
-from vitreduce.study.runs import StudyRuns, mean_std
-from vitreduce.study.sharpness_paired import SharpnessTest, reading, sharpness_difference_figure, sharpness_tests
-from vitreduce.study.stats import TTest
 
 # The figures comparable across variants first, then those that compare seeds of one variant.
 _MEASURES = (("loss", lambda r: r.get("loss")),

@@ -18,10 +18,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from vitreduce.errors import VitreduceError
-from vitreduce.study.power import Detectable, detectable
-from vitreduce.study.runs import KIND_TITLE
-from vitreduce.study.stats import Comparison, TTest
+from vitreduce.statistics.paired import Comparison, TTest
+from vitreduce.statistics.power import Detectable, detectable
 
+ModelKind = Literal["raw", "ema"]  # the trained weights, or their exponential moving average
+MODEL_KINDS: tuple[ModelKind, ...] = ("raw", "ema")
+KIND_TITLE: dict[ModelKind, str] = {"raw": "raw model", "ema": "EMA model"}  # as tables and figures name them
 Correction = Literal["holm", "bh"]
 CORRECTION_NAME = {"holm": "Holm (family-wise error rate)", "bh": "Benjamini-Hochberg (false discovery rate)"}
 SeedMetric = Literal["top1_final", "p2f"]

@@ -1,5 +1,5 @@
 """The report's Pareto section: accuracy against cost per base model, the fronts, the accuracy-vs-degree fits
-and the degree statements (vitreduce.study.pareto computes; this module words, tabulates and draws).
+and the degree statements (vitreduce.report.pareto computes; this module words, tabulates and draws).
 
 Figures: figures/pareto.png (final top-1 against unique parameters, linear MACs and measured throughput; one
 row per model kind) and figures/degree.png (final top-1 against the fraction of MLP parameters kept, with the
@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vitreduce.config_tree import read_yaml
 from vitreduce.numbers import macs_unit
-from vitreduce.study.formatting import pm_column
-from vitreduce.study.pareto import (
+from vitreduce.report.formatting import pm_column
+from vitreduce.report.pareto import (
     COSTS,
     FIT_MODEL,
     INTERVAL,
@@ -24,10 +23,9 @@ from vitreduce.study.pareto import (
     fit_statement,
     pareto_summary,
 )
-from vitreduce.study.plots import PALETTE, label_axes, legend_outside, new_figure, save_figure, variant_colors
-from vitreduce.study.render import Block, Heading, Image, Paragraph, Table
-from vitreduce.study.runs import KIND_TITLE, MODEL_KINDS, StudyRuns
-from vitreduce.study.sweep import sweep_labels
+from vitreduce.report.plots import PALETTE, label_axes, legend_outside, new_figure, save_figure, variant_colors
+from vitreduce.report.render import Block, Heading, Image, Paragraph, Table
+from vitreduce.report.runs import KIND_TITLE, MODEL_KINDS, StudyRuns
 
 MARKERS = {"baseline": "*", "shallow": "o", "grouped": "s", "thin": "^", "composition": "D"}
 _SHORT = {"params": "params", "macs_linear": "MACs", "throughput_img_s": "throughput"}
@@ -36,9 +34,8 @@ _SHORT = {"params": "params", "macs_linear": "MACs", "throughput_img_s": "throug
 def pareto_section(study: StudyRuns, summary: dict, fig_dir: Path, *, alpha: float, margin: float,
                    n_resamples: int, seed: int) -> tuple[list[Block], dict | None]:
     """The section's blocks and summary.json's ``pareto`` ([] and None where the section does not apply)."""
-    spec = study.study_dir / "study.yaml"
-    labels = sweep_labels(read_yaml(spec)) if spec.is_file() else {}
-    pareto = pareto_summary(study, summary, labels, alpha=alpha, margin=margin, n_resamples=n_resamples, seed=seed)
+    pareto = pareto_summary(study, summary, study.labels, alpha=alpha, margin=margin, n_resamples=n_resamples,
+                            seed=seed)
     if pareto is None:
         return [], None
     colors = _colors(study, pareto["groups"])

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vitreduce.report.formatting import NA, variant_label
+from vitreduce.report.formatting import pm as _pm
+from vitreduce.report.render import Block, Bullets, Heading, Paragraph, Table
+from vitreduce.report.runs import StudyRuns
+from vitreduce.report.spikes import DEFAULT_STEP_SPIKE_WINDOW, DEFAULT_STEP_SPIKE_Z
+from vitreduce.report.stability import DIVERGENCE_TEST
+from vitreduce.report.stats_section import StatsSettings
 from vitreduce.statistics.pvalue import fmt_p
-from vitreduce.study.formatting import NA, variant_label
-from vitreduce.study.formatting import pm as _pm
-from vitreduce.study.render import Block, Bullets, Heading, Paragraph, Table
-from vitreduce.study.report_stats import StatsSettings
-from vitreduce.study.runs import StudyRuns
-from vitreduce.study.spikes import DEFAULT_STEP_SPIKE_WINDOW, DEFAULT_STEP_SPIKE_Z
-from vitreduce.study.stability import DIVERGENCE_TEST
 
 
 @dataclass(frozen=True)

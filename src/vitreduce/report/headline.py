@@ -7,12 +7,12 @@ paired t-tests are stated as results; every other figure in the report is called
 """
 from __future__ import annotations
 
+from vitreduce.report.runs import KIND_TITLE
+from vitreduce.report.stability import describe_divergence, diverged_variants, not_counted
+from vitreduce.statistics.family import BETTER, METRIC_TITLE, NEGLIGIBLE, NOT_TESTABLE, WORSE
+from vitreduce.statistics.paired import MIN_SEEDS
+from vitreduce.statistics.power import MAX_SEEDS
 from vitreduce.statistics.pvalue import fmt_p
-from vitreduce.study.family import BETTER, METRIC_TITLE, NEGLIGIBLE, NOT_TESTABLE, WORSE
-from vitreduce.study.power import MAX_SEEDS
-from vitreduce.study.runs import KIND_TITLE
-from vitreduce.study.stability import describe_divergence, diverged_variants, not_counted
-from vitreduce.study.stats import MIN_SEEDS
 
 NA = "n/a"
 EXPLORATORY = ("Everything else in this report (the other metrics and model kinds, the image-level tests on these "

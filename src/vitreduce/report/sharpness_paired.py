@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from vitreduce.report.analysis_files import ANALYSED_CHECKPOINTS, read_run_analysis
+from vitreduce.report.plots import label_axes, legend_outside, new_figure, ordered_variants, save_figure, variant_colors
+from vitreduce.report.runs import StudyRuns
 from vitreduce.sharpness.measures import per_parameter
-from vitreduce.study.analysis import ANALYSED_CHECKPOINTS, read_run_analysis
-from vitreduce.study.family import StatisticsConfig, adjust_pvalues
-from vitreduce.study.plots import label_axes, legend_outside, new_figure, ordered_variants, save_figure, variant_colors
-from vitreduce.study.runs import StudyRuns
-from vitreduce.study.stats import TTest, paired_ttest
+from vitreduce.statistics.family import StatisticsConfig, adjust_pvalues
+from vitreduce.statistics.paired import TTest, paired_ttest
 
 # The measures comparable across variants (the others change with the parameter count or a rescaling).
 # (name, axis label with its unit, measure): the loss and ASAM's rise are cross-entropy; tr(H) / P is its

@@ -1,6 +1,6 @@
 """The report's per-step figures, from each run's steps.jsonl (one record every ``logging.step_every``
 optimizer steps): the training loss and the global gradient norm per logged step, one colour per variant,
-with the step spikes that vitreduce.study.runs.find_step_spikes detects marked on each run's own values.
+with the step spikes that vitreduce.report.runs.find_step_spikes detects marked on each run's own values.
 Runs without steps.jsonl (older runs, ``logging.step_every: 0``) have no per-step figure.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitreduce.study.plots import (
+from vitreduce.report.plots import (
     band,
     label_axes,
     legend_outside,
@@ -19,7 +19,7 @@ from vitreduce.study.plots import (
     plain_log_ticks,
     save_figure,
 )
-from vitreduce.study.runs import RunMetrics, StudyRuns
+from vitreduce.report.runs import RunMetrics, StudyRuns
 
 _SPREAD = ("median over the seeds that logged the step, band = min-max over them; x marks a step spike (a "
            "logged loss that is not finite or far above the median of the previous logged losses, robust "

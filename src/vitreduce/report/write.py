@@ -3,7 +3,7 @@
 `write_report(study_dir)` is the entry point (the study runner calls it at the end of a study);
 `format_results_table(summary)` is the results table as text for the terminal. Both are pure functions
 of the run directories (docs/run-directory.md); the figures are defined in docs/metrics.md. This module
-formats the numbers and lays out the document; vitreduce.study.figures draws, vitreduce.study.render
+formats the numbers and lays out the document; vitreduce.report.figures draws, vitreduce.report.render
 turns the document into markdown and HTML.
 """
 from __future__ import annotations
@@ -19,32 +19,34 @@ from vitreduce.console import text_table
 from vitreduce.errors import VitreduceError
 from vitreduce.files import write_bytes
 from vitreduce.numbers import format_macs, macs_unit
-from vitreduce.study.family import SeedResult, StatisticsConfig, resolve_primary, seed_level
-from vitreduce.study.figures import write_figures
-from vitreduce.study.flat import RESULTS_CSV, write_results_csv
-from vitreduce.study.formatting import pm_column as _pm_column
-from vitreduce.study.formatting import variant_label
-from vitreduce.study.headline import headline, headline_table
-from vitreduce.study.render import Block, Heading, Image, Paragraph, Table, render_html, render_markdown
-from vitreduce.study.report_pareto import pareto_section
-from vitreduce.study.report_runs import ReportSettings, runs_section, stability_section
-from vitreduce.study.report_sharpness import sharpness_section
-from vitreduce.study.report_stats import IMAGE_LEVEL, StatsSettings, image_level_blocks, statistics_blocks
-from vitreduce.study.runs import (
+from vitreduce.report.compare import compare_to_baseline
+from vitreduce.report.figures import write_figures
+from vitreduce.report.flat import RESULTS_CSV, write_results_csv
+from vitreduce.report.formatting import pm_column as _pm_column
+from vitreduce.report.formatting import variant_label
+from vitreduce.report.headline import headline, headline_table
+from vitreduce.report.pareto_section import pareto_section
+from vitreduce.report.render import Block, Heading, Image, Paragraph, Table, render_html, render_markdown
+from vitreduce.report.runs import (
     DEFAULT_SPIKE_THRESHOLD,
     DEFAULT_SPIKE_WINDOW,
     DEFAULT_STEP_SPIKE_WINDOW,
     DEFAULT_STEP_SPIKE_Z,
     KIND_TITLE,
     MODEL_KINDS,
+    LabelsOf,
     ModelKind,
     StudyRuns,
     load_study,
     summarize_study,
 )
-from vitreduce.study.sharpness_paired import sharpness_vs_baseline
-from vitreduce.study.stability import divergence_tests
-from vitreduce.study.stats import DEFAULT_BOOTSTRAP_SEED, DEFAULT_RESAMPLES, Comparison, compare_to_baseline
+from vitreduce.report.runs_section import ReportSettings, runs_section, stability_section
+from vitreduce.report.sharpness_paired import sharpness_vs_baseline
+from vitreduce.report.sharpness_section import sharpness_section
+from vitreduce.report.stability import divergence_tests
+from vitreduce.report.stats_section import IMAGE_LEVEL, StatsSettings, image_level_blocks, statistics_blocks
+from vitreduce.statistics.family import SeedResult, StatisticsConfig, resolve_primary, seed_level
+from vitreduce.statistics.paired import DEFAULT_BOOTSTRAP_SEED, DEFAULT_RESAMPLES, Comparison
 
 NA = "n/a"
 
@@ -262,17 +264,18 @@ def write_report(study_dir: Path | str, baseline: str | None = None, *, alpha: f
                  n_resamples: int = DEFAULT_RESAMPLES, bootstrap_seed: int = DEFAULT_BOOTSTRAP_SEED,
                  include_unfinished: bool = False, spike_window: int = DEFAULT_SPIKE_WINDOW,
                  spike_threshold: float = DEFAULT_SPIKE_THRESHOLD, step_spike_window: int = DEFAULT_STEP_SPIKE_WINDOW,
-                 step_spike_z: float = DEFAULT_STEP_SPIKE_Z) -> ReportPaths:
+                 step_spike_z: float = DEFAULT_STEP_SPIKE_Z, labels_of: LabelsOf | None = None) -> ReportPaths:
     """Write summary.json, figures/*.png, report.md and report.html into `study_dir` (atomically).
 
     alpha, correction ("holm" or "bh"), primary (e.g. "ema_top1_final") and effect (pp) default to
     study.yaml's `statistics:` section, else 0.05, Holm, EMA final top-1 (raw without an EMA), +0.42.
-    step_spike_window and step_spike_z define the spikes of logged steps (docs/metrics.md).
+    step_spike_window and step_spike_z define the spikes of logged steps (docs/metrics.md); labels_of names a
+    sweep's variants (vitreduce.study.write_report passes the spec's).
     """
     study_dir = Path(study_dir)
     study = load_study(study_dir, baseline=baseline, include_unfinished=include_unfinished,
                        spike_window=spike_window, spike_threshold=spike_threshold,
-                       step_spike_window=step_spike_window, step_spike_z=step_spike_z)
+                       step_spike_window=step_spike_window, step_spike_z=step_spike_z, labels_of=labels_of)
     settings = ReportSettings(_stats_settings(study, alpha, correction, primary, effect, n_resamples, bootstrap_seed),
                          spike_window, spike_threshold, step_spike_window, step_spike_z)
     summary = summarize_study(study, read_throughput(study_dir))

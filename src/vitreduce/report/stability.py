@@ -7,7 +7,7 @@ accuracy, and an earlier epoch's would flatter it); this family is where they co
 from __future__ import annotations
 
 from vitreduce.statistics.counts import fisher_exact
-from vitreduce.study.family import adjust_pvalues
+from vitreduce.statistics.family import adjust_pvalues
 
 DIVERGENCE_TEST = "Fisher exact (diverged of finished or diverged runs), Holm across the variants"
 

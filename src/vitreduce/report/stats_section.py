@@ -1,24 +1,24 @@
 """The report's statistics section: the families and their correction, the seed-level verdicts with what
 the seeds could detect, the exploratory families, and the image-level statements about the trained models.
 
-Every sentence is generated from the numbers of vitreduce.study.family and vitreduce.study.stats.
+Every sentence is generated from the numbers of vitreduce.statistics.family and vitreduce.statistics.paired.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vitreduce.statistics.pvalue import fmt_p
-from vitreduce.study.family import (
+from vitreduce.report.render import Block, Bullets, Heading, Paragraph, Table
+from vitreduce.report.runs import KIND_TITLE, StudyRuns
+from vitreduce.statistics.family import (
     CORRECTION_NAME,
     METRIC_TITLE,
     NOT_TESTABLE,
     SeedResult,
     StatisticsConfig,
 )
-from vitreduce.study.power import MAX_SEEDS, describe_detectable
-from vitreduce.study.render import Block, Bullets, Heading, Paragraph, Table
-from vitreduce.study.runs import KIND_TITLE, StudyRuns
-from vitreduce.study.stats import Comparison, describe_bootstrap, describe_mcnemar
+from vitreduce.statistics.paired import Comparison, describe_bootstrap, describe_mcnemar
+from vitreduce.statistics.power import MAX_SEEDS, describe_detectable
+from vitreduce.statistics.pvalue import fmt_p
 
 NA = "n/a"
 SHORT_NAME = {"holm": "Holm", "bh": "Benjamini-Hochberg"}
