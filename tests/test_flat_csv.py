@@ -14,6 +14,7 @@ from vitreduce.report.flat import RESULTS_CSV, results_columns
 from vitreduce.report.formatting import pm as _pm
 from vitreduce.report.formatting import pm_column as _pm_column
 from vitreduce.report.runs import throughput_ratio
+from vitreduce.report.summary_file import read_summary
 from vitreduce.report.write import results_table
 from vitreduce.study.reporting import write_report
 
@@ -41,7 +42,7 @@ def _same(cell: str, value) -> bool:
 def test_results_csv_has_a_row_per_variant_and_model_equal_to_summary_json(tmp_path):
     study = _study(tmp_path)
     write_report(study)
-    summary = json.loads((study / "summary.json").read_text())
+    summary = read_summary(study / "summary.json").variants
     with open(study / RESULTS_CSV, newline="") as f:
         reader = csv.DictReader(f)
         assert reader.fieldnames == results_columns()
@@ -78,7 +79,7 @@ def test_throughput_ratio_only_where_the_ranges_do_not_overlap(tmp_path):
     # A study once showed 24% faster with identical MACs, ranges 92-289 vs 95-541 img/s, was noise.
     study = _study(tmp_path, {"baseline": _measured(150.0, 92.0, 289.0), "grouped": _measured(186.0, 95.0, 541.0)})
     paths = write_report(study)
-    grouped = json.loads((study / "summary.json").read_text())["grouped"]["throughput"]
+    grouped = read_summary(study / "summary.json").variants["grouped"]["throughput"]
     assert grouped["ratio_to_baseline"] is None and grouped["ratio_basis"] == "ranges overlap"
     assert grouped["min"] == 95.0 and grouped["max"] == 541.0 and grouped["device"] == "cuda:0"
     headers, rows = results_table(paths.summary, "ema")
@@ -125,7 +126,7 @@ def test_paired_sharpness_tests_in_summary_json_and_results_csv_are_what_the_rep
 
     study = _study(tmp_path)
     write_report(study)
-    summary = json.loads((study / "summary.json").read_text())
+    summary = read_summary(study / "summary.json").variants
     paired = summary["grouped"]["sharpness_vs_baseline"]
     assert "sharpness_vs_baseline" not in summary["baseline"]
     assert paired["baseline"] == "baseline" and paired["evidence"] == "exploratory"

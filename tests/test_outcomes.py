@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from vitreduce.report.runs import load_run
+from vitreduce.report.summary_file import read_summary
 from vitreduce.statistics.family import NEGLIGIBLE, NO_EVIDENCE, verdict_word
 from vitreduce.statistics.pvalue import fmt_p
 from vitreduce.study.reporting import write_report
@@ -102,7 +103,7 @@ def damaged(tmp_path):
 
 def test_every_run_of_a_damaged_study_is_reported_by_name_and_never_counted_as_finished(damaged):
     paths = write_report(damaged, n_resamples=50)
-    summary = json.loads(paths.summary_json.read_text())
+    summary = read_summary(paths.summary_json).variants
     assert "oldname" not in summary
     o = summary["grouped"]["outcomes"]
     assert (o["listed"], o["finished"], o["diverged"], o["unfinished"], o["unreadable"]) == (5, 1, 2, 1, 1)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from vitreduce.report.pareto import Series, fit_series, front, polyfit
+from vitreduce.report.summary_file import read_summary
 from vitreduce.study.reporting import write_report
 
 BASE_PARAMS, BASE_MLP = 5_000_000, 3_000_000
@@ -52,7 +53,7 @@ def _study(root, curve, noise=0.3):
         "sweep": {"models": [{"name": "vit_tiny_patch16_224", "label": "ti"}],
                   "reductions": [{"shallow": {"ratio": list(RATIOS)}}]}}))
     paths = write_report(root, n_resamples=500)
-    return paths, json.loads(paths.summary_json.read_text())["pareto"]
+    return paths, read_summary(paths.summary_json).study["pareto"]
 
 
 def test_front_on_a_hand_made_example():
@@ -137,7 +138,7 @@ def test_no_section_for_a_study_without_a_sweep_and_fewer_than_three_costs(tmp_p
         for seed in (0, 1):
             _write_run(root / "runs" / name / f"seed{seed}", name, ratio, seed, 70.0 + seed)
     paths = write_report(root, n_resamples=50)
-    assert "pareto" not in json.loads(paths.summary_json.read_text())
+    assert read_summary(paths.summary_json).study["pareto"] is None
     assert "Pareto" not in paths.markdown.read_text()
 
 

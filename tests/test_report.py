@@ -8,6 +8,7 @@ import pytest
 
 from vitreduce.cli import report_cmd
 from vitreduce.errors import VitreduceError
+from vitreduce.report.summary_file import read_summary
 from vitreduce.report.write import format_results_table
 from vitreduce.study.reporting import write_report
 
@@ -71,11 +72,14 @@ def test_report_files_summary_and_links(study):
     assert {study / src for src in images} == set(paths.figures)
     assert not list(study.rglob("*.tmp"))
 
-    summary = json.loads(paths.summary_json.read_text())
-    # summary.json: one entry per variant, and `pareto` (3 variants of different cost on one base model)
-    assert list(summary) == ["base", "grouped", "shallow", "pareto"]
-    assert summary["pareto"]["groups"]["vit_base_patch16_224 (width 768)"]["baseline"] == "base"
-    summary.pop("pareto")
+    document = json.loads(paths.summary_json.read_text())
+    # summary.json: its format, the study-level results (a `pareto`: 3 variants of different cost on one base
+    # model) and the variants, apart
+    assert list(document) == ["format", "study", "variants"] and document["format"] == 2
+    assert document["study"]["name"] == "paper" and document["study"]["baseline"] == "base"
+    assert document["study"]["pareto"]["groups"]["vit_base_patch16_224 (width 768)"]["baseline"] == "base"
+    summary = document["variants"]
+    assert list(summary) == ["base", "grouped", "shallow"] and read_summary(paths.summary_json).variants == summary
     for entry in summary.values():
         assert {"n", "reduction", "params", "raw", "ema"} <= set(entry)
         assert set(entry["raw"]) >= REQUIRED_KIND_KEYS and set(entry["ema"]) >= REQUIRED_KIND_KEYS
@@ -133,7 +137,7 @@ def test_report_command(study, tmp_path, capsys):
     assert report_cmd.run(_args(study, "--baseline", "grouped", "--resamples", "50", "--include-unfinished")) == 0
     out = capsys.readouterr().out
     assert "grouped (baseline)" in out and f"report: {study / 'report.md'}" in out
-    assert json.loads((study / "summary.json").read_text())["grouped"]["n"] == 3
+    assert read_summary(study / "summary.json").variants["grouped"]["n"] == 3
     with pytest.raises(VitreduceError, match="does not exist"):
         report_cmd.run(_args(tmp_path / "nowhere"))
     (tmp_path / "empty").mkdir()
@@ -152,7 +156,7 @@ def test_statistics_settings_from_the_spec_and_the_flags(study):
     assert "Benjamini-Hochberg (false discovery rate) correction at alpha=0.1" in md and "seeds for +1.50 pp" in md
     args = _args(study, "--correction", "holm", "--primary", "raw_p2f", "--resamples", "20")
     assert report_cmd.run(args) == 0
-    vs = json.loads((study / "summary.json").read_text())["grouped"]["vs_baseline"]
+    vs = read_summary(study / "summary.json").variants["grouped"]["vs_baseline"]
     assert (vs["correction"], vs["primary"], vs["alpha"]) == ("holm", "raw_p2f", 0.1)
     assert "(primary metric raw_p2f, named by --primary)" in (study / "report.md").read_text()
 
@@ -191,7 +195,7 @@ def test_report_uses_step_spikes_and_draws_the_gradient_norm_when_runs_have_step
     paths = write_report(study, n_resamples=50)
     md = paths.markdown.read_text()
     assert "figures/grad_norm.png" in md and (study / "figures" / "grad_norm.png").is_file()
-    summary = json.loads(paths.summary_json.read_text())
+    summary = read_summary(paths.summary_json).variants
     assert summary["base"]["step_spikes_mean"] == 0.5 and summary["grouped"]["step_spikes_mean"] == 0.0
     assert summary["grouped"]["step_spikes_std"] is None and summary["shallow"]["step_spikes_mean"] is None
     assert summary["base"]["loss_spikes_mean"] == before.summary["base"]["loss_spikes_mean"]  # epochs: unchanged
@@ -270,7 +274,7 @@ def test_report_leads_with_the_headline_and_ends_with_the_appendix(study):
     assert headings[0] == ("#", "Study report: paper") and headings[1] == ("##", "Headline")
     assert [h for level, h in headings if level == "##"][-1] == "Appendix"
     headline_section = md.split("## Headline\n\n")[1].split("\n## ")[0]
-    sentences = headline(json.loads(paths.summary_json.read_text()), "base")
+    sentences = headline(read_summary(paths.summary_json).variants, "base")
     assert " ".join(sentences) in headline_section and headline_section.count("![") == 1
     assert "| variant | n | params | final top-1, raw model (mean ± sd over n) | paired seeds |" in headline_section
     appendix = md.split("\n## Appendix\n")[1]

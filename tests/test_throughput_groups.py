@@ -6,6 +6,7 @@ import json
 import pytest
 
 from vitreduce.efficiency import profiler
+from vitreduce.report.summary_file import read_summary
 from vitreduce.report.write import results_table
 from vitreduce.study.reporting import write_report
 from vitreduce.study.runner import run_study
@@ -58,7 +59,7 @@ def test_each_base_model_is_profiled_once_with_its_own_variants(study):
 
 def test_each_ratio_is_against_the_baseline_of_its_own_base_model(study):
     study_dir, _ = study
-    summary = json.loads((study_dir / "summary.json").read_text())
+    summary = read_summary(study_dir / "summary.json").variants
     against = {v: summary[v]["throughput"]["ratio_against"] for v in VARIANTS}
     assert against == {"narrow.baseline": "narrow.baseline", "narrow.shallow-0.5": "narrow.baseline",
                        "wide.baseline": "wide.baseline", "wide.shallow-0.5": "wide.baseline"}

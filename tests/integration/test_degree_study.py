@@ -1,9 +1,9 @@
 """The shipped degree study's tiny variant end to end: the dry run's cost table, the runs, and a report with
 the Pareto section, its figures and summary.json's `pareto`."""
-import json
 from pathlib import Path
 
 from vitreduce import cli
+from vitreduce.report.summary_file import read_summary
 
 TINY = Path(__file__).resolve().parents[2] / "studies" / "tiny" / "degree.yaml"
 
@@ -16,8 +16,8 @@ def test_tiny_degree_study_dry_run_then_end_to_end(tmp_path, capsys):
     assert not list(out.rglob("done.json"))  # the dry run trained nothing
 
     assert cli.main(["study", str(TINY), "--out", str(out), "--set", data]) == 0
-    summary = json.loads((out / "summary.json").read_text())
-    group = summary["pareto"]["groups"]["vit_tiny"]
+    summary = read_summary(out / "summary.json")
+    group = summary.study["pareto"]["groups"]["vit_tiny"]
     assert group["baseline"] == "vit_tiny.baseline" and len(group["variants"]) == 3
     assert group["front"]["ema"]["params"] and group["fits"][0]["strategy"] == "shallow"
     # The study profiles its variants (throughput:): measured throughput is a third cost, with its own front.

@@ -16,6 +16,7 @@ from vitreduce.cli.main import main
 from vitreduce.data.synth import write_synth_dataset
 from vitreduce.reduction.accounting import upgrade_record
 from vitreduce.report.headline import headline
+from vitreduce.report.summary_file import read_summary
 from vitreduce.report.write import architecture_table, results_table
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "v0_1"
@@ -155,15 +156,17 @@ def test_a_study_directory_reports_as_it_did(tmp_path, monkeypatch):
     old = FIXTURES / "study" / "out"
     # Since 0.1.0 the statistics changed (families, adjusted p, evidence levels, detectable effects), so the
     # report's text and each variant's `vs_baseline` differ by design; the per-variant metrics may not.
-    new_summary = json.loads((study / "summary.json").read_text())
-    old_summary = json.loads((old / "summary.json").read_text())
+    new_summary = read_summary(study / "summary.json").variants  # format 2: variants apart from the study
+    old_summary = read_summary(old / "summary.json").variants  # format 1: variants at the top
+    assert json.loads((study / "summary.json").read_text())["format"] == 2
     for entry in old_summary.values():  # 0.1.0 stored GMACs rounded to 4 decimals; now exact MAC counts
         upgrade_record(entry)
     assert list(new_summary) == list(old_summary)
     # Since then: the step spikes (steps.jsonl), which these runs predate: null, and the rest as it was.
     # the throughput spread (null: no throughput.json), the sharpness means per checkpoint and their paired tests.
+    # Every run counted: each variant's run outcomes, and the EMA horizon's inputs.
     new_keys = {"vs_baseline", "step_spikes_mean", "step_spikes_std", "throughput", "sharpness",
-                "sharpness_vs_baseline"}
+                "sharpness_vs_baseline", "outcomes", "steps_trained", "ema_decay"}
     for variant, entry in old_summary.items():
         entry.pop("vs_baseline", None)
         assert new_summary[variant]["step_spikes_mean"] is None and new_summary[variant]["step_spikes_std"] is None
@@ -172,8 +175,14 @@ def test_a_study_directory_reports_as_it_did(tmp_path, monkeypatch):
     assert vs["primary"] == "ema_top1_final" and vs["seed_level"][0]["family"]["size"] == 1
     md = (study / "report.md").read_text()
     old_md = (old / "report.md").read_text()
-    for section in ("## Runs", "## Training stability"):
-        assert old_md.split(section)[1].split("\n## ")[0] == md.split(section)[1].split("\n## ")[0], section
+    # The Runs section now gives every run's outcome, and Training stability opens with divergence; the loss
+    # spike table is as it was.
+    runs = md.split("## Runs")[1].split("\n## ")[0]
+    assert "| baseline (baseline) | 2 | 2 | 0 | 0 | 0 | 2 | (baseline) | 0, 1 |" in runs
+    assert "| grouped | 2 | 2 | 0 | 0 | 0 | 2 | 2 | 0, 1 |" in runs
+    assert all(new_summary[v]["outcomes"]["finished"] == 2 for v in new_summary)
+    spikes = old_md.split("## Training stability")[1].split("\n## ")[0].split("\n\n", 1)[1]
+    assert spikes in md.split("## Training stability")[1].split("\n## ")[0]
     # Numbers are now printed to the precision of their std, with throughput columns: the results and
     # architecture tables show the old summary's numbers in the new formats.
     for section, (_, rows) in (("## Results, EMA model", results_table(old_summary, "ema")),

@@ -12,6 +12,7 @@ from vitreduce import cli
 from vitreduce.cli import demo_cmd
 from vitreduce.errors import VitreduceError
 from vitreduce.locks import LOCK_FILE as LOCK
+from vitreduce.report.summary_file import read_summary
 from vitreduce.study.plan import (
     LOG,
     ensure_synth_data,
@@ -227,7 +228,11 @@ def test_a_locked_run_is_not_trained_twice(tmp_path, capfd):
         assert [o.status for o in result.outcomes] == ["locked", "trained"]
         assert not (taken.run_dir / "metrics.jsonl").exists()
         assert "baseline/seed0: being trained by another process" in capfd.readouterr().err
-        assert list(result.report.summary) == ["grouped"]  # the report covers the finished run only
+        # the report counts the finished run only, and names the locked one as unfinished
+        summary = result.report.summary
+        assert list(summary) == ["baseline", "grouped"]
+        assert (summary["baseline"]["n"], summary["grouped"]["n"]) == (0, 1)
+        assert summary["baseline"]["outcomes"]["unfinished"] == 1
     result = run_study(spec, study)  # lock released: now it trains
     assert [o.status for o in result.outcomes] == ["skipped", "trained"]
     assert (taken.run_dir / rundir.DONE).is_file()
@@ -248,7 +253,9 @@ def test_jobs_2_runs_side_by_side_and_reports_a_failing_run(tmp_path, capfd):
     assert "[2/3] broken/seed0: FAILED:" in err and str(study / "runs/broken/seed0/train.log") in err
     assert "  [thin/seed0] epoch 2/2" in err  # the engine's lines, labelled
     assert "epoch 2/2" in (study / "runs/thin/seed0" / LOG).read_text()
-    assert list(result.report.summary) == ["baseline", "thin"]
+    summary = result.report.summary  # the failed run is named, never counted
+    assert [summary[v]["n"] for v in ("baseline", "broken", "thin")] == [1, 0, 1]
+    assert summary["broken"]["outcomes"]["finished"] == 0
     # The command ends non-zero and says which run failed.
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump(tree))
@@ -322,7 +329,7 @@ def test_demo_command_end_to_end_then_rerun_just_reports(tmp_path, monkeypatch, 
     assert "EMA model" in report and "raw model" in report
     for figure in ("top1_vs_epoch.png", "peak_to_final.png", "train_loss.png"):
         assert f"figures/{figure}" in report and (study / "figures" / figure).stat().st_size > 0
-    summary = json.loads((study / "summary.json").read_text())
+    summary = read_summary(study / "summary.json").variants
     assert list(summary) == ["baseline", "grouped", "shallow", "thin", "pareto"]  # four costs: a Pareto section
     (group,) = summary["pareto"]["groups"].values()
     assert sorted(group["variants"]) == sorted(list(summary)[:4]) and group["baseline"] == "baseline"

@@ -45,6 +45,7 @@ from vitreduce.report.sharpness_paired import sharpness_vs_baseline
 from vitreduce.report.sharpness_section import sharpness_section
 from vitreduce.report.stability import divergence_tests
 from vitreduce.report.stats_section import IMAGE_LEVEL, StatsSettings, image_level_blocks, statistics_blocks
+from vitreduce.report.summary_file import Summary, summary_text
 from vitreduce.statistics.family import SeedResult, StatisticsConfig, resolve_primary, seed_level
 from vitreduce.statistics.paired import DEFAULT_BOOTSTRAP_SEED, DEFAULT_RESAMPLES, Comparison
 
@@ -57,7 +58,7 @@ class ReportPaths:
     html: Path
     summary_json: Path
     figures: list[Path]
-    summary: dict  # the content of summary.json, for format_results_table
+    summary: dict  # summary.json's variants, for format_results_table
 
 
 def read_throughput(study_dir: Path) -> dict | None:
@@ -253,12 +254,6 @@ def _kinds(study: StudyRuns, variant: str) -> set[str]:
     return {"raw"} | ({"ema"} if any(b.ema is not None and v.ema is not None for b, v in pairs) else set())
 
 
-def _json_default(obj):
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
 def write_report(study_dir: Path | str, baseline: str | None = None, *, alpha: float | None = None,
                  correction: str | None = None, primary: str | None = None, effect: float | None = None,
                  n_resamples: int = DEFAULT_RESAMPLES, bootstrap_seed: int = DEFAULT_BOOTSTRAP_SEED,
@@ -298,9 +293,8 @@ def write_report(study_dir: Path | str, baseline: str | None = None, *, alpha: f
                         [study_dir / b.src for b in section if isinstance(b, Image)],
                         summary=summary)
     # allow_nan=False: strict JSON (no NaN token); a figure that is undefined is null.
-    document = {**summary, "pareto": pareto} if pareto else summary  # "pareto" is no variant name (spec)
-    text = json.dumps(document, indent=2, allow_nan=False, default=_json_default) + "\n"
-    write_bytes(paths.summary_json, text.encode())
+    record = Summary({"name": study.name, "baseline": study.baseline, "pareto": pareto}, summary)
+    write_bytes(paths.summary_json, summary_text(record).encode())
     write_results_csv(study_dir, summary)
     write_bytes(paths.markdown, render_markdown(blocks).encode())
     write_bytes(paths.html, render_html(blocks, f"vitreduce study report: {study.name}").encode())

@@ -79,20 +79,10 @@ FolderName = Annotated[str, AfterValidator(_check_name)]
 Overrides = Annotated[dict[str, Any], BeforeValidator(_check_overrides)]
 
 
-def _check_variant_name(value: str) -> str:
-    if value in RESERVED_NAMES:
-        raise ValueError(f"{value!r} is a key of summary.json beside the variants; rename the variant")
-    return value
-
-
-# Top-level keys of summary.json that are not variants.
-RESERVED_NAMES = frozenset({"pareto"})
-
-
 class VariantSpec(_Strict):
     """One variant: a name (its directory under runs/) and the train-config keys it changes."""
 
-    name: Annotated[FolderName, AfterValidator(_check_variant_name)]
+    name: FolderName  # any folder name: summary.json keeps the variants apart from the study's results
     overrides: Overrides = {}
 
 
