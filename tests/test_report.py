@@ -68,7 +68,9 @@ def test_report_files_summary_and_links(study):
     images = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", md)
     assert len(images) == len(set(images)) == len(paths.figures) >= 3  # each figure once (the headline's too)
     assert all((study / src).is_file() for src in images)
-    assert sorted(re.findall(r"<img src='([^']+)'", page)) == sorted(images)
+    # report.html is one file to send: every figure inlined, its path kept as the image's title
+    assert sorted(re.findall(r"<img src='data:image/png;base64,[A-Za-z0-9+/=]+' alt='[^']*' title='([^']+)'", page)) \
+        == sorted(images)
     assert {study / src for src in images} == set(paths.figures)
     assert not list(study.rglob("*.tmp"))
 
@@ -111,11 +113,19 @@ def test_report_files_summary_and_links(study):
     assert "- grouped: only n=2 paired seeds (df=1)" in md
     assert "grouped: runs/grouped/seed2: unfinished (epoch 6 of 6, no done.json)" in md
     assert "significant" not in md
-    for line in md.splitlines():
-        if "McNemar" in line and line.startswith("| "):
-            assert "better" not in line and "worse" not in line  # image level: statements about the models
-        for p in re.findall(r"McNemar exact p=([0-9.e-]+)", line):
-            assert ("these trained models differ" in line) == (float(p) < 0.05)
+    appendix = md.split("\n## Appendix\n")[1]
+    rows = [line.strip("|").split(" | ") for line in appendix.splitlines() if line.startswith("| seed ")]
+    assert rows and all("better" not in "".join(r) and "worse" not in "".join(r) for r in rows)  # about the models
+    for row in rows:  # each cell a number, one reading per row from both tests
+        low, high = map(float, row[6].strip("[]").split(", "))
+        assert row[9].strip() == {(True, True): "differ (CI excludes 0, p < alpha)",
+                                  (False, False): "no difference shown",
+                                  (True, False): "CI excludes 0, McNemar does not reject",
+                                  (False, True): "McNemar rejects, CI includes 0"}[(low > 0 or high < 0,
+                                                                                    float(row[8]) < 0.05)]
+    assert appendix.count("these trained models differ on this test set") == 1  # said once, in the method
+    assert re.search(r"<td class='num'>\+?\d+\.\d+ ± \d+\.\d+</td>", page)  # numbers right-aligned
+    assert "<td class='num'>grouped</td>" not in page
     assert "<table>" in page and "EMA model" in page and "1,020 img/s" in md
 
 
@@ -279,3 +289,21 @@ def test_report_leads_with_the_headline_and_ends_with_the_appendix(study):
     assert "| variant | n | params | final top-1, raw model (mean ± sd over n) | paired seeds |" in headline_section
     appendix = md.split("\n## Appendix\n")[1]
     assert "(image level)" in appendix and "(image level)" not in md.split("\n## Appendix\n")[0]
+
+
+@pytest.mark.parametrize(("flags", "match"), [
+    (["--resamples", "1000000000"], r"--resamples must be in \[1, 100,000\]"),
+    (["--resamples", "0"], r"--resamples must be in"),
+    (["--bootstrap-seed", "-1"], r"--bootstrap-seed must be an integer in \[0, 2\^63\)"),
+])
+def test_report_options_out_of_bounds_are_refused_before_any_work(study, flags, match):
+    with pytest.raises(VitreduceError, match=match):
+        report_cmd.run(_args(study, *flags))
+    assert not (study / "summary.json").exists() and not (study / "figures").exists()
+
+
+def test_a_figures_path_that_is_a_file_is_refused_and_kept(study):
+    (study / "figures").write_text("mine")
+    with pytest.raises(VitreduceError, match="figures is not a folder"):
+        write_report(study, n_resamples=20)
+    assert (study / "figures").read_text() == "mine" and not (study / "report.md").exists()

@@ -8,10 +8,12 @@ never contains, so an ordinary report.md is byte for byte what it was before esc
 """
 from __future__ import annotations
 
+import base64
 import html
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -82,10 +84,29 @@ def render_markdown(blocks: Sequence[Block]) -> str:
 
 _CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.4}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;text-align:left}"
-        "th{background:#eee}img{max-width:100%}figcaption{font-style:italic}")
+        "th{background:#eee}td.num{text-align:right;white-space:nowrap}img{max-width:100%}"
+        "figcaption{font-style:italic}")
+# A cell that is a number (a count, a mean ± sd, a difference with its interval, a p-value, a percentage): its
+# digits line up when right-aligned. Text cells (names, readings, reasons) stay left-aligned.
+_NUMBER = re.compile(r"[+-]?\d[\d,.]*(e[+-]?\d+)?(%|M|k)?( ± [\d.]+)?( \[[+-]?[\d.]+, [+-]?[\d.]+\])?"
+                     r"( → [\d.]+)?( of \d+)?|\[[+-]?[\d.]+, [+-]?[\d.]+\]")
 
 
-def _html(block: Block) -> str:
+def _cell(text: str) -> str:
+    numeric = _NUMBER.fullmatch(text) is not None
+    return f"<td class='num'>{html.escape(text)}</td>" if numeric else f"<td>{html.escape(text)}</td>"
+
+
+def _image_source(src: str, base: Path | None) -> str:
+    """The figure inlined as a data URI when it exists under ``base``: report.html is one file to send."""
+    path = None if base is None else base / src
+    if path is None or not path.is_file():
+        return src
+    kind = "svg+xml" if path.suffix == ".svg" else "png"
+    return f"data:image/{kind};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def _html(block: Block, base: Path | None = None) -> str:
     esc = html.escape
     match block:
         case Heading(text, level):
@@ -96,15 +117,16 @@ def _html(block: Block) -> str:
             return "<ul>" + "".join(f"<li>{esc(i)}</li>" for i in items) + "</ul>"
         case Table(headers, rows):
             head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-            body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+            body = "".join("<tr>" + "".join(_cell(str(c)) for c in r) + "</tr>" for r in rows)
             return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
         case Image(src, caption):
-            return (f"<figure><img src='{esc(src)}' alt='{esc(caption)}'>"
+            return (f"<figure><img src='{esc(_image_source(src, base))}' alt='{esc(caption)}' title='{esc(src)}'>"
                     f"<figcaption>{esc(caption)}</figcaption></figure>")
     raise TypeError(f"not a report block: {block!r}")
 
 
-def render_html(blocks: Sequence[Block], title: str) -> str:
+def render_html(blocks: Sequence[Block], title: str, base: Path | None = None) -> str:
+    """A standalone page; with ``base`` (the folder image paths are relative to) every figure is embedded."""
     head = (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body>")
-    return "\n".join([head, *map(_html, blocks)]) + "\n</body></html>\n"
+    return "\n".join([head, *(_html(b, base) for b in blocks)]) + "\n</body></html>\n"

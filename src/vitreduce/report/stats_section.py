@@ -16,7 +16,7 @@ from vitreduce.statistics.family import (
     SeedResult,
     StatisticsConfig,
 )
-from vitreduce.statistics.paired import Comparison, describe_bootstrap, describe_mcnemar
+from vitreduce.statistics.paired import Comparison
 from vitreduce.statistics.power import MAX_SEEDS, describe_detectable
 from vitreduce.statistics.pvalue import fmt_p
 
@@ -138,17 +138,30 @@ def _image_level(c: Comparison, alpha: float) -> list[Block]:
         tests = [*kc.per_seed, *([kc.pooled] if kc.pooled else [])]
         if tests:
             rows = [[pt.label, f"{pt.bootstrap.n_images:,}", str(pt.bootstrap.n_seeds), f"{pt.top1_base:.2f}",
-                     f"{pt.top1_variant:.2f}", f"{pt.bootstrap.diff:+.2f}", describe_bootstrap(pt.bootstrap),
-                     f"{pt.mcnemar.base_only:,} / {pt.mcnemar.variant_only:,}", describe_mcnemar(pt.mcnemar, alpha)]
-                    for pt in tests]
+                     f"{pt.top1_variant:.2f}", f"{pt.bootstrap.diff:+.2f}",
+                     f"[{pt.bootstrap.low:+.2f}, {pt.bootstrap.high:+.2f}]",
+                     f"{pt.mcnemar.base_only:,} / {pt.mcnemar.variant_only:,}", fmt_p(pt.mcnemar.p, alpha),
+                     _image_reading(pt, alpha)] for pt in tests]
+            level = f"{tests[0].bootstrap.confidence:.0%}"
             blocks.append(Table(["predictions", "images", "seeds", f"{c.baseline} top-1", f"{c.variant} top-1",
-                                 "difference (pp)", "paired bootstrap over images",
-                                 "discordant (baseline only / variant only)", "McNemar (unadjusted)"], rows))
+                                 "difference (pp)", f"bootstrap {level} CI (pp)",
+                                 "discordant (baseline only / variant only)", "McNemar p (unadjusted)",
+                                 "these trained models on this test set"], rows))
         else:
             blocks.append(Paragraph("No image-level tests: no pair of runs with predictions.csv for this model."))
         if kc.notes:
             blocks.append(Bullets(kc.notes))
     return blocks
+
+
+def _image_reading(pt, alpha: float) -> str:
+    """One reading per row from both tests (the column header says what they are about)."""
+    ci, mc = pt.bootstrap.low > 0 or pt.bootstrap.high < 0, pt.mcnemar.p < alpha
+    if ci and mc:
+        return "differ (CI excludes 0, p < alpha)"
+    if ci or mc:
+        return "CI excludes 0, McNemar does not reject" if ci else "McNemar rejects, CI includes 0"
+    return "no difference shown"
 
 
 def image_level_method(settings: StatsSettings) -> str:

@@ -238,8 +238,6 @@ def _stats_settings(study: StudyRuns, alpha: float | None, correction: str | Non
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
         raise VitreduceError(f"statistics settings for {study.study_dir} (study.yaml's statistics: section and the "
                              f"report options --alpha/--correction/--primary/--effect): {problems}") from None
-    if n_resamples < 1:
-        raise VitreduceError(f"--resamples must be >= 1, got {n_resamples}")
     source = "named by --primary" if primary else "named by the study spec" if config.primary else "the default"
     has_base = study.baseline in study.variants
     kinds = [_kinds(study, v) for v in study.variants if v != study.baseline] if has_base else []
@@ -252,6 +250,24 @@ def _kinds(study: StudyRuns, variant: str) -> set[str]:
     base = {r.seed: r for r in study.variants[study.baseline]}
     pairs = [(base[r.seed], r) for r in study.variants[variant] if r.seed in base]
     return {"raw"} | ({"ema"} if any(b.ema is not None and v.ema is not None for b, v in pairs) else set())
+
+
+MAX_RESAMPLES = 100_000  # the bootstrap's draws are held in memory, and the Pareto fit loops over them
+
+
+def _check_options(study_dir: Path, n_resamples: int, bootstrap_seed: int) -> None:
+    """Refuse what would fail (or run for hours) halfway, before anything is read or written."""
+    if not 1 <= n_resamples <= MAX_RESAMPLES:
+        raise VitreduceError(f"--resamples must be in [1, {MAX_RESAMPLES:,}], got {n_resamples:,} (2,000 is the "
+                             "default; more only narrows the Monte Carlo error of an interval's ends)")
+    if not 0 <= bootstrap_seed < 2**63:
+        raise VitreduceError(f"--bootstrap-seed must be an integer in [0, 2^63), got {bootstrap_seed}")
+    if (study_dir / "figures").exists() and not (study_dir / "figures").is_dir():
+        raise VitreduceError(f"{study_dir / 'figures'} is not a folder; the report writes its figures there: move "
+                             "or remove that file")
+    for name in ("report.md", "report.html", "summary.json", "results.csv"):
+        if (study_dir / name).is_dir():
+            raise VitreduceError(f"{study_dir / name} is a folder; the report writes that file: move or remove it")
 
 
 def write_report(study_dir: Path | str, baseline: str | None = None, *, alpha: float | None = None,
@@ -268,6 +284,7 @@ def write_report(study_dir: Path | str, baseline: str | None = None, *, alpha: f
     sweep's variants (vitreduce.study.write_report passes the spec's).
     """
     study_dir = Path(study_dir)
+    _check_options(study_dir, n_resamples, bootstrap_seed)
     study = load_study(study_dir, baseline=baseline, include_unfinished=include_unfinished,
                        spike_window=spike_window, spike_threshold=spike_threshold,
                        step_spike_window=step_spike_window, step_spike_z=step_spike_z, labels_of=labels_of)
@@ -297,5 +314,5 @@ def write_report(study_dir: Path | str, baseline: str | None = None, *, alpha: f
     write_bytes(paths.summary_json, summary_text(record).encode())
     write_results_csv(study_dir, summary)
     write_bytes(paths.markdown, render_markdown(blocks).encode())
-    write_bytes(paths.html, render_html(blocks, f"vitreduce study report: {study.name}").encode())
+    write_bytes(paths.html, render_html(blocks, f"vitreduce study report: {study.name}", base=study_dir).encode())
     return paths
