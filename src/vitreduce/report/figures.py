@@ -6,11 +6,11 @@ docs/metrics.md; what they share is in vitreduce.report.plots.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 from vitreduce.report.figures_steps import step_figures
 from vitreduce.report.plots import (
@@ -26,6 +26,7 @@ from vitreduce.report.plots import (
 )
 from vitreduce.report.runs import KIND_TITLE, MODEL_KINDS, ModelMetrics, RunMetrics, StudyRuns
 from vitreduce.report.sharpness_section import sharpness_figures
+from vitreduce.statistics.sample import Sample
 
 _FIGURES = (  # (file name, caption) of the figures every report has
     ("top1_vs_epoch.png", "Top-1 vs epoch, raw (left) and EMA (right): mean over seeds, band = min-max over "
@@ -127,10 +128,17 @@ def _paired_difference(base: list[RunMetrics], runs: list[RunMetrics], kind: str
             if epoch in b_top1:
                 by_epoch.setdefault(epoch, []).append(value - b_top1[epoch])
     epochs = sorted(by_epoch)
-    mean = np.array([np.mean(by_epoch[e]) for e in epochs])
-    half = np.array([stats.t.ppf(0.975, len(v) - 1) * np.std(v, ddof=1) / np.sqrt(len(v)) if len(v) >= 2
-                     else np.nan for v in (by_epoch[e] for e in epochs)])
-    return np.array(epochs), mean, mean - half, mean + half
+    samples = [Sample(tuple(by_epoch[e])) for e in epochs]
+    mean = np.array([x.mean for x in samples])
+    bounds = np.array([_t_band(x) for x in samples]).reshape(len(samples), 2)
+    return np.array(epochs), mean, bounds[:, 0], bounds[:, 1]
+
+
+def _t_band(sample: Sample) -> tuple[float, float]:
+    """The t-based 95% interval of the mean; zero width for identical values, none (NaN) for one value."""
+    if sample.n < 2:
+        return math.nan, math.nan
+    return sample.t_interval(0.95) or (sample.mean, sample.mean)
 
 
 def _fig_difference(study: StudyRuns, path: Path) -> None:

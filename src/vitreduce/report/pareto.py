@@ -28,6 +28,7 @@ from scipy import stats as sps
 from vitreduce.report.runs import MODEL_KINDS, StudyRuns
 from vitreduce.statistics.noninferiority import fixed_sequence, lack_of_fit
 from vitreduce.statistics.pvalue import fmt_p
+from vitreduce.statistics.sample import Sample
 
 COSTS = {"params": "unique parameters", "macs_linear": "MACs (linear)", "throughput_img_s": "throughput (img/s)"}
 LOWER_IS_CHEAPER = {"params": True, "macs_linear": True, "throughput_img_s": False}
@@ -173,9 +174,8 @@ def degree_test(series: Series, baseline: str, margin: float, alpha: float) -> d
 
 
 def _kind_stats(values: dict[int, float]) -> dict:
-    xs = list(values.values())
-    return {"n": len(xs), "mean": float(np.mean(xs)) if xs else None,
-            "std": float(np.std(xs, ddof=1)) if len(xs) >= 2 else None, "seeds": sorted(values)}
+    sample = Sample(tuple(values.values()))
+    return {"n": sample.n, "mean": sample.mean, "std": sample.sd, "seeds": sorted(values)}
 
 
 def _fit_kind(study: StudyRuns, variants: list[str]) -> str:
