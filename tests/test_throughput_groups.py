@@ -59,7 +59,8 @@ def test_each_base_model_is_profiled_once_with_its_own_variants(study):
 
 def test_each_ratio_is_against_the_baseline_of_its_own_base_model(study):
     study_dir, _ = study
-    summary = read_summary(study_dir / "summary.json").variants
+    document = read_summary(study_dir / "summary.json")
+    summary = document.variants
     against = {v: summary[v]["throughput"]["ratio_against"] for v in VARIANTS}
     assert against == {"narrow.baseline": "narrow.baseline", "narrow.shallow-0.5": "narrow.baseline",
                        "wide.baseline": "wide.baseline", "wide.shallow-0.5": "wide.baseline"}
@@ -75,7 +76,7 @@ def test_each_ratio_is_against_the_baseline_of_its_own_base_model(study):
     assert {r["throughput_base_model"] for r in rows} == {summary[v]["throughput"]["base_model"] for v in VARIANTS}
     # The Pareto section's throughput axis, per base model.
     for label in ("narrow", "wide"):
-        group = summary["pareto"]["groups"][label]
+        group = document.study["pareto"]["groups"][label]
         assert group["front"]["ema"]["throughput_img_s"]
         assert all(v["throughput_img_s"] > 0 for v in group["variants"].values())
     # The results table names the variant a ratio is against, unless it is the study's baseline.

@@ -140,12 +140,12 @@ def test_architectures_tiny_study_runs_end_to_end(tmp_path):
                      ["seeds=[0]", "overrides.epochs=1", f"overrides.data.root={tmp_path / 'synth'}"])
     result = run_study(spec, tmp_path / "study", echo=lambda *_: None)
     summary = read_summary(tmp_path / "study" / "summary.json").variants
-    reductions = ("baseline", "grouped-2", "shallow-0.5")
+    reductions = ("baseline", "grouped-2-output", "shallow-0.5")  # grouped:scale=output (docs/reductions.md)
     variants = [f"{m}.{r}" for m in ("vit_s", "deit3_s", "swin_t", "eva02_s") for r in reductions]
     assert [k for k in summary if "." in k] == variants, result
     # The tiny Swin: a stage of two blocks (width 16) then a single-block stage (width 32), which keeps its MLP.
-    assert [summary[f"swin_t.{r}"]["unique_mlps"] for r in ("baseline", "grouped-2", "shallow-0.5")] == [3, 2, 3]
-    assert [summary[f"eva02_s.{r}"]["unique_mlps"] for r in ("baseline", "grouped-2", "shallow-0.5")] == [4, 2, 4]
+    assert [summary[f"swin_t.{r}"]["unique_mlps"] for r in reductions] == [3, 2, 3]
+    assert [summary[f"eva02_s.{r}"]["unique_mlps"] for r in reductions] == [4, 2, 4]
     assert summary["swin_t.baseline"]["mlp_hidden"] == [64, 128]
     assert summary["swin_t.shallow-0.5"]["mlp_hidden"] == [32, 64]
     # Each architecture's variants profiled together; each ratio against its own architecture's baseline.
