@@ -156,3 +156,15 @@ def test_paired_sharpness_tests_in_summary_json_and_results_csv_are_what_the_rep
             for field in ("n", "mean_diff", "ci_low", "ci_high", "t", "df", "p", "p_adjusted", "reading"):
                 assert _same(row[prefix + field], test[field]), (prefix, field)
         assert row["sharpness_vs_baseline_final_asam_p"] == ""  # v0_1 measured no ASAM: no test, an empty cell
+
+
+def test_an_untestable_sharpness_comparison_keeps_its_place_in_the_family(tmp_path):
+    """As in the seed-level families, a comparison whose t-test is undefined (here one paired seed) enters the
+    sharpness family as p = 1: the family's size counts it, and its adjusted p is n/a, not dropped."""
+    study = _study(tmp_path)
+    (study / "runs" / "grouped" / "seed1" / "analysis" / "sharpness_final.json").unlink()
+    write_report(study)
+    paired = read_summary(study / "summary.json").variants["grouped"]["sharpness_vs_baseline"]
+    assert paired["family"]["size"] == len(paired["tests"]) == 2
+    assert all(t["n"] == 1 and t["p_adjusted"] is None and t["reading"].startswith("not testable")
+               for t in paired["tests"])
