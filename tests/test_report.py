@@ -307,3 +307,16 @@ def test_a_figures_path_that_is_a_file_is_refused_and_kept(study):
     with pytest.raises(VitreduceError, match="figures is not a folder"):
         write_report(study, n_resamples=20)
     assert (study / "figures").read_text() == "mine" and not (study / "report.md").exists()
+
+
+def test_a_raw_ema_reversal_is_flagged_in_one_sentence():
+    from vitreduce.report.headline import headline
+
+    reversed_ = _entry("better", diff=0.8, p_adj=0.01, size=1)
+    reversed_["vs_baseline"]["seed_level"][1] = {"evidence": "exploratory", "kind": "raw", "metric": "top1_final",
+                                                 "verdict": "worse", "mean_diff": -1.5}
+    lines = headline({"base": _entry(), "a": reversed_}, "base")
+    assert ("Reversal: a's EMA model is better (+0.80 pp) but its raw model is worse (-1.50 pp) than the baseline's "
+            "in final top-1, so neither model's verdict stands for the variant.") in lines
+    agreeing = _entry("better", diff=0.8, p_adj=0.01, size=1)
+    assert not any(s.startswith("Reversal") for s in headline({"base": _entry(), "a": agreeing}, "base"))
