@@ -220,3 +220,19 @@ def test_an_ema_horizon_longer_than_the_run_is_flagged(tmp_path):
     assert ("EMA horizon: base's EMA (decay 0.9998) averages over about 5,000 optimizer steps, more than the 20 "
             "its runs trained, so it still carries its initialisation; its final top-1 is -5.00 pp from the raw "
             "model's.") in headline
+
+
+def test_summary_json_is_read_back_in_both_formats_and_refused_otherwise(tmp_path):
+    from vitreduce.errors import VitreduceError
+    from vitreduce.report.summary_file import read_summary
+
+    (tmp_path / "old.json").write_text(json.dumps({"base": {"n": 2, "baseline": True}, "pareto": {"groups": {}}}))
+    old = read_summary(tmp_path / "old.json")
+    assert (old.format, list(old.variants), old.study["baseline"], old.study["pareto"]) == (1, ["base"], "base",
+                                                                                          {"groups": {}})
+    (tmp_path / "future.json").write_text(json.dumps({"format": 3, "variants": []}))
+    with pytest.raises(VitreduceError, match="reads formats 1 and 2"):
+        read_summary(tmp_path / "future.json")
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(VitreduceError, match="not a JSON summary"):
+        read_summary(tmp_path / "binary.json")

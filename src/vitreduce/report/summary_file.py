@@ -48,7 +48,10 @@ def read_summary(path: Path | str) -> Summary:
         raise VitreduceError(f"{path} is not a JSON summary ({err}); rewrite it with `vitreduce report`") from None
     if not isinstance(data, dict):
         raise VitreduceError(f"{path} must hold a JSON object")
-    if data.get("format") == SUMMARY_FORMAT:
+    if "format" in data:
+        if data["format"] != SUMMARY_FORMAT or not all(isinstance(data.get(k), dict) for k in ("study", "variants")):
+            raise VitreduceError(f"{path} is summary.json format {data['format']!r} without its study and variants "
+                                 f"objects; this vitreduce reads formats 1 and {SUMMARY_FORMAT}")
         return Summary(data["study"], data["variants"])
     variants = {k: v for k, v in data.items() if k != "pareto"}
     return Summary({"name": None, "baseline": next((k for k, v in variants.items() if v.get("baseline")), None),
