@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         model = _from_vitreduce_file(args, path, key, spec)
     else:
         model = _from_timm_weights(args, path, key)
-    reduce(model, spec)
+    reduce(model, spec, trained=path is not None)  # relax=R: deltas from the trained residuals
     checkpoint.save(model, args.out)
     d = describe(model)
     source = f"weights {args.weights}" if args.weights else f"fresh init (seed {args.seed})"

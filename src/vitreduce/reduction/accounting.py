@@ -5,7 +5,9 @@ the device or on fused attention (fvcore/thop skip fused SDPA; thop and ptflops 
 modules). Two conventions, both multiply-accumulates:
 - ``macs_linear``: nn.Linear and nn.Conv2d only (the paper's "GFLOPs": 16.85 G for ViT-B/16);
 - ``macs_total``: plus the two attention matmuls QK^T and AV (17.56 G for ViT-B/16).
-A shared MLP used by two blocks runs twice and is counted twice; its parameters count once.
+A shared MLP used by two blocks runs twice and is counted twice; its parameters count once. Relaxed
+sharing's per-block deltas (``reduction.relax``) are parameters of each block's MLP and their two small
+Linears run, and are counted, in every block (category ``mlp``).
 
 The breakdown (``ModelDescription.macs_breakdown``, CATEGORIES) sums exactly to ``macs_total``; every
 category but ``attention_matmul`` is part of ``macs_linear``. A Swin attention runs per window (its
@@ -26,7 +28,7 @@ from torch import nn
 from vitreduce.reduction.gated import hidden_units, in_features
 from vitreduce.reduction.params import count_unique
 from vitreduce.reduction.spec import ReductionSpec
-from vitreduce.reduction.surgery import REDUCTION_ATTR, unique_mlps
+from vitreduce.reduction.surgery import REDUCTION_ATTR, unique_mlps, vit_blocks
 
 # What a run directory's run.json and `vitreduce inspect --json` record of a model (``expansion``
 # follows from mlp_hidden / embed_dim).
@@ -142,7 +144,7 @@ def _is_attention(module: nn.Module) -> bool:
 
 def _module_categories(model: nn.Module) -> dict[int, str]:
     """{id(module): category} for every module under a category's owner (the first owner wins)."""
-    owners: list[tuple[nn.Module, str]] = [(mlp, "mlp") for _, mlp in unique_mlps(model)]
+    owners: list[tuple[nn.Module, str]] = [(block.mlp, "mlp") for block in vit_blocks(model)]  # relaxed: one view each
     for name, module in model.named_modules():
         top = name.split(".", 1)[0]
         if _is_attention(module):
@@ -207,7 +209,7 @@ def describe(model: nn.Module, img_size: int | tuple[int, int] | None = None) ->
         model=model_name(model),
         reduction=str(ReductionSpec.parse(getattr(model, REDUCTION_ATTR, None))),
         params=count_unique(model.parameters()),
-        mlp_params=count_unique(p for _, mlp in mlps for p in mlp.parameters()),
+        mlp_params=count_unique(p for block in vit_blocks(model) for p in block.mlp.parameters()),  # with deltas
         unique_mlps=len(mlps),
         mlp_hidden=hidden[0] if len(hidden) == 1 else hidden,
         embed_dim=embed_dim,

@@ -2,7 +2,8 @@
 
 The string form is what users type and what configs, checkpoints and reports store:
 ``none``, ``grouped``, ``grouped:size=3,scale=1.0,init=mean,pattern=cycle``,
-``shallow:ratio=0.5,keep=magnitude``, ``thin:ratio=0.5``, ``grouped+shallow:ratio=0.5``.
+``shallow:ratio=0.5,keep=magnitude``, ``thin:ratio=0.5``, ``grouped+shallow:ratio=0.5``,
+``grouped:init=mean,scale=1.0,relax=8`` (relaxed sharing: a rank-8 delta per block, ``reduction.relax``).
 Steps are applied left to right in canonical order: ``thin`` always runs before ``grouped`` (it
 re-initialises the MLPs, which would undo grouped's scaling), so ``grouped+thin`` and ``thin+grouped``
 are one spec, printed ``thin:ratio=0.5+grouped``; ``grouped`` and ``shallow`` keep the order written.
@@ -75,6 +76,7 @@ STRATEGIES: dict[str, dict[str, tuple[Any, Any]]] = {
         "scale": ("auto", _parse_scale),
         "init": ("first", _parse_choice(("first", "mean"))),
         "pattern": ("sequence", _parse_choice(("sequence", "cycle"))),
+        "relax": (0, _parse_int_from(0, " (0 = plain sharing; R = a rank-R delta per block)")),
     },
     "shallow": {
         "ratio": (0.5, _parse_ratio),
@@ -92,9 +94,9 @@ _ALWAYS_SHOWN = {"ratio"}
 _RUN_FIRST = ("thin",)
 _HELP = (
     "valid: 'none' or steps joined by '+', each STRATEGY[:key=value,...] with "
-    "grouped(size=2, scale=auto|output|FLOAT, init=first|mean, pattern=sequence|cycle; scale=auto: 1/sqrt(n) "
-    "on fc1 and fc2.weight for init=first, the same std for init=mean; output: fc2.weight x 1/n, the output "
-    "at 1/n for every MLP kind), "
+    "grouped(size=2, scale=auto|output|FLOAT, init=first|mean, pattern=sequence|cycle, relax=0; scale=auto: "
+    "1/sqrt(n) on fc1 and fc2.weight for init=first, the same std for init=mean; output: fc2.weight x 1/n, "
+    "the output at 1/n for every MLP kind; relax=R: a per-block rank-R delta on the shared weights, 0 = none), "
     "shallow(ratio=0.5, keep=first|magnitude|random, seed=0), thin(ratio=0.5; runs before grouped)"
 )
 
@@ -155,6 +157,7 @@ class ReductionSpec:
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise VitreduceError(f"reduction spec {text!r} repeats {', '.join(repeated)}; use each strategy once")
+        check_relax_order(ReductionSpec(steps).steps, repr(text))
         if "shallow" in names and "thin" in names:
             raise VitreduceError(
                 f"reduction spec {text!r} combines shallow and thin; both set the MLP width, choose one"
@@ -176,6 +179,16 @@ class ReductionSpec:
         shallow step keeps does not change a shape, so it becomes keep=first."""
         return ReductionSpec(tuple(Step(s.strategy, {**s.params, "keep": "first"})
                                    if s.params.get("keep") == "magnitude" else s for s in self.steps))
+
+
+def check_relax_order(steps: tuple[Step, ...], what: str) -> None:
+    """Refuse a shallow step after a relaxed grouped one: the per-block deltas are built at the width the
+    MLP has then, so the width must be set first (``shallow+grouped:relax=R``)."""
+    names = [step.strategy for step in steps]
+    grouped = next((s for s in steps if s.strategy == "grouped"), None)
+    if grouped and grouped.params["relax"] and "shallow" in names[names.index("grouped"):]:
+        raise VitreduceError(f"reduction {what} slices the MLPs after relaxing their sharing; write shallow first, "
+                             f"e.g. 'shallow+{grouped}'")
 
 
 def _parse_step(part: str, whole: str) -> Step:

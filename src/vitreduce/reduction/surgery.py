@@ -17,7 +17,8 @@ from torch import nn
 from vitreduce.errors import VitreduceError
 from vitreduce.reduction.blocks import BlockRef, all_blocks, block_stages
 from vitreduce.reduction.gated import fc1_width, hidden_units, input_layers, resized_copy, slice_mlp, unit_scores
-from vitreduce.reduction.spec import ReductionSpec, Step
+from vitreduce.reduction.relax import relax_members, trained_layers
+from vitreduce.reduction.spec import ReductionSpec, Step, check_relax_order
 
 # Recorded on the model so checkpoints can describe it (timm records neither).
 REDUCTION_ATTR = "vitreduce_reduction"
@@ -42,18 +43,22 @@ def unique_named_mlps(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _unique_mlp_refs(model: nn.Module) -> list[tuple[list[BlockRef], nn.Module]]:
+    """Keyed by the fc2 weight tensor, not the module: the blocks of a relaxed group each hold their own view
+    of one shared MLP (``relax``); the module given is the first user's."""
     users: dict[int, tuple[list[BlockRef], nn.Module]] = {}
     for ref in all_blocks(model):
-        users.setdefault(id(ref.block.mlp), ([], ref.block.mlp))[0].append(ref)
+        users.setdefault(id(ref.block.mlp.fc2.weight), ([], ref.block.mlp))[0].append(ref)
     return list(users.values())
 
 
-def reduce(model: nn.Module, spec: str | ReductionSpec) -> nn.Module:
+def reduce(model: nn.Module, spec: str | ReductionSpec, trained: bool = False) -> nn.Module:
     """Apply a reduction spec to a built model, in place; returns the model.
 
     Args:
         model: a timm ViT, DeiT, EVA or Swin model (any depth, width, stages, device; see ``blocks``).
         spec: a ReductionSpec or its string form, e.g. ``"grouped"`` or ``"shallow:ratio=0.5"``.
+        trained: the model holds trained weights: ``grouped:relax=R`` initialises each block's delta from
+            the SVD of its residual (on a fresh model the deltas start at zero). Nothing else depends on it.
     """
     spec = ReductionSpec.parse(spec)
     stages = block_stages(model)
@@ -65,7 +70,10 @@ def reduce(model: nn.Module, spec: str | ReductionSpec) -> nn.Module:
     for step in spec.steps:
         _validate_step(step, max(len(stage) for stage in stages), len(stages))
     for step in spec.steps:
-        _APPLY[step.strategy](model, step)
+        if step.strategy == "grouped":
+            _apply_grouped(model, step, trained)
+        else:
+            _APPLY[step.strategy](model, step)
     setattr(model, REDUCTION_ATTR, str(ReductionSpec(previous.steps + spec.steps)))
     return model
 
@@ -73,6 +81,7 @@ def reduce(model: nn.Module, spec: str | ReductionSpec) -> nn.Module:
 def _check_composable(previous: ReductionSpec, spec: ReductionSpec) -> None:
     """Refuse a second reduction that repeats a strategy, or that would have to run before one the
     model already has (the spec's canonical order: thin before grouped, whatever order is written)."""
+    check_relax_order(previous.steps + spec.steps, f"{previous} then {spec}")
     clash = {s.strategy for s in previous.steps} & {s.strategy for s in spec.steps}
     if clash or ({"shallow", "thin"} <= {s.strategy for s in previous.steps + spec.steps}):
         raise VitreduceError(f"model already has reduction {previous}; applying {spec} would repeat a strategy")
@@ -100,18 +109,21 @@ def group_assignment(depth: int, size: int, pattern: str) -> list[int]:
     return [index % groups for index in range(depth)]
 
 
-def _apply_grouped(model: nn.Module, step: Step) -> None:
+def _apply_grouped(model: nn.Module, step: Step, trained: bool = False) -> None:
     """Groups within each stage (never across a boundary: stages differ in width). A stage shorter
     than ``size`` is one group; a stage of one block keeps its own MLP (n = 1: no scaling)."""
     for stage in block_stages(model):
         assignment = group_assignment(len(stage), step.params["size"], step.params["pattern"])
         for group in sorted(set(assignment)):
-            _share([ref.block for ref, g in zip(stage, assignment, strict=True) if g == group], step)
+            _share([ref.block for ref, g in zip(stage, assignment, strict=True) if g == group], step, trained)
 
 
-def _share(members: list[nn.Module], step: Step) -> None:
+def _share(members: list[nn.Module], step: Step, trained: bool = False) -> None:
     """One MLP for all ``members``: the first's (or the mean), scaled by the rule on the tensors in
-    fc1's role (fc1; a gated MLP's gate and value) and fc2's; an MLP norm is shared as it is."""
+    fc1's role (fc1; a gated MLP's gate and value) and fc2's; an MLP norm is shared as it is. With
+    ``relax`` each block then gets its own low-rank delta on that MLP (``relax``)."""
+    rank = step.params["relax"]
+    originals = trained_layers(members) if rank and trained and len(members) > 1 else None
     kept = members[0].mlp
     sources = _distinct(block.mlp for block in members)
     with torch.no_grad():
@@ -125,6 +137,8 @@ def _share(members: list[nn.Module], step: Step) -> None:
                 tensor.mul_(f)
     for block in members:
         block.mlp = kept
+    if rank:
+        relax_members(members, rank, originals)
 
 
 def group_scale(shared_by: int, averaged: int, scale: float | str) -> tuple[float, float, float]:

@@ -75,9 +75,10 @@ def start_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> tuple[n
     model = create_model(cfg.name, reduction=None if to_apply else cfg.reduction, **cfg.timm_kwargs())
     report = _copy_weights(source, model, cfg.init_checkpoint)
     if to_apply:
-        reduce(model, to_apply)
+        thin = any(step.strategy == "thin" for step in to_apply.steps)
+        reduce(model, to_apply, trained=not thin)  # relaxed deltas fit the trained residuals (thin: none left)
         report.reduction_applied = str(to_apply)
-        if any(step.strategy == "thin" for step in to_apply.steps):  # thin builds fresh MLPs over the loaded ones
+        if thin:  # thin builds fresh MLPs over the loaded ones
             report.reinitialised += [n for n in _unique_names(model) if ".mlp." in n]
     return model.to(device), report
 
