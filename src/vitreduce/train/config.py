@@ -180,6 +180,38 @@ class LoggingConfig(_Section):
     step_every: Whole = Field(10, ge=0, le=STEPS_MAX)  # optimizer steps between lines of steps.jsonl; 0: none
 
 
+class DistillConfig(_Section):
+    """Distillation from a teacher model (docs/compress.md). No teacher: off, and every weight unused.
+
+    The loss is ``task x task loss + soft x KL(teacher || student at temperature T) x T^2 + hard x CE(student,
+    teacher's arg-max class) + hidden x mean squared difference of every block's output``. Defaults are DeiT's
+    soft distillation (0.5 task, 0.5 soft at T = 3); DeiT's hard distillation is ``soft: 0, hard: 0.5``.
+    """
+
+    # A vitreduce model file or timm weights (.safetensors/.pth/.pth.tar; FILE#state_dict_ema), read as
+    # model.init_checkpoint reads them; a plain state dict is built as model.name with model's architecture
+    # keys, unreduced. Stored absolute.
+    teacher: str | None = None
+    task: Real = Field(0.5, ge=0)
+    soft: Real = Field(0.5, ge=0)
+    temperature: Real = Field(3.0, gt=0)
+    hard: Real = Field(0.0, ge=0)
+    hidden: Real = Field(0.0, ge=0)
+
+    @field_validator("teacher")
+    @classmethod
+    def _absolute_teacher(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("is empty; write null to train without a teacher")
+        return absolute_path(value)
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> DistillConfig:
+        if self.teacher is not None and not (self.task or self.soft or self.hard or self.hidden):
+            raise ValueError("distill: every loss weight (task, soft, hard, hidden) is 0; set at least one above 0")
+        return self
+
+
 class FaultsConfig(_Section):
     """What to do when a step's loss or gradient is not finite."""
 
@@ -203,6 +235,7 @@ class TrainConfig(_Section):
     checkpoint: CheckpointConfig = CheckpointConfig()
     logging: LoggingConfig = LoggingConfig()
     faults: FaultsConfig = FaultsConfig()
+    distill: DistillConfig = DistillConfig()
     synth: SynthConfig | None = None
 
     @model_validator(mode="after")
@@ -292,6 +325,8 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any], also: tuple[str, ...]
         old = {**old, "model": {**model, "init_checkpoint": absolute_path(model["init_checkpoint"])}}
     if isinstance(model, dict) and isinstance(new.get("model"), dict):  # Swin's keys, absent before them: null
         old = {**old, "model": {**{k: None for k in ("depths", "window_size") if k in new["model"]}, **old["model"]}}
+    if isinstance(old, dict) and "distill" not in old and isinstance(new.get("distill"), dict):
+        old = {**old, "distill": {**new["distill"], "teacher": None}}  # written before the section: no teacher
     return differences(old, new, ignore=RESUMABLE_CHANGES + tuple(also))
 
 

@@ -18,7 +18,7 @@ from vitreduce.data.transforms import eval_preprocessing_for
 from vitreduce.device import Precision, autocast, resolve_device
 from vitreduce.errors import VitreduceError
 from vitreduce.reduction import checkpoint
-from vitreduce.train.distributed import all_sum
+from vitreduce.train.distributed import DistInfo, all_sum, gather_objects
 from vitreduce.train.rundir import DONE
 from vitreduce.train.state import EMA_MODEL, MODEL
 
@@ -88,6 +88,14 @@ def evaluate(model: nn.Module, loader, precision: Precision, device: torch.devic
         labels=torch.cat(labels) if kept else None,
         predictions=torch.cat(predictions) if kept else None,
     )
+
+
+def gather_predictions(result: EvalResult, info: DistInfo) -> tuple[torch.Tensor, ...] | None:
+    """(indices, labels, predictions) of every rank's eval images on rank 0 (None elsewhere)."""
+    parts = gather_objects((result.indices, result.labels, result.predictions), info)
+    if not info.is_main:
+        return None
+    return tuple(torch.cat([p[i] for p in parts]) for i in range(3))
 
 
 def resolve_model_file(path: Path, ema: bool) -> Path:

@@ -8,6 +8,7 @@ checkpoint to ``state.save``.
 """
 from __future__ import annotations
 
+import functools
 import os
 import random
 import time
@@ -29,9 +30,10 @@ from vitreduce.errors import VitreduceError
 from vitreduce.locks import RunLock
 from vitreduce.train import distributed, preempt, rundir, state, telemetry
 from vitreduce.train.config import TrainConfig
+from vitreduce.train.distill import build_distiller, check_teacher
 from vitreduce.train.distributed import DistInfo, gather_objects
 from vitreduce.train.ema import Ema
-from vitreduce.train.evaluate import EvalResult, evaluate
+from vitreduce.train.evaluate import EvalResult, evaluate, gather_predictions
 from vitreduce.train.extend import follow_config
 from vitreduce.train.logs import MetricsFile, TensorBoard, epoch_line
 from vitreduce.train.model import check_init_checkpoint, start_model
@@ -105,6 +107,7 @@ def _preflight(config: TrainConfig, out: Path, resume: bool, lock: RunLock, exte
         ensure_synth(Path(config.data.root).expanduser(), config.synth)
     data.check_dataset(config.data, config.model.num_classes)
     check_init_checkpoint(config.model)
+    check_teacher(config)
     rundir.create(out)
     if not lock.acquire():
         raise VitreduceError(
@@ -144,6 +147,7 @@ class Trainer:
         self.module, self.init = start_model(config.model, info.device)  # init: what init_checkpoint loaded
         self.ema = Ema(self.module, config.ema.decay) if config.ema.enabled else None
         self.optimizer = create_optimizer(self.module, config.optimizer)
+        self.distiller = build_distiller(config, self.module, info.device)  # None without a teacher
         self.loader, self.eval_loader = _loaders(config, info, tuple(self.module.patch_embed.img_size))
         steps_per_epoch = -(-len(self.loader) // config.optimizer.accum_steps)
         self.scheduler = create_scheduler(self.optimizer, config.schedule, config.epochs, steps_per_epoch)
@@ -180,7 +184,9 @@ class Trainer:
         return position
 
     def _fresh(self) -> state.Position:
-        self.info.on_main(rundir.write_run_record, self.out, self.module, self.cfg, self.info.world_size, self.init)
+        teacher = self.distiller and self.distiller.record(self.cfg, self._evaluate_one)  # every rank evaluates
+        self.info.on_main(rundir.write_run_record, self.out, self.module, self.cfg, self.info.world_size, self.init,
+                          teacher)
         _seed_everything(self.cfg.seed + self.info.rank)  # per-rank streams for drop-path, as timm does
         return state.Position(world_size=self.info.world_size)
 
@@ -194,7 +200,7 @@ class Trainer:
         context = StepContext.build(
             model, self.module, loss_fn=data.train_loss_fn(self.cfg.augment), optimizer=self.optimizer,
             scaler=self.scaler, ema=self.ema, precision=self.cfg.precision, device=self.info.device,
-            clip_grad=self.cfg.optimizer.clip_grad, nonfinite=self.cfg.faults.nonfinite,
+            clip_grad=self.cfg.optimizer.clip_grad, nonfinite=self.cfg.faults.nonfinite, distill=self.distiller,
         )
         return eval_model, context
 
@@ -300,10 +306,11 @@ class Trainer:
         }
 
     def _evaluate(self, keep_predictions: bool) -> Evaluation:
-        def run(model: nn.Module) -> EvalResult:
-            return evaluate(model, self.eval_loader, self.cfg.precision, self.info.device, keep_predictions)
-
+        run = functools.partial(self._evaluate_one, keep_predictions=keep_predictions)
         return {"raw": run(self.eval_model), "ema": run(self.ema.module) if self.ema is not None else None}
+
+    def _evaluate_one(self, model: nn.Module, keep_predictions: bool = False) -> EvalResult:
+        return evaluate(model, self.eval_loader, self.cfg.precision, self.info.device, keep_predictions)
 
     def _is_best(self, record: dict[str, Any]) -> bool:
         """Whether this epoch beats the best so far by ``best_metric`` (recording it if so; ties keep the first)."""
@@ -341,7 +348,7 @@ class Trainer:
 
     def _finish(self, final: Evaluation) -> dict[str, Any]:
         """predictions.csv, the model files, done.json; returns the final metrics."""
-        gathered = {kind: _gather_predictions(result, self.info) if result else None for kind, result in final.items()}
+        gathered = {kind: gather_predictions(result, self.info) if result else None for kind, result in final.items()}
         metrics = {kind: result.metrics() if result else None for kind, result in final.items()}
         if not self.info.is_main:
             return metrics
@@ -391,10 +398,3 @@ def _step_groups(loader: data.TrainLoader, accum: int, bad_paths: list[str]) -> 
     if pending:
         yield pending
 
-
-def _gather_predictions(result: EvalResult, info: DistInfo) -> tuple[torch.Tensor, ...] | None:
-    """(indices, labels, predictions) of every rank's eval images on rank 0 (None elsewhere)."""
-    parts = gather_objects((result.indices, result.labels, result.predictions), info)
-    if not info.is_main:
-        return None
-    return tuple(torch.cat([p[i] for p in parts]) for i in range(3))

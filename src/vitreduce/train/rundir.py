@@ -188,15 +188,20 @@ def _record_extension(out: Path, after: int, before: int) -> None:
 
 
 def write_run_record(out: Path, model: nn.Module, config: TrainConfig, world_size: int,
-                     init: InitReport | None = None) -> None:
+                     init: InitReport | None = None, teacher: dict | None = None) -> None:
     """run.json: what the model is (``ModelDescription.record``) and how it is trained, written at the start;
-    with ``init`` (what ``model.init_checkpoint`` loaded) its "init" record, and its line printed."""
+    with ``init`` (what ``model.init_checkpoint`` loaded) its "init" record, and its line printed; with
+    ``teacher`` (``train.distill.teacher_record``) its "teacher" record."""
     record = {**describe(model).record(), "seed": config.seed, "num_classes": config.model.num_classes,
               "epochs": config.epochs, "vitreduce_version": __version__, "world_size": world_size,
               "threads": torch.get_num_threads()}  # per process: --threads, or a SLURM job's cpus_per_task
     if init is not None:
         record["init"] = init.record()
         print(init.line(), flush=True)
+    if teacher:
+        record["teacher"] = teacher
+        print(f"distill.teacher: {teacher['file']} ({teacher['params']:,} params), val top-1 "
+              f"{teacher['val']['top1']:.2f}", flush=True)
     write_json(out / RUN, record)
 
 

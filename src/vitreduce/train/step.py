@@ -9,8 +9,8 @@ step's arithmetic and RNG use are those of any other step.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
@@ -23,6 +23,9 @@ from vitreduce.reduction.surgery import unique_named_mlps
 from vitreduce.train.distributed import all_mean
 from vitreduce.train.ema import Ema
 from vitreduce.train.preempt import signalled
+
+if TYPE_CHECKING:
+    from vitreduce.train.distill import Distiller
 
 
 class NonFiniteError(VitreduceError):
@@ -47,6 +50,7 @@ class StepContext:
     device: torch.device
     clip_grad: float | None = None
     nonfinite: Literal["halt", "skip"] = "halt"  # the config's faults.nonfinite
+    distill: Distiller | None = None  # a teacher's loss terms in place of the task loss alone (train.distill)
 
     @classmethod
     def build(cls, model: nn.Module, module: nn.Module, **kwargs) -> StepContext:
@@ -60,6 +64,7 @@ class StepResult:
     grad_norm: float  # global norm over unique parameters, before clipping
     skipped: bool  # the optimizer did not step (non-finite loss/gradient, or fp16 overflow)
     stop: bool = False  # some rank had received a stop signal before this step's sync (train.preempt)
+    distill: dict[str, float] = field(default_factory=dict)  # each distillation term's mean (train.distill)
 
 
 @dataclass
@@ -106,6 +111,18 @@ def train_step(ctx: StepContext, micro_batches: list[tuple[torch.Tensor, torch.T
                probe: StepProbe | None = None) -> StepResult:
     """One optimizer step over micro-batches ``[(images (B,C,H,W), targets (B,) or (B,K)), ...]``; ``probe``
     (on logged steps) measures it."""
+    result = _step(ctx, micro_batches, probe)
+    return replace(result, distill=ctx.distill.take()) if ctx.distill is not None else result
+
+
+def _loss(ctx: StepContext, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    if ctx.distill is None:
+        return ctx.loss_fn(ctx.model(images), targets)
+    return ctx.distill.loss(ctx.model, images, targets, ctx.loss_fn)
+
+
+def _step(ctx: StepContext, micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
+          probe: StepProbe | None) -> StepResult:
     ctx.optimizer.zero_grad(set_to_none=True)
     total = sum(len(images) for images, _ in micro_batches)
     loss_sum = torch.zeros((), device=ctx.device, dtype=torch.float64)
@@ -115,7 +132,7 @@ def train_step(ctx: StepContext, micro_batches: list[tuple[torch.Tensor, torch.T
         sync = contextlib.nullcontext() if last or not hasattr(ctx.model, "no_sync") else ctx.model.no_sync()
         with sync:
             with autocast(ctx.precision, ctx.device):
-                loss = ctx.loss_fn(ctx.model(images), targets)  # mean over this micro-batch
+                loss = _loss(ctx, images, targets)  # mean over this micro-batch
             ctx.scaler.scale(loss * (len(images) / total)).backward()
         loss_sum += loss.detach().double() * len(images)
     ctx.scaler.unscale_(ctx.optimizer)  # no-op when the scaler is disabled

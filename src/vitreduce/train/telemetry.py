@@ -68,6 +68,7 @@ def step_record(probe: StepProbe, epoch: int, step: int, lr: float, result: Step
         "update_norm": probe.update_norm,
         "skipped": result.skipped,
         "mlp_grad_norm": dict(probe.mlp_grad_norms),  # null where not finite
+        **({"distill": {name: _finite(value) for name, value in result.distill.items()}} if result.distill else {}),
     }
 
 
