@@ -41,6 +41,13 @@ STEPS_MAX = 10**9
 Beta = Annotated[Real, Field(ge=0, lt=1)]
 
 
+def _stored_path(value: str | None, null_means: str) -> str | None:
+    """A file setting as stored: absolute (``absolute_path``); an empty one refused, saying what null does."""
+    if value is not None and not value.strip():
+        raise ValueError(f"is empty; write null to {null_means}")
+    return absolute_path(value)
+
+
 class _Section(BaseModel):
     # Every float finite: an inf weight decay or warmup lr used to pass and then fail as a non-finite loss.
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -91,9 +98,7 @@ class ModelConfig(_Section):
     @field_validator("init_checkpoint")
     @classmethod
     def _absolute_init_checkpoint(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("is empty; write null to start from fresh weights")
-        return absolute_path(value)
+        return _stored_path(value, "start from fresh weights")
 
     @field_validator("weight_init")
     @classmethod
@@ -201,9 +206,7 @@ class DistillConfig(_Section):
     @field_validator("teacher")
     @classmethod
     def _absolute_teacher(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("is empty; write null to train without a teacher")
-        return absolute_path(value)
+        return _stored_path(value, "train without a teacher")
 
     @model_validator(mode="after")
     def _some_loss(self) -> DistillConfig:
