@@ -101,7 +101,7 @@ def test_modules_and_functions_stay_short(kind):
 def test_the_verb_table_is_complete():
     from vitreduce.cli.main import VERBS, build_parser
 
-    verbs = {"inspect", "reduce", "train", "eval", "data", "study", "report", "demo", "profile", "sharpness",
+    verbs = {"inspect", "reduce", "compress", "train", "eval", "data", "study", "report", "demo", "profile", "sharpness",
              "landscape"}
     assert set(VERBS) == verbs
     parser = build_parser()

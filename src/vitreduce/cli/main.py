@@ -19,6 +19,7 @@ from vitreduce.errors import VitreduceError
 VERBS = {
     "inspect": "inspect_cmd",
     "reduce": "reduce_cmd",
+    "compress": "compress_cmd",
     "train": "train_cmd",
     "eval": "eval_cmd",
     "data": "data_cmd",

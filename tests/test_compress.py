@@ -1,0 +1,57 @@
+"""vitreduce compress: the config it writes (trained scale, relax, distillation, the teacher as init and
+teacher), an end-to-end run on a tiny model with the side-by-side table, and its refusals."""
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import vitreduce
+from vitreduce.cli.main import main
+from vitreduce.errors import VitreduceError
+from vitreduce.train.compress import TRAINED_SCALE, trained_spec
+from vitreduce.train.config import load_config
+
+ARCH = dict(num_classes=4, img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2)
+
+
+def test_trained_spec_passes_the_scale_for_trained_weights_explicitly():
+    assert str(trained_spec("grouped")) == f"grouped:scale={TRAINED_SCALE!r}"
+    assert str(trained_spec("grouped:scale=auto,init=mean", relax=4)) == "grouped:init=mean,relax=4"
+    assert str(trained_spec("shallow")) == "shallow:ratio=0.5"
+    with pytest.raises(VitreduceError, match="shares nothing"):
+        trained_spec("shallow", relax=2)
+
+
+def test_compress_runs_end_to_end_and_writes_the_config_it_ran(tmp_path, tiny_dataset, capsys):
+    torch.manual_seed(0)
+    teacher = vitreduce.save(vitreduce.create_model("vit_tiny_patch16_224", **ARCH), tmp_path / "teacher.safetensors")
+    out = tmp_path / "runs" / "small"
+    code = main(["compress", str(teacher), "--reduction", "grouped:init=mean", "--relax", "2", "--hidden", "0.5",
+                 "--data", str(tiny_dataset), "--epochs", "1", "--out", str(out), "--set", "data.batch_size=8",
+                 "--set", "data.workers=0", "--set", "logging.progress=none"])
+    assert code == 0
+    config = load_config(tmp_path / "runs" / "small.yaml")
+    assert config.model.reduction == "grouped:scale=1.0,init=mean,relax=2"
+    assert config.model.init_checkpoint == config.distill.teacher == str(teacher)
+    assert (config.distill.soft, config.distill.hidden, config.model.embed_dim) == (0.5, 0.5, 16)
+    assert (out / "done.json").is_file()
+    printed = capsys.readouterr().out
+    lines = {line.split("  ")[0]: line for line in printed.splitlines()}
+    for row in ("teacher", "student, zero-shot", "student, trained (raw)", "student, trained (ema)"):
+        assert row in lines
+    student = vitreduce.describe(vitreduce.load(out / "model.safetensors"))
+    assert f"{student.params:,}" in lines["student, trained (ema)"]
+    assert f"{vitreduce.describe(vitreduce.load(teacher)).params:,}" in lines["teacher"]
+
+
+def test_compress_refusals(tmp_path, tiny_dataset, capsys):
+    plain = tmp_path / "plain.safetensors"
+    save_file(vitreduce.create_model("vit_tiny_patch16_224", **ARCH).state_dict(), plain)
+    base = ["compress", str(plain), "--reduction", "grouped", "--data", str(tiny_dataset), "--out",
+            str(tmp_path / "run")]
+    assert main(base) == 2
+    assert "name it with --model" in capsys.readouterr().err
+    assert main([*base, "--model", "vit_tiny_patch16_224", "--relax", "-1"]) == 2
+    assert "--relax -1" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.yaml").exists()
