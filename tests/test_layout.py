@@ -101,8 +101,8 @@ def test_modules_and_functions_stay_short(kind):
 def test_the_verb_table_is_complete():
     from vitreduce.cli.main import VERBS, build_parser
 
-    verbs = {"inspect", "reduce", "compress", "train", "eval", "data", "study", "report", "demo", "profile", "sharpness",
-             "landscape"}
+    verbs = {"inspect", "reduce", "compress", "train", "eval", "data", "study", "report", "demo", "profile",
+             "sharpness", "landscape"}
     assert set(VERBS) == verbs
     parser = build_parser()
     choices = next(a for a in parser._actions if a.dest == "verb").choices
