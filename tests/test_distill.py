@@ -73,3 +73,5 @@ def test_a_distillation_run_logs_each_term_and_records_its_teacher(tmp_path, tin
     steps = [json.loads(line) for line in (tmp_path / "run" / "steps.jsonl").read_text().splitlines()]
     assert len(steps) == 4 and all(set(s["distill"]) == {"task", "soft", "hard", "hidden"} for s in steps)
     assert all(s["distill"]["soft"] > 0 for s in steps)
+    epoch = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert epoch["teacher_s"] > 0 and epoch["img_s_without_teacher"] > epoch["img_s"]  # the teacher's cost

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import vitreduce
 
-TIMING = ("img_s", "epoch_time_s")
+TIMING = ("img_s", "epoch_time_s", "teacher_s", "img_s_without_teacher")
 
 
 def _config(tmp: Path, tiny_train_config) -> Path:

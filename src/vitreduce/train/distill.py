@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -121,10 +120,10 @@ class Distiller:
         self._teacher_states.clear()
         self._capturing = bool(self.cfg.hidden)
         try:
-            started = time.perf_counter()
+            started = _clock(images.device)
             with torch.no_grad():
                 teacher_logits = self.teacher(images).float()
-            self.teacher_s += time.perf_counter() - started
+            self.teacher_s += _clock(images.device) - started
             logits = model(images)
         finally:
             self._capturing = False
@@ -151,9 +150,20 @@ class Distiller:
             self._sums[name] = self._sums.get(name, 0.0) + value.detach().double() * images
         self._images += images
 
-    def record(self, config: TrainConfig, evaluate: Callable[[nn.Module], Any]) -> dict[str, Any]:
-        """run.json's "teacher" (``teacher_record``), its accuracy from ``evaluate(teacher)`` (an EvalResult)."""
-        return teacher_record(config, self.teacher, evaluate(self.teacher).metrics())
+    def record(self, config: TrainConfig, loader, device: torch.device) -> dict[str, Any]:
+        """run.json's "teacher" (``teacher_record``) with its accuracy on ``loader`` (the run's val split, every
+        rank its shard: every rank calls this)."""
+        from vitreduce.train.evaluate import evaluate
+
+        result = evaluate(self.teacher, loader, config.precision, device)
+        return teacher_record(config, self.teacher, result.metrics())
+
+    def cost(self, images: int, train_time: float) -> dict[str, float]:
+        """The epoch record's ``teacher_s`` (seconds this session spent in the teacher's forward this epoch) and
+        ``img_s_without_teacher`` (the epoch's images over its training time less those seconds); resets."""
+        spent, self.teacher_s = self.teacher_s, 0.0
+        rest = train_time - spent
+        return {"teacher_s": spent, "img_s_without_teacher": images / rest if rest > 0 else 0.0}
 
     def take(self) -> dict[str, float]:
         """Each term's mean over the images since the last call, averaged over ranks; the sums reset."""
@@ -163,6 +173,13 @@ class Distiller:
         means = all_mean(torch.stack([self._sums[n] for n in names]) / self._images).tolist()
         self._sums, self._images = {}, 0
         return dict(zip(names, means, strict=True))
+
+
+def _clock(device: torch.device) -> float:
+    """Now, after the device's queued work (so the teacher's time is its own on a GPU, which runs ahead)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def file_sha256(path: Path) -> str:

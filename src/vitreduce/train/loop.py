@@ -8,7 +8,6 @@ checkpoint to ``state.save``.
 """
 from __future__ import annotations
 
-import functools
 import os
 import random
 import time
@@ -184,7 +183,7 @@ class Trainer:
         return position
 
     def _fresh(self) -> state.Position:
-        teacher = self.distiller and self.distiller.record(self.cfg, self._evaluate_one)  # every rank evaluates
+        teacher = self.distiller and self.distiller.record(self.cfg, self.eval_loader, self.info.device)  # all ranks
         self.info.on_main(rundir.write_run_record, self.out, self.module, self.cfg, self.info.world_size, self.init,
                           teacher)
         _seed_everything(self.cfg.seed + self.info.rank)  # per-rank streams for drop-path, as timm does
@@ -301,16 +300,16 @@ class Trainer:
             "epoch_time_s": time.perf_counter() - epoch_start,
             "raw": results["raw"].metrics(),
             "ema": results["ema"].metrics() if results["ema"] else None,
+            **(self.distiller.cost(totals.images, train_time) if self.distiller else {}),  # teacher_s, img/s without
             "skipped_steps": totals.skipped,
             "bad_images": totals.bad_images,
         }
 
     def _evaluate(self, keep_predictions: bool) -> Evaluation:
-        run = functools.partial(self._evaluate_one, keep_predictions=keep_predictions)
-        return {"raw": run(self.eval_model), "ema": run(self.ema.module) if self.ema is not None else None}
+        def run(model: nn.Module) -> EvalResult:
+            return evaluate(model, self.eval_loader, self.cfg.precision, self.info.device, keep_predictions)
 
-    def _evaluate_one(self, model: nn.Module, keep_predictions: bool = False) -> EvalResult:
-        return evaluate(model, self.eval_loader, self.cfg.precision, self.info.device, keep_predictions)
+        return {"raw": run(self.eval_model), "ema": run(self.ema.module) if self.ema is not None else None}
 
     def _is_best(self, record: dict[str, Any]) -> bool:
         """Whether this epoch beats the best so far by ``best_metric`` (recording it if so; ties keep the first)."""
