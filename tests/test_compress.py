@@ -55,3 +55,32 @@ def test_compress_refusals(tmp_path, tiny_dataset, capsys):
     assert main([*base, "--model", "vit_tiny_patch16_224", "--relax", "-1"]) == 2
     assert "--relax -1" in capsys.readouterr().err
     assert not (tmp_path / "run").exists() and not (tmp_path / "run.yaml").exists()
+
+
+@pytest.mark.slow
+def test_the_tiny_compress_study_runs_every_way_back(tmp_path, monkeypatch):
+    """studies/tiny/compress.yaml, one epoch: every variant trains from the teacher (the scratch one without it),
+    and the summary counts the relaxed deltas as parameters."""
+    import json
+    from pathlib import Path
+
+    from vitreduce.report.summary_file import read_summary
+    from vitreduce.study import load_spec, run_study
+
+    monkeypatch.chdir(tmp_path)
+    teacher = tmp_path / "runs" / "studies" / "demo" / "runs" / "baseline" / "seed0" / "model_ema.safetensors"
+    teacher.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    vitreduce.save(vitreduce.create_model("vit_tiny_patch16_224", num_classes=4, img_size=32, patch_size=8,
+                                          embed_dim=32, depth=4, num_heads=2), teacher)
+    spec = load_spec(Path(__file__).resolve().parents[1] / "studies" / "tiny" / "compress.yaml",
+                     ["overrides.epochs=1"])
+    run_study(spec, tmp_path / "study", echo=lambda *_: None)
+    summary = read_summary(tmp_path / "study" / "summary.json").variants
+    params = {name: summary[name]["params"] for name in ("baseline_ft", "grouped_ft", "relax4_distil",
+                                                         "relax16_distil", "grouped_scratch")}
+    assert params["grouped_ft"] == params["grouped_scratch"] < params["relax4_distil"] < params["relax16_distil"]
+    assert params["relax4_distil"] < params["baseline_ft"]  # (width 32: rank 16 costs more than sharing saves)
+    runs = tmp_path / "study" / "runs"
+    assert "teacher" in json.loads((runs / "relax4_distil" / "seed0" / "run.json").read_text())
+    assert "init" not in json.loads((runs / "grouped_scratch" / "seed0" / "run.json").read_text())
