@@ -176,3 +176,15 @@ def test_init_checkpoint_fits_the_deltas_to_the_trained_weights(tmp_path, images
     assert report.reduction_applied == "grouped:scale=1.0,init=mean,relax=1000"
     expected = trained(images)
     assert (model.eval()(images) - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+def test_a_relaxed_groups_gradient_norm_covers_every_blocks_delta():
+    from vitreduce.train.step import StepProbe
+
+    model = tiny_model("grouped:relax=2")
+    probe = StepProbe.build(model)
+    assert list(probe.mlps) == ["blocks.0.mlp", "blocks.2.mlp"]
+    held = {id(p) for p in probe.mlps["blocks.0.mlp"]}
+    for block in model.blocks[:2]:
+        assert all(id(p) in held for p in block.mlp.parameters())
+    assert len(held) == len({id(p) for b in model.blocks[:2] for p in b.mlp.parameters()})

@@ -42,6 +42,12 @@ def unique_named_mlps(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(f"{refs[0].name}.mlp", mlp) for refs, mlp in _unique_mlp_refs(model)]
 
 
+def unique_mlp_groups(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
+    """Each distinct MLP under the name of its first user, with every module its users hold: the shared
+    module once, or each block's view of a relaxed group (whose deltas belong to the group)."""
+    return [(f"{refs[0].name}.mlp", _distinct(ref.block.mlp for ref in refs)) for refs, _ in _unique_mlp_refs(model)]
+
+
 def _unique_mlp_refs(model: nn.Module) -> list[tuple[list[BlockRef], nn.Module]]:
     """Keyed by the fc2 weight tensor, not the module: the blocks of a relaxed group each hold their own view
     of one shared MLP (``relax``); the module given is the first user's."""

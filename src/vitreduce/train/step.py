@@ -19,7 +19,7 @@ from vitreduce.device import Precision, autocast
 from vitreduce.errors import VitreduceError
 from vitreduce.numbers import is_finite
 from vitreduce.reduction.params import unique_parameters
-from vitreduce.reduction.surgery import unique_named_mlps
+from vitreduce.reduction.surgery import unique_mlp_groups
 from vitreduce.train.distributed import all_mean
 from vitreduce.train.ema import Ema
 from vitreduce.train.preempt import signalled
@@ -87,7 +87,8 @@ class StepProbe:
     @classmethod
     def build(cls, module: nn.Module) -> StepProbe:
         """A probe for ``module`` (the unwrapped model)."""
-        mlps = {name: list(unique_parameters(mlp, trainable_only=True)) for name, mlp in unique_named_mlps(module)}
+        mlps = {name: list({id(p): p for mlp in modules for p in unique_parameters(mlp, trainable_only=True)}.values())
+                for name, modules in unique_mlp_groups(module)}  # a relaxed group: shared tensors and every delta
         return cls(list(unique_parameters(module, trainable_only=True)), {k: v for k, v in mlps.items() if v})
 
     def gradients(self) -> None:
