@@ -54,7 +54,13 @@ def test_compress_refusals(tmp_path, tiny_dataset, capsys):
     assert "name it with --model" in capsys.readouterr().err
     assert main([*base, "--model", "vit_tiny_patch16_224", "--relax", "-1"]) == 2
     assert "--relax -1" in capsys.readouterr().err
-    assert not (tmp_path / "run").exists() and not (tmp_path / "run.yaml").exists()
+    assert main([*base[:-2], "--model", "vit_tiny_patch16_224", "--data", str(tmp_path / "nowhere"), "--out",
+                 str(tmp_path / "run")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    (tmp_path / "run.yaml").write_text("mine")
+    assert main([*base, "--model", "vit_tiny_patch16_224", "--set", "model.num_classes=4"]) == 2
+    assert "exists with another config" in capsys.readouterr().err
+    assert (tmp_path / "run.yaml").read_text() == "mine" and not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from vitreduce.device import resolve_device
     from vitreduce.errors import VitreduceError
     from vitreduce.numbers import format_macs, macs_unit
-    from vitreduce.train.compress import before_training, comparison_rows, compress_tree, trained_spec
+    from vitreduce.train.compress import before_training, comparison_rows, compress_tree, preflight, trained_spec
     from vitreduce.train.config import dump, validate
     from vitreduce.train.loop import train
 
@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         apply_override(tree, item)
     config = validate(tree, source="vitreduce compress")
     written = args.config or args.out.with_name(args.out.name + ".yaml")
+    preflight(config, args.out, written)
     written.parent.mkdir(parents=True, exist_ok=True)
     written.write_text(dump(config))
     print(f"wrote {written} (rerun with: vitreduce train {written} --out {args.out})", flush=True)

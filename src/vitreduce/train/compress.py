@@ -94,6 +94,25 @@ def compress_tree(teacher: str, reduction: ReductionSpec, data_root: str, epochs
     return tree
 
 
+def preflight(config: TrainConfig, run_dir: Path, config_file: Path) -> None:
+    """Everything that can refuse the job, before anything is written: the dataset, the teacher (as
+    init_checkpoint and as teacher), the run directory (another config's run is refused), and a config file
+    already there with other content (it would be overwritten)."""
+    from vitreduce.data import check_dataset
+    from vitreduce.train import rundir
+    from vitreduce.train.config import dump
+    from vitreduce.train.distill import check_teacher
+    from vitreduce.train.model import check_init_checkpoint
+
+    check_dataset(config.data, config.model.num_classes)
+    check_init_checkpoint(config.model)
+    check_teacher(config)
+    rundir.inspect(run_dir, config)
+    if config_file.exists() and (not config_file.is_file() or config_file.read_text() != dump(config)):
+        raise VitreduceError(f"{config_file} exists with another config; name another file with --config, or "
+                             "remove it to write this one")
+
+
 def accuracy(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> float:
     """Top-1 (percent) of ``model`` on the config's val split, as a run evaluates."""
     from vitreduce.data import build_eval_loader
