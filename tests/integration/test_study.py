@@ -268,7 +268,11 @@ def test_jobs_2_runs_side_by_side_and_reports_a_failing_run(tmp_path, capfd):
 
 
 @pytest.mark.parametrize("path", SHIPPED + TINY_SPECS, ids=lambda p: str(p.relative_to(STUDIES)))
-def test_shipped_specs_validate(path, tmp_path):
+def test_shipped_specs_validate(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths resolve here: compress.yaml's teacher, made below
+    teacher = tmp_path / "runs" / "studies" / "demo" / "runs" / "baseline" / "seed0" / "model_ema.safetensors"
+    teacher.parent.mkdir(parents=True)
+    teacher.touch()
     spec = load_spec(path)
     plans = expand(spec, tmp_path)  # every run's config validates
     assert len(plans) == len(spec.variants) * len(spec.seeds) and len(spec.seeds) >= 2
