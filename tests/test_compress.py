@@ -43,6 +43,7 @@ def test_compress_runs_end_to_end_and_writes_the_config_it_ran(tmp_path, tiny_da
     student = vitreduce.describe(vitreduce.load(out / "model.safetensors"))
     assert f"{student.params:,}" in lines["student, trained (ema)"]
     assert f"{vitreduce.describe(vitreduce.load(teacher)).params:,}" in lines["teacher"]
+    assert "img/s with the teacher" in printed
 
 
 def test_compress_refusals(tmp_path, tiny_dataset, capsys):

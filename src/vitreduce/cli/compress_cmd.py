@@ -50,7 +50,14 @@ def run(args: argparse.Namespace) -> int:
     from vitreduce.device import resolve_device
     from vitreduce.errors import VitreduceError
     from vitreduce.numbers import format_macs, macs_unit
-    from vitreduce.train.compress import before_training, comparison_rows, compress_tree, preflight, trained_spec
+    from vitreduce.train.compress import (
+        before_training,
+        comparison_rows,
+        compress_tree,
+        preflight,
+        teacher_cost,
+        trained_spec,
+    )
     from vitreduce.train.config import dump, validate
     from vitreduce.train.loop import train
 
@@ -76,4 +83,7 @@ def run(args: argparse.Namespace) -> int:
     print(text_table(["model", "reduction", "params", f"MACs ({unit})", "val top-1"],
                      [[r["model"], r["reduction"], f"{r['params']:,}", format_macs(r["macs_total"], divisor),
                        f"{r['top1']:.2f}"] for r in rows], numbers_right=True))
+    cost = teacher_cost(args.out)
+    if cost:
+        print(cost)
     return 0

@@ -138,6 +138,16 @@ def _row(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> d
             "top1": accuracy(model, config, device)}
 
 
+def teacher_cost(run_dir: Path) -> str | None:
+    """A line on the teacher's cost in the run's last epoch (its metrics.jsonl), or None without distillation."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1]) if lines else {}
+    if "img_s_without_teacher" not in last:
+        return None
+    return (f"distillation cost, last epoch: {last['img_s']:.1f} img/s with the teacher, "
+            f"{last['img_s_without_teacher']:.1f} without ({last['teacher_s']:.1f} s in its forward)")
+
+
 def comparison_rows(before: dict[str, dict[str, Any]], run_dir: Path, final: dict[str, Any]) -> list[dict[str, Any]]:
     """Teacher, zero-shot student and the trained student (raw and EMA weights), one dict each."""
     record = json.loads((run_dir / "run.json").read_text())
