@@ -14,6 +14,8 @@ _EXPORTS = {
     "create_model": "vitreduce.reduction.models",
     "ReductionSpec": "vitreduce.reduction.spec",
     "reduce": "vitreduce.reduction.surgery",
+    "feature_backbone": "vitreduce.reduction.features",
+    "load_backbone_weights": "vitreduce.reduction.backbone",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
@@ -24,7 +26,9 @@ __all__ = [
     "__version__",
     "create_model",
     "describe",
+    "feature_backbone",
     "load",
+    "load_backbone_weights",
     "reduce",
     "save",
 ]

@@ -3,7 +3,8 @@
 The paper's three variants of ViT-Ti/S/B/L/16, Swin-T/S and EVA-02-S are registered with timm when
 vitreduce is imported (``vit_{tiny,small,base,large}_patch16_224_{grouped,shallow,thin}_mlp``,
 ``swin_{tiny,small}_patch4_window7_224_*_mlp``, ``eva02_small_patch14_224_*_mlp``), so
-``timm.create_model("vit_small_patch16_224_grouped_mlp", num_classes=...)`` works in any timm script.
+``timm.create_model("vit_small_patch16_224_grouped_mlp", num_classes=...)`` works in any timm script, and
+with ``features_only=True, out_indices=...`` gives timm's feature backbone of the reduced model (``features``).
 Their pretrained_cfg names no weights source (no URL, no hub id): there are no weights to download.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import nn
 
 from vitreduce.errors import VitreduceError
 from vitreduce.reduction.architecture import check_architecture, check_kwargs, hub_offline, split_runtime
+from vitreduce.reduction.features import check_request, feature_backbone, split_feature_kwargs
 from vitreduce.reduction.gated import fc1_width, in_features
 from vitreduce.reduction.spec import ReductionSpec
 from vitreduce.reduction.surgery import BASE_HIDDEN_ATTR, BUILD_ATTR, reduce, vit_blocks
@@ -138,10 +140,14 @@ def _register(base: str, suffix: str, reduction: str, what: str) -> None:
                 "vitreduce variants have no pretrained weights; reduce local full-width weights with "
                 "`vitreduce reduce BASE --weights FILE --reduction SPEC --out FILE`"
             )
+        features, kwargs = split_feature_kwargs(kwargs)  # timm's feature API: never part of the description
+        request = check_request(features) if features is not None else None
         model = create_model(base, reduction=reduction, **kwargs)
         # On the model, the architecture stays the base's: describe() and the checkpoint header name the
         # model as "base + reduction", alike whether it was built here or by vitreduce.create_model.
         model.pretrained_cfg = model.default_cfg = {**cfg, "architecture": base}
+        if request is not None:
+            return feature_backbone(model, request["out_indices"], request["feature_cfg"], name=name)
         return model
 
     build.__name__ = build.__qualname__ = name
