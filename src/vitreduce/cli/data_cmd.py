@@ -2,7 +2,9 @@
 
 The synthetic dataset is an ImageFolder tree (OUT/train/<class>/*.png, OUT/val/<class>/*.png) of
 shape and texture families with random colours, positions and noise; the same seed gives
-byte-identical files. It needs no download and is made in seconds.
+byte-identical files. It needs no download and is made in seconds. With --segmentation it writes
+scenes of textured objects with their exact masks in the ADE20K layout instead (for `vitreduce probe
+segmentation`).
 """
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ import textwrap
 import time
 
 from vitreduce.config_tree import SEED_MAX, kwargs_from
+from vitreduce.data import segmentation_synth as seg
 from vitreduce.data import synth
+from vitreduce.data.segmentation_synth import segmentation_class_names
 
 _SYNTH_HELP = """Write the built-in synthetic dataset as OUT/train/<class>/*.png and OUT/val/<class>/*.png.
 
@@ -19,6 +23,11 @@ _SYNTH_HELP = """Write the built-in synthetic dataset as OUT/train/<class>/*.png
 Shapes have random positions, sizes, rotations and colours (the same colour distribution for every
 class), plus noise and line distractors. The same --seed gives byte-identical files. OUT is built
 in a temporary directory beside it and renamed into place when complete.
+
+With --segmentation: scenes of 1 to 3 textured objects (the class is the texture: {textures}) on a
+plain background (class 0), with exact masks, as OUT/images/{{training,validation}}/NNNNN.png and
+OUT/annotations/{{training,validation}}/NNNNN.png (the ADE20K layout); --classes counts the background
+(default {seg_classes}), --train-images and --val-images set the split sizes.
 """
 
 
@@ -32,21 +41,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = verbs.add_parser(
         "synth",
         help="write the built-in synthetic dataset (ImageFolder layout)",
-        description=_SYNTH_HELP.format(classes=_class_list()),
+        description=_SYNTH_HELP.format(classes=_class_list(), textures=", ".join(segmentation_class_names(7)[1:]),
+                                       seg_classes=seg.CLASSES),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub.add_argument("out", metavar="OUT", help="directory to create (absent or empty)")
     sub.add_argument("--seed", type=int, default=0,
                      help=f"0 to {SEED_MAX}; same seed, same files (default: %(default)s)")
     sub.add_argument(
-        "--classes", type=int, default=synth.CLASSES,
-        help=f"number of classes, 2 to {len(synth.FAMILIES)} (default: %(default)s)",
+        "--classes", type=int, default=None,
+        help=f"number of classes, 2 to {len(synth.FAMILIES)} (default: {synth.CLASSES}; with --segmentation "
+             f"2 to 7, default {seg.CLASSES})",
     )
     per_class = f"1 to {synth.MAX_PER_CLASS} (default: %(default)s)"
     sub.add_argument("--train-per-class", type=int, default=synth.TRAIN_PER_CLASS, help=per_class)
     sub.add_argument("--val-per-class", type=int, default=synth.VAL_PER_CLASS, help=per_class)
     sub.add_argument("--size", type=int, default=synth.SIZE,
                      help=f"image side in pixels, 8 to {synth.MAX_SIZE} (default: %(default)s)")
+    sub.add_argument("--segmentation", action="store_true",
+                     help="write the segmentation scenes in the ADE20K layout instead (see above)")
+    sub.add_argument("--train-images", type=int, default=seg.TRAIN_IMAGES,
+                     help=f"with --segmentation: training scenes, 1 to {seg.MAX_IMAGES} (default: %(default)s)")
+    sub.add_argument("--val-images", type=int, default=seg.VAL_IMAGES,
+                     help="with --segmentation: validation scenes (default: %(default)s)")
     sub.add_argument(
         "--overwrite", action="store_true",
         help=f"replace a dataset this command wrote before (OUT has {synth.MARKER}); other files stay",
@@ -57,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
     # Only one verb so far; argparse has already refused any other. write_synth_dataset checks every
     # flag against the bounds the config's synth: section uses (data.synth) before writing anything.
     start = time.perf_counter()
+    if args.segmentation:
+        return _segmentation(args, start)
+    args.classes = synth.CLASSES if args.classes is None else args.classes
     out = synth.write_synth_dataset(
         args.out, **kwargs_from(args, "seed", "classes", "train_per_class", "val_per_class", "size", "overwrite")
     )
@@ -65,4 +85,18 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {n_train} train + {n_val} val images ({args.classes} classes, {args.size}x{args.size} px, "
         f"seed {args.seed}) to {out} in {time.perf_counter() - start:.1f} s"
     )
+    return 0
+
+
+def _segmentation(args: argparse.Namespace, start: float) -> int:
+    from vitreduce.errors import VitreduceError
+
+    if args.overwrite:
+        raise VitreduceError("--overwrite does not apply with --segmentation: write to a new directory")
+    classes = seg.CLASSES if args.classes is None else args.classes
+    out = seg.write_segmentation_dataset(args.out, seed=args.seed, classes=classes, train_images=args.train_images,
+                                         val_images=args.val_images, size=args.size)
+    print(f"wrote {args.train_images} training + {args.val_images} validation scenes with masks ({classes} classes "
+          f"incl. background, {args.size}x{args.size} px, seed {args.seed}) to {out} in "
+          f"{time.perf_counter() - start:.1f} s")
     return 0

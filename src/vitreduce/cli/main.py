@@ -29,6 +29,7 @@ VERBS = {
     "profile": "profile_cmd",
     "sharpness": "sharpness_cmd",
     "landscape": "landscape_cmd",
+    "probe": "probe_cmd",
 }
 
 
