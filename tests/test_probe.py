@@ -141,3 +141,17 @@ def test_probe_command_prints_one_line(tmp_path, seg_data, backbone, capsys):
     assert main([*args[:-4], "--epochs", "2"]) == 2
     assert "other settings (options.epochs: 1 -> 2)" in capsys.readouterr().err
     assert main([*args, "--blocks", "x"]) == 2
+
+
+@pytest.mark.parametrize(("base", "kwargs"), [
+    ("swin_tiny_patch4_window7_224", dict(img_size=32, window_size=2, embed_dim=16, depths=[2, 2], num_heads=[1, 2])),
+    ("eva02_small_patch14_224", dict(img_size=28, patch_size=7, depth=2, embed_dim=32, num_heads=2)),
+])
+def test_probe_runs_on_every_family(tmp_path, seg_data, base, kwargs):
+    """Swin's stages (two resolutions, resized to the finer one) and EVA's blocks feed the head alike;
+    images of another size than the model's are resized (masks by nearest neighbour)."""
+    torch.manual_seed(0)
+    path = vitreduce.save(vitreduce.create_model(base, "grouped", num_classes=3, **kwargs), tmp_path / "m.safetensors")
+    result = run_segmentation_probe(path, seg_data, tmp_path / "probe", ProbeOptions(epochs=1, blocks=(0, 1)),
+                                    device="cpu", progress="none")
+    assert result["input_size"] == [kwargs["img_size"]] * 2 and result["pixels"] == 32 * kwargs["img_size"] ** 2
