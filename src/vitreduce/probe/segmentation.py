@@ -58,7 +58,7 @@ class _Task:
 
 def run_segmentation_probe(model_file: str | os.PathLike, data_root: str | os.PathLike, out_dir: str | os.PathLike,
                            options: ProbeOptions | None = None, *, device: str = "auto", progress: str = "auto",
-                           on_event: Callable[[str], None] | None = None) -> dict[str, Any]:
+                           on_event: Callable[[str], None] | None = None, restart: bool = False) -> dict[str, Any]:
     """Train and score the probe; returns the results (also in OUT/results.json).
 
     Args:
@@ -69,10 +69,12 @@ def run_segmentation_probe(model_file: str | os.PathLike, data_root: str | os.Pa
         device: 'auto', 'cpu' or 'cuda'.
         progress: 'auto', 'bar', 'lines' or 'none' (``console.Progress``).
         on_event: called with "epoch" after each epoch's state is saved (tests kill the probe there).
+        restart: a probe in OUT with other settings is replaced (a study's analysis after its options
+            changed) instead of refused.
     """
     out, root, options = Path(out_dir), Path(data_root).expanduser(), options or ProbeOptions()
     settings, task = _prepare(Path(model_file), root, options, resolve_device(device, "--device"))
-    _claim(out, settings)
+    _claim(out, settings, restart)
     if (out / RESULTS).is_file():
         return json.loads((out / RESULTS).read_text())
     start = time.perf_counter()
@@ -129,12 +131,16 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _claim(out: Path, settings: dict[str, Any]) -> None:
-    """Write OUT/probe.json for a new probe; refuse an OUT whose probe had other settings."""
+def _claim(out: Path, settings: dict[str, Any], restart: bool) -> None:
+    """Write OUT/probe.json for a new probe; refuse (or with ``restart`` replace) one with other settings."""
     path = out / SETTINGS
     if path.is_file():
         before = json.loads(path.read_text())
-        if before != settings:
+        if before != settings and restart:
+            for name in (RESULTS, STATE, SETTINGS):
+                (out / name).unlink(missing_ok=True)
+            write_json(path, settings)
+        elif before != settings:
             changed = "; ".join(differences(before, settings)[:6])
             raise VitreduceError(f"{out} holds a probe with other settings ({changed}); choose another --out, or "
                                  "delete it to start over")

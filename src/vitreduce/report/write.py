@@ -26,6 +26,7 @@ from vitreduce.report.formatting import pm_column as _pm_column
 from vitreduce.report.formatting import variant_label
 from vitreduce.report.headline import headline, headline_table
 from vitreduce.report.pareto_section import pareto_section
+from vitreduce.report.probe_section import probe_section, probe_vs_baseline
 from vitreduce.report.render import Block, Heading, Image, Paragraph, Table, render_html, render_markdown
 from vitreduce.report.runs import (
     DEFAULT_SPIKE_THRESHOLD,
@@ -303,6 +304,9 @@ def write_report(study_dir: Path | str, baseline: str | None = None, *, alpha: f
     section, pareto = pareto_section(study, summary, fig_dir, alpha=cfg.alpha, margin=cfg.margin,
                                      n_resamples=n_resamples, seed=bootstrap_seed)
     blocks[blocks.index(Heading("Figures")):blocks.index(Heading("Figures"))] = section  # before the figures
+    probed, probe_tests = probe_vs_baseline(study, summary, cfg)  # the segmentation probe, where analysed
+    at = blocks.index(Heading("Figures"))
+    blocks[at:at] = probe_section(study, summary, probed, probe_tests, cfg)
     blocks.append(Paragraph(f"Every number of this report, unformatted: summary.json, and {RESULTS_CSV} (one row per "
                             "variant and model, columns in docs/metrics.md) for your own tables and plots."))
     paths = ReportPaths(markdown=study_dir / "report.md", html=study_dir / "report.html",

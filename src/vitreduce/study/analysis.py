@@ -22,8 +22,9 @@ from vitreduce.config_tree import read_yaml
 from vitreduce.data.transforms import DEFAULTS, RUN_CONFIG, EvalPreprocessing, eval_preprocessing_for
 from vitreduce.errors import VitreduceError
 from vitreduce.files import write_json
-from vitreduce.report.analysis_files import ANALYSED_CHECKPOINTS, ANALYSIS_DIR, AnalysedCheckpoint
+from vitreduce.report.analysis_files import ANALYSED_CHECKPOINTS, ANALYSIS_DIR, SEGMENTATION, AnalysedCheckpoint
 from vitreduce.sharpness.options import Method, SharpnessOptions
+from vitreduce.study.probe_analysis import SegmentationProbeConfig, probe_run
 
 
 class _RunCheckpoints(BaseModel):
@@ -55,6 +56,7 @@ class AnalysisConfig(SharpnessOptions, _RunCheckpoints):
     landscape_steps: int = Field(11, ge=3)
     landscape_span: float = Field(1.0, gt=0)
     landscape_directions: int = Field(3, ge=1)  # random directions of the 1D surface (seeds seed, seed + 1, ...)
+    segmentation: SegmentationProbeConfig | None = None  # the segmentation probe of the final model (probe_analysis)
 
 
 def checkpoint_path(run_dir: Path, which: str, weights: str) -> Path:
@@ -83,7 +85,7 @@ def _options_key(config: AnalysisConfig, which: str, preprocessing: EvalPreproce
     """
     source = DEFAULTS if preprocessing.source == DEFAULTS else RUN_CONFIG
     return {**config.model_dump(exclude={"checkpoints", "landscape", "landscape_steps", "landscape_span",
-                                                "landscape_directions"}),
+                                                "landscape_directions", "segmentation"}),
             "checkpoint": which, "preprocessing": {**preprocessing.record(), "source": source}}
 
 
@@ -131,6 +133,10 @@ def analyze_run(run_dir: str | Path, config: AnalysisConfig, log=print) -> list[
     if config.landscape and "final" in models:
         written += _landscape(run_dir, config, models, batches, log)
     _remove_stale(out, config)
+    if config.segmentation is not None:
+        model_file = checkpoint_path(run_dir, "final", config.weights)
+        if probe_run(run_dir, config.segmentation, model_file, log):
+            written.append(run_dir.joinpath(*SEGMENTATION, "results.json"))
     return written
 
 

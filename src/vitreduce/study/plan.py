@@ -126,6 +126,12 @@ def preflight(spec: StudySpec, plans: list[RunPlan], data_here: bool = True) -> 
             made = f" (synth: generates the built-in dataset only into a folder named {SYNTH_PREFIX}*)" * bool(data[1])
             data_problems.append(f"{who(variants)}: data.root {data[0].root} is not a folder{made}; point it at "
                                  "your dataset with --set base.data.root=/path/to/data")
+    probe = spec.analysis.segmentation if spec.analysis is not None else None
+    if probe is not None:
+        try:
+            probe.check_data()
+        except VitreduceError as err:
+            data_problems.append(f"the segmentation probe: {err}")
     if data_here:
         problems += data_problems
     if problems:

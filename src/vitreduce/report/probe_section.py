@@ -1,0 +1,140 @@
+"""The report's dense-transfer section: each variant's segmentation-probe mIoU and pixel accuracy (mean ±
+sample std over seeds) beside its classification top-1, and the seed-level paired t-test of its mIoU
+against the baseline's, the variants adjusted together as one family with the study's correction.
+
+Exploratory: the probe is an analysis of the trained runs that no study spec makes its primary
+question. Pure functions of the results.json files a study's analysis wrote (``analysis_files.read_run_probe``;
+``vitreduce.study.probe_analysis`` writes them); a study without them gets no section.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from vitreduce.report.analysis_files import read_run_probe
+from vitreduce.report.formatting import NA, pm_column
+from vitreduce.report.plots import ordered_variants
+from vitreduce.report.render import Block, Heading, Paragraph, Table
+from vitreduce.report.runs import StudyRuns
+from vitreduce.report.sharpness_paired import reading  # the same wording for every exploratory paired test
+from vitreduce.statistics.family import CORRECTION_NAME, StatisticsConfig, adjust_pvalues
+from vitreduce.statistics.paired import TTest, paired_ttest
+from vitreduce.statistics.pvalue import fmt_p
+from vitreduce.statistics.sample import mean_std
+
+FAMILY = ("every variant's mIoU difference from the baseline over paired seeds; an undefined test counts in the "
+          "family as p = 1; exploratory")
+
+
+@dataclass(frozen=True)
+class ProbeTest:
+    variant: str
+    test: TTest
+    p_adjusted: float | None = None
+    seeds: tuple[int, ...] = ()
+
+
+def probe_results(study: StudyRuns) -> dict[str, dict[int, dict]]:
+    """{variant: {seed: results.json}} for the runs that were probed."""
+    found: dict[str, dict[int, dict]] = {}
+    for variant, runs in study.variants.items():
+        for run in runs:
+            result = read_run_probe(run.run_dir)
+            if result is not None:
+                found.setdefault(variant, {})[run.seed] = result
+    return found
+
+
+def probe_tests(study: StudyRuns, results: dict[str, dict[int, dict]], config: StatisticsConfig) -> list[ProbeTest]:
+    """The paired mIoU test of every variant against the baseline over the seeds both probed, adjusted together."""
+    base = results.get(study.baseline, {})
+    tests = []
+    for variant in ordered_variants(study)[1:] if study.baseline in study.variants else []:
+        seeds = sorted(set(base) & set(results.get(variant, {})))
+        if seeds:
+            t = paired_ttest([base[s]["miou"] for s in seeds], [results[variant][s]["miou"] for s in seeds],
+                             confidence=1 - config.alpha)
+            tests.append(ProbeTest(variant, t, seeds=tuple(seeds)))
+    # As in the other families, an undefined test enters as p = 1: the family keeps its size.
+    adjusted = adjust_pvalues([1.0 if t.test.p is None else t.test.p for t in tests], config.correction)
+    return [dataclasses.replace(t, p_adjusted=None if t.test.p is None else p)
+            for t, p in zip(tests, adjusted, strict=True)]
+
+
+def probe_vs_baseline(study: StudyRuns, summary: dict, config: StatisticsConfig) -> tuple[dict, list[ProbeTest]]:
+    """Put each probed variant's scores and paired test into its summary.json entry (``segmentation``); returns
+    the results and the tests for the section (one computation per report)."""
+    results = probe_results(study)
+    tests = probe_tests(study, results, config)
+    size = len(tests)
+    for variant, by_seed in results.items():
+        entry: dict = {"seeds": sorted(by_seed), "data": sorted({r["data"] for r in by_seed.values()}),
+                       "evidence": "exploratory"}
+        for key in ("miou", "pixel_accuracy", "mean_accuracy"):
+            entry[f"{key}_mean"], entry[f"{key}_std"], _ = mean_std([r[key] for r in by_seed.values()])
+        test = next((t for t in tests if t.variant == variant), None)
+        if test is not None:
+            entry["miou_vs_baseline"] = _record(test, study.baseline, config, size)
+        summary.setdefault(variant, {})["segmentation"] = entry
+    return results, tests
+
+
+def _record(t: ProbeTest, baseline: str, config: StatisticsConfig, size: int) -> dict:
+    test = t.test
+    return {"baseline": baseline, "seeds": list(t.seeds), "n": test.n, "differences": list(test.differences),
+            "mean_diff": test.mean_diff, "sd": test.sd, "ci_low": test.ci_low, "ci_high": test.ci_high, "t": test.t,
+            "df": test.df, "p": test.p, "p_adjusted": t.p_adjusted, "reading": reading(t, config.alpha),
+            "warning": test.warning, "family": {"definition": FAMILY, "size": size, "correction": config.correction,
+                                                "alpha": config.alpha}}
+
+
+def probe_section(study: StudyRuns, summary: dict, results: dict[str, dict[int, dict]], tests: list[ProbeTest],
+                  config: StatisticsConfig) -> list[Block]:
+    """The section: scores per variant beside top-1, the paired tests; nothing when no run was probed."""
+    if not results:
+        return []
+    variants = [v for v in ordered_variants(study) if v in results]
+    stats = {v: {k: mean_std([r[k] for r in results[v].values()]) for k in ("miou", "pixel_accuracy")}
+             for v in variants}
+    top1 = [_top1(summary.get(v, {})) for v in variants]
+    columns = [pm_column([stats[v][k][:2] for v in variants]) for k in ("miou", "pixel_accuracy")]
+    rows = [[v, str(len(results[v])), miou, acc, t1] for v, miou, acc, t1 in zip(variants, *columns, top1, strict=True)]
+    any_result = next(iter(next(iter(results.values())).values()))
+    options = any_result["options"]
+    backbone = "fine-tuned" if options["finetune"] else "frozen"
+    return [
+        Heading("Dense transfer (segmentation probe)"),
+        Paragraph(f"The segmentation probe (docs/dense-tasks.md) of each run's final model on {any_result['data']}: "
+                  f"a {options['head']} head on the patch tokens of blocks {options['blocks']}, backbone {backbone}, "
+                  f"{options['epochs']} epoch(s), seeded with the run's seed (results in "
+                  "runs/*/seed*/analysis/segmentation/results.json); mean ± sample std over seeds. Comparable "
+                  "between these variants, not with published leaderboards."),
+        Table(["variant", "probed runs", "mIoU (%)", "pixel accuracy (%)", "top-1 (%)"], rows),
+        *_test_blocks(tests, study.baseline, config),
+    ]
+
+
+def _top1(entry: dict) -> str:
+    for kind in ("ema", "raw"):
+        value = entry.get(kind, {}) if isinstance(entry.get(kind), dict) else {}
+        if value.get("top1_final_mean") is not None:
+            return f"{value['top1_final_mean']:.2f} ({kind})"
+    return NA
+
+
+def _test_blocks(tests: list[ProbeTest], baseline: str, config: StatisticsConfig) -> list[Block]:
+    if not tests:
+        return []
+    rows = [[t.variant, str(t.test.n), NA if t.test.mean_diff is None else f"{t.test.mean_diff:+.2f}",
+             NA if t.test.ci_low is None else f"[{t.test.ci_low:+.2f}, {t.test.ci_high:+.2f}]",
+             NA if t.test.p is None else fmt_p(t.test.p, config.alpha),
+             NA if t.p_adjusted is None else fmt_p(t.p_adjusted, config.alpha),
+             reading(t, config.alpha)] for t in tests]
+    return [
+        Paragraph(f"Exploratory: paired mIoU difference from {baseline} (variant minus baseline over the seeds both "
+                  f"probed, percentage points), {1 - config.alpha:.0%} t-based CI, two-sided paired t-test over "
+                  f"seeds; the variants form one family adjusted with {CORRECTION_NAME[config.correction]} at "
+                  f"alpha={config.alpha:g}. They suggest what to test next and confirm nothing."),
+        Table(["variant", "paired seeds", f"mIoU difference vs {baseline}", "CI", "raw p", "adjusted p",
+               "exploratory reading"], rows),
+    ]
