@@ -124,3 +124,22 @@ def test_feature_backbone_of_a_loaded_model(tmp_path):
     backbone = vitreduce.feature_backbone(vitreduce.load(path), out_indices=2, feature_cfg={"output_fmt": "NLC"})
     outs = backbone(torch.zeros(1, 3, 16, 16))
     assert [tuple(o.shape) for o in outs] == [(1, 16, 32)] * 2
+
+
+def test_checkpoint_loads_into_a_swin_stage_backbone(tmp_path):
+    """timm's stage-list wrapper renames Swin's modules (layers.0 -> layers_0): loading still matches every tensor."""
+    torch.manual_seed(3)
+    trained = timm.create_model("swin_tiny_patch4_window7_224_grouped_mlp", num_classes=2, **SWIN)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p))
+    path = vitreduce.save(trained, tmp_path / "swin.safetensors")
+    backbone = timm.create_model("swin_tiny_patch4_window7_224_grouped_mlp", num_classes=2, features_only=True,
+                                 **SWIN).eval()
+    vitreduce.load_backbone_weights(backbone, path)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        want = [w.permute(0, 2, 3, 1) for w in trained.eval().forward_intermediates(x, intermediates_only=True)]
+        got = backbone(x)
+    assert len(got) == 4 and all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+    assert backbone.layers_0.blocks[0].mlp is backbone.layers_0.blocks[1].mlp

@@ -137,7 +137,13 @@ def test_probe_command_prints_one_line(tmp_path, seg_data, backbone, capsys):
     assert main(args) == 0
     line = capsys.readouterr().out.strip()
     assert "\n" not in line and "mIoU" in line and str(out / "results.json") in line
-    assert json.loads((out / "results.json").read_text())["options"]["epochs"] == 1
+    from_cli = json.loads((out / "results.json").read_text())
+    assert from_cli["options"]["epochs"] == 1
+    # The command loads with 2 worker processes; in this process, the same batches give the same results.
+    here = run_segmentation_probe(backbone, seg_data, tmp_path / "here", ProbeOptions(epochs=1), device="cpu",
+                                  progress="none", workers=0)
+    assert {k: v for k, v in here.items() if k != "seconds_this_session"} == {
+        k: v for k, v in from_cli.items() if k != "seconds_this_session"}
     assert main([*args[:-4], "--epochs", "2"]) == 2
     assert "other settings (options.epochs: 1 -> 2)" in capsys.readouterr().err
     assert main([*args, "--blocks", "x"]) == 2

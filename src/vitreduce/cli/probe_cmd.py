@@ -49,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="classes scored (default: the dataset marker's; ADE20K: 150 with --reduce-zero-label)")
     sub.add_argument("--reduce-zero-label", action="store_true", default=None,
                      help="label 0 is 'other' and not scored, k becomes k-1 (ADE20K's convention)")
+    sub.add_argument("--workers", type=int, default=2, help="data-loading processes, 0: none; results do not "
+                                                           "depend on it (default: %(default)s)")
     sub.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto",
                      help="progress display with ETA (default: auto)")
     add_device_option(sub)
@@ -74,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
                                          "backbone_lr_scale", "decoder_width", "seed", "classes", "reduce_zero_label"))
     model_file = resolve_model_file(args.checkpoint, args.ema)
     result = run_segmentation_probe(model_file, args.data, args.out, options, device=args.device,
-                                    progress=args.progress)
+                                    progress=args.progress, workers=args.workers)
     print(json.dumps(result) if args.json else summary_line(result, args.out))
     return 0
 

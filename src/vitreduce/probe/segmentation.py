@@ -25,15 +25,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 
 from vitreduce.config_tree import differences
 from vitreduce.console import Progress
+from vitreduce.data.config import WORKERS_MAX
 from vitreduce.data.sampling import derive_seed, epoch_order, seeded_rngs
 from vitreduce.data.segmentation import IGNORE_INDEX, SegmentationSamples, dataset_classes, scan_pairs
 from vitreduce.data.transforms import eval_preprocessing_for
 from vitreduce.device import resolve_device
 from vitreduce.errors import VitreduceError
 from vitreduce.files import atomic_write, write_json
+from vitreduce.locks import LOCK_FILE, RunLock
 from vitreduce.probe.heads import block_features, build_head, logits_at
 from vitreduce.probe.metrics import confusion, scores
 from vitreduce.probe.options import ProbeOptions
@@ -54,11 +57,13 @@ class _Task:
     val: SegmentationSamples
     options: ProbeOptions
     device: torch.device
+    workers: int = 0
 
 
 def run_segmentation_probe(model_file: str | os.PathLike, data_root: str | os.PathLike, out_dir: str | os.PathLike,
                            options: ProbeOptions | None = None, *, device: str = "auto", progress: str = "auto",
-                           on_event: Callable[[str], None] | None = None, restart: bool = False) -> dict[str, Any]:
+                           on_event: Callable[[str], None] | None = None, restart: bool = False,
+                           workers: int = 0) -> dict[str, Any]:
     """Train and score the probe; returns the results (also in OUT/results.json).
 
     Args:
@@ -71,20 +76,40 @@ def run_segmentation_probe(model_file: str | os.PathLike, data_root: str | os.Pa
         on_event: called with "epoch" after each epoch's state is saved (tests kill the probe there).
         restart: a probe in OUT with other settings is replaced (a study's analysis after its options
             changed) instead of refused.
+        workers: data-loading processes (0: in this one); the batches, and so the results, are the same.
     """
     out, root, options = Path(out_dir), Path(data_root).expanduser(), options or ProbeOptions()
+    if not 0 <= workers <= WORKERS_MAX:
+        raise VitreduceError(f"--workers must be in [0, {WORKERS_MAX}] (0 loads in the main process), got {workers}")
     settings, task = _prepare(Path(model_file), root, options, resolve_device(device, "--device"))
-    _claim(out, settings, restart)
-    if (out / RESULTS).is_file():
-        return json.loads((out / RESULTS).read_text())
-    start = time.perf_counter()
-    epoch, history = _resume(out, task)
-    _train(task, out, epoch, history, Progress(progress, options.epochs, every_steps=10), on_event)
-    result = {**settings, "model": describe(task.model).record(), "train_images": len(task.train),
-              "val_images": len(task.val), "train_loss": history, **evaluate(task, settings["classes"]),
-              "seconds_this_session": round(time.perf_counter() - start, 3)}
-    write_json(out / RESULTS, result)
-    return result
+    task.workers = workers
+    lock = _lock(out)
+    try:
+        _claim(out, settings, restart)
+        if (out / RESULTS).is_file():
+            return json.loads((out / RESULTS).read_text())
+        start = time.perf_counter()
+        epoch, history = _resume(out, task)
+        _train(task, out, epoch, history, Progress(progress, options.epochs, every_steps=10), on_event)
+        result = {**settings, "model": describe(task.model).record(), "train_images": len(task.train),
+                  "val_images": len(task.val), "train_loss": history, **evaluate(task, settings["classes"]),
+                  "seconds_this_session": round(time.perf_counter() - start, 3)}
+        write_json(out / RESULTS, result)
+        return result
+    finally:
+        lock.release()
+
+
+def _lock(out: Path) -> RunLock:
+    """OUT (new, or holding a probe) made and locked: one process probes into it at a time."""
+    if out.exists() and not (out / SETTINGS).is_file() and any(p.name != LOCK_FILE for p in out.iterdir()):
+        raise VitreduceError(f"{out} exists, is not empty and holds no probe; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(out)
+    if not lock.acquire():
+        raise VitreduceError(f"{out} is being probed by another process ({lock.holder()}); wait for it to finish "
+                             "or choose another --out")
+    return lock
 
 
 def _prepare(model_file: Path, root: Path, options: ProbeOptions, device: torch.device) -> tuple[dict, _Task]:
@@ -145,8 +170,6 @@ def _claim(out: Path, settings: dict[str, Any], restart: bool) -> None:
             raise VitreduceError(f"{out} holds a probe with other settings ({changed}); choose another --out, or "
                                  "delete it to start over")
         return
-    if out.exists() and any(out.iterdir()):
-        raise VitreduceError(f"{out} exists, is not empty and holds no probe; choose another --out")
     write_json(path, settings)
 
 
@@ -175,10 +198,15 @@ def _save(out: Path, task: _Task, epoch: int, history: list[float]) -> None:
     atomic_write(out / STATE, lambda tmp: torch.save(state, tmp))
 
 
-def _batches(dataset: SegmentationSamples, order: list[int], size: int):
-    for start in range(0, len(order), size):
-        items = [dataset[i] for i in order[start:start + size]]
-        yield torch.stack([i[0] for i in items]), torch.stack([i[1] for i in items])  # (B, 3, H, W), (B, H, W)
+def _batches(dataset: SegmentationSamples, order: list[int], size: int, workers: int):
+    """(images (B, 3, H, W), masks (B, H, W)) in ``order``; items have no randomness, so workers change nothing."""
+    batches = [order[start:start + size] for start in range(0, len(order), size)]
+    if workers == 0:
+        for batch in batches:
+            items = [dataset[i] for i in batch]
+            yield torch.stack([i[0] for i in items]), torch.stack([i[1] for i in items])
+        return
+    yield from DataLoader(dataset, batch_sampler=batches, num_workers=workers)
 
 
 def _train(task: _Task, out: Path, epoch: int, history: list[float], progress: Progress, on_event) -> None:
@@ -188,7 +216,7 @@ def _train(task: _Task, out: Path, epoch: int, history: list[float], progress: P
         order = epoch_order(len(task.train), seed=opts.seed, epoch=e, rank=0, world_size=1, repeats=1)
         progress.start_epoch(e + 1, steps, 0)
         losses = []
-        for step, (images, masks) in enumerate(_batches(task.train, order, opts.batch_size)):
+        for step, (images, masks) in enumerate(_batches(task.train, order, opts.batch_size, task.workers)):
             lr = opts.lr * 0.5 * (1 + math.cos(math.pi * (e * steps + step) / (opts.epochs * steps)))
             with seeded_rngs(derive_seed(opts.seed, e, step)):
                 losses.append(_step(task, images.to(task.device), masks.to(task.device), lr))
@@ -225,7 +253,7 @@ def evaluate(task: _Task, names: list[str]) -> dict[str, Any]:
     task.model.eval()
     task.head.eval()
     matrix = torch.zeros(len(names), len(names), dtype=torch.int64)
-    for images, masks in _batches(task.val, list(range(len(task.val))), task.options.batch_size):
+    for images, masks in _batches(task.val, list(range(len(task.val))), task.options.batch_size, task.workers):
         features = block_features(task.model, images.to(task.device), task.options.blocks, task.options.norm)
         pred = logits_at(task.head, features, masks.shape[-2:]).argmax(1).cpu()
         matrix += confusion(pred, masks, len(names), IGNORE_INDEX)
