@@ -52,6 +52,9 @@ def test_feature_kwargs_stay_out_of_descriptions():
         timm.create_model("vit_tiny_patch16_224_grouped_mlp", features_only=True, feature_cfg={"url": "x"}, **VIT)
     with pytest.raises(vitreduce.VitreduceError, match="no pretrained weights"):
         timm.create_model("vit_tiny_patch16_224_grouped_mlp", features_only=True, pretrained=True, **VIT)
+    with pytest.raises(vitreduce.VitreduceError, match="could make timm fetch weights"):
+        timm.create_model("vit_tiny_patch16_224_grouped_mlp", features_only=True,
+                          pretrained_cfg_overlay={"file": "weights.pth"}, **VIT)
 
 
 def _manual_vit(model, x, indices):

@@ -161,3 +161,18 @@ def test_probe_runs_on_every_family(tmp_path, seg_data, base, kwargs):
     result = run_segmentation_probe(path, seg_data, tmp_path / "probe", ProbeOptions(epochs=1, blocks=(0, 1)),
                                     device="cpu", progress="none")
     assert result["input_size"] == [kwargs["img_size"]] * 2 and result["pixels"] == 32 * kwargs["img_size"] ** 2
+
+
+def test_links_outside_the_root_and_special_files_are_skipped(tmp_path, seg_data):
+    """Classification's file rules: a link leading out of the dataset and a FIFO named like an image are
+    never read; each is named in one warning, and the pairs are the regular files."""
+    import os
+
+    data = _copy(seg_data, tmp_path / "data")
+    outside = tmp_path / "secret.png"
+    Image.new("RGB", (32, 32)).save(outside)
+    (data / "images/validation/99998.png").symlink_to(outside)
+    os.mkfifo(data / "images/validation/99999.png")
+    with pytest.warns(UserWarning, match=r"skipped 2 entries.*outside the dataset root.*FIFO"):
+        pairs = scan_pairs(data, "validation")
+    assert len(pairs) == 32 and all("9999" not in image for image, _ in pairs)
