@@ -155,12 +155,13 @@ def test_probe_command_prints_one_line(tmp_path, seg_data, backbone, capsys):
 ])
 def test_probe_runs_on_every_family(tmp_path, seg_data, base, kwargs):
     """Swin's stages (two resolutions, resized to the finer one) and EVA's blocks feed the head alike;
-    images of another size than the model's are resized (masks by nearest neighbour)."""
+    images of another size than the model's (EVA's 28 px) are resized, and every pixel of each 32x32 mask
+    file is scored."""
     torch.manual_seed(0)
     path = vitreduce.save(vitreduce.create_model(base, "grouped", num_classes=3, **kwargs), tmp_path / "m.safetensors")
     result = run_segmentation_probe(path, seg_data, tmp_path / "probe", ProbeOptions(epochs=1, blocks=(0, 1)),
                                     device="cpu", progress="none")
-    assert result["input_size"] == [kwargs["img_size"]] * 2 and result["pixels"] == 32 * kwargs["img_size"] ** 2
+    assert result["input_size"] == [kwargs["img_size"]] * 2 and result["pixels"] == 32 * 32 * 32
 
 
 def test_links_outside_the_root_and_special_files_are_skipped(tmp_path, seg_data):

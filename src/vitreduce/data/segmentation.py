@@ -139,16 +139,18 @@ def read_mask(path: str) -> np.ndarray:
 
 
 class SegmentationSamples(Dataset):
-    """(image (3, S, S) float normalised, mask (S, S) int64) pairs at the model's input size.
+    """(image (3, S, S) float normalised, mask int64) pairs, the image at the model's input size.
 
-    Images are resized bilinearly and masks by nearest neighbour to ``size`` (nothing changes when the
-    files already have that size, as the built-in data at the model's size does); labels at or above
-    ``classes`` other than IGNORE_INDEX are refused, naming the file.
+    Images are resized bilinearly to ``size``; masks by nearest neighbour to the same size for training,
+    or kept at their own size with ``full_masks`` (evaluation scores every labelled pixel of the file).
+    Nothing changes for files that already have that size, as the built-in data at the model's size.
+    Labels at or above ``classes`` other than IGNORE_INDEX are refused, naming the file.
     """
 
     def __init__(self, pairs: list[tuple[str, str]], size: tuple[int, int], mean, std, classes: int,
-                 reduce_zero_label: bool):
+                 reduce_zero_label: bool, full_masks: bool = False):
         self.pairs, self.size, self.classes, self.reduce = pairs, size, classes, reduce_zero_label
+        self.full_masks = full_masks
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
@@ -163,7 +165,8 @@ class SegmentationSamples(Dataset):
         mask = Image.fromarray(self._labels(read_mask(mask_path), mask_path))
         wh = (self.size[1], self.size[0])
         if image.size != wh:
-            image, mask = image.resize(wh, Image.BILINEAR), mask.resize(wh, Image.NEAREST)
+            image = image.resize(wh, Image.BILINEAR)
+            mask = mask if self.full_masks else mask.resize(wh, Image.NEAREST)
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)  # (3, H, W)
         return (pixels - self.mean) / self.std, torch.from_numpy(np.asarray(mask, dtype=np.int64).copy())
 

@@ -32,6 +32,6 @@ def build_head(kind: str, channels: int, classes: int, width: int) -> nn.Module:
     return nn.Sequential(*layers, nn.Conv2d(width, classes, 1))
 
 
-def logits_at(head: nn.Module, features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, classes, H, W) logits, the head's output upsampled bilinearly to the input size."""
-    return F.interpolate(head(features), size=size, mode="bilinear", align_corners=False)
+def upsampled(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, classes, H, W): logits at the patch grid resized bilinearly to a mask's size."""
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)

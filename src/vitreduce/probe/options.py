@@ -4,7 +4,8 @@ The defaults are the fixed recipe results are compared under (docs/dense-tasks.m
 in eval mode; the patch tokens of the last block after the model's final norm; a linear head (BatchNorm,
 then a 1x1 convolution: DINOv2's linear segmentation probe); AdamW, learning rate 1e-3 decaying to 0 on a
 cosine over every step, weight decay 1e-4, batches of 16, 10 epochs, no augmentation; logits upsampled
-bilinearly to the input size, cross-entropy ignoring label 255.
+bilinearly to the input size, cross-entropy ignoring label 255; scored on every labelled pixel of each
+validation mask at its own size.
 """
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ from vitreduce.device import resolve_device
 from vitreduce.errors import VitreduceError
 from vitreduce.files import atomic_write, write_json
 from vitreduce.locks import LOCK_FILE, RunLock
-from vitreduce.probe.heads import block_features, build_head, logits_at
+from vitreduce.probe.heads import block_features, build_head, upsampled
 from vitreduce.probe.metrics import confusion, scores
 from vitreduce.probe.options import ProbeOptions
 from vitreduce.reduction.accounting import describe
@@ -123,7 +123,7 @@ def _prepare(model_file: Path, root: Path, options: ProbeOptions, device: torch.
     model = load(model_file, device=device)
     size = tuple(model.patch_embed.img_size)
     data = {split: SegmentationSamples(p, size, preprocessing.augment.mean, preprocessing.augment.std, len(names),
-                                       reduce) for split, p in pairs.items()}
+                                       reduce, full_masks=split == "validation") for split, p in pairs.items()}
     head = _build_head(model, options, len(names), size, device)
     settings = {"task": "segmentation", "checkpoint": str(model_file), "checkpoint_sha256": _sha256(model_file),
                 "data": str(root), "classes": names, "reduce_zero_label": reduce, "ignore_index": IGNORE_INDEX,
@@ -198,15 +198,18 @@ def _save(out: Path, task: _Task, epoch: int, history: list[float]) -> None:
     atomic_write(out / STATE, lambda tmp: torch.save(state, tmp))
 
 
+def _collate(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Images stacked (B, 3, S, S); masks as a list (evaluation keeps each at its file's size)."""
+    return torch.stack([i[0] for i in items]), [i[1] for i in items]
+
+
 def _batches(dataset: SegmentationSamples, order: list[int], size: int, workers: int):
-    """(images (B, 3, H, W), masks (B, H, W)) in ``order``; items have no randomness, so workers change nothing."""
+    """(images, masks) in ``order`` (``_collate``); items have no randomness, so workers change nothing."""
     batches = [order[start:start + size] for start in range(0, len(order), size)]
     if workers == 0:
-        for batch in batches:
-            items = [dataset[i] for i in batch]
-            yield torch.stack([i[0] for i in items]), torch.stack([i[1] for i in items])
+        yield from (_collate([dataset[i] for i in batch]) for batch in batches)
         return
-    yield from DataLoader(dataset, batch_sampler=batches, num_workers=workers)
+    yield from DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=_collate)
 
 
 def _train(task: _Task, out: Path, epoch: int, history: list[float], progress: Progress, on_event) -> None:
@@ -218,8 +221,8 @@ def _train(task: _Task, out: Path, epoch: int, history: list[float], progress: P
         losses = []
         for step, (images, masks) in enumerate(_batches(task.train, order, opts.batch_size, task.workers)):
             lr = opts.lr * 0.5 * (1 + math.cos(math.pi * (e * steps + step) / (opts.epochs * steps)))
-            with seeded_rngs(derive_seed(opts.seed, e, step)):
-                losses.append(_step(task, images.to(task.device), masks.to(task.device), lr))
+            with seeded_rngs(derive_seed(opts.seed, e, step)):  # (B, H, W) masks at the input size
+                losses.append(_step(task, images.to(task.device), torch.stack(masks).to(task.device), lr))
             progress.update(1, len(images), losses[-1], lr)
         progress.end_epoch()
         history.append(sum(losses) / len(losses))
@@ -236,7 +239,7 @@ def _step(task: _Task, images: torch.Tensor, masks: torch.Tensor, lr: float) -> 
         group["lr"] = lr * group["lr_scale"]
     with torch.set_grad_enabled(task.options.finetune):
         features = block_features(task.model, images, task.options.blocks, task.options.norm)
-    logits = logits_at(task.head, features, masks.shape[-2:])  # (B, classes, H, W)
+    logits = upsampled(task.head(features), masks.shape[-2:])  # (B, classes, H, W)
     scored = int((masks != IGNORE_INDEX).sum())
     loss = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX, reduction="sum") / max(scored, 1)
     if not torch.isfinite(loss.detach()):
@@ -255,8 +258,10 @@ def evaluate(task: _Task, names: list[str]) -> dict[str, Any]:
     matrix = torch.zeros(len(names), len(names), dtype=torch.int64)
     for images, masks in _batches(task.val, list(range(len(task.val))), task.options.batch_size, task.workers):
         features = block_features(task.model, images.to(task.device), task.options.blocks, task.options.norm)
-        pred = logits_at(task.head, features, masks.shape[-2:]).argmax(1).cpu()
-        matrix += confusion(pred, masks, len(names), IGNORE_INDEX)
+        head_out = task.head(features)  # (B, classes, h, w) at the patch grid
+        for logits, mask in zip(head_out, masks, strict=True):  # each scored at its file's own size
+            pred = upsampled(logits[None], mask.shape[-2:]).argmax(1)[0].cpu()
+            matrix += confusion(pred, mask, len(names), IGNORE_INDEX)
     truth = matrix.sum(1)
     present = int((truth > 0).sum())
     constant = float(truth.max()) / max(int(truth.sum()), 1) / max(present, 1) * 100  # all pixels one class
