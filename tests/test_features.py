@@ -57,13 +57,13 @@ def test_feature_kwargs_stay_out_of_descriptions():
                           pretrained_cfg_overlay={"file": "weights.pth"}, **VIT)
 
 
-def _manual_vit(model, x, indices):
+def _manual_vit(model, x, indices, norm=False):
     x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
     outs = []
     for i, block in enumerate(model.blocks):
         x = block(x)
         if i in indices:
-            tokens = x[:, model.num_prefix_tokens:]  # (B, N, C) patch tokens only
+            tokens = (model.norm(x) if norm else x)[:, model.num_prefix_tokens:]  # (B, N, C) patch tokens only
             side = int(tokens.shape[1] ** 0.5)
             outs.append(tokens.reshape(x.shape[0], side, side, -1).permute(0, 3, 1, 2))
     return outs
@@ -81,7 +81,9 @@ def test_forward_intermediates_equals_manual_forward(how, tmp_path, images):
     with torch.no_grad():
         got = model.forward_intermediates(images, indices=[0, 2, 3], intermediates_only=True)
         want = _manual_vit(model, images, {0, 2, 3})
-    for g, w in zip(got, want, strict=True):
+        normed = model.forward_intermediates(images, indices=2, norm=True, output_fmt="NLC", intermediates_only=True)
+        want_normed = [w.flatten(2).transpose(1, 2) for w in _manual_vit(model, images, {2, 3}, norm=True)]
+    for g, w in zip(got + normed, want + want_normed, strict=True):
         assert torch.equal(g, w)  # the same modules in the same order: no rounding difference to allow for
 
 
