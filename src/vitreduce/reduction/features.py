@@ -89,6 +89,10 @@ def feature_backbone(model: nn.Module, out_indices: int | list[int] | None = Non
                      feature_cfg: dict[str, Any] | None = None, name: str | None = None) -> nn.Module:
     """Wrap a built (reduced) model as ``timm.create_model(..., features_only=True)`` wraps its family.
 
+    The wrapper takes the model over: as in timm, the getter wrapper prunes it in place (the head, the final
+    norm unless ``norm``, and the blocks after the last one asked for) unless ``feature_cfg`` has
+    ``prune: False``.
+
     Args:
         model: a model from ``vitreduce.create_model``, ``vitreduce.load`` or a registered name.
         out_indices: blocks (ViT/EVA) or stages (Swin) to return; an int n: the last n; None: timm's default.
