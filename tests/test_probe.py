@@ -177,3 +177,13 @@ def test_links_outside_the_root_and_special_files_are_skipped(tmp_path, seg_data
     with pytest.warns(UserWarning, match=r"skipped 2 entries.*outside the dataset root.*FIFO"):
         pairs = scan_pairs(data, "validation")
     assert len(pairs) == 32 and all("9999" not in image for image, _ in pairs)
+
+
+def test_bf16_backbone_forward_and_refused_settings(tmp_path, seg_data, backbone):
+    result = run_segmentation_probe(backbone, seg_data, tmp_path / "bf16", ProbeOptions(epochs=1, precision="bf16"),
+                                    device="cpu", progress="none", workers=0)
+    assert result["options"]["precision"] == "bf16" and result["pixels"] == 32 * 32 * 32
+    with pytest.raises(vitreduce.VitreduceError, match="--precision: use fp32 or bf16 with --finetune"):
+        ProbeOptions(finetune=True, precision="fp16")
+    with pytest.raises(vitreduce.VitreduceError, match="--blocks"):
+        ProbeOptions(blocks=(1, 1))

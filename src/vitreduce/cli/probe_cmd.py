@@ -49,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="classes scored (default: the dataset marker's; ADE20K: 150 with --reduce-zero-label)")
     sub.add_argument("--reduce-zero-label", action="store_true", default=None,
                      help="label 0 is 'other' and not scored, k becomes k-1 (ADE20K's convention)")
+    sub.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                     help="the backbone's forward under autocast; the head trains in fp32 (default: fp32)")
     sub.add_argument("--workers", type=int, default=2, help="data-loading processes, 0: none; results do not "
                                                            "depend on it (default: %(default)s)")
     sub.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto",
@@ -73,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
 
     options = ProbeOptions(blocks=parse_blocks(args.blocks), norm=not args.no_norm,
                            **kwargs_from(args, "head", "finetune", "epochs", "batch_size", "lr", "weight_decay",
-                                         "backbone_lr_scale", "decoder_width", "seed", "classes", "reduce_zero_label"))
+                                         "backbone_lr_scale", "decoder_width", "seed", "classes", "reduce_zero_label",
+                                         "precision"))
     model_file = resolve_model_file(args.checkpoint, args.ema)
     result = run_segmentation_probe(model_file, args.data, args.out, options, device=args.device,
                                     progress=args.progress, workers=args.workers)

@@ -39,6 +39,7 @@ class ProbeOptions:
     backbone_lr_scale: float = 0.1
     decoder_width: int = 128
     seed: int = 0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # the backbone's forward (autocast); the head trains in fp32
     classes: int | None = None  # None: the dataset marker's
     reduce_zero_label: bool | None = None  # None: the dataset marker's (ADE20K: True)
 
@@ -53,6 +54,9 @@ class ProbeOptions:
         _check(0 < self.backbone_lr_scale <= 10, "backbone_lr_scale", "a positive factor up to 10")
         _check(1 <= self.decoder_width <= 4096, "--decoder-width", "1 to 4096")
         _check(0 <= self.seed <= SEED_MAX, "--seed", f"0 to {SEED_MAX}")
+        _check(self.precision in ("fp32", "bf16", "fp16"), "--precision", "fp32, bf16 or fp16")
+        _check(not (self.finetune and self.precision == "fp16"), "--precision",
+               "fp32 or bf16 with --finetune (fp16 gradients of the backbone would need loss scaling)")
 
     def record(self) -> dict[str, Any]:
         """JSON-ready settings (what a resume compares)."""

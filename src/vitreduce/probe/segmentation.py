@@ -33,7 +33,7 @@ from vitreduce.data.config import WORKERS_MAX
 from vitreduce.data.sampling import derive_seed, epoch_order, seeded_rngs
 from vitreduce.data.segmentation import IGNORE_INDEX, SegmentationSamples, dataset_classes, scan_pairs
 from vitreduce.data.transforms import eval_preprocessing_for
-from vitreduce.device import resolve_device
+from vitreduce.device import autocast, resolve_device
 from vitreduce.errors import VitreduceError
 from vitreduce.files import atomic_write, write_json
 from vitreduce.locks import LOCK_FILE, RunLock
@@ -238,7 +238,7 @@ def _step(task: _Task, images: torch.Tensor, masks: torch.Tensor, lr: float) -> 
     for group in task.optimizer.param_groups:
         group["lr"] = lr * group["lr_scale"]
     with torch.set_grad_enabled(task.options.finetune):
-        features = block_features(task.model, images, task.options.blocks, task.options.norm)
+        features = _features(task, images)
     logits = upsampled(task.head(features), masks.shape[-2:])  # (B, classes, H, W)
     scored = int((masks != IGNORE_INDEX).sum())
     loss = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX, reduction="sum") / max(scored, 1)
@@ -250,6 +250,12 @@ def _step(task: _Task, images: torch.Tensor, masks: torch.Tensor, lr: float) -> 
     return loss.item()
 
 
+def _features(task: _Task, images: torch.Tensor) -> torch.Tensor:
+    """The backbone's features in the probe's precision, handed to the head in fp32."""
+    with autocast(task.options.precision, task.device):
+        return block_features(task.model, images, task.options.blocks, task.options.norm).float()
+
+
 @torch.no_grad()
 def evaluate(task: _Task, names: list[str]) -> dict[str, Any]:
     """Scores on the validation split (``metrics.scores``) and the mIoU of the best constant prediction."""
@@ -257,7 +263,7 @@ def evaluate(task: _Task, names: list[str]) -> dict[str, Any]:
     task.head.eval()
     matrix = torch.zeros(len(names), len(names), dtype=torch.int64)
     for images, masks in _batches(task.val, list(range(len(task.val))), task.options.batch_size, task.workers):
-        features = block_features(task.model, images.to(task.device), task.options.blocks, task.options.norm)
+        features = _features(task, images.to(task.device))
         head_out = task.head(features)  # (B, classes, h, w) at the patch grid
         for logits, mask in zip(head_out, masks, strict=True):  # each scored at its file's own size
             pred = upsampled(logits[None], mask.shape[-2:]).argmax(1)[0].cpu()

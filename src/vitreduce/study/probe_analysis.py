@@ -50,6 +50,7 @@ class SegmentationProbeConfig(BaseModel):
     decoder_width: int = Field(128, ge=1)
     classes: int | None = None
     reduce_zero_label: bool | None = None
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # the backbone's forward
     synth: SegmentationSynth | None = None
 
     def options(self, seed: int):
