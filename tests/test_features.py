@@ -148,3 +148,19 @@ def test_checkpoint_loads_into_a_swin_stage_backbone(tmp_path):
         got = backbone(x)
     assert len(got) == 4 and all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
     assert backbone.layers_0.blocks[0].mlp is backbone.layers_0.blocks[1].mlp
+
+
+def test_a_framework_needs_only_to_import_vitreduce_reduction():
+    """What a framework config does (`custom_imports=["vitreduce.reduction"]`), in a fresh interpreter: the
+    reduced names are then timm's, features_only included; `import vitreduce` alone registers nothing."""
+    import subprocess
+    import sys
+
+    code = ("import timm, vitreduce\n"
+            "assert 'vit_tiny_patch16_224_grouped_mlp' not in timm.list_models('*_mlp')\n"
+            "import vitreduce.reduction\n"
+            "m = timm.create_model('vit_tiny_patch16_224_grouped_mlp', features_only=True, out_indices=[1], "
+            "pretrained=False, img_size=32, patch_size=8, depth=2, embed_dim=16, num_heads=2)\n"
+            "print(m.feature_info.channels())\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[16]"
