@@ -39,3 +39,12 @@ def test_the_package_names_still_work():
     assert vitreduce.describe(model).unique_mlps == 1 and "create_model" in dir(vitreduce)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         vitreduce.nope  # noqa: B018
+
+
+@pytest.mark.parametrize("order", ["import vitreduce\nimport timm\n", "import timm\nimport vitreduce\n"],
+                         ids=["vitreduce first", "timm first"])
+def test_import_vitreduce_registers_the_reduced_names_with_timm_in_either_order(order):
+    code = order + ("m = timm.create_model('vit_tiny_patch16_224_grouped_mlp', img_size=16, patch_size=8, "
+                    "num_classes=3)\nprint(m.blocks[0].mlp is m.blocks[1].mlp)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr[-500:]

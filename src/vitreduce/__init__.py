@@ -1,9 +1,13 @@
 """vitreduce: MLP parameter reduction (sharing, width slicing) for timm Vision Transformers.
 
 The names below are imported on first use (``vitreduce.lazy``): `import vitreduce` alone imports no torch.
+The reduced variants are registered with timm as soon as timm is imported too, before or after vitreduce.
 """
+import importlib
+import sys
+
 from vitreduce.errors import VitreduceError
-from vitreduce.lazy import lazy_exports
+from vitreduce.lazy import after_import, lazy_exports
 from vitreduce.version import __version__
 
 _EXPORTS = {
@@ -18,6 +22,16 @@ _EXPORTS = {
     "load_backbone_weights": "vitreduce.reduction.backbone",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+
+def _register_with_timm() -> None:
+    # vitreduce.reduction imports its models module (which registers the names) itself; when it is the
+    # one importing timm, registering here would re-enter it half-initialised.
+    if "vitreduce.reduction" not in sys.modules:
+        importlib.import_module("vitreduce.reduction.models")
+
+
+after_import("timm", _register_with_timm)
 
 __all__ = [
     "ModelDescription",
