@@ -2,12 +2,15 @@
 
 Modules: ``config`` (the ``data:``/``augment:`` sections), ``images`` (scanning, checking and reading
 image folders), ``transforms`` (timm's transforms and the matching loss), ``sampling`` (seeded epoch
-orders), ``loaders`` (train/eval batches), ``synth`` (the built-in dataset) and ``shapes`` (how its
-images are drawn). The names other packages use are re-exported here.
+orders), ``shards`` (reading tar shard sets), ``shard_writer`` (writing and indexing them), ``source``
+(folder or shards, chosen by ``data.format``), ``loaders`` (train/eval batches), ``synth`` (the built-in
+dataset) and ``shapes`` (how its images are drawn). The names other packages use are re-exported here.
 """
 from vitreduce.data.config import AugmentConfig, DataConfig
-from vitreduce.data.images import BadImageTracker, check_dataset
+from vitreduce.data.images import BadImageTracker
 from vitreduce.data.loaders import Batch, EvalLoader, TrainLoader, build_eval_loader, build_train_loader
+from vitreduce.data.shard_writer import index_shard_set, write_shards
+from vitreduce.data.source import check_dataset, data_format, open_split
 from vitreduce.data.synth import SynthConfig, ensure_synth, write_synth_dataset
 from vitreduce.data.transforms import eval_transform, train_loss_fn, train_transform
 
@@ -22,9 +25,13 @@ __all__ = [
     "build_eval_loader",
     "build_train_loader",
     "check_dataset",
+    "data_format",
     "ensure_synth",
     "eval_transform",
+    "index_shard_set",
+    "open_split",
     "train_loss_fn",
     "train_transform",
+    "write_shards",
     "write_synth_dataset",
 ]

@@ -51,7 +51,8 @@ class DataConfig(BaseModel):
 
     model_config = _STRICT
 
-    root: str  # ImageFolder root holding <train_split>/ and <val_split>/, each with one folder per class
+    root: str  # ImageFolder root holding <train_split>/ and <val_split>/ (one folder per class), or a shard set
+    format: str = "auto"  # folder, shards (vitreduce.data.shards), or auto: shards when root holds a shard set
     train_split: str = "train"
     val_split: str = "val"
     batch_size: Whole = 256  # per rank, per micro-batch
@@ -66,6 +67,7 @@ class DataConfig(BaseModel):
                      message=f"{{key}} must be in [0, {WORKERS_MAX}] (0 loads in the main process), got {{value}}")
     _fraction = _rule("data", "max_bad_fraction", ok=lambda v: 0.0 <= v < 1.0,
                       message="{key} must be in [0, 1), got {value}")
+    _format = _one_of("data", "format", ("auto", "folder", "shards"))
     _non_empty = _rule("data", "root", "train_split", "val_split", ok=lambda v: bool(v.strip()),
                        message="{key} must not be empty")
 

@@ -334,12 +334,20 @@ def read_rgb(path: str) -> tuple[Image.Image | None, str]:
             mode = os.fstat(handle.fileno()).st_mode
             if not stat.S_ISREG(mode):  # replaced since the stat
                 return None, f"{path} ({_kind(mode)}, not a regular file)"
-            with Image.open(handle) as image:
-                return _to_rgb(image), ""  # decodes every pixel, so truncation is detected here
-    except _Refused as err:
-        return None, f"{path} ({err})"
+            return decode_rgb(handle, path)
     except _UNREADABLE:
         return None, path
+
+
+def decode_rgb(stream, name: str) -> tuple[Image.Image | None, str]:
+    """``read_rgb`` for an open binary stream (a file, or a tar shard's member bytes) reported as ``name``."""
+    try:
+        with Image.open(stream) as image:
+            return _to_rgb(image), ""  # decodes every pixel, so truncation is detected here
+    except _Refused as err:
+        return None, f"{name} ({err})"
+    except _UNREADABLE:
+        return None, name
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

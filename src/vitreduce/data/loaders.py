@@ -9,7 +9,8 @@
   train.py would ignore it: the recipe names it, and a 1-process run should train on the same kind of
   epoch as the 2-process one. The epoch keeps its usual length and draws about 1/repeats of the images,
   each repeats times with independent augmentations (timm's RepeatAugSampler semantics).
-- Which files of a split are samples, and how their pixels become RGB, is ``vitreduce.data.images``.
+- Which files of a split are samples, and how their pixels become RGB, is ``vitreduce.data.images``; a
+  split is an image folder or a tar shard set (``vitreduce.data.source``), read alike.
 - Unreadable images (truncated, garbage, empty files, refused pixel modes) are never replaced:
   they are dropped from their batch and reported (``Batch.bad_paths``, ``EvalLoader.bad_paths``: the
   path, with the reason when PIL could decode the file). A loader raises VitreduceError once more than
@@ -25,8 +26,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from vitreduce.config_tree import kwargs_from
 from vitreduce.data.config import AugmentConfig, DataConfig
-from vitreduce.data.images import BadImageTracker, ImageFolderSamples, refuse_gray_fill, split_samples
+from vitreduce.data.images import BadImageTracker, ImageFolderSamples, refuse_gray_fill
 from vitreduce.data.sampling import EpochSampler, derive_seed, epoch_length, epoch_order, eval_shard, seeded_rngs
+from vitreduce.data.shards import ShardSamples
+from vitreduce.data.source import open_split
 from vitreduce.data.transforms import eval_transform, train_transform
 from vitreduce.errors import VitreduceError
 
@@ -116,7 +119,7 @@ class TrainLoader:
         self.data, self.aug, self.num_classes = data, aug, num_classes
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.repeats = aug.repeated_aug if aug.enabled else 1
-        self.dataset = split_samples(data, data.train_split, train_transform(aug, img_size))
+        self.dataset = open_split(data, data.train_split, train_transform(aug, img_size))
         self.samples_per_epoch = epoch_length(len(self.dataset), rank=rank, world_size=world_size, repeats=self.repeats)
         if self.samples_per_epoch < data.batch_size:
             raise VitreduceError(
@@ -180,7 +183,8 @@ class TrainLoader:
 class EvalLoader:
     """Deterministic eval batches ``(images, targets, indices)``; unreadable files go to ``bad_paths``."""
 
-    def __init__(self, data: DataConfig, dataset: ImageFolderSamples, indices: list[int], batch_size: int):
+    def __init__(self, data: DataConfig, dataset: ImageFolderSamples | ShardSamples, indices: list[int],
+                 batch_size: int):
         self.data, self.dataset, self.indices, self.batch_size = data, dataset, indices, batch_size
         self.num_samples = len(indices)
         self.bad_paths: list[str] = []  # unreadable files of the current (or last) pass
@@ -224,7 +228,7 @@ def build_eval_loader(
     refuse_gray_fill()
     if limit is not None and limit < 1:
         raise VitreduceError(f"limit={limit}: evaluate at least one sample, or pass None for the whole split")
-    dataset = split_samples(data, split or data.val_split, eval_transform(aug, img_size))
+    dataset = open_split(data, split or data.val_split, eval_transform(aug, img_size))
     total = len(dataset) if limit is None else min(limit, len(dataset))
     indices = eval_shard(total, rank=rank, world_size=world_size)
     return EvalLoader(data, dataset, indices, data.eval_batch_size or data.batch_size)

@@ -13,7 +13,9 @@ import torch
 from torch import nn
 
 from vitreduce.data.config import AugmentConfig, DataConfig
-from vitreduce.data.images import ImageFolderSamples, refuse_gray_fill, split_samples
+from vitreduce.data.images import ImageFolderSamples, refuse_gray_fill
+from vitreduce.data.shards import ShardSamples, is_shard_set
+from vitreduce.data.source import open_split
 from vitreduce.data.transforms import eval_transform
 from vitreduce.errors import VitreduceError
 
@@ -30,7 +32,7 @@ def load_batches(model: nn.Module, data_dir: str | Path, *, augment: AugmentConf
     Args:
         model: the model to analyse (its input size sizes the transform; its ``num_classes`` must equal
             the number of class folders).
-        data_dir: ImageFolder root: ``data_dir/<split>/<class>/<image>``.
+        data_dir: ImageFolder root (``data_dir/<split>/<class>/<image>``) or a shard set.
         augment: the eval preprocessing (interpolation, crop_pct, mean, std), normally the run's:
             ``vitreduce.data.transforms.eval_preprocessing_for(model_file).augment``. None: the recipe's
             defaults, ``AugmentConfig()``, as ``vitreduce eval`` uses for a file outside a run directory.
@@ -45,7 +47,7 @@ def load_batches(model: nn.Module, data_dir: str | Path, *, augment: AugmentConf
     root = Path(data_dir).expanduser()
     if not root.is_dir():
         raise VitreduceError(f"data directory {str(root)!r} does not exist")
-    if not (root / split).is_dir():
+    if not (root / split).is_dir() and not is_shard_set(root):  # a shard set's splits are checked when read
         raise VitreduceError(f"{str(root)!r} has no {split!r} folder; expected the ImageFolder layout "
                              f"DIR/{split}/<class>/<image> (choose the split with --split)")
     transform = eval_transform(augment or AugmentConfig(), _input_size(model))
@@ -53,7 +55,7 @@ def load_batches(model: nn.Module, data_dir: str | Path, *, augment: AugmentConf
     # folders "naturally" (class10 after class2), and the labels, the files counted and the pixels
     # (16-bit images, links, FIFOs) must be the ones training and evaluation use.
     refuse_gray_fill()
-    dataset = split_samples(DataConfig(root=str(root)), split, transform)
+    dataset = open_split(DataConfig(root=str(root)), split, transform)  # a folder or a shard set
     classes = len(dataset.classes)
     if classes != getattr(model, "num_classes", None):
         raise VitreduceError(f"the model has {getattr(model, 'num_classes', None)} classes but "
@@ -83,7 +85,7 @@ def subset_indices(total: int, batches: int, batch_size: int, seed: int) -> torc
     return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:batches * batch_size]
 
 
-def _read(dataset: ImageFolderSamples, index: int) -> tuple[torch.Tensor, int]:
+def _read(dataset: ImageFolderSamples | ShardSamples, index: int) -> tuple[torch.Tensor, int]:
     """One transformed image and its class; a file that cannot be read is refused, never replaced."""
     image, target, _, problem = dataset[(index, 0)]  # the eval transform draws nothing random
     if image is None:

@@ -14,6 +14,7 @@ from torch import nn
 
 from vitreduce.data import DataConfig, build_eval_loader
 from vitreduce.data.images import folders_in
+from vitreduce.data.shards import is_shard_set
 from vitreduce.data.transforms import eval_preprocessing_for
 from vitreduce.device import Precision, autocast, resolve_device
 from vitreduce.errors import VitreduceError
@@ -115,7 +116,7 @@ def _check_split(root: Path, split: str) -> None:
     """Refuse a missing --data root or --split folder, naming the folders that are there."""
     if not root.is_dir():
         raise VitreduceError(f"--data {root} is not a folder; pass an ImageFolder root holding the --split folder")
-    if not (root / split).is_dir():
+    if not (root / split).is_dir() and not is_shard_set(root):  # a shard set's splits are checked when read
         raise VitreduceError(f"--data {root} has no {split}/ folder ({folders_in(root)}): choose the split with "
                              f"--split NAME")
 
@@ -127,7 +128,7 @@ def evaluate_checkpoint(path: str | Path, data_root: str | Path, *, split: str =
 
     Args:
         path: a vitreduce model file or a run directory.
-        data_root: ImageFolder root holding ``split``/.
+        data_root: ImageFolder root holding ``split``/, or a shard set holding that split.
         split: split folder name.
         ema: with a run directory, evaluate its EMA weights.
         batch_size: images per batch.
