@@ -222,3 +222,14 @@ def test_data_shard_and_synth_shards_commands(tiny_dataset, tmp_path, capsys):
     # The same images as the folder fixture (seed 0), so the same shard bytes as converting it
     write_shards(tiny_dataset, tmp_path / "converted", progress=_quiet)
     assert _tree_bytes(tmp_path / "synth") == _tree_bytes(tmp_path / "converted")
+
+
+def test_webdataset_reads_the_shards_as_the_same_samples(shard_set):
+    import webdataset
+
+    urls = [str(shard_set / f"train-{n:06d}.tar") for n in range(4)]
+    stream = webdataset.WebDataset(urls, shardshuffle=False, empty_check=False).to_tuple("__key__", "png", "cls")
+    ours = ShardSamples(shard_set, "train", transform=None)
+    found = [(key, image, int(cls)) for key, image, cls in stream]
+    assert [(key, target) for key, _, target in found] == list(zip(ours.index.keys, ours.index.targets, strict=True))
+    assert all(image == ours.read(i)[0] for i, (_, image, _) in enumerate(found))
