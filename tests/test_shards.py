@@ -233,3 +233,24 @@ def test_webdataset_reads_the_shards_as_the_same_samples(shard_set):
     found = [(key, image, int(cls)) for key, image, cls in stream]
     assert [(key, target) for key, _, target in found] == list(zip(ours.index.keys, ours.index.targets, strict=True))
     assert all(image == ours.read(i)[0] for i, (_, image, _) in enumerate(found))
+
+
+def test_eval_and_the_sharpness_batches_read_shards_as_the_folder(tiny_dataset, shard_set, tmp_path, capsys):
+    from conftest import tiny_model
+
+    from vitreduce import save
+    from vitreduce.sharpness.batches import load_batches
+
+    model = tiny_model(num_classes=4)
+    folder = load_batches(model, tiny_dataset, batches=2, batch_size=4, seed=1)
+    shards = load_batches(model, shard_set, batches=2, batch_size=4, seed=1)
+    assert all(torch.equal(a, b) for pair in zip(folder, shards, strict=True) for a, b in zip(*pair, strict=True))
+    save(model, tmp_path / "model.safetensors")
+    results = []
+    for root in (tiny_dataset, shard_set):
+        assert main(["eval", str(tmp_path / "model.safetensors"), "--data", str(root), "--workers", "0",
+                     "--device", "cpu", "--json"]) == 0
+        results.append({k: v for k, v in json.loads(capsys.readouterr().out).items() if k != "data"})
+    assert results[0] == results[1] and results[0]["images"] == 16
+    assert main(["eval", str(tmp_path / "model.safetensors"), "--data", str(shard_set), "--split", "test"]) == 2
+    assert "no split 'test' (it has train, val)" in capsys.readouterr().err
