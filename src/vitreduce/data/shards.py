@@ -85,10 +85,9 @@ class ShardIndex(NamedTuple):
     shards: list[str]  # shard file names, in order
     shard: np.ndarray  # (N,) int32
     keys: list[str]
-    targets: list[int]
+    targets: np.ndarray  # (N,) int64 class indices
     offset: np.ndarray  # (N,) int64
     size: np.ndarray  # (N,) int64
-    ext: list[str]
 
 
 def load_index(root: Path, marker: dict, split: str) -> ShardIndex:
@@ -102,11 +101,11 @@ def load_index(root: Path, marker: dict, split: str) -> ShardIndex:
         shard = np.array([number[row[0]] for row in rows], dtype=np.int32)
         offset = np.array([int(row[3]) for row in rows], dtype=np.int64)
         size = np.array([int(row[4]) for row in rows], dtype=np.int64)
-        targets = [int(row[2]) for row in rows]
+        targets = np.array([int(row[2]) for row in rows], dtype=np.int64)
     except (KeyError, ValueError) as err:
         raise VitreduceError(f"{path}: a row names an unknown shard or has a non-integer field ({err}); "
                              "write the shard set again") from None
-    index = ShardIndex(shards, shard, [row[1] for row in rows], targets, offset, size, [row[5] for row in rows])
+    index = ShardIndex(shards, shard, [row[1] for row in rows], targets, offset, size)
     _check_index(path, index, entry, len(marker["classes"]))
     return index
 
@@ -131,7 +130,7 @@ def _check_index(path: Path, index: ShardIndex, entry: dict, num_classes: int) -
     problem = None
     if counts != expected:
         problem = f"samples per shard {counts[:8]}, the marker says {expected[:8]}"
-    elif index.targets and not 0 <= min(index.targets) <= max(index.targets) < num_classes:
+    elif len(index.targets) and not 0 <= index.targets.min() <= index.targets.max() < num_classes:
         problem = f"class indices outside 0..{num_classes - 1}"
     elif len(index.offset) and (index.offset.min() < 0 or index.size.min() < 0):
         problem = "negative offsets or sizes"
@@ -190,7 +189,7 @@ class ShardSamples(Dataset):
     @property
     def samples(self) -> list[tuple[str, int]]:
         """``(shard:key, class index)`` per sample, in order, as ``ImageFolderSamples.samples`` lists paths."""
-        return [(self.name(i), self.index.targets[i]) for i in range(len(self))]
+        return [(self.name(i), int(self.index.targets[i])) for i in range(len(self))]
 
     def name(self, index: int) -> str:
         return f"{self.index.shards[self.index.shard[index]]}:{self.index.keys[index]}"
@@ -200,7 +199,7 @@ class ShardSamples(Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         index, sample_seed = key
-        target, name = self.index.targets[index], self.name(index)
+        target, name = int(self.index.targets[index]), self.name(index)
         with seeded_rngs(sample_seed):
             data, problem = self.read(index)
             if data is None:
