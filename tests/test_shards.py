@@ -255,3 +255,13 @@ def test_eval_and_the_sharpness_batches_read_shards_as_the_folder(tiny_dataset, 
     assert results[0] == results[1] and results[0]["images"] == 16
     assert main(["eval", str(tmp_path / "model.safetensors"), "--data", str(shard_set), "--split", "test"]) == 2
     assert "no split 'test' (it has train, val)" in capsys.readouterr().err
+
+
+def test_a_marker_with_repeated_class_names_is_refused(shard_set, tmp_path):
+    copy = tmp_path / "set"
+    shutil.copytree(shard_set, copy)
+    marker = json.loads((copy / "vitreduce_shards.json").read_text())
+    marker["classes"][1] = marker["classes"][0]
+    (copy / "vitreduce_shards.json").write_text(json.dumps(marker))
+    with pytest.raises(VitreduceError, match="distinct non-empty strings"):
+        check_dataset(_data(copy), 4)

@@ -66,6 +66,9 @@ def read_marker(root: Path) -> dict:
     if not ok or marker.get("version") != VERSION:
         raise VitreduceError(f"{path} is not a version-{VERSION} marker of a vitreduce shard set; write the "
                              "shard set again with `vitreduce data shard`")
+    classes = marker["classes"]
+    if not classes or not all(isinstance(name, str) and name for name in classes) or len(set(classes)) < len(classes):
+        raise VitreduceError(f"{path}: the class names must be distinct non-empty strings; index the shards again")
     return marker
 
 
