@@ -66,6 +66,9 @@ def test_the_same_images_give_the_same_bytes(tiny_dataset, shard_set, tmp_path):
     assert _tree_bytes(again) == _tree_bytes(shard_set)
     with tarfile.open(shard_set / "train-000000.tar") as tar:  # readable by any tar reader, WebDataset's names
         assert tar.getnames()[:2] == ["000000000.png", "000000000.cls"]
+        # nothing from the writer's clock, user or umask
+        fields = {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in tar.getmembers()}
+    assert fields == {(0, 0, 0, "", "", 0o644)}
 
 
 def test_a_run_reads_the_folders_batches_from_its_shards(tiny_dataset, shard_set):
