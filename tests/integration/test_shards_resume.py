@@ -58,7 +58,7 @@ def shard_runs(tiny_dataset, tiny_train_config, python_one_thread, tmp_path_fact
         proc = _train(python_one_thread, config, tmp / name / "run")
         assert proc.returncode == 0, proc.stderr
         runs[name] = tmp / name / "run"
-    return {"set": shards, **runs}
+    return {"set": shards, "source": tiny_dataset, **runs}
 
 
 @pytest.mark.slow
@@ -84,3 +84,32 @@ def test_sigkill_mid_epoch_then_rerun_is_bitwise_identical(shard_runs, tiny_trai
     _same_results(shard_runs["shards"], out)
     for name in MODELS:
         assert filecmp.cmp(shard_runs["shards"] / name, out / name, shallow=False), name
+
+
+@pytest.mark.slow
+def test_two_ranks_on_shards_match_one_process_on_the_folder(shard_runs, tiny_train_config, python_one_thread,
+                                                             tmp_path):
+    """The ranks split each epoch of the shards between them: 2 ranks x 2 images x 2 micro-batches train on
+    the 8 images a single process on the folder takes per step (no augmentation; SGD, which shows a wrong
+    average or a sample seen twice, where Adam would hide it)."""
+    def tree(root, batch_size: int, accum_steps: int) -> dict:
+        return tiny_train_config(
+            seed=5, epochs=2, model={"drop_path_rate": 0.0},
+            data={"root": str(root), "batch_size": batch_size, "workers": 0}, augment={"enabled": False},
+            optimizer={"name": "momentum", "lr": 0.05, "betas": None, "eps": None, "accum_steps": accum_steps},
+            checkpoint={"recovery_every_steps": 0}, logging={"every_steps": 50})
+
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    folder = _config(tmp_path / "one", tree(shard_runs["source"], 8, 1))
+    assert _train(python_one_thread, folder, tmp_path / "single").returncode == 0
+    config = _config(tmp_path / "two", tree(shard_runs["set"], 2, 2))
+    proc = python_one_thread("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "vitreduce", "train", config, "--out", tmp_path / "ddp",
+                             capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for name in MODELS:
+        a, b = load_file(str(tmp_path / "single" / name)), load_file(str(tmp_path / "ddp" / name))
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-5, msg=f"{name}: {key}")
+    assert (tmp_path / "ddp" / "predictions.csv").read_text().count("\n") == 17  # eval: each image once
