@@ -330,6 +330,9 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any], also: tuple[str, ...]
         old = {**old, "model": {**{k: None for k in ("depths", "window_size") if k in new["model"]}, **old["model"]}}
     if isinstance(old, dict) and "distill" not in old and isinstance(new.get("distill"), dict):
         old = {**old, "distill": {**new["distill"], "teacher": None}}  # written before the section: no teacher
+    data = old.get("data") if isinstance(old, dict) else None
+    if isinstance(data, dict) and "format" not in data:  # data.format, absent before shard sets: auto read folders
+        old = {**old, "data": {**data, "format": "auto"}}
     return differences(old, new, ignore=RESUMABLE_CHANGES + tuple(also))
 
 
