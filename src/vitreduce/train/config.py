@@ -330,10 +330,17 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any], also: tuple[str, ...]
         old = {**old, "model": {**{k: None for k in ("depths", "window_size") if k in new["model"]}, **old["model"]}}
     if isinstance(old, dict) and "distill" not in old and isinstance(new.get("distill"), dict):
         old = {**old, "distill": {**new["distill"], "teacher": None}}  # written before the section: no teacher
-    data = old.get("data") if isinstance(old, dict) else None
-    if isinstance(data, dict) and "format" not in data:  # data.format, absent before shard sets: auto read folders
-        old = {**old, "data": {**data, "format": "auto"}}
+    old, new = _with_data_format(old), _with_data_format(new)
     return differences(old, new, ignore=RESUMABLE_CHANGES + tuple(also))
+
+
+def _with_data_format(tree: dict[str, Any]) -> dict[str, Any]:
+    """``data.format`` filled in where a tree lacks it (configs from before shard sets, partial study trees):
+    its default, auto, which reads the image folders they were made for."""
+    data = tree.get("data") if isinstance(tree, dict) else None
+    if isinstance(data, dict) and "format" not in data:
+        return {**tree, "data": {**data, "format": "auto"}}
+    return tree
 
 
 def absolute_path(value: str | None) -> str | None:
