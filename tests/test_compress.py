@@ -83,7 +83,10 @@ def test_the_tiny_compress_study_runs_every_way_back(tmp_path, monkeypatch):
     spec = load_spec(Path(__file__).resolve().parents[1] / "studies" / "tiny" / "compress.yaml",
                      ["overrides.epochs=1"])
     run_study(spec, tmp_path / "study", echo=lambda *_: None)
-    summary = read_summary(tmp_path / "study" / "summary.json").variants
+    written = read_summary(tmp_path / "study" / "summary.json")
+    summary = written.variants
+    pareto = written.study["pareto"]  # accuracy against unique parameters for every way back
+    assert pareto is not None and {v for g in pareto["groups"].values() for v in g["variants"]} == set(summary)
     params = {name: summary[name]["params"] for name in ("baseline_ft", "grouped_ft", "relax4_distil",
                                                          "relax16_distil", "grouped_scratch")}
     assert params["grouped_ft"] == params["grouped_scratch"] < params["relax4_distil"] < params["relax16_distil"]
