@@ -25,7 +25,7 @@ from vitreduce.reduction import checkpoint
 from vitreduce.reduction.accounting import describe
 from vitreduce.reduction.models import create_model
 from vitreduce.reduction.spec import ReductionSpec
-from vitreduce.reduction.surgery import reduce
+from vitreduce.reduction.surgery import reduce, scaling_line
 from vitreduce.reduction.weights import load_into, read_state_dict, split_selector
 
 
@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="take the EMA weights ('state_dict_ema') of a timm train.py checkpoint")
     parser.add_argument("--num-classes", type=int, help="classifier size (default: timm's, or the weights')")
     parser.add_argument("--img-size", type=int, help="input size (default: the model's)")
-    add_model_arg_option(parser)
+    add_model_arg_option(parser, weights_option=True)
     parser.add_argument("--seed", type=int, default=0, help="seed for fresh initialisation (default 0)")
     parser.add_argument("--out", type=Path, required=True, help="output .safetensors file")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
@@ -63,22 +63,32 @@ def run(args: argparse.Namespace) -> int:
             raise VitreduceError("--ema selects the EMA weights of a --weights checkpoint; give --weights FILE")
         key = "state_dict_ema"
     torch.manual_seed(args.seed)
+    header: dict[str, str] = {}
     if path is not None and checkpoint.is_checkpoint(path):
-        model = _from_vitreduce_file(args, path, key, spec)
+        model, header = _from_vitreduce_file(args, path, key, spec)
     else:
         model = _from_timm_weights(args, path, key)
-    reduce(model, spec, trained=path is not None)  # relax=R: deltas from the trained residuals
-    checkpoint.save(model, args.out)
+    reduce(model, spec, trained=path is not None)  # scale=auto: x1 on trained MLPs; relax=R: deltas from residuals
+    checkpoint.save(model, args.out, metadata=header)
     d = describe(model)
     source = f"weights {args.weights}" if args.weights else f"fresh init (seed {args.seed})"
     if args.ema:
         source += " (EMA)"
     print(f"wrote {args.out}: {d.model} {d.reduction}, {d.params:,} params, {d.unique_mlps} unique MLPs, from {source}")
+    if line := scaling_line(model):
+        print(line)
+    if header:
+        print(f"kept from {path}: its {' and '.join(k.replace('_', ' ') for k in sorted(header))}")
     return 0
 
 
 def _from_vitreduce_file(args: argparse.Namespace, path: Path, key: str | None, spec: ReductionSpec):
-    """The unreduced model a vitreduce file holds, its architecture read from the file's header."""
+    """The unreduced model a vitreduce file holds, its architecture read from the file's header, and the
+    header entries the reduced file keeps: the class names and eval preprocessing (from the file, or its
+    run's config.yaml for a file written before headers recorded it)."""
+    from vitreduce.data.recorded import carried, header_entries
+    from vitreduce.data.transforms import DEFAULTS, eval_preprocessing_for
+
     metadata = checkpoint.read_metadata(path)
     if key is not None:
         drop = "--ema" if args.ema else "#" + key
@@ -94,7 +104,9 @@ def _from_vitreduce_file(args: argparse.Namespace, path: Path, key: str | None, 
                              f"name {metadata['base_model']} or leave BASE out")
     if checkpoint.reduction_to_apply(metadata, spec, path) is None and spec.steps:
         raise VitreduceError(f"--weights {path} already has reduction {str(spec)!r}; nothing to do")
-    return checkpoint.load(path)
+    preprocessing = eval_preprocessing_for(path, metadata)
+    recorded = header_entries(None, preprocessing.augment) if preprocessing.source != DEFAULTS else {}
+    return checkpoint.load(path), {**recorded, **carried(metadata)}
 
 
 def _from_timm_weights(args: argparse.Namespace, path: Path | None, key: str | None):

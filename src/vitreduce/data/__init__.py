@@ -2,12 +2,14 @@
 
 Modules: ``config`` (the ``data:``/``augment:`` sections), ``images`` (scanning, checking and reading
 image folders), ``transforms`` (timm's transforms and the matching loss), ``sampling`` (seeded epoch
-orders), ``loaders`` (train/eval batches), ``synth`` (the built-in dataset) and ``shapes`` (how its
-images are drawn). The names other packages use are re-exported here.
+orders), ``loaders`` (train/eval batches), ``recorded`` (the class names and eval preprocessing a model
+file records), ``synth`` (the built-in dataset) and ``shapes`` (how its images are drawn). The names
+other packages use are re-exported here.
 """
 from vitreduce.data.config import AugmentConfig, DataConfig
 from vitreduce.data.images import BadImageTracker, check_dataset
 from vitreduce.data.loaders import Batch, EvalLoader, TrainLoader, build_eval_loader, build_train_loader
+from vitreduce.data.recorded import header_entries
 from vitreduce.data.synth import SynthConfig, ensure_synth, write_synth_dataset
 from vitreduce.data.transforms import eval_transform, train_loss_fn, train_transform
 
@@ -23,6 +25,7 @@ __all__ = [
     "build_train_loader",
     "check_dataset",
     "ensure_synth",
+    "header_entries",
     "eval_transform",
     "train_loss_fn",
     "train_transform",

@@ -14,6 +14,7 @@ from torch import nn
 
 from vitreduce.data.config import AugmentConfig, DataConfig
 from vitreduce.data.images import ImageFolderSamples, refuse_gray_fill, split_samples
+from vitreduce.data.recorded import check_classes
 from vitreduce.data.transforms import eval_transform
 from vitreduce.errors import VitreduceError
 
@@ -22,7 +23,8 @@ LossBatch = tuple[torch.Tensor, torch.Tensor]  # images (B, C, H, W), targets (B
 
 def load_batches(model: nn.Module, data_dir: str | Path, *, augment: AugmentConfig | None = None,
                  split: str = "train", batches: int = 10, batch_size: int = 64, seed: int = 0,
-                 device: str | torch.device = "cpu") -> list[LossBatch]:
+                 device: str | torch.device = "cpu", classes: list[str] | None = None,
+                 model_file: str = "the model") -> list[LossBatch]:
     """A fixed, seeded subset of an ImageFolder split, with the eval transform, loaded once.
 
     The subset is ``subset_indices``: the same seed gives the same images in the same batches.
@@ -39,6 +41,9 @@ def load_batches(model: nn.Module, data_dir: str | Path, *, augment: AugmentConf
         batch_size: images per batch.
         seed: seed of the subset.
         device: where the batches are kept.
+        classes: the class names the model file records (``data.recorded.recorded_classes``): the class
+            folders must be these, in this order (None: not checked).
+        model_file: the model file, named in messages.
     """
     if batches < 1 or batch_size < 1:
         raise VitreduceError(f"--batches and --batch-size must be >= 1 (got {batches}, {batch_size})")
@@ -54,10 +59,12 @@ def load_batches(model: nn.Module, data_dir: str | Path, *, augment: AugmentConf
     # (16-bit images, links, FIFOs) must be the ones training and evaluation use.
     refuse_gray_fill()
     dataset = split_samples(DataConfig(root=str(root)), split, transform)
-    classes = len(dataset.classes)
-    if classes != getattr(model, "num_classes", None):
+    found = len(dataset.classes)
+    if found != getattr(model, "num_classes", None):
         raise VitreduceError(f"the model has {getattr(model, 'num_classes', None)} classes but "
-                             f"{str(root / split)!r} has {classes} class folders; use data of the model's task")
+                             f"{str(root / split)!r} has {found} class folders; use data of the model's task")
+    if classes is not None:
+        check_classes(classes, dataset.classes, model_file, str(root / split))
     needed = batches * batch_size
     if needed > len(dataset):
         raise VitreduceError(f"{batches} batches x {batch_size} = {needed} images, but {str(root / split)!r} has "

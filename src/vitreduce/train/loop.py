@@ -152,12 +152,12 @@ class Trainer:
         self.scheduler = create_scheduler(self.optimizer, config.schedule, config.epochs, steps_per_epoch)
         self.scaler = torch.amp.GradScaler(info.device.type, enabled=config.precision == "fp16")
         self.trainables = state.Trainables(self.module, self.optimizer, self.scheduler, self.scaler, self.ema,
-                                           param_names(self.module))
+                                           param_names(self.module),  # model files record classes, preprocessing:
+                                           data.header_entries(self.loader.dataset.classes, config.augment))
         self.position = self._resume() if resuming else self._fresh()
         self.wall_base = self.position.wall_s
         self.eval_model, self.step_context = self._wrap()
         self.last_lr = self.optimizer.param_groups[0]["lr"]  # of the latest step, for the epoch's record
-
         self.metrics_file = MetricsFile(out / rundir.METRICS)
         info.on_main(self.metrics_file.truncate, self.position.epochs_done)
         self.tensorboard = info.on_main(self._tensorboard) if config.logging.tensorboard else None
@@ -353,7 +353,7 @@ class Trainer:
             return metrics
         indices, labels, raw = gathered["raw"]
         rundir.write_predictions(self.out, indices, labels, raw, gathered["ema"][2] if gathered["ema"] else None)
-        rundir.write_final_models(self.out, self.module, self.ema, self.position)
+        rundir.write_final_models(self.out, self.module, self.ema, self.position, self.trainables.header)
         rundir.write_done(self.out, self.cfg.epochs, self._wall_s(), metrics)
         self.progress.write(f"done: {self.out} ({epoch_line({'epoch': self.cfg.epochs, **metrics}, self.cfg.epochs)})")
         return metrics

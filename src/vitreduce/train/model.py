@@ -24,7 +24,7 @@ from vitreduce.reduction import checkpoint
 from vitreduce.reduction.models import create_model
 from vitreduce.reduction.params import alias_groups
 from vitreduce.reduction.spec import ReductionSpec
-from vitreduce.reduction.surgery import reduce
+from vitreduce.reduction.surgery import reduce, scaling_line
 from vitreduce.reduction.weights import PICKLE_SUFFIXES, copy_unique_tensors, listing, read_state_dict, split_selector
 from vitreduce.train.config import ModelConfig
 
@@ -38,10 +38,12 @@ class InitReport:
     skipped: list[str] = field(default_factory=list)  # its tensors not copied (a head of another size)
     reinitialised: list[str] = field(default_factory=list)  # the model's tensors left freshly initialised
     reduction_applied: str | None = None  # applied to the full-width weights after loading them
+    scaling: str | None = None  # what grouped multiplied the loaded MLPs by (``surgery.scaling_line``)
 
     def record(self) -> dict[str, Any]:
         return {"source": self.source, "loaded": self.loaded, "skipped": self.skipped,
-                "reinitialised": self.reinitialised, "reduction_applied": self.reduction_applied}
+                "reinitialised": self.reinitialised, "reduction_applied": self.reduction_applied,
+                "scaling": self.scaling}
 
     def line(self) -> str:
         where = " into the full model" if self.reduction_applied else ""
@@ -52,6 +54,8 @@ class InitReport:
             text += f"; skipped {listing(self.skipped)} (shape differs)"
         if self.reinitialised:
             text += f"; re-initialised {listing(self.reinitialised)}"
+        if self.scaling:
+            text += f"; {self.scaling}"
         return text
 
 
@@ -76,8 +80,8 @@ def start_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> tuple[n
     report = _copy_weights(source, model, cfg.init_checkpoint)
     if to_apply:
         thin = any(step.strategy == "thin" for step in to_apply.steps)
-        reduce(model, to_apply, trained=not thin)  # relaxed deltas fit the trained residuals (thin: none left)
-        report.reduction_applied = str(to_apply)
+        reduce(model, to_apply, trained=not thin)  # trained MLPs: scale=auto x1, relaxed deltas fit the residuals
+        report.reduction_applied, report.scaling = str(to_apply), scaling_line(model)
         if thin:  # thin builds fresh MLPs over the loaded ones
             report.reinitialised += [n for n in _unique_names(model) if ".mlp." in n]
     return model.to(device), report

@@ -226,10 +226,11 @@ def write_predictions(out: Path, indices: torch.Tensor, labels: torch.Tensor, ra
     write_text(out / PREDICTIONS, buffer.getvalue())
 
 
-def write_final_models(out: Path, module: nn.Module, ema: Ema | None, position: Position) -> None:
+def write_final_models(out: Path, module: nn.Module, ema: Ema | None, position: Position,
+                       header: dict[str, str] | None = None) -> None:
     """model.safetensors and model_ema.safetensors of the finished run (as in its last checkpoint)."""
     try:
-        write_model_files(out, module, ema, position)
+        write_model_files(out, module, ema, position, header)
     except OSError as err:
         raise VitreduceError(f"cannot write the final model files in {out} ({err.filename}: {err.strerror or err}); "
                              "its checkpoints are intact: make it writable and rerun the same command") from None
