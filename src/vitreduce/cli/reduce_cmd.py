@@ -23,6 +23,7 @@ from vitreduce.cli.args import add_model_arg_option, add_threads_option, parse_m
 from vitreduce.errors import VitreduceError
 from vitreduce.reduction import checkpoint
 from vitreduce.reduction.accounting import describe
+from vitreduce.reduction.inferred import vit_kwargs_from_weights
 from vitreduce.reduction.models import create_model
 from vitreduce.reduction.spec import ReductionSpec
 from vitreduce.reduction.surgery import reduce, scaling_line
@@ -120,8 +121,10 @@ def _from_timm_weights(args: argparse.Namespace, path: Path | None, key: str | N
         kwargs["img_size"] = args.img_size
     if args.num_classes is not None:
         kwargs["num_classes"] = args.num_classes
-    elif state is not None and "head.weight" in state and state["head.weight"].ndim == 2:
-        kwargs["num_classes"] = state["head.weight"].shape[0]
+    if state is not None:  # what the tensors determine; the command line only for what they do not
+        kwargs, line = vit_kwargs_from_weights(args.base, state, kwargs, str(path))
+        if line:
+            print(line)
     model = create_model(args.base, reduction=None, **kwargs)
     if state is not None:
         load_into(model, state, source=path)
