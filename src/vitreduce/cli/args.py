@@ -35,6 +35,9 @@ def add_data_options(parser: argparse.ArgumentParser, split: str) -> None:
     """``--data ROOT`` (an ImageFolder root) and ``--split NAME`` (a folder under it)."""
     parser.add_argument("--data", type=Path, required=True, help="ImageFolder root holding the split folder")
     parser.add_argument("--split", default=split, help=f"split folder under --data (default: {split})")
+    parser.add_argument("--follow-links", action="store_true",
+                        help="read links to image files outside --data too (a subset made of links into another "
+                             "dataset); default: such links are skipped, and a split of nothing else refused")
 
 
 def add_preprocessing_options(parser: argparse.ArgumentParser) -> None:

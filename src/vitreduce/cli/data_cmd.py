@@ -10,6 +10,7 @@ import argparse
 import textwrap
 import time
 
+from vitreduce.cli.args import add_threads_option
 from vitreduce.config_tree import SEED_MAX, kwargs_from
 from vitreduce.data import synth
 
@@ -51,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--overwrite", action="store_true",
         help=f"replace a dataset this command wrote before (OUT has {synth.MARKER}); other files stay",
     )
+    add_threads_option(sub)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, ema=args.ema, batch_size=args.batch_size,
                                  workers=args.workers, precision=args.precision, device=args.device,
-                                 preprocessing=preprocessing_overrides(args))
+                                 preprocessing=preprocessing_overrides(args), follow_links=args.follow_links)
     text = result.pop("preprocessing_text")
     if args.json:
         print(json.dumps(result))

@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from vitreduce.cli.args import add_model_arg_option, parse_model_args
+from vitreduce.cli.args import add_model_arg_option, add_threads_option, parse_model_args
 from vitreduce.errors import VitreduceError
 from vitreduce.numbers import format_macs, macs_unit
 from vitreduce.reduction.accounting import CATEGORIES, ModelDescription, describe
@@ -40,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print a JSON list, one object per reduction (with macs_breakdown: exact MACs per "
                              "op category)")
+    add_threads_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -132,7 +132,8 @@ def _model_and_batches(args: argparse.Namespace, model_file: Path, device):
     model = load(model_file, device=device)
     batches = load_batches(model, args.data, augment=preprocessing.augment, split=args.split, batches=args.batches,
                            batch_size=args.batch_size, seed=args.seed, device=device,
-                           classes=recorded_classes(header, str(model_file)), model_file=str(model_file))
+                           classes=recorded_classes(header, str(model_file)), model_file=str(model_file),
+                           follow_links=args.follow_links)
     return model, preprocessing, batches
 
 

@@ -111,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     model = load(model_file, device=device)
     fused = sum(bool(getattr(module, "fused_attn", False)) for module in model.modules())
     batches = load_batches(model, args.data, augment=preprocessing.augment, **options.subset(), device=device,
-                           classes=recorded_classes(header, str(model_file)), model_file=str(model_file))
+                           classes=recorded_classes(header, str(model_file)), model_file=str(model_file),
+                           follow_links=args.follow_links)
     # Text meant for a person goes to stderr under --json, so stdout stays one JSON object; --quiet: nowhere.
     info = io.StringIO() if args.quiet else sys.stderr if args.json else sys.stdout
     print(f"{model_file}: {args.batches} batches x {args.batch_size} images of {args.data}/{args.split} "

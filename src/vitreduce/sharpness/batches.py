@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from vitreduce.data.config import AugmentConfig, DataConfig
-from vitreduce.data.images import ImageFolderSamples, refuse_gray_fill, split_samples
+from vitreduce.data.images import ImageFolderSamples, split_samples
+from vitreduce.data.pixels import refuse_gray_fill
 from vitreduce.data.recorded import check_classes
 from vitreduce.data.transforms import eval_transform
 from vitreduce.errors import VitreduceError
@@ -24,7 +25,7 @@ LossBatch = tuple[torch.Tensor, torch.Tensor]  # images (B, C, H, W), targets (B
 def load_batches(model: nn.Module, data_dir: str | Path, *, augment: AugmentConfig | None = None,
                  split: str = "train", batches: int = 10, batch_size: int = 64, seed: int = 0,
                  device: str | torch.device = "cpu", classes: list[str] | None = None,
-                 model_file: str = "the model") -> list[LossBatch]:
+                 model_file: str = "the model", follow_links: bool = False) -> list[LossBatch]:
     """A fixed, seeded subset of an ImageFolder split, with the eval transform, loaded once.
 
     The subset is ``subset_indices``: the same seed gives the same images in the same batches.
@@ -44,6 +45,7 @@ def load_batches(model: nn.Module, data_dir: str | Path, *, augment: AugmentConf
         classes: the class names the model file records (``data.recorded.recorded_classes``): the class
             folders must be these, in this order (None: not checked).
         model_file: the model file, named in messages.
+        follow_links: read links to image files outside ``data_dir`` too (``data.follow_links``).
     """
     if batches < 1 or batch_size < 1:
         raise VitreduceError(f"--batches and --batch-size must be >= 1 (got {batches}, {batch_size})")
@@ -58,7 +60,7 @@ def load_batches(model: nn.Module, data_dir: str | Path, *, augment: AugmentConf
     # folders "naturally" (class10 after class2), and the labels, the files counted and the pixels
     # (16-bit images, links, FIFOs) must be the ones training and evaluation use.
     refuse_gray_fill()
-    dataset = split_samples(DataConfig(root=str(root)), split, transform)
+    dataset = split_samples(DataConfig(root=str(root), follow_links=follow_links), split, transform)
     found = len(dataset.classes)
     if found != getattr(model, "num_classes", None):
         raise VitreduceError(f"the model has {getattr(model, 'num_classes', None)} classes but "

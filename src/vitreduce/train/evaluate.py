@@ -123,7 +123,8 @@ def _check_split(root: Path, split: str) -> None:
 
 def evaluate_checkpoint(path: str | Path, data_root: str | Path, *, split: str = "val", ema: bool = False,
                         batch_size: int = 256, workers: int = 2, precision: Precision = "fp32",
-                        device: str = "auto", preprocessing: dict[str, Any] | None = None) -> dict[str, Any]:
+                        device: str = "auto", preprocessing: dict[str, Any] | None = None,
+                        follow_links: bool = False) -> dict[str, Any]:
     """Top-1 / top-5 (percent) and mean cross-entropy of a saved model on one split.
 
     Args:
@@ -136,6 +137,7 @@ def evaluate_checkpoint(path: str | Path, data_root: str | Path, *, split: str =
         precision: 'fp32', 'bf16' or 'fp16' autocast.
         device: 'auto', 'cpu' or 'cuda'.
         preprocessing: eval settings to use instead of the file's ({"crop_pct": 1.0, ...}; ``eval_preprocessing_for``).
+        follow_links: read links to image files outside ``data_root`` too (``data.follow_links``).
 
     Returns:
         the scores, with the preprocessing used and the class check's line.
@@ -147,7 +149,8 @@ def evaluate_checkpoint(path: str | Path, data_root: str | Path, *, split: str =
     if batch_size < 1:
         raise VitreduceError(f"--batch-size must be >= 1, got {batch_size}")
     try:
-        data = DataConfig(root=str(data_root), val_split=split, batch_size=batch_size, workers=workers)
+        data = DataConfig(root=str(data_root), val_split=split, batch_size=batch_size, workers=workers,
+                          follow_links=follow_links)
     except ValidationError as err:  # the data section's messages name the setting (data.workers, ...)
         raise VitreduceError("; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())) from None
     _check_split(Path(data_root).expanduser(), split)
