@@ -145,3 +145,22 @@ def test_first_hour_options(capsys):
     with pytest.raises(SystemExit):
         main(["reduce", "--help"])
     assert "(use --weights)" in capsys.readouterr().out
+
+
+def test_the_demo_time_and_jobs_are_stated_one_way(capsys):
+    import re
+    from pathlib import Path
+
+    from vitreduce.cli.main import build_parser
+
+    repo = Path(__file__).resolve().parents[1]
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    texts = {"demo --help": capsys.readouterr().out, "studies/demo.yaml": (repo / "studies/demo.yaml").read_text(),
+             "README.md": (repo / "README.md").read_text()}
+    for where, text in texts.items():
+        times = set(re.findall(r"(?:under|about|<) ?\d+ minutes?|\d+-\d+ minutes", " ".join(text.split())))
+        assert times == {"under 5 minutes"}, (where, times)
+    parser = build_parser()
+    defaults = {verb: parser.parse_args([verb, *extra]).jobs for verb, extra in (("demo", []), ("study", ["s.yaml"]))}
+    assert defaults == {"demo": 1, "study": 1}
