@@ -34,13 +34,14 @@ from vitreduce.train.distributed import DistInfo, gather_objects
 from vitreduce.train.ema import Ema
 from vitreduce.train.evaluate import EvalResult, evaluate, gather_predictions
 from vitreduce.train.extend import follow_config
-from vitreduce.train.logs import MetricsFile, TensorBoard, epoch_line
+from vitreduce.train.logs import MetricsFile, epoch_line
 from vitreduce.train.model import check_init_checkpoint, start_model
 from vitreduce.train.optim import create_optimizer, create_scheduler, param_names
 from vitreduce.train.resume import choose, latest, verify
 from vitreduce.train.rundir import RunStatus
 from vitreduce.train.state import EpochTotals
 from vitreduce.train.step import NonFiniteError, StepContext, train_step
+from vitreduce.train.tracking import open_trackers
 
 Event = str
 # Called with "step" after every optimizer step, and on rank 0 after each step of a checkpoint's save:
@@ -160,9 +161,10 @@ class Trainer:
         self.last_lr = self.optimizer.param_groups[0]["lr"]  # of the latest step, for the epoch's record
         self.metrics_file = MetricsFile(out / rundir.METRICS)
         info.on_main(self.metrics_file.truncate, self.position.epochs_done)
-        self.tensorboard = info.on_main(self._tensorboard) if config.logging.tensorboard else None
+        # TensorBoard, MLflow, W&B: those the logging section turns on, fed the same scalars (train.tracking).
+        self.trackers = info.on_main(open_trackers, config.logging, config.to_dict(), out, self.position.step)
         self.steps = telemetry.StepTelemetry(out, self.module, config.logging.step_every, self.position.step,
-                                             self.tensorboard, main=info.is_main)  # steps.jsonl
+                                             self.trackers, main=info.is_main)  # steps.jsonl
         progress = config.logging.progress if info.is_main else "none"
         self.progress = Progress(progress, config.epochs, config.logging.every_steps)
 
@@ -203,10 +205,6 @@ class Trainer:
         )
         return eval_model, context
 
-    def _tensorboard(self) -> TensorBoard:
-        step = self.position.step
-        return TensorBoard(self.out / "tensorboard", purge_step=step + 1 if step else None)
-
     # ---- the loop -----------------------------------------------------------------------------
 
     def run(self) -> RunResult:
@@ -225,8 +223,8 @@ class Trainer:
                 final = self._evaluate(keep_predictions=True)
             metrics = self._finish(final)
         finally:
-            if self.tensorboard is not None:
-                self.tensorboard.close()
+            if self.trackers is not None:
+                self.trackers.close()
         return RunResult(self.out, TrainStatus.FINISHED, self.cfg.epochs, metrics, self.resumed_from)
 
     def _train_epoch(self, epoch: int) -> float:
@@ -280,8 +278,8 @@ class Trainer:
         results = self._evaluate(keep_predictions=last)
         record = self._record(epoch, train_time, epoch_start, results)
         self.info.on_main(self.metrics_file.append, record)
-        if self.tensorboard is not None:
-            self.tensorboard.epoch(record)
+        if self.trackers is not None:
+            self.trackers.epoch(record)
         self.progress.write(epoch_line(record, self.cfg.epochs))
         self.scheduler.step(epoch + 1)
         self.position.epochs_done, self.position.batch, self.position.sums = epoch + 1, 0, EpochTotals()
