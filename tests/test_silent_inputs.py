@@ -117,7 +117,7 @@ def test_eval_follows_links_when_asked(tiny_dataset, tmp_path, capsys):
 def profile_row(reduction: str, low: float, high: float) -> VariantProfile:
     return VariantProfile(
         model="m", reduction=reduction, device="cpu", precision="fp32", batch_size=2, threads=1, compile=False,
-        repeats=3, warmup=1, params=100, mlp_params=50, unique_mlps=2, macs_linear_g=1.0, macs_total_g=1.1,
+        repeats=3, warmup=1, params=100, mlp_params=50, unique_mlps=2, macs_total=1_100_000_000,
         macs_linear=10**9, weights_bytes=400, grads_bytes=400, optimizer_bytes=800, infer_img_s=(low + high) / 2,
         infer_img_s_min=low, infer_img_s_max=high, train_img_s=None, train_img_s_min=None, train_img_s_max=None,
         peak_mem_infer_mb=None, peak_mem_train_mb=None, memory_method=None, params_ratio=1.0, macs_ratio=1.0,
