@@ -177,3 +177,16 @@ def test_inspect_and_profile_check_the_header_against_the_tensors_as_eval_does(r
         assert main(argv) == 2, argv[0]
         assert message in capsys.readouterr().err, argv[0]
     assert main(["inspect", str(good)]) == 0  # the same file, truthful, is described
+
+
+def test_fine_tuning_says_when_a_kept_head_meets_other_class_names(run, tiny_train_config, tiny_dataset, tmp_path,
+                                                                   capsys):
+    names = sorted(p.name for p in (tiny_dataset / "val").iterdir())
+    renamed = renamed_copy(tiny_dataset, tmp_path / "renamed", {names[0]: "zzz"})
+    tree = tiny_train_config(epochs=1, ema={"enabled": False})
+    tree["model"].update(reduction="none", init_checkpoint=str(run / "model.safetensors"))
+    train(validate({**tree, "data": {**tree["data"], "root": str(tiny_dataset)}}), tmp_path / "same")
+    assert "note: model.init_checkpoint" not in capsys.readouterr().out
+    train(validate({**tree, "data": {**tree["data"], "root": str(renamed)}}), tmp_path / "other")
+    out = capsys.readouterr().out
+    assert "has a head trained on other classes" in out and f"{names[0]!r} -> {names[1]!r}" in out

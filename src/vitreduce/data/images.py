@@ -103,6 +103,12 @@ def check_dataset(data: DataConfig, num_classes: int | None) -> int:
     return len(train)
 
 
+def class_folder_names(data: DataConfig) -> list[str]:
+    """The training split's class names as the loaders number them (``scan_split``'s rules for class
+    folders), from one listing: no image file is scanned."""
+    return _Scan(split_dir(data, data.train_split), Path(data.root).expanduser(), data.follow_links).class_folders()
+
+
 def split_dir(data: DataConfig, split: str) -> Path:
     """The folder of one split; VitreduceError naming the settings to check when it is missing."""
     path = Path(data.root).expanduser() / split

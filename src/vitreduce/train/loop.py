@@ -106,7 +106,7 @@ def _preflight(config: TrainConfig, out: Path, resume: bool, lock: RunLock, exte
     if config.synth is not None:
         ensure_synth(Path(config.data.root).expanduser(), config.synth)
     data.check_dataset(config.data, config.model.num_classes)
-    check_init_checkpoint(config.model)
+    check_init_checkpoint(config.model, config.data)  # with data: a kept head's recorded classes are compared
     check_teacher(config)
     rundir.create(out)
     if not lock.acquire():

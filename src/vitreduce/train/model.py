@@ -19,6 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from vitreduce.data.config import DataConfig
+from vitreduce.data.images import class_folder_names
+from vitreduce.data.recorded import recorded_classes
 from vitreduce.errors import VitreduceError
 from vitreduce.reduction import checkpoint
 from vitreduce.reduction.models import create_model
@@ -87,11 +90,15 @@ def start_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> tuple[n
     return model.to(device), report
 
 
-def check_init_checkpoint(cfg: ModelConfig) -> ReductionSpec | None:
+def check_init_checkpoint(cfg: ModelConfig, data: DataConfig | None = None) -> ReductionSpec | None:
     """What ``start_model`` refuses about ``cfg.init_checkpoint`` before reading any weights: a missing
     file or an unknown format; for a vitreduce checkpoint a header that does not describe a model vitreduce
     builds (``reduction.checkpoint.check_header``), names another model, or is reduced otherwise than the
     config. Headers only, so cheap: for the checks that run before any file of a run is written.
+
+    With ``data`` (the run's data section), a vitreduce file whose head is kept (as many classes as the
+    config) and that records other class names than the training folders gets a printed note: its output
+    units are kept by position, so a renamed or reordered folder would be trained under another unit.
 
     Returns:
         the reduction to apply after loading the full-width weights (None: none, or the file has it already).
@@ -116,10 +123,25 @@ def check_init_checkpoint(cfg: ModelConfig) -> ReductionSpec | None:
             f"model.init_checkpoint {path} is {metadata['base_model']} with reduction {metadata['reduction']!r}, "
             f"the config asks for {cfg.name}: set model.name to {metadata['base_model']} to match"
         )
+    if data is not None:
+        _note_head_classes(recorded_classes(metadata, str(path)), path, cfg, data)
     try:
         return checkpoint.reduction_to_apply(metadata, spec, path, setting="model.reduction")
     except VitreduceError as err:
         raise VitreduceError(f"model.init_checkpoint: {err}") from None
+
+
+def _note_head_classes(recorded: list[str] | None, path, cfg: ModelConfig, data: DataConfig) -> None:
+    """Say so when a kept head was trained on other class names than the training folders hold."""
+    if recorded is None or len(recorded) != cfg.num_classes:
+        return  # no names recorded, or a head of another size: freshly initialised
+    found = class_folder_names(data)
+    if found != recorded:
+        moved = [f"{old!r} -> {new!r}" for old, new in zip(recorded, found, strict=False) if old != new]
+        print(f"note: model.init_checkpoint {path} has a head trained on other classes than {data.root}/"
+              f"{data.train_split} holds; its output units are kept by position ({', '.join(moved[:5])}"
+              f"{', ...' if len(moved) > 5 else ''}). If these are the same classes, name the folders as the "
+              "checkpoint's, in the same order", flush=True)
 
 
 def _unique_names(model: nn.Module) -> list[str]:
