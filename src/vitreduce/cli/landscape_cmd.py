@@ -129,7 +129,7 @@ def _model_and_batches(args: argparse.Namespace, model_file: Path, device):
 
     header = read_metadata(model_file)
     preprocessing = eval_preprocessing_for(model_file, header, preprocessing_overrides(args))  # a bad one stops here
-    model = load(model_file, device=device)
+    model = load(model_file, device=device, finite=True)
     batches = load_batches(model, args.data, augment=preprocessing.augment, split=args.split, batches=args.batches,
                            batch_size=args.batch_size, seed=args.seed, device=device,
                            classes=recorded_classes(header, str(model_file)), model_file=str(model_file),

@@ -107,7 +107,7 @@ def _from_vitreduce_file(args: argparse.Namespace, path: Path, key: str | None, 
         raise VitreduceError(f"--weights {path} already has reduction {str(spec)!r}; nothing to do")
     preprocessing = eval_preprocessing_for(path, metadata)
     recorded = header_entries(None, preprocessing.augment) if preprocessing.source != DEFAULTS else {}
-    return checkpoint.load(path), {**recorded, **carried(metadata)}
+    return checkpoint.load(path, finite=True), {**recorded, **carried(metadata)}
 
 
 def _from_timm_weights(args: argparse.Namespace, path: Path | None, key: str | None):

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     header = read_metadata(model_file)
     # What the file records (else its run's), as `vitreduce eval` uses it; the command line's on top.
     preprocessing = eval_preprocessing_for(model_file, header, preprocessing_overrides(args))
-    model = load(model_file, device=device)
+    model = load(model_file, device=device, finite=True)
     fused = sum(bool(getattr(module, "fused_attn", False)) for module in model.modules())
     batches = load_batches(model, args.data, augment=preprocessing.augment, **options.subset(), device=device,
                            classes=recorded_classes(header, str(model_file)), model_file=str(model_file),

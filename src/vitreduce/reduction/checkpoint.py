@@ -218,17 +218,20 @@ def build_from_metadata(metadata: dict[str, str], source: str | os.PathLike = "c
         raise VitreduceError(f"{str(source)!r}: {err}") from None
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+def load(path: str | os.PathLike, device: str | torch.device = "cpu", finite: bool = False) -> nn.Module:
     """Rebuild a model from a vitreduce checkpoint, re-tie its sharing, load its weights strictly.
 
-    Missing, unexpected or mis-shaped tensors, a sharing layout that differs from the one the header
-    describes (``check_layout``), or NaN or infinite values raise VitreduceError naming them.
+    Missing, unexpected or mis-shaped tensors, or a sharing layout that differs from the one the header
+    describes (``check_layout``), raise VitreduceError naming them; with ``finite``, so do NaN or infinite
+    values (scoring, analysing or reducing such weights means nothing; fine-tuning from them is left to the
+    run's own handling of a non-finite loss, ``faults.nonfinite``).
     """
     metadata = read_metadata(path)
     model = build_from_metadata(metadata, path, device=device)
     check_layout(model, metadata, path)
     read_weights_into(model, path)
-    check_finite(model, path)
+    if finite:
+        check_finite(model, path)
     return model
 
 

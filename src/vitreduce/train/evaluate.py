@@ -157,7 +157,7 @@ def evaluate_checkpoint(path: str | Path, data_root: str | Path, *, split: str =
     header = checkpoint.read_metadata(model_file)
     # What the file records (else its run's config.yaml), as the sharpness and landscape analyses use it.
     used = eval_preprocessing_for(model_file, header, preprocessing)
-    model = checkpoint.load(model_file, device=target)
+    model = checkpoint.load(model_file, device=target, finite=True)
     loader = build_eval_loader(data, used.augment, tuple(model.patch_embed.img_size), split=split)
     classes = len(loader.dataset.classes)
     if classes != model.num_classes:
