@@ -15,7 +15,7 @@ $(STAMP): requirements.lock pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(VENV)/bin/vitreduce demo
+	$(VENV)/bin/vitreduce demo --jobs 2
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -17,7 +17,7 @@ import vitreduce
 from vitreduce.cli.main import main
 from vitreduce.data.config import AugmentConfig
 from vitreduce.data.images import ImageFolderSamples
-from vitreduce.data.transforms import DEFAULTS, eval_preprocessing_for, run_config_for
+from vitreduce.data.transforms import DEFAULTS, HEADER, eval_preprocessing_for, run_config_for
 from vitreduce.errors import VitreduceError
 from vitreduce.sharpness import batches as batches_module
 from vitreduce.sharpness.batches import load_batches, subset_indices
@@ -82,18 +82,18 @@ def assert_eval_tensors(batches: list, images: torch.Tensor, labels: torch.Tenso
 
 def test_analyses_see_exactly_the_tensors_eval_sees(run, tiny_dataset, analysed, monkeypatch, capsys):
     images, labels, evaluated = eval_tensors(run, tiny_dataset, monkeypatch, capsys)
-    assert evaluated["preprocessing"] == str(run.absolute() / "config.yaml")
+    assert evaluated["preprocessing"] == {"source": HEADER, **NON_DEFAULT}  # the model file records it
     subset = ["--data", str(tiny_dataset), "--batches", "2", "--batch-size", "8", "--seed", "0", "--device", "cpu"]
     # Not --quiet, which prints the result only: the preprocessing line is checked below.
     assert main(["sharpness", str(run / "model_ema.safetensors"), *subset, "--iters", "2", "--trace-samples", "0",
                  "--json"]) == 0
     captured = capsys.readouterr()
-    assert json.loads(captured.out)["preprocessing"] == {"source": str(run.absolute() / "config.yaml"), **NON_DEFAULT}
+    assert json.loads(captured.out)["preprocessing"] == {"source": HEADER, **NON_DEFAULT}
     assert "preprocessing: bilinear resize, centre crop 0.75" in captured.err
     best = run / "checkpoints" / "best" / "model_ema.safetensors"  # a run's model file below checkpoints/
     assert main(["landscape", str(best), *subset, "--quiet", "--steps", "3", "--no-2d",
                  "--out", str(run.parent / "cli")]) == 0
-    assert f"from {run.absolute() / 'config.yaml'}" in capsys.readouterr().out
+    assert f"from {HEADER}" in capsys.readouterr().out
     config = AnalysisConfig(**SUBSET, iters=2, trace_samples=0, landscape_steps=3)
     analyze_run(run, config, log=lambda _: None)
     assert len(analysed) == 3  # sharpness, landscape, the study's analysis (its landscape reuses its batches)

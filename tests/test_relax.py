@@ -93,7 +93,7 @@ def test_rank_zero_is_todays_grouped_bit_for_bit(images):
     for (name, a), (other, b) in zip(plain.state_dict().items(), zero.state_dict().items(), strict=True):
         assert name == other and torch.equal(a, b)
     trained = tiny_model()
-    by_hand = reduce(copy.deepcopy(trained), "grouped").eval()
+    by_hand = reduce(copy.deepcopy(trained), "grouped", trained=True).eval()  # trained: scale=auto is x1
     assert torch.equal(reduce(copy.deepcopy(trained), "grouped:relax=0", trained=True).eval()(images), by_hand(images))
 
 

@@ -25,3 +25,9 @@ def macs_unit(values) -> tuple[float, str]:
 def format_macs(value, divisor: float, digits: int = 2) -> str:
     """An exact MAC count in the unit of ``macs_unit``; "n/a" for None."""
     return "n/a" if value is None else f"{value / divisor:,.{digits}f}"
+
+
+def ranges_overlap(low_a: float, high_a: float, low_b: float, high_b: float) -> bool:
+    """Whether the closed ranges [low_a, high_a] and [low_b, high_b] share a point: two timings whose
+    [min, max] over repeats overlap cannot be told apart, so no ratio of them is worth printing."""
+    return low_a <= high_b and low_b <= high_a

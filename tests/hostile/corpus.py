@@ -88,6 +88,7 @@ HEADERS: dict[str, dict[str, Any]] = {
     "kwargs-missing": {"model_kwargs": None},
     "non-vit-base": {"base_model": "resnet50"},
     "wrong-typed-kwargs": {"model_kwargs": {"embed_dim": "wide", "depth": 2.5}},
+    "depth-over-fewer-blocks": {"model_kwargs": {"depth": 6}},  # the tensors hold 4 blocks
 }
 
 # Every command that reads a checkpoint's header (`reduce --weights` takes the architecture from a
@@ -100,6 +101,8 @@ HEADER_READERS: dict[str, tuple[str, ...]] = {
     "reduce-weights": ("reduce", "vit_tiny_patch16_224", "--weights", "{ckpt}", "--reduction", "grouped",
                        "{tiny_args}", "--out", "{out}.safetensors"),
     "train-init": ("train", "{config}", "--out", "{out}"),
+    "profile": ("profile", "{ckpt}", "--repeats", "1", "--warmup", "0", "--no-memory", "--batch-size", "2",
+                "--mode", "infer"),
 }
 # train-init's config: the tiny run, shaped like the checkpoint, starting from it.
 INIT_FROM_CKPT = {"model": {"reduction": "none", "embed_dim": 32, "depth": 4, "init_checkpoint": "{ckpt}"}}
@@ -156,6 +159,23 @@ COMMAND_CASES = [
     Case("weights-empty-pth", (*REDUCE_TINY, "--reduction", "none", "--weights", "{empty_pth}"),
          not_in=("could run code",)),
     Case("data-synth-size-100000", ("data", "synth", "{out}", "--size", "100000"), isolated=True),
+    Case("inspect-shallow-ratio-1e-9", ("inspect", *TINY, "--reduction", "shallow:ratio=1e-9")),
+    Case("reduce-thin-ratio-1e-9", (*REDUCE_TINY, "--reduction", "thin:ratio=1e-9")),
+    Case("inspect-img-size-0", ("inspect", *TINY, "--img-size", "0")),
+    Case("inspect-swin-heads-longer-than-depths", ("inspect", "swin_tiny_patch4_window7_224", "--model-arg",
+                                                   "depths=[2, 2]", "--model-arg", "num_heads=[3, 6, 12, 24]")),
+    Case("reduce-scale-1e20-round-trip", (*REDUCE_TINY, "--reduction", "grouped:scale=1e20"), expect_error=False),
+    Case("eval-crop-pct-nan", (*HEADER_READERS["eval"], "--crop-pct", "nan")),
+    Case("eval-interpolation-unknown", (*HEADER_READERS["eval"], "--interpolation", "sinc")),
+    Case("eval-header-classes-not-a-list", HEADER_READERS["eval"], header={"classes": '{"a": 0}'}),
+    Case("eval-header-classes-wrong-names", HEADER_READERS["eval"], header={"classes": '["a", "b", "c", "d"]'}),
+    Case("sharpness-header-classes-reordered", HEADER_READERS["sharpness"],
+         header={"classes": '["c3_checker", "c2_stripes_diag", "c1_stripes_v", "c0_stripes_h"]'}),
+    Case("eval-header-preprocessing-crop-5", HEADER_READERS["eval"],
+         header={"eval_preprocessing": '{"crop_pct": 5}'}),
+    Case("eval-header-preprocessing-extra-key", HEADER_READERS["eval"],
+         header={"eval_preprocessing": '{"crop_pct": 0.9, "url": "http://198.51.100.7/x"}'}),
+    Case("report-spike-threshold-nan", ("report", "{out}", "--spike-threshold", "nan")),
 ]
 
 # --- train configs -----------------------------------------------------------------------------------
@@ -193,6 +213,7 @@ SPEC_CASES = [
     Case("spec-shallow-seed-2**40", STUDY, expect_error=False, spec={"variants": [
         {"name": "shallow", "overrides": {"model.reduction": f"shallow:keep=random,seed={2**40}"}}]}),
     Case("spec-overrides-not-a-mapping", STUDY, spec={"overrides": NAN}),  # found by test_properties
+    Case("spec-throughput-device-tpu", (*STUDY, "--dry-run"), spec={"throughput": {"device": "tpu"}}),
     Case("spec-duplicate-key", STUDY, spec_yaml=duplicate_key("name: other")),
     Case("spec-not-utf8", STUDY, spec_yaml=not_utf8),
     Case("spec-binary", STUDY, spec_yaml=binary),

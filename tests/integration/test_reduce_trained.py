@@ -99,7 +99,7 @@ def test_reduce_cli_reads_the_architecture_from_a_vitreduce_header(tmp_path, cap
     out = tmp_path / "grouped.safetensors"
     assert main(["reduce", "--weights", str(baseline), "--reduction", "grouped", "--out", str(out)]) == 0
     assert "vit_tiny_patch16_224 grouped" in capsys.readouterr().out
-    expected = vitreduce.reduce(vitreduce.load(baseline), "grouped")
+    expected = vitreduce.reduce(vitreduce.load(baseline), "grouped", trained=True)  # scale=auto: x1 on trained
     images = torch.randn(2, 3, 16, 16)  # (B, C, H, W)
     assert torch.equal(vitreduce.load(out).eval()(images), expected.eval()(images))
     refusals = (
@@ -126,7 +126,10 @@ def test_an_unreduced_vitreduce_file_is_reduced_after_loading_with_a_fresh_head(
                       **ARCH)
     model, report = start_model(cfg)
     assert model.blocks[0].mlp is model.blocks[1].mlp and model.head.weight.shape == (4, 16)
-    torch.testing.assert_close(model.blocks[0].mlp.fc1.weight, baseline.blocks[0].mlp.fc1.weight / math.sqrt(2))
+    # Trained weights: scale=auto keeps the first block's MLP as it was trained (docs/reductions.md).
+    assert torch.equal(model.blocks[0].mlp.fc1.weight, baseline.blocks[0].mlp.fc1.weight)
+    scaled, _ = start_model(cfg.model_copy(update={"reduction": "grouped:scale=0.7071067811865475"}))
+    torch.testing.assert_close(scaled.blocks[0].mlp.fc1.weight, baseline.blocks[0].mlp.fc1.weight / math.sqrt(2))
     assert report.reduction_applied == "grouped" and report.reinitialised == ["head.bias", "head.weight"]
     assert report.skipped == ["head.bias", "head.weight"] and report.loaded == len(baseline.state_dict()) - 2
     assert report.line().startswith(f"model.init_checkpoint: loaded {report.loaded} tensors from {path} into the "
@@ -162,7 +165,9 @@ def test_train_from_a_timm_ema_checkpoint_says_what_it_loaded(timm_checkpoint, t
     init = json.loads((out / "run.json").read_text())["init"]
     assert init == {"source": f"{path}#state_dict_ema", "loaded": len(ema.state_dict()) - 2,
                     "skipped": ["head.bias", "head.weight"], "reinitialised": ["head.bias", "head.weight"],
-                    "reduction_applied": "grouped"}
+                    "reduction_applied": "grouped", "scaling": init["scaling"]}
+    assert init["scaling"].startswith("grouped: shared MLPs' fc1 and fc2.weight x1 for 2 block(s) (scale=auto on "
+                                      "trained weights")
     assert load_config(out / "config.yaml").model.init_checkpoint == f"{path}#state_dict_ema"
     # The same relative path given again from the same directory is the same config: the run is done.
     assert main(["train", str(config), "--out", str(out)]) == 0

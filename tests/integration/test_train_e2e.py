@@ -205,9 +205,11 @@ def test_finetune_from_a_timm_state_dict_applies_the_reduction(tmp_path):
                       **FINETUNE_VIT)
     model = build_model(cfg)
     assert model.blocks[0].mlp is model.blocks[1].mlp and model.head.weight.shape == (3, 16)
-    # The paper's rule applied to the loaded weights: block 0's MLP kept, scaled by 1/sqrt(2).
-    expected = full.blocks[0].mlp.fc1.weight / math.sqrt(2)
-    torch.testing.assert_close(model.blocks[0].mlp.fc1.weight, expected)
+    # Block 0's trained MLP kept as it is: scale=auto multiplies trained weights by 1 (docs/reductions.md);
+    # the published 1/sqrt(2) on request.
+    assert torch.equal(model.blocks[0].mlp.fc1.weight, full.blocks[0].mlp.fc1.weight)
+    scaled = build_model(cfg.model_copy(update={"reduction": "grouped:scale=0.7071067811865475"}))
+    torch.testing.assert_close(scaled.blocks[0].mlp.fc1.weight, full.blocks[0].mlp.fc1.weight / math.sqrt(2))
     assert torch.equal(model.blocks[3].attn.qkv.weight, full.blocks[3].attn.qkv.weight)
 
 

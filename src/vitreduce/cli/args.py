@@ -9,12 +9,18 @@ from vitreduce.config_tree import parse_assignment
 from vitreduce.reduction.architecture import check_kwargs
 
 
-def add_model_arg_option(parser: argparse.ArgumentParser) -> None:
-    """``--model-arg KEY=VALUE``: extra timm kwargs, for every command that builds a model."""
+def add_model_arg_option(parser: argparse.ArgumentParser, weights_option: bool = False) -> None:
+    """``--model-arg KEY=VALUE``: extra timm kwargs, for every command that builds a model.
+
+    Args:
+        parser: the verb's parser.
+        weights_option: the verb has ``--weights`` (its help then points there for trained weights).
+    """
+    where = " (use --weights)" if weights_option else ""
     parser.add_argument(
         "--model-arg", action="append", default=[], metavar="KEY=VALUE",
         help="architecture kwarg for timm.create_model, value parsed as YAML (e.g. depth=6, img_size=32); "
-             "repeatable; never pretrained weights (use --weights)",
+             f"repeatable; never pretrained weights{where}",
     )
 
 
@@ -29,6 +35,27 @@ def add_data_options(parser: argparse.ArgumentParser, split: str) -> None:
     """``--data ROOT`` (an ImageFolder root) and ``--split NAME`` (a folder under it)."""
     parser.add_argument("--data", type=Path, required=True, help="ImageFolder root holding the split folder")
     parser.add_argument("--split", default=split, help=f"split folder under --data (default: {split})")
+    parser.add_argument("--follow-links", action="store_true",
+                        help="read links to image files outside --data too (a subset made of links into another "
+                             "dataset); default: such links are skipped, and a split of nothing else refused")
+
+
+def add_preprocessing_options(parser: argparse.ArgumentParser) -> None:
+    """``--crop-pct``, ``--interpolation``, ``--mean``, ``--std``: the eval preprocessing, instead of what the
+    model file records (``vitreduce.data.transforms.eval_preprocessing_for``)."""
+    use = " instead of the model file's (default: what the file records, else its run's, else the recipe's)"
+    parser.add_argument("--crop-pct", type=float, default=None, metavar="F", help="eval centre-crop fraction" + use)
+    parser.add_argument("--interpolation", default=None, metavar="NAME", help="eval resize interpolation" + use)
+    parser.add_argument("--mean", type=float, nargs=3, default=None, metavar=("R", "G", "B"),
+                        help="normalisation mean" + use)
+    parser.add_argument("--std", type=float, nargs=3, default=None, metavar=("R", "G", "B"),
+                        help="normalisation std" + use)
+
+
+def preprocessing_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The eval settings given on the command line (``add_preprocessing_options``), None where not given."""
+    return {"crop_pct": args.crop_pct, "interpolation": args.interpolation,
+            "mean": tuple(args.mean) if args.mean else None, "std": tuple(args.std) if args.std else None}
 
 
 def add_device_option(parser: argparse.ArgumentParser) -> None:

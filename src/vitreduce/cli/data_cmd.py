@@ -16,6 +16,7 @@ import textwrap
 import time
 from pathlib import Path
 
+from vitreduce.cli.args import add_threads_option
 from vitreduce.config_tree import SEED_MAX, kwargs_from
 from vitreduce.data import segmentation_synth as seg
 from vitreduce.data import shard_writer, synth
@@ -75,6 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     sub.add_argument("--shards", action="store_true",
                      help="write it as a tar shard set (as `vitreduce data shard` would convert it) instead")
+    add_threads_option(sub)
     _add_shard_verbs(verbs)
 
 

@@ -16,11 +16,11 @@ import argparse
 import json
 from pathlib import Path
 
-from vitreduce.cli.args import add_model_arg_option, parse_model_args
+from vitreduce.cli.args import add_model_arg_option, add_threads_option, parse_model_args
 from vitreduce.errors import VitreduceError
 from vitreduce.numbers import format_macs, macs_unit
 from vitreduce.reduction.accounting import CATEGORIES, ModelDescription, describe
-from vitreduce.reduction.checkpoint import build_from_metadata, read_metadata
+from vitreduce.reduction.checkpoint import build_from_metadata, read_checked_metadata
 from vitreduce.reduction.models import create_model
 from vitreduce.reduction.spec import ReductionSpec
 
@@ -40,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print a JSON list, one object per reduction (with macs_breakdown: exact MACs per "
                              "op category)")
+    add_threads_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,6 +62,9 @@ def describe_variants(model: str, reductions: list[str] | None, img_size: int | 
                       model_args: dict | None = None) -> list[ModelDescription]:
     """Describe the model (name or checkpoint) under each reduction, building on the meta device."""
     specs = [ReductionSpec.parse(r) for r in reductions or []]  # refuse a bad spec before building
+    if img_size is not None and img_size < 1:
+        raise VitreduceError(f"--img-size must be a positive number of pixels, got {img_size}; leave it out for the "
+                             "model's own")
     extra = {**(model_args or {}), **({"img_size": img_size} if img_size else {})}
     path = Path(model)
     if path.is_dir():
@@ -71,7 +75,7 @@ def describe_variants(model: str, reductions: list[str] | None, img_size: int | 
         raise VitreduceError(f"{model} does not exist; MODEL is a timm model name (e.g. vit_base_patch16_224), "
                              "a vitreduce .safetensors file or a run directory")
     if model.endswith(".safetensors") or Path(model).is_file():
-        metadata = read_metadata(model)
+        metadata = read_checked_metadata(model)  # its header checked against its tensors, as eval checks it
         specs = specs or [ReductionSpec.parse(metadata["reduction"])]
         # The header's own reduction (or another one) over the header's architecture, --model-arg on top.
         return [describe(build_from_metadata({**metadata, "reduction": str(spec)}, model, device="meta", **extra))

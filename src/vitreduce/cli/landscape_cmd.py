@@ -1,15 +1,15 @@
 """Loss landscape of a checkpoint: 1D and 2D surfaces along filter-normalised random directions, and interpolation.
 
 Evaluates the training loss (cross-entropy over a fixed, seeded subset of an ImageFolder split, eval
-mode, with the preprocessing `vitreduce eval` uses: the run's augment settings when the checkpoint sits
-in a run directory, the recipe's defaults otherwise) at w + alpha d (1D, along --directions random
-directions d, plotted as L(alpha) - L(0)) and w + alpha d1 + beta d2 (2D) on an even grid over
-[-span, span], with Gaussian directions scaled filter by filter to the weights (Li et al. 2018); biases
-and norm parameters are left still unless --include-bias-norm. With --other, also the linear
-interpolation from CHECKPOINT (alpha 0) to --other (alpha 1), (1 - alpha) w_CHECKPOINT + alpha w_OTHER
-for alpha in [-0.25, 1.25]: pass the peak epoch's checkpoint (RUN/checkpoints/best/) as CHECKPOINT and
-the final one as --other for the paper's peak -> final path, as a study's analysis does. Writes CSV
-grids and PNG plots, titled with the run, checkpoint and weights, to --out.
+mode, with the preprocessing `vitreduce eval` uses: what the model file records, else its run's augment
+settings, else the recipe's defaults, or --crop-pct/--interpolation/--mean/--std) at w + alpha d (1D,
+along --directions random directions d, plotted as L(alpha) - L(0)) and w + alpha d1 + beta d2 (2D) on
+an even grid over [-span, span], with Gaussian directions scaled filter by filter to the weights (Li et
+al. 2018); biases and norm parameters are left still unless --include-bias-norm. With --other, also the
+linear interpolation from CHECKPOINT (alpha 0) to --other (alpha 1), (1 - alpha) w_CHECKPOINT + alpha
+w_OTHER for alpha in [-0.25, 1.25]: pass the peak epoch's checkpoint (RUN/checkpoints/best/) as
+CHECKPOINT and the final one as --other for the paper's peak -> final path, as a study's analysis does.
+Writes CSV grids and PNG plots, titled with the run, checkpoint and weights, to --out.
 
 CHECKPOINT (and --other) is a model .safetensors written by vitreduce, or a run directory, whose
 model.safetensors (or model_ema.safetensors with --ema) is used, as `vitreduce eval` does.
@@ -24,7 +24,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vitreduce.cli.args import add_data_options, add_device_option, add_threads_option
+from vitreduce.cli.args import (
+    add_data_options,
+    add_device_option,
+    add_preprocessing_options,
+    add_threads_option,
+    preprocessing_overrides,
+)
 from vitreduce.errors import VitreduceError
 
 
@@ -50,17 +56,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "surface's d2 is the 1D surface's second direction) (default 0)")
     parser.add_argument("--batches", type=int, default=4, help="fixed batches the loss averages (default 4)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    add_preprocessing_options(parser)
     add_device_option(parser)
     add_threads_option(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitreduce.data.transforms import eval_preprocessing_for
     from vitreduce.device import resolve_device
     from vitreduce.reduction.checkpoint import load
     from vitreduce.sharpness import landscape
-    from vitreduce.sharpness.batches import load_batches
     from vitreduce.sharpness.progress import ConsoleProgress
     from vitreduce.train.evaluate import resolve_model_file
 
@@ -71,14 +76,11 @@ def run(args: argparse.Namespace) -> int:
     # A run directory's model file, as `vitreduce eval` reads it.
     model_file = resolve_model_file(args.checkpoint, args.ema)
     other_file = resolve_model_file(args.other, args.ema) if args.other is not None else None
-    preprocessing = eval_preprocessing_for(model_file)  # a bad run config.yaml stops here
-    model = load(model_file, device=device)
+    model, preprocessing, batches = _model_and_batches(args, model_file, device)
     other = load(other_file, device=device) if other_file is not None else None
     if other is not None:
         landscape.check_same_architecture(model, other)
     out = args.out or model_file.with_name(f"{model_file.stem}_landscape")
-    batches = load_batches(model, args.data, augment=preprocessing.augment, split=args.split, batches=args.batches,
-                           batch_size=args.batch_size, seed=args.seed, device=device)
     alphas = landscape.interpolation_alphas(args.steps)
     evaluations = (args.steps * args.directions + (0 if args.no_2d else args.steps**2)
                    + (len(alphas) if other is not None else 0))
@@ -115,6 +117,24 @@ def run(args: argparse.Namespace) -> int:
     for path in written:
         print(f"  {path.name}")
     return 0
+
+
+def _model_and_batches(args: argparse.Namespace, model_file: Path, device):
+    """The model, its eval preprocessing (``eval_preprocessing_for``, the command line's on top) and the fixed
+    batches of --data seen through it, the class folders checked against the classes the file records."""
+    from vitreduce.data.recorded import recorded_classes
+    from vitreduce.data.transforms import eval_preprocessing_for
+    from vitreduce.reduction.checkpoint import load, read_metadata
+    from vitreduce.sharpness.batches import load_batches
+
+    header = read_metadata(model_file)
+    preprocessing = eval_preprocessing_for(model_file, header, preprocessing_overrides(args))  # a bad one stops here
+    model = load(model_file, device=device, finite=True)
+    batches = load_batches(model, args.data, augment=preprocessing.augment, split=args.split, batches=args.batches,
+                           batch_size=args.batch_size, seed=args.seed, device=device,
+                           classes=recorded_classes(header, str(model_file)), model_file=str(model_file),
+                           follow_links=args.follow_links)
+    return model, preprocessing, batches
 
 
 def describe_model_file(path: Path) -> str:

@@ -40,12 +40,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve_model(model: str) -> tuple[str, dict, list[str] | None]:
     """(timm base name, timm kwargs, default variants or None for the profiler's) for a name or a checkpoint."""
-    from vitreduce.reduction.checkpoint import read_metadata
+    from vitreduce.data.transforms import eval_preprocessing_for
+    from vitreduce.reduction.checkpoint import read_checked_metadata
 
     path = Path(model)
     if not (path.suffix == ".safetensors" or path.is_file()):
         return model, {}, None
-    metadata = read_metadata(path)
+    metadata = read_checked_metadata(path)  # its header checked against its tensors, as eval checks it
+    preprocessing = eval_preprocessing_for(path, metadata)
+    print(f"input: random tensors at the model's size; no image is read, so no preprocessing is applied (the "
+          f"file's eval preprocessing: {preprocessing.describe()})", file=sys.stderr)
     kwargs = json.loads(metadata["model_kwargs"])
     return metadata["base_model"], kwargs, list(dict.fromkeys(["none", metadata["reduction"]]))
 

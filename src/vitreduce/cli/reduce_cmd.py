@@ -23,9 +23,10 @@ from vitreduce.cli.args import add_model_arg_option, add_threads_option, parse_m
 from vitreduce.errors import VitreduceError
 from vitreduce.reduction import checkpoint
 from vitreduce.reduction.accounting import describe
+from vitreduce.reduction.inferred import vit_kwargs_from_weights
 from vitreduce.reduction.models import create_model
 from vitreduce.reduction.spec import ReductionSpec
-from vitreduce.reduction.surgery import reduce
+from vitreduce.reduction.surgery import reduce, scaling_line
 from vitreduce.reduction.weights import load_into, read_state_dict, split_selector
 
 
@@ -40,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="take the EMA weights ('state_dict_ema') of a timm train.py checkpoint")
     parser.add_argument("--num-classes", type=int, help="classifier size (default: timm's, or the weights')")
     parser.add_argument("--img-size", type=int, help="input size (default: the model's)")
-    add_model_arg_option(parser)
+    add_model_arg_option(parser, weights_option=True)
     parser.add_argument("--seed", type=int, default=0, help="seed for fresh initialisation (default 0)")
     parser.add_argument("--out", type=Path, required=True, help="output .safetensors file")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
@@ -63,22 +64,32 @@ def run(args: argparse.Namespace) -> int:
             raise VitreduceError("--ema selects the EMA weights of a --weights checkpoint; give --weights FILE")
         key = "state_dict_ema"
     torch.manual_seed(args.seed)
+    header: dict[str, str] = {}
     if path is not None and checkpoint.is_checkpoint(path):
-        model = _from_vitreduce_file(args, path, key, spec)
+        model, header = _from_vitreduce_file(args, path, key, spec)
     else:
         model = _from_timm_weights(args, path, key)
-    reduce(model, spec, trained=path is not None)  # relax=R: deltas from the trained residuals
-    checkpoint.save(model, args.out)
+    reduce(model, spec, trained=path is not None)  # scale=auto: x1 on trained MLPs; relax=R: deltas from residuals
+    checkpoint.save(model, args.out, metadata=header)
     d = describe(model)
     source = f"weights {args.weights}" if args.weights else f"fresh init (seed {args.seed})"
     if args.ema:
         source += " (EMA)"
     print(f"wrote {args.out}: {d.model} {d.reduction}, {d.params:,} params, {d.unique_mlps} unique MLPs, from {source}")
+    if line := scaling_line(model):
+        print(line)
+    if header:
+        print(f"kept from {path}: its {' and '.join(k.replace('_', ' ') for k in sorted(header))}")
     return 0
 
 
 def _from_vitreduce_file(args: argparse.Namespace, path: Path, key: str | None, spec: ReductionSpec):
-    """The unreduced model a vitreduce file holds, its architecture read from the file's header."""
+    """The unreduced model a vitreduce file holds, its architecture read from the file's header, and the
+    header entries the reduced file keeps: the class names and eval preprocessing (from the file, or its
+    run's config.yaml for a file written before headers recorded it)."""
+    from vitreduce.data.recorded import carried, header_entries
+    from vitreduce.data.transforms import DEFAULTS, eval_preprocessing_for
+
     metadata = checkpoint.read_metadata(path)
     if key is not None:
         drop = "--ema" if args.ema else "#" + key
@@ -94,7 +105,9 @@ def _from_vitreduce_file(args: argparse.Namespace, path: Path, key: str | None, 
                              f"name {metadata['base_model']} or leave BASE out")
     if checkpoint.reduction_to_apply(metadata, spec, path) is None and spec.steps:
         raise VitreduceError(f"--weights {path} already has reduction {str(spec)!r}; nothing to do")
-    return checkpoint.load(path)
+    preprocessing = eval_preprocessing_for(path, metadata)
+    recorded = header_entries(None, preprocessing.augment) if preprocessing.source != DEFAULTS else {}
+    return checkpoint.load(path, finite=True), {**recorded, **carried(metadata)}
 
 
 def _from_timm_weights(args: argparse.Namespace, path: Path | None, key: str | None):
@@ -108,8 +121,10 @@ def _from_timm_weights(args: argparse.Namespace, path: Path | None, key: str | N
         kwargs["img_size"] = args.img_size
     if args.num_classes is not None:
         kwargs["num_classes"] = args.num_classes
-    elif state is not None and "head.weight" in state and state["head.weight"].ndim == 2:
-        kwargs["num_classes"] = state["head.weight"].shape[0]
+    if state is not None:  # what the tensors determine; the command line only for what they do not
+        kwargs, line = vit_kwargs_from_weights(args.base, state, kwargs, str(path))
+        if line:
+            print(line)
     model = create_model(args.base, reduction=None, **kwargs)
     if state is not None:
         load_into(model, state, source=path)

@@ -9,8 +9,11 @@ docs/metrics.md.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
+from vitreduce.cli.args import add_threads_option
+from vitreduce.errors import VitreduceError
 from vitreduce.report.runs import DEFAULT_SPIKE_THRESHOLD, DEFAULT_SPIKE_WINDOW
 from vitreduce.statistics.family import DEFAULT_EFFECT, PRIMARY_CHOICES
 from vitreduce.statistics.paired import DEFAULT_ALPHA, DEFAULT_BOOTSTRAP_SEED, DEFAULT_RESAMPLES
@@ -42,12 +45,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"loss spike reference: previous epochs (default {DEFAULT_SPIKE_WINDOW})")
     parser.add_argument("--spike-threshold", type=float, default=DEFAULT_SPIKE_THRESHOLD,
                         help=f"loss spike: relative rise over the reference (default {DEFAULT_SPIKE_THRESHOLD})")
+    add_threads_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from vitreduce.report.write import format_results_table
     from vitreduce.study.reporting import write_report
 
+    if not (math.isfinite(args.spike_threshold) and args.spike_threshold >= 0):  # NaN compares false with all
+        raise VitreduceError(f"--spike-threshold must be a finite number >= 0 (a relative rise), got "
+                             f"{args.spike_threshold}")
     paths = write_report(args.study_dir, args.baseline, alpha=args.alpha, correction=args.correction,
                          primary=args.primary, effect=args.effect, n_resamples=args.resamples,
                          bootstrap_seed=args.bootstrap_seed, include_unfinished=args.include_unfinished,

@@ -1,10 +1,11 @@
 """Sharpness of a checkpoint's training loss: top Hessian eigenvalues, Hessian trace, SAM/ASAM sharpness.
 
-Measures the paper's flat-minima hypothesis on a fixed, seeded subset of an ImageFolder split (the
-eval preprocessing `vitreduce eval` uses: the run's augment settings when the checkpoint sits in a run
-directory, the recipe's defaults otherwise; no augmentation; the model in eval mode), so a result is
-reproducible. The loss is the cross-entropy averaged over --batches batches of --batch-size images.
-Derivatives are with respect to the unique parameters: a shared MLP is one set of variables.
+Measures the paper's flat-minima hypothesis on a fixed, seeded subset of an ImageFolder split (the eval
+preprocessing `vitreduce eval` uses: what the model file records, else its run's augment settings, else
+the recipe's defaults, or --crop-pct/--interpolation/--mean/--std; no augmentation; the model in eval
+mode), so a result is reproducible. The loss is the cross-entropy averaged over --batches batches of
+--batch-size images. Derivatives are with respect to the unique parameters: a shared MLP is one set of
+variables.
 
   top eigenvalues  the --top-k largest, from Hessian-vector products (double backward) by power
                    iteration with deflation, or by Lanczos (--method lanczos: far fewer products,
@@ -38,7 +39,13 @@ import json
 import sys
 from pathlib import Path
 
-from vitreduce.cli.args import add_data_options, add_device_option, add_threads_option
+from vitreduce.cli.args import (
+    add_data_options,
+    add_device_option,
+    add_preprocessing_options,
+    add_threads_option,
+    preprocessing_overrides,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,6 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default {default.eta:g}, the reference's)")
     parser.add_argument("--seed", type=int, default=default.seed,
                         help=f"seed of the data subset and random vectors (default {default.seed})")
+    add_preprocessing_options(parser)
     add_device_option(parser)
     add_threads_option(parser)
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
@@ -83,9 +91,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vitreduce.data.recorded import recorded_classes
     from vitreduce.data.transforms import eval_preprocessing_for
     from vitreduce.device import resolve_device
-    from vitreduce.reduction.checkpoint import load
+    from vitreduce.reduction.checkpoint import load, read_metadata
     from vitreduce.sharpness.batches import load_batches
     from vitreduce.sharpness.measures import analyze_sharpness
     from vitreduce.sharpness.options import SharpnessOptions
@@ -96,10 +105,14 @@ def run(args: argparse.Namespace) -> int:
     options = SharpnessOptions.checked(**{name: getattr(args, name) for name in SharpnessOptions.model_fields})
     device = resolve_device(args.device, "--device")
     model_file = resolve_model_file(args.checkpoint, args.ema)  # a run directory's model file, as eval reads it
-    preprocessing = eval_preprocessing_for(model_file)  # the run's, as `vitreduce eval` uses it
-    model = load(model_file, device=device)
+    header = read_metadata(model_file)
+    # What the file records (else its run's), as `vitreduce eval` uses it; the command line's on top.
+    preprocessing = eval_preprocessing_for(model_file, header, preprocessing_overrides(args))
+    model = load(model_file, device=device, finite=True)
     fused = sum(bool(getattr(module, "fused_attn", False)) for module in model.modules())
-    batches = load_batches(model, args.data, augment=preprocessing.augment, **options.subset(), device=device)
+    batches = load_batches(model, args.data, augment=preprocessing.augment, **options.subset(), device=device,
+                           classes=recorded_classes(header, str(model_file)), model_file=str(model_file),
+                           follow_links=args.follow_links)
     # Text meant for a person goes to stderr under --json, so stdout stays one JSON object; --quiet: nowhere.
     info = io.StringIO() if args.quiet else sys.stderr if args.json else sys.stdout
     print(f"{model_file}: {args.batches} batches x {args.batch_size} images of {args.data}/{args.split} "

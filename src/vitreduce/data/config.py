@@ -60,6 +60,7 @@ class DataConfig(BaseModel):
     workers: Whole = 4
     pin_memory: bool = True  # only takes effect when CUDA is available
     max_bad_fraction: Real = 0.01  # fail once more than this fraction of an epoch's samples are unreadable
+    follow_links: bool = False  # read links to image files outside root (a subset made of links elsewhere)
 
     _positive = _rule("data", "batch_size", "eval_batch_size", ok=lambda v: 1 <= v <= BATCH_MAX,
                       message=f"{{key}} must be in [1, {BATCH_MAX}], got {{value}}")

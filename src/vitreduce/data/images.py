@@ -13,7 +13,10 @@
   - below the class folders, links to folders are never followed: a link can neither loop nor carry
     another class's (or split's) images in under this label;
   - a link to a file counts only when it resolves inside the dataset root (``data.root``; or inside the
-    split folder's own location when that folder is itself a link) and to a regular file;
+    split folder's own location when that folder is itself a link) and to a regular file; with
+    ``data.follow_links: true`` (``--follow-links``) a link to a regular file anywhere counts, for a
+    subset made of links into another dataset (without it, a split whose class folders hold only such
+    links is refused, naming them and the setting);
   - only regular files are read: a FIFO, socket or device named like an image is skipped, never opened;
   - each real file counts once: a link to a file that is also in the split under its own name, or that
     an earlier link already brought in, is skipped.
@@ -38,21 +41,13 @@ import warnings
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
-from PIL import Image, ImageFile
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from vitreduce.data.config import DataConfig
+from vitreduce.data.pixels import kind_of, read_rgb
 from vitreduce.data.sampling import seeded_rngs
 from vitreduce.errors import VitreduceError
-
-# What PIL raises for a file it cannot decode: OSError (unidentified, truncated, missing), SyntaxError
-# (broken PNG chunks), ValueError (bad header fields), DecompressionBombError (absurd dimensions).
-_UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-_EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"})
-_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
-_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # opening a FIFO swapped in after the stat cannot block
 
 
 class BadImageTracker:
@@ -92,7 +87,8 @@ def check_dataset(data: DataConfig, num_classes: int | None) -> int:
     root = Path(data.root).expanduser()
     if not root.is_dir():
         raise VitreduceError(f"data.root {root} is not a folder; set data.root to an ImageFolder root")
-    classes = {split: scan_split(split_dir(data, split), root)[0] for split in (data.train_split, data.val_split)}
+    classes = {split: scan_split(split_dir(data, split), root, data.follow_links)[0]
+               for split in (data.train_split, data.val_split)}
     train, val = classes[data.train_split], classes[data.val_split]
     if train != val:
         only_train, only_val = sorted(set(train) - set(val))[:5], sorted(set(val) - set(train))[:5]
@@ -105,6 +101,12 @@ def check_dataset(data: DataConfig, num_classes: int | None) -> int:
             f"the data has {len(train)} classes, the model {num_classes}: set model.num_classes={len(train)}"
         )
     return len(train)
+
+
+def class_folder_names(data: DataConfig) -> list[str]:
+    """The training split's class names as the loaders number them (``scan_split``'s rules for class
+    folders), from one listing: no image file is scanned."""
+    return _Scan(split_dir(data, data.train_split), Path(data.root).expanduser(), data.follow_links).class_folders()
 
 
 def split_dir(data: DataConfig, split: str) -> Path:
@@ -126,7 +128,8 @@ def folders_in(root: Path) -> str:
 
 def split_samples(data: DataConfig, split: str, transform) -> ImageFolderSamples:
     """The samples of one split of ``data.root`` (the loaders' dataset), read through ``transform``."""
-    return ImageFolderSamples(split_dir(data, split), transform, root=Path(data.root).expanduser())
+    return ImageFolderSamples(split_dir(data, split), transform, root=Path(data.root).expanduser(),
+                              follow_links=data.follow_links)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -142,8 +145,10 @@ class _Found(NamedTuple):
 class _Scan:
     """One scan of a split folder; ``skipped`` collects (path, why) for everything the rules leave out."""
 
-    def __init__(self, folder: Path, root: Path | None):
+    def __init__(self, folder: Path, root: Path | None, follow_links: bool = False):
         self.folder = os.path.expanduser(str(folder))
+        self.follow_links = follow_links
+        self.outside: list[tuple[str, str]] = []  # (link, target) of links to files outside the root, skipped
         self.real_split = os.path.realpath(self.folder)
         self.real_root = os.path.realpath(os.path.expanduser(str(root))) if root is not None else self.real_split
         self.classes: list[tuple[str, str, bool]] = []  # (class folder, its real path, whether it is a link)
@@ -210,18 +215,19 @@ class _Scan:
                 return True  # no system call: the folder listing said so
             if not entry.is_symlink():
                 mode = entry.stat(follow_symlinks=False).st_mode
-                self.skipped.append((entry.path, f"{_kind(mode)}, not a regular file"))
+                self.skipped.append((entry.path, f"{kind_of(mode)}, not a regular file"))
                 return False
             real = os.path.realpath(entry.path)
-            if not (_inside(real, self.real_root) or _inside(real, self.real_split)):
+            if not (self.follow_links or _inside(real, self.real_root) or _inside(real, self.real_split)):
                 self.skipped.append((entry.path, f"a link to {real}, outside the dataset root {self.real_root}"))
+                self.outside.append((entry.path, real))
                 return False
             mode = os.stat(real).st_mode
         except OSError as err:
             self.skipped.append((entry.path, f"cannot be read: {err.strerror}"))
             return False
         if not stat.S_ISREG(mode):
-            self.skipped.append((entry.path, f"a link to {_kind(mode)}, not a regular file"))
+            self.skipped.append((entry.path, f"a link to {kind_of(mode)}, not a regular file"))
         return stat.S_ISREG(mode)
 
     def count_once(self, found: list[_Found]) -> list[tuple[str, int]]:
@@ -254,18 +260,22 @@ class _Scan:
         if self.skipped:
             shown = "; ".join(f"{path} ({why})" for path, why in self.skipped[:5])
             more = f"; and {len(self.skipped) - 5} more" if len(self.skipped) > 5 else ""
+            hint = (" (data.follow_links: true, or --follow-links, reads links to files outside the root)"
+                    if self.outside else "")
             warnings.warn(f"{self.folder}: skipped {len(self.skipped)} entries (see vitreduce.data.images): "
-                          f"{shown}{more}", stacklevel=3)
+                          f"{shown}{more}{hint}", stacklevel=3)
 
 
-def scan_split(folder: Path, root: Path | None = None) -> tuple[list[str], list[tuple[str, int]]]:
+def scan_split(folder: Path, root: Path | None = None,
+               follow_links: bool = False) -> tuple[list[str], list[tuple[str, int]]]:
     """Class names and (path, class index) pairs in ImageFolder order, by the rules of the module docstring.
 
     Args:
         folder: one split's folder, with one subfolder per class.
         root: the dataset root that links to files must stay inside; default: ``folder`` itself.
+        follow_links: count links to regular files outside ``root`` too (``data.follow_links``).
     """
-    scan = _Scan(folder, root)
+    scan = _Scan(folder, root, follow_links)
     names = scan.class_folders()
     found = [item for target in range(len(names)) for item in scan.class_files(target)]
     samples = scan.count_once(found)
@@ -273,6 +283,13 @@ def scan_split(folder: Path, root: Path | None = None) -> tuple[list[str], list[
     if not names:
         raise VitreduceError(f"{folder} is not a usable ImageFolder tree: no class folder in it")
     empty = sorted(set(names) - {names[target] for _, target in samples})
+    if empty and scan.outside:
+        shown = ", ".join(f"{link} -> {real}" for link, real in scan.outside[:3])
+        raise VitreduceError(
+            f"{folder}: the class folders {', '.join(empty[:5])} hold links to files outside the dataset root "
+            f"{scan.real_root} ({len(scan.outside)} such links, e.g. {shown}), which are not followed unless asked: "
+            "set data.follow_links: true (--follow-links for eval, sharpness and landscape) to read them, or copy "
+            "the files in")
     if empty:
         raise VitreduceError(f"{folder} is not a usable ImageFolder tree: no image file in the class folders "
                              f"{', '.join(empty)} (image files end in {', '.join(IMG_EXTENSIONS)})")
@@ -291,85 +308,6 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder")):
-        if test(mode):
-            return name
-    return "a special file"
-
-
-# ---------------------------------------------------------------------------------------------------
-# Reading
-
-
-def refuse_gray_fill() -> None:
-    """Refuse to load while PIL would gray-fill truncated images instead of failing on them."""
-    if ImageFile.LOAD_TRUNCATED_IMAGES:
-        raise VitreduceError(
-            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True (set by some imported code): truncated images "
-            "would be gray-filled instead of reported. Set it back to False"
-        )
-
-
-class _Refused(Exception):
-    """An image that decodes but whose pixels have no faithful 8-bit RGB form (the message says why)."""
-
-
-def _nonblocking(path: str, flags: int) -> int:
-    return os.open(path, flags | _NONBLOCK)
-
-
-def read_rgb(path: str) -> tuple[Image.Image | None, str]:
-    """``(the decoded RGB image, "")``, or ``(None, what to report)`` when it cannot be used.
-
-    What to report is the path alone for a file PIL cannot decode (truncated, garbage, empty), and the
-    path with the reason for anything else: not a regular file, a refused pixel mode.
-    """
-    try:
-        mode = os.stat(path).st_mode
-        if not stat.S_ISREG(mode):
-            return None, f"{path} ({_kind(mode)}, not a regular file)"
-        with open(path, "rb", opener=_nonblocking) as handle:
-            mode = os.fstat(handle.fileno()).st_mode
-            if not stat.S_ISREG(mode):  # replaced since the stat
-                return None, f"{path} ({_kind(mode)}, not a regular file)"
-            return decode_rgb(handle, path)
-    except _UNREADABLE:
-        return None, path
-
-
-def decode_rgb(stream, name: str) -> tuple[Image.Image | None, str]:
-    """``read_rgb`` for an open binary stream (a file, or a tar shard's member bytes) reported as ``name``."""
-    try:
-        with Image.open(stream) as image:
-            return _to_rgb(image), ""  # decodes every pixel, so truncation is detected here
-    except _Refused as err:
-        return None, f"{name} ({err})"
-    except _UNREADABLE:
-        return None, name
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB pixels of ``image``, high bit depths scaled (module docstring); _Refused when impossible."""
-    if image.mode in _EIGHT_BIT_MODES:
-        return image.convert("RGB")
-    if image.mode in _SIXTEEN_BIT_MODES or image.mode == "I":
-        pixels = np.asarray(image)  # (H, W) uint16 (either byte order) or int32
-        low, high = int(pixels.min()), int(pixels.max())
-        if low < 0 or high > 65535:
-            raise _Refused(f"mode I with values {low}..{high}, outside 0..65535: save it as 8- or 16-bit")
-        eight = (pixels.astype(np.uint32) + 128) // 257  # round(value / 257): 65535 -> 255
-    elif image.mode == "F":
-        pixels = np.asarray(image)  # (H, W) float32
-        if not (np.isfinite(pixels).all() and pixels.min() >= 0 and pixels.max() <= 1):
-            raise _Refused("mode F with values outside [0, 1]: save it as 8- or 16-bit, or scale it to [0, 1]")
-        eight = np.rint(pixels.astype(np.float64) * 255)
-    else:
-        raise _Refused(f"mode {image.mode} is not supported: save it as RGB or grayscale")
-    return Image.fromarray(eight.astype(np.uint8)).convert("RGB")
-
-
 class ImageFolderSamples(Dataset):
     """ImageFolder samples, loaded by key ``(index, sample_seed)`` with every RNG seeded from the seed.
 
@@ -380,10 +318,11 @@ class ImageFolderSamples(Dataset):
         folder: one split's folder, with one subfolder per class.
         transform: applied to each decoded RGB image.
         root: the dataset root links to files must stay inside (``scan_split``); default: ``folder``.
+        follow_links: count links to files outside ``root`` too (``data.follow_links``).
     """
 
-    def __init__(self, folder: Path, transform, root: Path | None = None):
-        self.classes, self.samples = scan_split(folder, root)
+    def __init__(self, folder: Path, transform, root: Path | None = None, follow_links: bool = False):
+        self.classes, self.samples = scan_split(folder, root, follow_links)
         self.transform = transform
 
     def __len__(self) -> int:

@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from vitreduce.config_tree import kwargs_from
 from vitreduce.data.config import AugmentConfig, DataConfig
-from vitreduce.data.images import BadImageTracker, ImageFolderSamples, refuse_gray_fill
+from vitreduce.data.images import BadImageTracker, ImageFolderSamples
+from vitreduce.data.pixels import refuse_gray_fill
 from vitreduce.data.sampling import EpochSampler, derive_seed, epoch_length, epoch_order, eval_shard, seeded_rngs
 from vitreduce.data.shards import ShardSamples
 from vitreduce.data.source import open_split

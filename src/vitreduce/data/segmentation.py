@@ -27,7 +27,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from vitreduce.data.images import _UNREADABLE, _kind, _nonblocking, _Scan, read_rgb
+from vitreduce.data.images import _Scan
+from vitreduce.data.pixels import _UNREADABLE, _nonblocking, read_rgb
+from vitreduce.data.pixels import kind_of as _kind
 from vitreduce.data.synth import MARKER
 from vitreduce.errors import VitreduceError
 

@@ -33,7 +33,7 @@ from typing import NamedTuple
 import numpy as np
 from torch.utils.data import Dataset
 
-from vitreduce.data.images import decode_rgb
+from vitreduce.data.pixels import decode_rgb
 from vitreduce.data.sampling import seeded_rngs
 from vitreduce.errors import VitreduceError
 

@@ -2,8 +2,9 @@
 
 Augmentation is timm's ``create_transform``; Mixup/CutMix (``vitreduce.data.loaders``) and label
 smoothing decide which loss the targets need (``train_loss_fn``). ``eval_preprocessing_for`` says
-which eval preprocessing belongs to a model file: the one its run trained and evaluated with, so that
-``vitreduce eval``, the sharpness analysis and the loss landscapes all see the same tensors.
+which eval preprocessing belongs to a model file: the one its run trained and evaluated with (recorded
+in the file's header, ``vitreduce.data.recorded``), so that ``vitreduce eval``, the sharpness analysis
+and the loss landscapes all see the same tensors wherever the file lies.
 """
 from __future__ import annotations
 
@@ -19,23 +20,23 @@ from torch import nn
 
 from vitreduce.config_tree import kwargs_from, read_yaml
 from vitreduce.data.config import AugmentConfig
+from vitreduce.data.recorded import preprocessing_settings, recorded_preprocessing
 from vitreduce.errors import VitreduceError
 
 RUN_CONFIG = "config.yaml"  # the resolved config a run directory holds (written by vitreduce.train.rundir)
 DEFAULTS = "defaults"  # the source of the recipe's preprocessing, AugmentConfig()
+HEADER = "the model file's header"  # the source of the preprocessing a model file records
 
 
 class EvalPreprocessing(NamedTuple):
     """The eval preprocessing of a model file, and where it was read."""
 
     augment: AugmentConfig
-    source: str  # the run's config.yaml, or DEFAULTS for a file outside any run directory
+    source: str  # HEADER, the run's config.yaml, or DEFAULTS; then any command-line settings
 
     def settings(self) -> dict[str, Any]:
         """The fields the eval transform reads (``eval_transform``), JSON-ready."""
-        aug = self.augment
-        return {"interpolation": aug.interpolation, "crop_pct": aug.crop_pct, "mean": list(aug.mean),
-                "std": list(aug.std)}
+        return preprocessing_settings(self.augment)
 
     def record(self) -> dict[str, Any]:
         """What an analysis writes beside its result: the source and the settings."""
@@ -44,8 +45,8 @@ class EvalPreprocessing(NamedTuple):
     def describe(self) -> str:
         """One line for a person: the settings and where they come from."""
         aug = self.augment
-        where = ("the recipe's defaults (the file is in no run directory)" if self.source == DEFAULTS
-                 else self.source)
+        where = ("the recipe's defaults (the file records none and is in no run directory; set them with "
+                 "--crop-pct, --interpolation, --mean, --std)" if self.source == DEFAULTS else self.source)
         return (f"{aug.interpolation} resize, centre crop {aug.crop_pct:g}, mean {list(aug.mean)}, "
                 f"std {list(aug.std)}, from {where}")
 
@@ -75,13 +76,32 @@ def run_config_for(model_file: str | os.PathLike) -> Path | None:
     return None
 
 
-def eval_preprocessing_for(model_file: str | os.PathLike) -> EvalPreprocessing:
-    """The eval preprocessing a model file's run evaluated with (its config.yaml's ``augment:``), else
-    the recipe's defaults (``AugmentConfig()``), as ``vitreduce eval`` uses them.
+def eval_preprocessing_for(model_file: str | os.PathLike, header: dict[str, str] | None = None,
+                           overrides: dict[str, Any] | None = None) -> EvalPreprocessing:
+    """The eval preprocessing of a model file: what its header records (``data.recorded``), else its run
+    directory's config.yaml ``augment:`` (files written before headers recorded it), else the recipe's
+    defaults (``AugmentConfig()``); ``overrides`` (the command line's settings) on top.
 
     Args:
         model_file: a model .safetensors file, inside a run directory or not (``run_config_for``).
+        header: the file's checked header metadata (``reduction.checkpoint.read_metadata``), None to skip it.
+        overrides: eval settings to use instead ({"crop_pct": 1.0, ...}; None values are left out).
     """
+    recorded = recorded_preprocessing(header or {}, str(model_file))
+    found = EvalPreprocessing(recorded, HEADER) if recorded is not None else _from_run_config(model_file)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if not given:
+        return found
+    try:
+        augment = AugmentConfig(**{**found.augment.model_dump(), **given})
+    except ValidationError as err:
+        raise VitreduceError("; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())) from None
+    flags = ", ".join("--" + key.replace("_", "-") for key in sorted(given))
+    return EvalPreprocessing(augment, f"{found.source}, with {flags} set on the command line")
+
+
+def _from_run_config(model_file: str | os.PathLike) -> EvalPreprocessing:
+    """The ``augment:`` section of the config.yaml of the run a model file lies in, else the defaults."""
     config = run_config_for(model_file)
     if config is None:
         return EvalPreprocessing(AugmentConfig(), DEFAULTS)

@@ -9,7 +9,7 @@ import torch
 from vitreduce.console import text_table
 from vitreduce.device import Precision
 from vitreduce.efficiency.memory import CPU_METHOD, CUDA_METHOD, MB
-from vitreduce.numbers import format_macs, macs_unit
+from vitreduce.numbers import format_macs, macs_unit, ranges_overlap
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,8 @@ def format_table(profiles: list[VariantProfile]) -> str:
     divisor, unit = macs_unit(p.macs_total for p in profiles)
     columns = ["variant", "params", "MLP params", "MLPs", f"{unit} lin/tot", "infer img/s", "train img/s",
                "peak infer MB", "peak train MB", "static train MB"]
-    return "\n".join(_settings_lines(profiles[0]) + ["", text_table(columns, [_cells(p, divisor) for p in profiles])])
+    rows = [_cells(p, profiles[0], divisor) for p in profiles]
+    return "\n".join(_settings_lines(profiles[0]) + ["", text_table(columns, rows)])
 
 
 def _settings_lines(first: VariantProfile) -> list[str]:
@@ -111,28 +112,34 @@ def _settings_lines(first: VariantProfile) -> list[str]:
         f"{first.model} on {first.device} ({device_name(first.device)}), {first.precision}, batch {first.batch_size}, "
         f"{first.threads} threads, warm-up {first.warmup}, repeats {first.repeats} (variants interleaved)"
         + (", torch.compile (compile time excluded)" if first.compile else ""),
-        "img/s: median [min-max] over repeats; (x) = ratio to the first row; MB = 10^6 bytes",
+        "img/s: median [min-max] over repeats; (x) = ratio to the first row, for img/s only where the two "
+        "[min-max] ranges do not overlap ('overlaps': these repeats cannot tell the speeds apart); MB = 10^6 bytes",
         f"peak memory: {method}" if first.memory_method else "peak memory: not measured",
         "static train state: exact bytes of weights + grads + AdamW state (shared tensors once)",
     ]
 
 
-def _cells(p: VariantProfile, macs_divisor: float) -> list[str]:
+def _cells(p: VariantProfile, first: VariantProfile, macs_divisor: float) -> list[str]:
     macs = f"{format_macs(p.macs_linear, macs_divisor)}/{format_macs(p.macs_total, macs_divisor)}"
     return [
         p.reduction, f"{p.params / 1e6:.2f}M (x{p.params_ratio:.2f})", f"{p.mlp_params / 1e6:.2f}M",
         str(p.unique_mlps), f"{macs} (x{p.macs_ratio:.2f})",
-        _rate(p.infer_img_s, p.infer_img_s_min, p.infer_img_s_max, p.infer_ratio),
-        _rate(p.train_img_s, p.train_img_s_min, p.train_img_s_max, p.train_ratio),
+        _rate((p.infer_img_s, p.infer_img_s_min, p.infer_img_s_max), p.infer_ratio,
+              (first.infer_img_s_min, first.infer_img_s_max), p is first),
+        _rate((p.train_img_s, p.train_img_s_min, p.train_img_s_max), p.train_ratio,
+              (first.train_img_s_min, first.train_img_s_max), p is first),
         _memory(p.peak_mem_infer_mb, p.peak_mem_infer_ratio), _memory(p.peak_mem_train_mb, p.peak_mem_train_ratio),
         f"{p.static_train_bytes / MB:,.0f} (x{p.static_train_ratio:.2f})",
     ]
 
 
-def _rate(value: float | None, low: float | None, high: float | None, ratio: float | None) -> str:
+def _rate(figures: tuple, ratio: float | None, reference: tuple, is_first: bool) -> str:
+    """``median [min-max] (xRATIO)``; the ratio only for the first row or where the ranges are apart."""
+    value, low, high = figures
     if value is None:
         return "-"
-    return f"{value:.1f} [{low:.1f}-{high:.1f}] (x{ratio:.2f})"
+    apart = is_first or (None not in (low, high, *reference) and not ranges_overlap(low, high, *reference))
+    return f"{value:.1f} [{low:.1f}-{high:.1f}] " + (f"(x{ratio:.2f})" if apart and ratio is not None else "(overlaps)")
 
 
 def _memory(value: float | None, ratio: float | None) -> str:

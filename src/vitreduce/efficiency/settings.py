@@ -69,6 +69,8 @@ def check_settings(model_name: str, *, device: str, precision: Precision, batch_
         raise VitreduceError("training needs a classifier: use num_classes >= 1 or --mode infer")
     kwargs = {**(model_kwargs or {}), "num_classes": num_classes}
     if img_size is not None:
+        if img_size < 1:
+            raise VitreduceError(f"--img-size must be a positive number of pixels, got {img_size}")
         kwargs["img_size"] = img_size
     return ProfileSettings(model_name=model_name, model_kwargs=kwargs, device=target, precision=precision,
                            batch_size=batch_size, modes=modes, compile=compile, repeats=repeats, warmup=warmup,

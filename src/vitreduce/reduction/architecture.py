@@ -29,6 +29,7 @@ from torch import nn
 
 from vitreduce.config_tree import explain_error, short_repr
 from vitreduce.errors import VitreduceError
+from vitreduce.reduction.blocks import block_stages
 from vitreduce.reduction.gated import in_features
 from vitreduce.reduction.params import count_unique
 from vitreduce.reduction.surgery import vit_blocks
@@ -171,8 +172,8 @@ def check_base_name(name: Any) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _base_shape(name: str) -> dict[str, Any]:
-    """embed_dim, num_heads, img_size and patch_size of the named model at its defaults (built on meta);
-    refuses a model whose blocks vitreduce cannot reduce."""
+    """embed_dim, num_heads, img_size and patch_size of the named model at its defaults (built on meta), and
+    whether it is a plain VisionTransformer; refuses a model whose blocks vitreduce cannot reduce."""
     model = _meta_build(name, {})
     try:
         blocks = vit_blocks(model)
@@ -181,7 +182,13 @@ def _base_shape(name: str) -> dict[str, Any]:
     embed = getattr(model, "patch_embed", None)
     attn = getattr(blocks[0], "attn", None)
     return {"embed_dim": in_features(blocks[0].mlp), "num_heads": getattr(attn, "num_heads", None),
-            "img_size": getattr(embed, "img_size", None), "patch_size": getattr(embed, "patch_size", None)}
+            "img_size": getattr(embed, "img_size", None), "patch_size": getattr(embed, "patch_size", None),
+            "plain_vit": type(model).__name__ == "VisionTransformer", "stages": len(block_stages(model))}
+
+
+def base_shape(name: str) -> dict[str, Any]:
+    """The named model's defaults (``_base_shape``), its name checked first (``check_base_name``)."""
+    return _base_shape(check_base_name(name))
 
 
 def _meta_build(name: str, kwargs: dict[str, Any]) -> nn.Module:
@@ -201,6 +208,10 @@ def check_consistency(name: str, kwargs: dict[str, Any]) -> None:
     shape = {**_base_shape(name), **{k: v for k, v in kwargs.items() if v is not None}}
     width, heads = shape["embed_dim"], shape["num_heads"]
     if isinstance(heads, list):  # a stage-based model doubles its width at each stage
+        stages = len(kwargs["depths"]) if kwargs.get("depths") else shape["stages"]
+        if len(heads) != stages:  # timm would use the first len(depths) and ignore the rest
+            raise VitreduceError(f"num_heads lists {len(heads)} stage(s) but the model has {stages} (depths "
+                                 f"{kwargs.get('depths') or 'of ' + name}); give one head count per stage")
         for stage, count in enumerate(heads):
             if (width * 2**stage) % count:
                 raise VitreduceError(f"num_heads[{stage}] = {count} does not divide stage {stage}'s width "

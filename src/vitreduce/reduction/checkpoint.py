@@ -24,7 +24,7 @@ from vitreduce.reduction.models import build_info, create_model
 from vitreduce.reduction.params import alias_groups
 from vitreduce.reduction.spec import ReductionSpec
 from vitreduce.reduction.surgery import REDUCTION_ATTR
-from vitreduce.reduction.weights import copy_unique_tensors
+from vitreduce.reduction.weights import check_finite, check_names_and_shapes, copy_unique_tensors
 
 FORMAT = "vitreduce.model.v1"
 
@@ -218,31 +218,60 @@ def build_from_metadata(metadata: dict[str, str], source: str | os.PathLike = "c
         raise VitreduceError(f"{str(source)!r}: {err}") from None
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+def load(path: str | os.PathLike, device: str | torch.device = "cpu", finite: bool = False) -> nn.Module:
     """Rebuild a model from a vitreduce checkpoint, re-tie its sharing, load its weights strictly.
 
-    Missing, unexpected or mis-shaped tensors, or a sharing layout that differs from the one the
-    header describes, raise VitreduceError naming them.
+    Missing, unexpected or mis-shaped tensors, or a sharing layout that differs from the one the header
+    describes (``check_layout``), raise VitreduceError naming them; with ``finite``, so do NaN or infinite
+    values (scoring, analysing or reducing such weights means nothing; fine-tuning from them is left to the
+    run's own handling of a non-finite loss, ``faults.nonfinite``).
     """
     metadata = read_metadata(path)
     model = build_from_metadata(metadata, path, device=device)
+    check_layout(model, metadata, path)
+    read_weights_into(model, path)
+    if finite:
+        check_finite(model, path)
+    return model
+
+
+def read_checked_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """A checkpoint's header, checked against its tensors as ``load`` checks it (``check_layout``), without
+    reading a weight: for the commands that describe a file rather than run it (inspect, profile)."""
+    metadata = read_metadata(path)
+    spec = ReductionSpec.parse(metadata.get("reduction", "none")).with_shapes_only()  # meta: no weights to rank
+    check_layout(build_from_metadata({**metadata, "reduction": str(spec)}, path, device="meta"), metadata, path)
+    return metadata
+
+
+def check_layout(model: nn.Module, metadata: dict[str, str], path: str | os.PathLike) -> None:
+    """Refuse a file whose header does not describe its tensors: the alias map must be the sharing the
+    header's reduction builds, and the stored names and shapes those of ``model`` (built from the header)."""
     state = model.state_dict(keep_vars=True)
-    expected_aliases = _state_aliases(model, state)
-    if json.loads(metadata.get("aliases", "{}")) != expected_aliases:
+    if json.loads(metadata.get("aliases", "{}")) != _state_aliases(model, state):
         raise VitreduceError(
             f"{str(path)!r}: its shared-tensor layout differs from what reduction "
             f"{metadata['reduction']!r} builds; the file was written by a different vitreduce or edited"
         )
-    read_weights_into(model, path)
-    return model
+    aliases = alias_groups(model)
+    expected = {name: tuple(t.shape) for name, t in state.items() if aliases.get(name, name) == name}
+    check_names_and_shapes(path, _stored_shapes(path), expected)
+
+
+def _stored_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except SafetensorError as err:
+        raise VitreduceError(f"{str(path)!r} could not be read ({err}); it may be truncated or corrupted") from None
 
 
 def read_weights_into(model: nn.Module, path: str | os.PathLike) -> None:
     """Copy a vitreduce model file's tensors into a model of the same layout, strictly (each shared
     tensor is stored once, under its first name)."""
+    shapes = _stored_shapes(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
-            shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118 (safe_open has no __iter__)
             copy_unique_tensors(model, shapes, handle.get_tensor, path)
     except SafetensorError as err:
         raise VitreduceError(f"{str(path)!r} could not be read ({err}); it may be truncated or corrupted") from None

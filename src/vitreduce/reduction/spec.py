@@ -102,7 +102,8 @@ _HELP = (
 
 
 def _format_value(value: Any) -> str:
-    return repr(value) if isinstance(value, float) else str(value)
+    """A float as Python writes it, with no '+' in its exponent ('1e+20' would read as two steps)."""
+    return repr(value).replace("e+", "e") if isinstance(value, float) else str(value)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from vitreduce.reduction.spec import ReductionSpec, Step, check_relax_order
 REDUCTION_ATTR = "vitreduce_reduction"
 BASE_HIDDEN_ATTR = "vitreduce_base_mlp_hidden"
 BUILD_ATTR = "vitreduce_build"  # {"base": name, "kwargs": {...}}: set by models.create_model
+SCALING_ATTR = "vitreduce_scaling"  # what the last grouped step multiplied, for ``scaling_line``
 
 
 def vit_blocks(model: nn.Module) -> list[nn.Module]:
@@ -63,8 +64,9 @@ def reduce(model: nn.Module, spec: str | ReductionSpec, trained: bool = False) -
     Args:
         model: a timm ViT, DeiT, EVA or Swin model (any depth, width, stages, device; see ``blocks``).
         spec: a ReductionSpec or its string form, e.g. ``"grouped"`` or ``"shallow:ratio=0.5"``.
-        trained: the model holds trained weights: ``grouped:relax=R`` initialises each block's delta from
-            the SVD of its residual (on a fresh model the deltas start at zero). Nothing else depends on it.
+        trained: the model holds trained weights: grouped's ``scale=auto`` then leaves the kept MLP as it is
+            (``group_scale``; ``scaling_line`` says what was applied), and ``grouped:relax=R`` initialises each
+            block's delta from the SVD of its residual (on a fresh model the deltas start at zero).
     """
     spec = ReductionSpec.parse(spec)
     stages = block_stages(model)
@@ -73,8 +75,9 @@ def reduce(model: nn.Module, spec: str | ReductionSpec, trained: bool = False) -
         _check_composable(previous, spec)
     if not hasattr(model, BASE_HIDDEN_ATTR):
         setattr(model, BASE_HIDDEN_ATTR, fc1_width(stages[0][0].block.mlp))
+    narrowest = min(hidden_units(stage[0].block.mlp) for stage in stages)
     for step in spec.steps:
-        _validate_step(step, max(len(stage) for stage in stages), len(stages))
+        _validate_step(step, max(len(stage) for stage in stages), len(stages), narrowest)
     for step in spec.steps:
         if step.strategy == "grouped":
             _apply_grouped(model, step, trained)
@@ -99,11 +102,18 @@ def _check_composable(previous: ReductionSpec, spec: ReductionSpec) -> None:
         )
 
 
-def _validate_step(step: Step, depth: int, stages: int) -> None:
-    """``depth``: blocks in the deepest stage (the whole depth of a one-stage model)."""
+def _validate_step(step: Step, depth: int, stages: int, narrowest: int) -> None:
+    """``depth``: blocks in the deepest stage (the whole depth of a one-stage model); ``narrowest``: the
+    fewest hidden units of an MLP in any stage."""
     if step.strategy == "grouped" and step.params["size"] > depth:
         what = "the model depth" if stages == 1 else f"the depth of the model's deepest stage (of {stages})"
         raise VitreduceError(f"grouped size {step.params['size']} exceeds {what} {depth}; use 1..{depth}")
+    ratio = step.params.get("ratio")
+    if ratio is not None and round(narrowest * ratio) < 1:  # hidden_width would clamp it to 1 unit
+        raise VitreduceError(
+            f"{step} keeps round({narrowest} x {ratio:g}) = 0 of the {narrowest} hidden units of this model's MLPs; "
+            f"an MLP keeps at least one, so the label would not describe the model: use ratio >= "
+            f"{1 / narrowest:.3g} (one unit)")
 
 
 def group_assignment(depth: int, size: int, pattern: str) -> list[int]:
@@ -118,16 +128,39 @@ def group_assignment(depth: int, size: int, pattern: str) -> list[int]:
 def _apply_grouped(model: nn.Module, step: Step, trained: bool = False) -> None:
     """Groups within each stage (never across a boundary: stages differ in width). A stage shorter
     than ``size`` is one group; a stage of one block keeps its own MLP (n = 1: no scaling)."""
+    applied: dict[int, tuple[float, float, float]] = {}
     for stage in block_stages(model):
         assignment = group_assignment(len(stage), step.params["size"], step.params["pattern"])
         for group in sorted(set(assignment)):
-            _share([ref.block for ref, g in zip(stage, assignment, strict=True) if g == group], step, trained)
+            members = [ref.block for ref, g in zip(stage, assignment, strict=True) if g == group]
+            applied[len(members)] = _share(members, step, trained)
+    setattr(model, SCALING_ATTR, {"scale": step.params["scale"], "trained": trained, "factors": applied})
 
 
-def _share(members: list[nn.Module], step: Step, trained: bool = False) -> None:
+def scaling_line(model: nn.Module) -> str | None:
+    """What the grouped step multiplied the shared MLPs by, for a person; None without a grouped step."""
+    record = getattr(model, SCALING_ATTR, None)
+    if record is None:
+        return None
+    parts = []
+    for n, (fc1, fc2, bias) in sorted(record["factors"].items()):
+        text = f"x{fc1:.4g} for {n} block(s)" if fc1 == fc2 else f"x{fc1:.4g} (fc2.weight x{fc2:.4g}) for {n} block(s)"
+        parts.append(text + (f" (fc2.bias x{bias:.4g})" if bias != 1.0 else ""))
+    if record["scale"] != "auto":
+        why = f"scale={record['scale']!r} as given"
+    elif record["trained"]:
+        why = ("scale=auto on trained weights: the trained MLP is kept as it is; the published 1/sqrt(n) is a rule "
+               "for fresh initialisation (write scale=0.7071 to apply it to pairs anyway)")
+    else:
+        why = "scale=auto on fresh weights: the published 1/sqrt(n)"
+    return f"grouped: shared MLPs' fc1 and fc2.weight {', '.join(parts)} ({why})"
+
+
+def _share(members: list[nn.Module], step: Step, trained: bool = False) -> tuple[float, float, float]:
     """One MLP for all ``members``: the first's (or the mean), scaled by the rule on the tensors in
     fc1's role (fc1; a gated MLP's gate and value) and fc2's; an MLP norm is shared as it is. With
-    ``relax`` each block then gets its own low-rank delta on that MLP (``relax``)."""
+    ``relax`` each block then gets its own low-rank delta on that MLP (``relax``). Returns the factors
+    applied (``group_scale``)."""
     rank = step.params["relax"]
     originals = trained_layers(members) if rank and trained and len(members) > 1 else None
     kept = members[0].mlp
@@ -136,7 +169,7 @@ def _share(members: list[nn.Module], step: Step, trained: bool = False) -> None:
         averaged = len(sources) if step.params["init"] == "mean" else 1
         if averaged > 1:
             _average_into(kept, sources)
-        factor, out_factor, bias_factor = group_scale(len(members), averaged, step.params["scale"])
+        factor, out_factor, bias_factor = group_scale(len(members), averaged, step.params["scale"], trained)
         scaled = [(t, factor) for layer in input_layers(kept) for t in (layer.weight, layer.bias)]
         for tensor, f in [*scaled, (kept.fc2.weight, out_factor), (kept.fc2.bias, bias_factor)]:
             if tensor is not None and f != 1.0:
@@ -145,9 +178,11 @@ def _share(members: list[nn.Module], step: Step, trained: bool = False) -> None:
         block.mlp = kept
     if rank:
         relax_members(members, rank, originals)
+    return factor, out_factor, bias_factor
 
 
-def group_scale(shared_by: int, averaged: int, scale: float | str) -> tuple[float, float, float]:
+def group_scale(shared_by: int, averaged: int, scale: float | str,
+                trained: bool = False) -> tuple[float, float, float]:
     """Factors on the tensors in fc1's role (fc1.weight and fc1.bias; a gated MLP's gate and value), on
     fc2.weight and on fc2.bias of an MLP shared by ``shared_by`` blocks and made as the mean of ``averaged``
     MLPs (1 for init=first).
@@ -162,7 +197,13 @@ def group_scale(shared_by: int, averaged: int, scale: float | str) -> tuple[floa
     model's, but a gated one's at about n^(-3/2) (gate, value and fc2 each scaled) and one with a norm over
     its hidden units at 1/sqrt(n) (the norm undoes fc1's factor). ``output`` scales fc2.weight alone by 1/n:
     the output is linear in fc2.weight, so every MLP kind starts at exactly 1/n of its full output.
+
+    On ``trained`` weights ``auto`` multiplies nothing (x 1, the plain mean for init=mean): the rule is
+    about the std of independently initialised MLPs, which trained ones are not, and scaling a trained MLP
+    changes the function it computes (for a pair, roughly halving the MLP's output).
     """
+    if trained and scale == "auto":
+        return 1.0, 1.0, 1.0
     undo_mean = math.sqrt(averaged)  # 1.0 for init=first; x / x is exactly 1.0, so mean of n is x 1.0
     if scale == "auto":
         return undo_mean / math.sqrt(shared_by), undo_mean / math.sqrt(shared_by), undo_mean

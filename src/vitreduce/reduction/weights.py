@@ -229,10 +229,25 @@ def check_names_and_shapes(source, stored: dict[str, tuple], expected: dict[str,
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike = "weights") -> None:
-    """Copy a full state dict into the model strictly (every tensor present, nothing extra, same shapes)."""
+    """Copy a full state dict into the model strictly (every tensor present, nothing extra, same shapes,
+    every value finite)."""
     expected = {n: tuple(t.shape) for n, t in model.state_dict().items()}
     check_names_and_shapes(source, {n: tuple(t.shape) for n, t in state.items()}, expected)
     model.load_state_dict(state, strict=True)
+    check_finite(model, source)
+
+
+def check_finite(model: nn.Module, source: str | os.PathLike) -> None:
+    """Refuse weights holding NaN or infinity: every score or reduction made of them is meaningless
+    (an evaluation would report a NaN loss beside a chance-level top-1 and exit as if all were well)."""
+    bad = [name for name, t in model.state_dict().items()
+           if t.is_floating_point() and t.device.type != "meta" and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise VitreduceError(
+            f"{str(source)!r} holds NaN or infinite values in {len(bad)} tensor(s) ({listing(bad)}): the weights "
+            "diverged or the file was damaged. Use an earlier checkpoint (a run keeps checkpoints/best and "
+            "checkpoints/epoch-* folders) or retrain with a lower optimizer.lr"
+        )
 
 
 def copy_unique_tensors(model: nn.Module, shapes: dict[str, tuple], get: Callable[[str], torch.Tensor],

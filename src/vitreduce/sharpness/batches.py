@@ -13,7 +13,9 @@ import torch
 from torch import nn
 
 from vitreduce.data.config import AugmentConfig, DataConfig
-from vitreduce.data.images import ImageFolderSamples, refuse_gray_fill
+from vitreduce.data.images import ImageFolderSamples
+from vitreduce.data.pixels import refuse_gray_fill
+from vitreduce.data.recorded import check_classes
 from vitreduce.data.shards import ShardSamples, is_shard_set
 from vitreduce.data.source import open_split
 from vitreduce.data.transforms import eval_transform
@@ -24,7 +26,8 @@ LossBatch = tuple[torch.Tensor, torch.Tensor]  # images (B, C, H, W), targets (B
 
 def load_batches(model: nn.Module, data_dir: str | Path, *, augment: AugmentConfig | None = None,
                  split: str = "train", batches: int = 10, batch_size: int = 64, seed: int = 0,
-                 device: str | torch.device = "cpu") -> list[LossBatch]:
+                 device: str | torch.device = "cpu", classes: list[str] | None = None,
+                 model_file: str = "the model", follow_links: bool = False) -> list[LossBatch]:
     """A fixed, seeded subset of an ImageFolder split, with the eval transform, loaded once.
 
     The subset is ``subset_indices``: the same seed gives the same images in the same batches.
@@ -41,6 +44,10 @@ def load_batches(model: nn.Module, data_dir: str | Path, *, augment: AugmentConf
         batch_size: images per batch.
         seed: seed of the subset.
         device: where the batches are kept.
+        classes: the class names the model file records (``data.recorded.recorded_classes``): the class
+            folders must be these, in this order (None: not checked).
+        model_file: the model file, named in messages.
+        follow_links: read links to image files outside ``data_dir`` too (``data.follow_links``).
     """
     if batches < 1 or batch_size < 1:
         raise VitreduceError(f"--batches and --batch-size must be >= 1 (got {batches}, {batch_size})")
@@ -55,11 +62,13 @@ def load_batches(model: nn.Module, data_dir: str | Path, *, augment: AugmentConf
     # folders "naturally" (class10 after class2), and the labels, the files counted and the pixels
     # (16-bit images, links, FIFOs) must be the ones training and evaluation use.
     refuse_gray_fill()
-    dataset = open_split(DataConfig(root=str(root)), split, transform)  # a folder or a shard set
-    classes = len(dataset.classes)
-    if classes != getattr(model, "num_classes", None):
+    dataset = open_split(DataConfig(root=str(root), follow_links=follow_links), split, transform)  # folder or shards
+    found = len(dataset.classes)
+    if found != getattr(model, "num_classes", None):
         raise VitreduceError(f"the model has {getattr(model, 'num_classes', None)} classes but "
-                             f"{str(root / split)!r} has {classes} class folders; use data of the model's task")
+                             f"{str(root / split)!r} has {found} class folders; use data of the model's task")
+    if classes is not None:
+        check_classes(classes, dataset.classes, model_file, str(root / split))
     needed = batches * batch_size
     if needed > len(dataset):
         raise VitreduceError(f"{batches} batches x {batch_size} = {needed} images, but {str(root / split)!r} has "

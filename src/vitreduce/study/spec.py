@@ -86,6 +86,13 @@ class VariantSpec(_Strict):
     overrides: Overrides = {}
 
 
+def _check_device(value: str) -> str:
+    """A device name's form, checked with the spec: a bad one would otherwise stop the study after training."""
+    if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", value):
+        raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+    return value
+
+
 class ThroughputOptions(_Strict):
     """The ``throughput:`` section: how the variants' inference throughput is measured into throughput.json
     once every run has finished (vitreduce.efficiency.profiler.write_throughput_json).
@@ -94,7 +101,7 @@ class ThroughputOptions(_Strict):
     throughput.json is inference throughput, measured without the peak-memory subprocesses.
     """
 
-    device: str = "cpu"  # cpu, cuda or cuda:N
+    device: Annotated[str, AfterValidator(_check_device)] = "cpu"  # cpu, cuda or cuda:N
     precision: Precision = "fp32"  # fp32, or bf16 / fp16 through autocast
     batch_size: Whole = Field(32, ge=1, le=_COUNT_MAX)  # images per timed batch
     mode: Literal["infer", "both"] = "infer"  # both: training steps are timed too

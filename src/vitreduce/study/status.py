@@ -113,8 +113,11 @@ def _scheduler_log(study_dir: Path, job_id: str) -> Path | None:
 def _state(run_dir: Path, job: dict[str, Any], attempts: list[dict[str, Any]],
            slurm: str | None) -> tuple[RunState, str]:
     """The run's state and, when failed, why."""
-    if (run_dir / rundir.DONE).is_file():
-        return RunState.DONE, ""
+    try:
+        if rundir.read_done(run_dir) is not None:
+            return RunState.DONE, ""
+    except VitreduceError as err:  # a truncated done.json is no finished run
+        return RunState.FAILED, str(err)
     if _locked(run_dir):
         return RunState.RUNNING, ""
     last = attempts[-1] if attempts else {}

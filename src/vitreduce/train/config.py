@@ -176,10 +176,29 @@ class CheckpointConfig(_Section):
     keep_every_epochs: Whole = Field(0, ge=0, le=EPOCHS_MAX)
 
 
+class MlflowConfig(_Section):
+    """Logging to MLflow (``pip install mlflow-skinny``; vitreduce.train.tracking)."""
+
+    enabled: bool = False
+    uri: str | None = None  # tracking URI: None = a local file store in RUN_DIR/mlruns; a folder, file:..., http(s)://
+    experiment: str = Field("vitreduce", min_length=1)
+
+
+class WandbConfig(_Section):
+    """Logging to Weights & Biases (``pip install wandb``; vitreduce.train.tracking), into RUN_DIR/wandb."""
+
+    enabled: bool = False
+    project: str = Field("vitreduce", min_length=1)
+    entity: str | None = None  # the W&B team or user; None: the account's default
+    mode: Literal["offline", "online"] = "offline"  # offline: no network (`wandb sync RUN_DIR/wandb/...` later)
+
+
 class LoggingConfig(_Section):
     """What a run prints and writes besides metrics.jsonl."""
 
-    tensorboard: bool = False  # RUN_DIR/tensorboard event files
+    tensorboard: bool = False  # RUN_DIR/tensorboard event files, the config as hparams
+    mlflow: MlflowConfig = MlflowConfig()
+    wandb: WandbConfig = WandbConfig()
     progress: Literal["auto", "bar", "lines", "none"] = "auto"  # auto: a bar on a terminal, else lines
     every_steps: Whole = Field(50, ge=1, le=STEPS_MAX)  # optimizer steps between plain progress lines
     step_every: Whole = Field(10, ge=0, le=STEPS_MAX)  # optimizer steps between lines of steps.jsonl; 0: none
@@ -330,6 +349,9 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any], also: tuple[str, ...]
         old = {**old, "model": {**{k: None for k in ("depths", "window_size") if k in new["model"]}, **old["model"]}}
     if isinstance(old, dict) and "distill" not in old and isinstance(new.get("distill"), dict):
         old = {**old, "distill": {**new["distill"], "teacher": None}}  # written before the section: no teacher
+    data, new_data = (tree.get("data") if isinstance(tree, dict) else None for tree in (old, new))
+    if isinstance(data, dict) and isinstance(new_data, dict) and "follow_links" in new_data:
+        old = {**old, "data": {"follow_links": False, **data}}  # absent before it: links were never followed
     old, new = _with_data_format(old), _with_data_format(new)
     return differences(old, new, ignore=RESUMABLE_CHANGES + tuple(also))
 

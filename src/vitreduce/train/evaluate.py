@@ -14,6 +14,7 @@ from torch import nn
 
 from vitreduce.data import DataConfig, build_eval_loader
 from vitreduce.data.images import folders_in
+from vitreduce.data.recorded import check_classes, recorded_classes
 from vitreduce.data.shards import is_shard_set
 from vitreduce.data.transforms import eval_preprocessing_for
 from vitreduce.device import Precision, autocast, resolve_device
@@ -123,7 +124,8 @@ def _check_split(root: Path, split: str) -> None:
 
 def evaluate_checkpoint(path: str | Path, data_root: str | Path, *, split: str = "val", ema: bool = False,
                         batch_size: int = 256, workers: int = 2, precision: Precision = "fp32",
-                        device: str = "auto") -> dict[str, Any]:
+                        device: str = "auto", preprocessing: dict[str, Any] | None = None,
+                        follow_links: bool = False) -> dict[str, Any]:
     """Top-1 / top-5 (percent) and mean cross-entropy of a saved model on one split.
 
     Args:
@@ -135,6 +137,11 @@ def evaluate_checkpoint(path: str | Path, data_root: str | Path, *, split: str =
         workers: data-loading worker processes.
         precision: 'fp32', 'bf16' or 'fp16' autocast.
         device: 'auto', 'cpu' or 'cuda'.
+        preprocessing: eval settings to use instead of the file's ({"crop_pct": 1.0, ...}; ``eval_preprocessing_for``).
+        follow_links: read links to image files outside ``data_root`` too (``data.follow_links``).
+
+    Returns:
+        the scores, with the preprocessing used and the class check's line.
     """
     model_file = resolve_model_file(Path(path), ema)
     target = resolve_device(device, "device:")
@@ -143,17 +150,22 @@ def evaluate_checkpoint(path: str | Path, data_root: str | Path, *, split: str =
     if batch_size < 1:
         raise VitreduceError(f"--batch-size must be >= 1, got {batch_size}")
     try:
-        data = DataConfig(root=str(data_root), val_split=split, batch_size=batch_size, workers=workers)
+        data = DataConfig(root=str(data_root), val_split=split, batch_size=batch_size, workers=workers,
+                          follow_links=follow_links)
     except ValidationError as err:  # the data section's messages name the setting (data.workers, ...)
         raise VitreduceError("; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())) from None
     _check_split(Path(data_root).expanduser(), split)
-    model = checkpoint.load(model_file, device=target)
-    # The run's own preprocessing (its config.yaml), as the sharpness and landscape analyses use it.
-    augment, source = eval_preprocessing_for(model_file)
-    loader = build_eval_loader(data, augment, tuple(model.patch_embed.img_size), split=split)
+    header = checkpoint.read_metadata(model_file)
+    # What the file records (else its run's config.yaml), as the sharpness and landscape analyses use it.
+    used = eval_preprocessing_for(model_file, header, preprocessing)
+    model = checkpoint.load(model_file, device=target, finite=True)
+    loader = build_eval_loader(data, used.augment, tuple(model.patch_embed.img_size), split=split)
     classes = len(loader.dataset.classes)
     if classes != model.num_classes:
         raise VitreduceError(f"{data_root}/{split} has {classes} classes, the model {model.num_classes}")
+    checked = check_classes(recorded_classes(header, str(model_file)), loader.dataset.classes, str(model_file),
+                            f"{data_root}/{split}")
     result = evaluate(model, loader, precision, target)
     return {"checkpoint": str(model_file), "data": str(data_root), "split": split, "images": result.count,
-            "preprocessing": source, **result.metrics()}
+            "preprocessing": used.record(), "preprocessing_text": used.describe(), "classes": checked,
+            **result.metrics()}

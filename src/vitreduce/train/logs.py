@@ -116,9 +116,25 @@ def read_records(path: Path | str, key: str) -> list[dict]:
     return [by_key[n] for n in sorted(by_key)]
 
 
+def step_scalars(record: dict[str, Any]) -> dict[str, float]:
+    """A steps.jsonl record's scalars by tag: ``step/...`` and the per-MLP gradient norms ``grad_norm_mlp/...``
+    (every tracker logs these, at x = the record's optimizer step)."""
+    scalars = {f"step/{key}": record[key] for key in ("loss", "lr", "grad_norm", "update_norm")}
+    scalars.update({f"grad_norm_mlp/{name}": value for name, value in record["mlp_grad_norm"].items()})
+    return {tag: value for tag, value in scalars.items() if value is not None}
+
+
+def epoch_scalars(record: dict[str, Any]) -> dict[str, float]:
+    """A metrics.jsonl record's scalars by tag: ``train/...``, ``eval_raw/...``, ``eval_ema/...``."""
+    scalars = {f"train/{key}": record[key] for key in ("lr", "train_loss", "img_s", "skipped_steps", "bad_images")}
+    for kind in ("raw", "ema"):
+        scalars.update({f"eval_{kind}/{key}": value for key, value in (record.get(kind) or {}).items()})
+    return {tag: value for tag, value in scalars.items() if value is not None}
+
+
 class TensorBoard:
     """Scalars to RUN_DIR/tensorboard, x-axis = optimizer step: one point per epoch (``epoch``), and per
-    logged step (``step``; flushed with the next epoch's points or at close).
+    logged step (``step``; flushed with the next epoch's points or at close); the run's config as hparams.
 
     Args:
         log_dir: where the event files go.
@@ -130,23 +146,22 @@ class TensorBoard:
 
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
+    def params(self, params: dict[str, Any]) -> None:
+        """The config, flattened (``tracking.flat_params``), as hparams beside the scalars (not in a run folder
+        of their own, as ``add_hparams`` would put them): the HParams tab then filters and compares runs."""
+        from torch.utils.tensorboard.summary import hparams
+
+        metrics = {f"eval_{kind}/{key}": None for kind in ("ema", "raw") for key in ("top1", "loss")}
+        for summary in hparams(params, metrics):
+            self.writer.file_writer.add_summary(summary)
+
     def step(self, record: dict[str, Any]) -> None:
-        """A steps.jsonl record: its scalars under ``step/``, the per-MLP gradient norms under ``grad_norm_mlp/``."""
-        step = record["step"]
-        for key in ("loss", "lr", "grad_norm", "update_norm"):
-            if record[key] is not None:
-                self.writer.add_scalar(f"step/{key}", record[key], step)
-        for name, value in record["mlp_grad_norm"].items():
-            if value is not None:
-                self.writer.add_scalar(f"grad_norm_mlp/{name}", value, step)
+        for tag, value in step_scalars(record).items():
+            self.writer.add_scalar(tag, value, record["step"])
 
     def epoch(self, record: dict[str, Any]) -> None:
-        step = record["step"]
-        for key in ("lr", "train_loss", "img_s", "skipped_steps", "bad_images"):
-            self.writer.add_scalar(f"train/{key}", record[key], step)
-        for kind in ("raw", "ema"):
-            for key, value in (record.get(kind) or {}).items():
-                self.writer.add_scalar(f"eval_{kind}/{key}", value, step)
+        for tag, value in epoch_scalars(record).items():
+            self.writer.add_scalar(tag, value, record["step"])
         self.writer.flush()
 
     def close(self) -> None:

@@ -34,13 +34,14 @@ from vitreduce.train.distributed import DistInfo, gather_objects
 from vitreduce.train.ema import Ema
 from vitreduce.train.evaluate import EvalResult, evaluate, gather_predictions
 from vitreduce.train.extend import follow_config
-from vitreduce.train.logs import MetricsFile, TensorBoard, epoch_line
+from vitreduce.train.logs import MetricsFile, epoch_line
 from vitreduce.train.model import check_init_checkpoint, start_model
 from vitreduce.train.optim import create_optimizer, create_scheduler, param_names
 from vitreduce.train.resume import choose, latest, verify
 from vitreduce.train.rundir import RunStatus
 from vitreduce.train.state import EpochTotals
 from vitreduce.train.step import NonFiniteError, StepContext, train_step
+from vitreduce.train.tracking import open_trackers
 
 Event = str
 # Called with "step" after every optimizer step, and on rank 0 after each step of a checkpoint's save:
@@ -105,7 +106,7 @@ def _preflight(config: TrainConfig, out: Path, resume: bool, lock: RunLock, exte
     if config.synth is not None:
         ensure_synth(Path(config.data.root).expanduser(), config.synth)
     data.check_dataset(config.data, config.model.num_classes)
-    check_init_checkpoint(config.model)
+    check_init_checkpoint(config.model, config.data)  # with data: a kept head's recorded classes are compared
     check_teacher(config)
     rundir.create(out)
     if not lock.acquire():
@@ -152,17 +153,18 @@ class Trainer:
         self.scheduler = create_scheduler(self.optimizer, config.schedule, config.epochs, steps_per_epoch)
         self.scaler = torch.amp.GradScaler(info.device.type, enabled=config.precision == "fp16")
         self.trainables = state.Trainables(self.module, self.optimizer, self.scheduler, self.scaler, self.ema,
-                                           param_names(self.module))
+                                           param_names(self.module),  # model files record classes, preprocessing:
+                                           data.header_entries(self.loader.dataset.classes, config.augment))
         self.position = self._resume() if resuming else self._fresh()
         self.wall_base = self.position.wall_s
         self.eval_model, self.step_context = self._wrap()
         self.last_lr = self.optimizer.param_groups[0]["lr"]  # of the latest step, for the epoch's record
-
         self.metrics_file = MetricsFile(out / rundir.METRICS)
         info.on_main(self.metrics_file.truncate, self.position.epochs_done)
-        self.tensorboard = info.on_main(self._tensorboard) if config.logging.tensorboard else None
+        # TensorBoard, MLflow, W&B: those the logging section turns on, fed the same scalars (train.tracking).
+        self.trackers = info.on_main(open_trackers, config.logging, config.to_dict(), out, self.position.step)
         self.steps = telemetry.StepTelemetry(out, self.module, config.logging.step_every, self.position.step,
-                                             self.tensorboard, main=info.is_main)  # steps.jsonl
+                                             self.trackers, main=info.is_main)  # steps.jsonl
         progress = config.logging.progress if info.is_main else "none"
         self.progress = Progress(progress, config.epochs, config.logging.every_steps)
 
@@ -203,10 +205,6 @@ class Trainer:
         )
         return eval_model, context
 
-    def _tensorboard(self) -> TensorBoard:
-        step = self.position.step
-        return TensorBoard(self.out / "tensorboard", purge_step=step + 1 if step else None)
-
     # ---- the loop -----------------------------------------------------------------------------
 
     def run(self) -> RunResult:
@@ -225,8 +223,8 @@ class Trainer:
                 final = self._evaluate(keep_predictions=True)
             metrics = self._finish(final)
         finally:
-            if self.tensorboard is not None:
-                self.tensorboard.close()
+            if self.trackers is not None:
+                self.trackers.close()
         return RunResult(self.out, TrainStatus.FINISHED, self.cfg.epochs, metrics, self.resumed_from)
 
     def _train_epoch(self, epoch: int) -> float:
@@ -280,8 +278,8 @@ class Trainer:
         results = self._evaluate(keep_predictions=last)
         record = self._record(epoch, train_time, epoch_start, results)
         self.info.on_main(self.metrics_file.append, record)
-        if self.tensorboard is not None:
-            self.tensorboard.epoch(record)
+        if self.trackers is not None:
+            self.trackers.epoch(record)
         self.progress.write(epoch_line(record, self.cfg.epochs))
         self.scheduler.step(epoch + 1)
         self.position.epochs_done, self.position.batch, self.position.sums = epoch + 1, 0, EpochTotals()
@@ -353,7 +351,7 @@ class Trainer:
             return metrics
         indices, labels, raw = gathered["raw"]
         rundir.write_predictions(self.out, indices, labels, raw, gathered["ema"][2] if gathered["ema"] else None)
-        rundir.write_final_models(self.out, self.module, self.ema, self.position)
+        rundir.write_final_models(self.out, self.module, self.ema, self.position, self.trainables.header)
         rundir.write_done(self.out, self.cfg.epochs, self._wall_s(), metrics)
         self.progress.write(f"done: {self.out} ({epoch_line({'epoch': self.cfg.epochs, **metrics}, self.cfg.epochs)})")
         return metrics

@@ -19,12 +19,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from vitreduce.data.config import DataConfig
+from vitreduce.data.images import class_folder_names
+from vitreduce.data.recorded import recorded_classes
 from vitreduce.errors import VitreduceError
 from vitreduce.reduction import checkpoint
 from vitreduce.reduction.models import create_model
 from vitreduce.reduction.params import alias_groups
 from vitreduce.reduction.spec import ReductionSpec
-from vitreduce.reduction.surgery import reduce
+from vitreduce.reduction.surgery import reduce, scaling_line
 from vitreduce.reduction.weights import PICKLE_SUFFIXES, copy_unique_tensors, listing, read_state_dict, split_selector
 from vitreduce.train.config import ModelConfig
 
@@ -38,10 +41,12 @@ class InitReport:
     skipped: list[str] = field(default_factory=list)  # its tensors not copied (a head of another size)
     reinitialised: list[str] = field(default_factory=list)  # the model's tensors left freshly initialised
     reduction_applied: str | None = None  # applied to the full-width weights after loading them
+    scaling: str | None = None  # what grouped multiplied the loaded MLPs by (``surgery.scaling_line``)
 
     def record(self) -> dict[str, Any]:
         return {"source": self.source, "loaded": self.loaded, "skipped": self.skipped,
-                "reinitialised": self.reinitialised, "reduction_applied": self.reduction_applied}
+                "reinitialised": self.reinitialised, "reduction_applied": self.reduction_applied,
+                "scaling": self.scaling}
 
     def line(self) -> str:
         where = " into the full model" if self.reduction_applied else ""
@@ -52,6 +57,8 @@ class InitReport:
             text += f"; skipped {listing(self.skipped)} (shape differs)"
         if self.reinitialised:
             text += f"; re-initialised {listing(self.reinitialised)}"
+        if self.scaling:
+            text += f"; {self.scaling}"
         return text
 
 
@@ -76,18 +83,22 @@ def start_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> tuple[n
     report = _copy_weights(source, model, cfg.init_checkpoint)
     if to_apply:
         thin = any(step.strategy == "thin" for step in to_apply.steps)
-        reduce(model, to_apply, trained=not thin)  # relaxed deltas fit the trained residuals (thin: none left)
-        report.reduction_applied = str(to_apply)
+        reduce(model, to_apply, trained=not thin)  # trained MLPs: scale=auto x1, relaxed deltas fit the residuals
+        report.reduction_applied, report.scaling = str(to_apply), scaling_line(model)
         if thin:  # thin builds fresh MLPs over the loaded ones
             report.reinitialised += [n for n in _unique_names(model) if ".mlp." in n]
     return model.to(device), report
 
 
-def check_init_checkpoint(cfg: ModelConfig) -> ReductionSpec | None:
+def check_init_checkpoint(cfg: ModelConfig, data: DataConfig | None = None) -> ReductionSpec | None:
     """What ``start_model`` refuses about ``cfg.init_checkpoint`` before reading any weights: a missing
     file or an unknown format; for a vitreduce checkpoint a header that does not describe a model vitreduce
     builds (``reduction.checkpoint.check_header``), names another model, or is reduced otherwise than the
     config. Headers only, so cheap: for the checks that run before any file of a run is written.
+
+    With ``data`` (the run's data section), a vitreduce file whose head is kept (as many classes as the
+    config) and that records other class names than the training folders gets a printed note: its output
+    units are kept by position, so a renamed or reordered folder would be trained under another unit.
 
     Returns:
         the reduction to apply after loading the full-width weights (None: none, or the file has it already).
@@ -112,10 +123,25 @@ def check_init_checkpoint(cfg: ModelConfig) -> ReductionSpec | None:
             f"model.init_checkpoint {path} is {metadata['base_model']} with reduction {metadata['reduction']!r}, "
             f"the config asks for {cfg.name}: set model.name to {metadata['base_model']} to match"
         )
+    if data is not None:
+        _note_head_classes(recorded_classes(metadata, str(path)), path, cfg, data)
     try:
         return checkpoint.reduction_to_apply(metadata, spec, path, setting="model.reduction")
     except VitreduceError as err:
         raise VitreduceError(f"model.init_checkpoint: {err}") from None
+
+
+def _note_head_classes(recorded: list[str] | None, path, cfg: ModelConfig, data: DataConfig) -> None:
+    """Say so when a kept head was trained on other class names than the training folders hold."""
+    if recorded is None or len(recorded) != cfg.num_classes:
+        return  # no names recorded, or a head of another size: freshly initialised
+    found = class_folder_names(data)
+    if found != recorded:
+        moved = [f"{old!r} -> {new!r}" for old, new in zip(recorded, found, strict=False) if old != new]
+        print(f"note: model.init_checkpoint {path} has a head trained on other classes than {data.root}/"
+              f"{data.train_split} holds; its output units are kept by position ({', '.join(moved[:5])}"
+              f"{', ...' if len(moved) > 5 else ''}). If these are the same classes, name the folders as the "
+              "checkpoint's, in the same order", flush=True)
 
 
 def _unique_names(model: nn.Module) -> list[str]:

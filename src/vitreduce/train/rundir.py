@@ -86,8 +86,8 @@ def inspect(out: Path, config: TrainConfig, must_exist: bool = False, extend: bo
             if not resume.candidates(out / CHECKPOINTS):
                 raise VitreduceError(f"--extend: {out} holds no checkpoint to continue from")
             return RunStart(RunStatus.RESUME, checkpoint=str(resume.latest(out / CHECKPOINTS)), extends=extends)
-        if (out / DONE).is_file():
-            return RunStart(RunStatus.DONE, done=json.loads((out / DONE).read_text()))
+        if (done := read_done(out)) is not None:
+            return RunStart(RunStatus.DONE, done=done)
         if resume.candidates(out / CHECKPOINTS):
             found = resume.latest(out / CHECKPOINTS)
             return RunStart(RunStatus.RESUME, checkpoint=str(found) if found else None)
@@ -226,13 +226,30 @@ def write_predictions(out: Path, indices: torch.Tensor, labels: torch.Tensor, ra
     write_text(out / PREDICTIONS, buffer.getvalue())
 
 
-def write_final_models(out: Path, module: nn.Module, ema: Ema | None, position: Position) -> None:
+def write_final_models(out: Path, module: nn.Module, ema: Ema | None, position: Position,
+                       header: dict[str, str] | None = None) -> None:
     """model.safetensors and model_ema.safetensors of the finished run (as in its last checkpoint)."""
     try:
-        write_model_files(out, module, ema, position)
+        write_model_files(out, module, ema, position, header)
     except OSError as err:
         raise VitreduceError(f"cannot write the final model files in {out} ({err.filename}: {err.strerror or err}); "
                              "its checkpoints are intact: make it writable and rerun the same command") from None
+
+
+def read_done(out: Path) -> dict[str, Any] | None:
+    """done.json's record (``write_done``), None when the run has none; a damaged one (truncated by a full disk
+    or a copy cut short) is refused rather than taken for a finished run."""
+    path = out / DONE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_bytes())
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        record = err
+    if not isinstance(record, dict) or not {"epochs", "wall_s", "final"} <= set(record):
+        raise VitreduceError(f"{path} is damaged (not the complete record a finished run writes): remove it and rerun "
+                             "the same command, which resumes from the newest checkpoint and writes it again")
+    return record
 
 
 def write_done(out: Path, epochs: int, wall_s: float, final: dict[str, Any]) -> None:

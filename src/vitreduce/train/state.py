@@ -105,6 +105,7 @@ class Trainables:
     scaler: torch.amp.GradScaler
     ema: Ema | None = None
     names: dict[int, str] = field(default_factory=dict)  # id(param) -> name (optim.param_names)
+    header: dict[str, str] = field(default_factory=dict)  # what every model file records (data.recorded)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,7 +173,7 @@ _LINK_ORDER = ("best", "recovery", "last")
 
 def _write_files(folder: Path, trainables: Trainables, position: Position, rng_states: list[dict[str, Any]]) -> None:
     """The checkpoint's three files in ``folder``: model, EMA model, state (optimizer, RNGs, position)."""
-    write_model_files(folder, trainables.module, trainables.ema, position)
+    write_model_files(folder, trainables.module, trainables.ema, position, trainables.header)
     tensors, header = _optimizer_tensors(trainables)
     rng_tensors, rng_header = _rng_tensors(rng_states)
     header.update(rng_header)
@@ -185,10 +186,12 @@ def _write_files(folder: Path, trainables: Trainables, position: Position, rng_s
     checkpoint.write_safetensors(folder / STATE, {**tensors, **rng_tensors}, meta)
 
 
-def write_model_files(folder: Path, module: nn.Module, ema: Ema | None, position: Position) -> None:
+def write_model_files(folder: Path, module: nn.Module, ema: Ema | None, position: Position,
+                      header: dict[str, str] | None = None) -> None:
     """model.safetensors and, with an EMA, model_ema.safetensors: vitreduce model checkpoints
-    (``vitreduce.load``) whose metadata names the epoch and step they hold."""
-    metadata = {"epoch": str(position.epochs_done), "step": str(position.step)}
+    (``vitreduce.load``) whose metadata names the epoch and step they hold, with ``header`` (the class
+    names and eval preprocessing: ``data.recorded``)."""
+    metadata = {**(header or {}), "epoch": str(position.epochs_done), "step": str(position.step)}
     checkpoint.save(module, folder / MODEL, metadata={**metadata, "weights": "raw"})
     if ema is not None:
         checkpoint.save(ema.module, folder / EMA_MODEL, metadata={**metadata, "weights": "ema"})

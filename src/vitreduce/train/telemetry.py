@@ -1,4 +1,4 @@
-"""Per-step telemetry: RUN_DIR/steps.jsonl and TensorBoard's per-step scalars (docs/run-directory.md).
+"""Per-step telemetry: RUN_DIR/steps.jsonl and the trackers' per-step scalars (docs/run-directory.md).
 
 Every ``logging.step_every`` optimizer steps, rank 0 probes the step (``vitreduce.train.step.StepProbe``)
 and writes one line: loss, learning rate, global gradient norm, update norm, whether the step was
@@ -13,29 +13,29 @@ from typing import Any
 from torch import nn
 
 from vitreduce.numbers import is_finite
-from vitreduce.train.logs import StepsFile, TensorBoard
+from vitreduce.train.logs import StepsFile
 from vitreduce.train.step import StepProbe, StepResult
 
 STEPS = "steps.jsonl"  # in the run directory, beside metrics.jsonl
 
 
 class StepTelemetry:
-    """steps.jsonl (and TensorBoard's ``step/`` scalars) of one run; inert on ranks other than 0.
+    """steps.jsonl (and the trackers' ``step/`` scalars) of one run; inert on ranks other than 0.
 
     Args:
         run_dir: the run directory (the file is RUN_DIR/steps.jsonl).
         module: the unwrapped model (its unique MLPs and trainable parameters are probed).
         every: optimizer steps between logged steps (``logging.step_every``); 0: none.
         steps_done: the position's step: on rank 0 the file is cut back to it.
-        tensorboard: where the per-step scalars also go, if anywhere.
+        trackers: where the per-step scalars also go, if anywhere (``tracking.Trackers``: TensorBoard, MLflow, W&B).
         main: whether this is rank 0 (the one process that measures and writes).
     """
 
     def __init__(self, run_dir: Path, module: nn.Module, every: int, steps_done: int,
-                 tensorboard: TensorBoard | None = None, main: bool = True):
+                 trackers: Any = None, main: bool = True):
         self.file = StepsFile(Path(run_dir) / STEPS)
         self.every = every if main else 0
-        self.tensorboard = tensorboard
+        self.trackers = trackers
         self._probe = StepProbe.build(module) if self.every else None
         if main:
             self.file.truncate(steps_done)  # even when no step is logged now: no line past the checkpoint stays
@@ -53,8 +53,8 @@ class StepTelemetry:
             return
         record = step_record(probe, epoch + 1, step, lr, result)
         self.file.append(record)
-        if self.tensorboard is not None:
-            self.tensorboard.step(record)
+        if self.trackers is not None:
+            self.trackers.step(record)
 
 
 def step_record(probe: StepProbe, epoch: int, step: int, lr: float, result: StepResult) -> dict[str, Any]:
