@@ -268,3 +268,9 @@ def test_a_marker_with_repeated_class_names_is_refused(shard_set, tmp_path):
     (copy / "vitreduce_shards.json").write_text(json.dumps(marker))
     with pytest.raises(VitreduceError, match="distinct non-empty strings"):
         check_dataset(_data(copy), 4)
+
+
+def test_segmentation_scenes_are_not_silently_written_as_folders_when_shards_are_asked(tmp_path, capsys):
+    assert main(["data", "synth", str(tmp_path / "seg"), "--segmentation", "--shards"]) == 2
+    assert "--shards does not apply with --segmentation" in capsys.readouterr().err
+    assert not (tmp_path / "seg").exists()

@@ -125,6 +125,9 @@ def _synth(args: argparse.Namespace) -> int:
 def _segmentation(args: argparse.Namespace, start: float) -> int:
     if args.overwrite:
         raise VitreduceError("--overwrite does not apply with --segmentation: write to a new directory")
+    if args.shards:  # the probe reads the ADE20K folder layout only
+        raise VitreduceError("--shards does not apply with --segmentation (scenes are written in the ADE20K "
+                             "folder layout): drop --shards")
     classes = seg.CLASSES if args.classes is None else args.classes
     out = seg.write_segmentation_dataset(args.out, seed=args.seed, classes=classes, train_images=args.train_images,
                                          val_images=args.val_images, size=args.size)
