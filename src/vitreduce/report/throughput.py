@@ -1,7 +1,7 @@
 """Measured inference throughput of a study's variants (throughput.json) and its ratio to a baseline."""
 from __future__ import annotations
 
-from vitreduce.numbers import is_finite
+from vitreduce.numbers import is_finite, ranges_overlap
 
 
 def _number(value) -> float | None:
@@ -24,7 +24,7 @@ def throughput_ratio(variant: dict | None, baseline: dict | None) -> tuple[float
         return None, "no throughput"
     if None in (variant["min"], variant["max"], baseline["min"], baseline["max"]):
         return None, "no range"
-    if variant["min"] <= baseline["max"] and baseline["min"] <= variant["max"]:
+    if ranges_overlap(variant["min"], variant["max"], baseline["min"], baseline["max"]):
         return None, "ranges overlap"
     return variant["median"] / baseline["median"], "ranges apart"
 
