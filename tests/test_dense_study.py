@@ -27,7 +27,9 @@ def test_tiny_dense_transfer_study_probes_and_reports(tmp_path):
     summary = read_summary(tmp_path / "study" / "summary.json").variants
     for variant in ("grouped", "shallow"):
         entry = summary[variant]["segmentation"]
-        assert entry["seeds"] == [42, 43] and entry["evidence"] == "exploratory"
+        assert entry["seeds"] == [42, 43] and entry["evidence"] == "confirmatory"  # the spec's primary: probe_miou
+        first = summary[variant]["vs_baseline"]["seed_level"][0]
+        assert (first["metric"], first["kind"], first["evidence"]) == ("miou", "ema", "confirmatory")
         test = entry["miou_vs_baseline"]
         assert test["n"] == 2 and test["family"]["size"] == 2  # grouped and shallow against the baseline
         base = summary["baseline"]["segmentation"]
@@ -35,7 +37,8 @@ def test_tiny_dense_transfer_study_probes_and_reports(tmp_path):
     report = (tmp_path / "study" / "report.md").read_text()
     section = report[report.index("## Dense transfer (segmentation probe)"):]
     assert "| baseline | 2 |" in section and "| grouped | 2 |" in section and "| shallow | 2 |" in section
-    assert "mIoU difference vs baseline" in section
+    assert "mIoU difference vs baseline" in section and "The confirmatory family (primary metric probe_miou)" in section
+    assert "in segmentation-probe mIoU of the EMA model" in report[:report.index("## Runs")]
     # Rerunning reuses every probe (same settings): nothing is trained or probed again.
     lines: list[str] = []
     run_study(spec, tmp_path / "study", echo=lines.append)

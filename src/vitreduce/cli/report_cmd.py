@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"else {DEFAULT_ALPHA})")
     parser.add_argument("--primary", choices=PRIMARY_CHOICES, default=None,
                         help="the confirmatory family's metric (default: study.yaml's statistics.primary, else "
-                             "ema_top1_final when every comparison has an EMA model, else raw_top1_final)")
+                             "ema_top1_final when every comparison has an EMA model, else raw_top1_final; "
+                             "probe_miou: the segmentation probe's mIoU, for a study whose analysis probes its runs)")
     parser.add_argument("--correction", choices=("holm", "bh"), default=None,
                         help="multiple-comparison correction within each family: holm (family-wise error) or bh "
                              "(Benjamini-Hochberg false discovery rate) (default: study.yaml's, else holm)")

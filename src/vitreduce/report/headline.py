@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from vitreduce.report.runs import KIND_TITLE
 from vitreduce.report.stability import describe_divergence, diverged_variants, not_counted
-from vitreduce.statistics.family import BETTER, METRIC_TITLE, NEGLIGIBLE, NOT_TESTABLE, WORSE
+from vitreduce.statistics.family import (
+    BETTER,
+    METRIC_TITLE,
+    NEGLIGIBLE,
+    NOT_TESTABLE,
+    PROBE_MIOU,
+    WORSE,
+    family_keys,
+)
 from vitreduce.statistics.paired import MIN_SEEDS
 from vitreduce.statistics.power import MAX_SEEDS
 from vitreduce.statistics.pvalue import fmt_p
@@ -62,15 +70,17 @@ def _verdict_clause(variant: str, r: dict, baseline: str) -> str:
             f"adjusted p={fmt_p(r['p_adjusted'], r['family']['alpha'])}")
 
 
-def headline(summary: dict, baseline: str) -> list[str]:
+def headline(summary: dict, baseline: str, primary: str | None = None) -> list[str]:
     """The headline sentences, generated from the confirmatory family's verdicts and detectable effects, with
     every caveat that applies to them: few seeds, negligible differences, diverged or uncounted runs, an EMA
     that contradicts its raw model or averages over more steps than the run had."""
     records = confirmatory(summary)
     if not records:
-        return [f"No variant could be compared with the baseline ({baseline}): it, or every other variant, has no "
-                "finished runs, so this study supports no claim about the variants.", *_run_caveats(summary),
-                EXPLORATORY]
+        why = ("no variant has segmentation-probe results on seeds the baseline's probe shares (the primary metric "
+               f"{PROBE_MIOU}; the study's analysis probes finished runs)" if primary == PROBE_MIOU else
+               "it, or every other variant, has no finished runs")
+        return [f"No variant could be compared with the baseline ({baseline}): {why}, so this study supports no "
+                "claim about the variants.", *_run_caveats(summary), EXPLORATORY]
     first = next(iter(records.values()))
     what = f"{METRIC_TITLE[first['metric']]} of the {KIND_TITLE[first['kind']]}"
     testable = {v: r for v, r in records.items() if r["verdict"] != NOT_TESTABLE}
@@ -97,6 +107,8 @@ def headline(summary: dict, baseline: str) -> list[str]:
     sentences += _power_sentence(testable.values())
     sentences += _reversal_sentences(summary, first)
     sentences += _ema_horizon_sentences(summary)
+    if primary == PROBE_MIOU:
+        sentences.append(f"Classification top-1 (of both models) is exploratory here: the primary metric is {what}.")
     return [*sentences, *_run_caveats(summary), EXPLORATORY]
 
 
@@ -186,12 +198,11 @@ def _power_sentence(records) -> list[str]:
 def headline_table(summary: dict, baseline: str, primary: str) -> tuple[list[str], list[list[str]]]:
     """variant, n, params, the primary metric's mean ± sd over its n runs; then over the seeds paired with the
     baseline: their number, the two means, the difference with its CI, adjusted p and verdict."""
-    kind, metric = primary.split("_", 1)
     records = confirmatory(summary)
     rows = []
     for variant, e in summary.items():
-        k, r = e[kind], records.get(variant)
-        mean, sd = k[f"{metric}_mean"], k[f"{metric}_std"]
+        r = records.get(variant)
+        n, mean, sd = _primary_values(e, primary)
         value = NA if mean is None else f"{mean:.2f}" if sd is None else f"{mean:.2f} ± {sd:.2f}"
         paired = means = NA
         if r is None or r["mean_diff"] is None:
@@ -202,10 +213,21 @@ def headline_table(summary: dict, baseline: str, primary: str) -> tuple[list[str
             paired = str(r["n"])
             if r.get("mean_baseline") is not None:
                 means = f"{r['mean_baseline']:.2f} → {r['mean_variant']:.2f}"
-        rows.append([variant, str(k["n"]), NA if e["params"] is None else f"{e['params'] / 1e6:.2f}M", value,
+        rows.append([variant, str(n), NA if e["params"] is None else f"{e['params'] / 1e6:.2f}M", value,
                      paired, means, diff,
                      NA if r is None or r["p_adjusted"] is None else fmt_p(r["p_adjusted"], r["family"]["alpha"]),
                      "" if r is None else r["verdict"]])
+    first = next(iter(records.values()), None)  # the probed model's kind is in its records
+    kind, metric, _ = family_keys(primary, "ema" if first is None else first["kind"])[0]
     title = f"{METRIC_TITLE[metric]}, {KIND_TITLE[kind]}"
     return (["variant", "n", "params", f"{title} (mean ± sd over n)", "paired seeds",
              "paired means (baseline → variant)", "difference vs baseline (pp) [CI]", "adjusted p", "verdict"], rows)
+
+
+def _primary_values(entry: dict, primary: str) -> tuple[int, float | None, float | None]:
+    """n, mean and sd of a variant's primary metric over its runs (for probe_miou: over its probed runs)."""
+    if primary == PROBE_MIOU:
+        probe = entry.get("segmentation") or {}
+        return len(probe.get("seeds", [])), probe.get("miou_mean"), probe.get("miou_std")
+    kind, metric = primary.split("_", 1)
+    return entry[kind]["n"], entry[kind][f"{metric}_mean"], entry[kind][f"{metric}_std"]

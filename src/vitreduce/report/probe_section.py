@@ -2,8 +2,10 @@
 sample std over seeds) beside its classification top-1, and the seed-level paired t-test of its mIoU
 against the baseline's, the variants adjusted together as one family with the study's correction.
 
-Exploratory: the probe is an analysis of the trained runs that no study spec makes its primary
-question. Pure functions of the results.json files a study's analysis wrote (``analysis_files.read_run_probe``;
+Exploratory, unless the study names ``probe_miou`` as its primary metric (``statistics.primary`` or
+``--primary``): then these tests are the confirmatory family (``statistics.family.seed_level`` decides their
+verdicts, the headline states them) and classification top-1 is exploratory. Pure functions of study.yaml and
+the results.json files a study's analysis wrote (``analysis_files.read_run_probe``;
 ``vitreduce.study.probe_analysis`` writes them); a study without them gets no section.
 """
 from __future__ import annotations
@@ -11,19 +13,39 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from vitreduce.config_tree import read_yaml
+from vitreduce.errors import VitreduceError
 from vitreduce.report.analysis_files import read_run_probe
 from vitreduce.report.formatting import NA, pm_column
 from vitreduce.report.plots import ordered_variants
 from vitreduce.report.render import Block, Heading, Paragraph, Table
 from vitreduce.report.runs import StudyRuns
 from vitreduce.report.sharpness_paired import reading  # the same wording for every exploratory paired test
-from vitreduce.statistics.family import CORRECTION_NAME, StatisticsConfig, adjust_pvalues
+from vitreduce.statistics.family import CORRECTION_NAME, PROBE_MIOU, StatisticsConfig, adjust_pvalues, verdict_word
 from vitreduce.statistics.paired import TTest, paired_ttest
 from vitreduce.statistics.pvalue import fmt_p
 from vitreduce.statistics.sample import mean_std
 
 FAMILY = ("every variant's mIoU difference from the baseline over paired seeds; an undefined test counts in the "
-          "family as p = 1; exploratory")
+          "family as p = 1; {evidence}")
+
+
+def probed_kind(study: StudyRuns, config: StatisticsConfig) -> str:
+    """The model kind the study's analysis probes (study.yaml's analysis.weights: "ema" or "raw"). With primary
+    probe_miou, a study whose study.yaml has no analysis.segmentation section is refused: nothing measures it."""
+    path = study.study_dir / "study.yaml"
+    analysis = (read_yaml(path) if path.is_file() else {}).get("analysis") or {}
+    if config.primary == PROBE_MIOU and not analysis.get("segmentation"):
+        raise VitreduceError(f"primary metric {PROBE_MIOU} is the segmentation probe's mIoU, but "
+                             f"{study.study_dir}/study.yaml has no analysis.segmentation section, so no run is "
+                             "probed: add analysis.segmentation (its data: a dataset in the ADE20K layout; "
+                             "docs/dense-tasks.md) to the study spec and run the study again, or name another "
+                             "primary metric (statistics.primary or --primary)")
+    return analysis.get("weights", "ema")
+
+
+def _evidence(config: StatisticsConfig) -> str:
+    return "confirmatory" if config.primary == PROBE_MIOU else "exploratory"
 
 
 @dataclass(frozen=True)
@@ -69,7 +91,7 @@ def probe_vs_baseline(study: StudyRuns, summary: dict, config: StatisticsConfig)
     size = len(tests)
     for variant, by_seed in results.items():
         entry: dict = {"seeds": sorted(by_seed), "data": sorted({r["data"] for r in by_seed.values()}),
-                       "evidence": "exploratory"}
+                       "evidence": _evidence(config)}
         for key in ("miou", "pixel_accuracy", "mean_accuracy"):
             entry[f"{key}_mean"], entry[f"{key}_std"], _ = mean_std([r[key] for r in by_seed.values()])
         test = next((t for t in tests if t.variant == variant), None)
@@ -83,9 +105,17 @@ def _record(t: ProbeTest, baseline: str, config: StatisticsConfig, size: int) ->
     test = t.test
     return {"baseline": baseline, "seeds": list(t.seeds), "n": test.n, "differences": list(test.differences),
             "mean_diff": test.mean_diff, "sd": test.sd, "ci_low": test.ci_low, "ci_high": test.ci_high, "t": test.t,
-            "df": test.df, "p": test.p, "p_adjusted": t.p_adjusted, "reading": reading(t, config.alpha),
-            "warning": test.warning, "family": {"definition": FAMILY, "size": size, "correction": config.correction,
-                                                "alpha": config.alpha}}
+            "df": test.df, "p": test.p, "p_adjusted": t.p_adjusted, "reading": _reading(t, config),
+            "warning": test.warning, "family": {"definition": FAMILY.format(evidence=_evidence(config)),
+                                                "evidence": _evidence(config), "size": size,
+                                                "correction": config.correction, "alpha": config.alpha}}
+
+
+def _reading(t: ProbeTest, config: StatisticsConfig) -> str:
+    """The confirmatory verdict (the rule of every confirmatory family), or the exploratory reading."""
+    if config.primary != PROBE_MIOU:
+        return reading(t, config.alpha)
+    return verdict_word(t.test.mean_diff, t.p_adjusted, config.alpha, "miou", config.min_effect)
 
 
 def probe_section(study: StudyRuns, summary: dict, results: dict[str, dict[int, dict]], tests: list[ProbeTest],
@@ -129,12 +159,16 @@ def _test_blocks(tests: list[ProbeTest], baseline: str, config: StatisticsConfig
              NA if t.test.ci_low is None else f"[{t.test.ci_low:+.2f}, {t.test.ci_high:+.2f}]",
              NA if t.test.p is None else fmt_p(t.test.p, config.alpha),
              NA if t.p_adjusted is None else fmt_p(t.p_adjusted, config.alpha),
-             reading(t, config.alpha)] for t in tests]
+             _reading(t, config)] for t in tests]
+    primary = config.primary == PROBE_MIOU
+    meaning = (f"The confirmatory family (primary metric {PROBE_MIOU}): its verdicts are the headline's, and "
+               "classification top-1 is exploratory." if primary else
+               "Exploratory: they suggest what to test next and confirm nothing.")
     return [
-        Paragraph(f"Exploratory: paired mIoU difference from {baseline} (variant minus baseline over the seeds both "
+        Paragraph(f"Paired mIoU difference from {baseline} (variant minus baseline over the seeds both "
                   f"probed, percentage points), {1 - config.alpha:.0%} t-based CI, two-sided paired t-test over "
                   f"seeds; the variants form one family adjusted with {CORRECTION_NAME[config.correction]} at "
-                  f"alpha={config.alpha:g}. They suggest what to test next and confirm nothing."),
+                  f"alpha={config.alpha:g}. {meaning}"),
         Table(["variant", "paired seeds", f"mIoU difference vs {baseline}", "CI", "raw p", "adjusted p",
-               "exploratory reading"], rows),
+               "verdict" if primary else "exploratory reading"], rows),
     ]

@@ -11,10 +11,10 @@ from vitreduce.report.render import Block, Bullets, Heading, Paragraph, Table
 from vitreduce.report.runs import KIND_TITLE, StudyRuns
 from vitreduce.statistics.family import (
     CORRECTION_NAME,
-    METRIC_TITLE,
     NOT_TESTABLE,
     SeedResult,
     StatisticsConfig,
+    primary_title,
 )
 from vitreduce.statistics.paired import Comparison
 from vitreduce.statistics.power import MAX_SEEDS, describe_detectable
@@ -57,10 +57,11 @@ def _seeds_needed(r: SeedResult) -> str:
 
 def _lead(results: list[SeedResult], settings: StatsSettings) -> str:
     c = settings.config
-    kind, metric = c.primary.split("_", 1)
+    first = next((r.family for r in results if r.family.evidence == "confirmatory"), None)
+    what = primary_title(c.primary, "ema" if first is None else first.kind)  # the probed model's kind where probed
     size = sum(r.family.evidence == "confirmatory" for r in results)
     return (f"Confirmatory family: the {size} comparison(s) of each variant with the baseline on "
-            f"{METRIC_TITLE[metric]} of the {KIND_TITLE[kind]} (primary metric {c.primary}, "
+            f"{what} (primary metric {c.primary}, "
             f"{settings.primary_source}), "
             f"{CORRECTION_NAME[c.correction]} correction at alpha={c.alpha:g}. Only the seed-level paired t-test "
             "decides a verdict, on its adjusted p: better, worse, or no evidence of a difference. Every other metric "
@@ -92,6 +93,9 @@ def _seed_level(results: list[SeedResult], settings: StatsSettings) -> list[Bloc
     c = settings.config
     confirmatory = [r for r in results if r.family.evidence == "confirmatory"]
     exploratory = [r for r in results if r.family.evidence == "exploratory"]
+    if not confirmatory:  # primary probe_miou, and no variant's probe pairs with the baseline's
+        return [Paragraph("No variant has a primary-metric result on seeds the baseline shares: no verdicts."),
+                *_exploratory_blocks(exploratory, c)]
     first = confirmatory[0].family
     level = f"{1 - c.alpha:.0%}"
     conf = f"{level} CI (pp)"
@@ -117,6 +121,12 @@ def _seed_level(results: list[SeedResult], settings: StatsSettings) -> list[Bloc
               if r.detectable.reason is not None]
     if notes:
         blocks.append(Bullets(notes))
+    return [*blocks, *_exploratory_blocks(exploratory, c)]
+
+
+def _exploratory_blocks(exploratory: list[SeedResult], c: StatisticsConfig) -> list[Block]:
+    conf = f"{1 - c.alpha:.0%} CI (pp)"
+    blocks: list[Block] = []
     if exploratory:
         blocks += [
             Heading("Seed level, exploratory families (not confirmatory)", level=3),

@@ -26,7 +26,7 @@ from vitreduce.report.formatting import pm_column as _pm_column
 from vitreduce.report.formatting import variant_label
 from vitreduce.report.headline import headline, headline_table
 from vitreduce.report.pareto_section import pareto_section
-from vitreduce.report.probe_section import probe_section, probe_vs_baseline
+from vitreduce.report.probe_section import ProbeTest, probe_section, probe_vs_baseline, probed_kind
 from vitreduce.report.render import Block, Heading, Image, Paragraph, Table, render_html, render_markdown
 from vitreduce.report.runs import (
     DEFAULT_SPIKE_THRESHOLD,
@@ -47,7 +47,7 @@ from vitreduce.report.sharpness_section import sharpness_section
 from vitreduce.report.stability import divergence_tests
 from vitreduce.report.stats_section import IMAGE_LEVEL, StatsSettings, image_level_blocks, statistics_blocks
 from vitreduce.report.summary_file import Summary, summary_text
-from vitreduce.statistics.family import SeedResult, StatisticsConfig, resolve_primary, seed_level
+from vitreduce.statistics.family import PROBE_MIOU, SeedResult, StatisticsConfig, resolve_primary, seed_level
 from vitreduce.statistics.paired import DEFAULT_BOOTSTRAP_SEED, DEFAULT_RESAMPLES, Comparison
 
 NA = "n/a"
@@ -174,6 +174,7 @@ def _document(study: StudyRuns, summary: dict, comparisons: list[Comparison], re
               paired_sharpness: list | None = None) -> list[Block]:
     """Title, context, the headline (sentences, one figure, one table); the sections; the appendix last."""
     lead = next((f for name in SUMMARY_FIGURES for f in figures if f[0].endswith("/" + name)), None)
+    lead = None if settings.stats.config.primary == PROBE_MIOU else lead  # they draw top-1, not the primary mIoU
     return [
         Heading(f"Study report: {study.name}", level=1),
         Paragraph(f"Study directory {study.study_dir}; baseline variant: {study.baseline}. "
@@ -209,15 +210,18 @@ def _results_sections(summary: dict) -> list[Block]:
 # Writing the report
 
 
-def _compare(study: StudyRuns, summary: dict, settings: StatsSettings) -> tuple[list[Comparison], list[SeedResult]]:
-    """Every variant against the baseline, and the families' results; each goes into its summary.json entry."""
+def _compare(study: StudyRuns, summary: dict, settings: StatsSettings, probe: list[ProbeTest],
+             probe_kind: str) -> tuple[list[Comparison], list[SeedResult]]:
+    """Every variant against the baseline, and the families' results; each goes into its summary.json entry.
+    ``probe``: the segmentation probe's mIoU tests, a family here only when they are the primary metric."""
     if study.baseline not in study.variants:
         return [], []
     cfg = settings.config
     comparisons = [compare_to_baseline(variant, runs, study.baseline, study.variants[study.baseline], alpha=cfg.alpha,
                                        n_resamples=settings.n_resamples, seed=settings.bootstrap_seed)
                    for variant, runs in study.variants.items() if variant != study.baseline]
-    results = seed_level(comparisons, cfg)
+    miou = [(t.variant, t.test) for t in probe] if cfg.primary == PROBE_MIOU else []
+    results = seed_level(comparisons, cfg, miou, probe_kind)
     for c in comparisons:
         summary[c.variant]["vs_baseline"] = {
             "baseline": c.baseline, "alpha": c.alpha, "seeds": c.seeds, "primary": cfg.primary,
@@ -291,20 +295,21 @@ def write_report(study_dir: Path | str, baseline: str | None = None, *, alpha: f
                        step_spike_window=step_spike_window, step_spike_z=step_spike_z, labels_of=labels_of)
     settings = ReportSettings(_stats_settings(study, alpha, correction, primary, effect, n_resamples, bootstrap_seed),
                          spike_window, spike_threshold, step_spike_window, step_spike_z)
+    cfg = settings.stats.config
+    probe_kind = probed_kind(study, cfg)  # refuses primary probe_miou for a study that probes nothing
     summary = summarize_study(study, read_throughput(study_dir))
-    divergence_tests(summary, study.baseline, settings.stats.config.alpha)
-    comparisons, results = _compare(study, summary, settings.stats)
-    paired = sharpness_vs_baseline(study, summary, settings.stats.config)  # table, figure and summary.json
+    divergence_tests(summary, study.baseline, cfg.alpha)
+    probed, probe_tests = probe_vs_baseline(study, summary, cfg)  # the segmentation probe, where analysed
+    comparisons, results = _compare(study, summary, settings.stats, probe_tests, probe_kind)
+    paired = sharpness_vs_baseline(study, summary, cfg)  # table, figure and summary.json
     fig_dir = study_dir / "figures"
     figures = write_figures(study, summary, fig_dir, paired)
-    sentences = headline(summary, study.baseline)
+    sentences = headline(summary, study.baseline, cfg.primary)
     blocks = _document(study, summary, comparisons, results,
                        [(f"figures/{name}", caption) for name, caption in figures], settings, sentences, paired)
-    cfg = settings.stats.config
     section, pareto = pareto_section(study, summary, fig_dir, alpha=cfg.alpha, margin=cfg.margin,
                                      n_resamples=n_resamples, seed=bootstrap_seed)
     blocks[blocks.index(Heading("Figures")):blocks.index(Heading("Figures"))] = section  # before the figures
-    probed, probe_tests = probe_vs_baseline(study, summary, cfg)  # the segmentation probe, where analysed
     at = blocks.index(Heading("Figures"))
     blocks[at:at] = probe_section(study, summary, probed, probe_tests, cfg)
     blocks.append(Paragraph(f"Every number of this report, unformatted: summary.json, and {RESULTS_CSV} (one row per "
@@ -314,7 +319,8 @@ def write_report(study_dir: Path | str, baseline: str | None = None, *, alpha: f
                         [study_dir / b.src for b in section if isinstance(b, Image)],
                         summary=summary)
     # allow_nan=False: strict JSON (no NaN token); a figure that is undefined is null.
-    record = Summary({"name": study.name, "baseline": study.baseline, "pareto": pareto}, summary)
+    record = Summary({"name": study.name, "baseline": study.baseline, "primary": cfg.primary, "pareto": pareto},
+                     summary)
     write_bytes(paths.summary_json, summary_text(record).encode())
     write_results_csv(study_dir, summary)
     write_bytes(paths.markdown, render_markdown(blocks).encode())

@@ -2,7 +2,8 @@
 
 A study's **confirmatory family** is every variant-vs-baseline comparison on one primary metric (final
 top-1 of the EMA model by default, of the raw model when the runs have no EMA; the spec's
-``statistics.primary`` or ``vitreduce report --primary`` names another). Every other metric and model
+``statistics.primary`` or ``vitreduce report --primary`` names another, ``probe_miou`` among them: the
+segmentation probe's mIoU of the model the study's analysis probed). Every other metric and model
 kind is an **exploratory** family of its own. Each family's p-values are adjusted together (Holm by
 default, Benjamini-Hochberg on request), and only the seed-level paired t-test's adjusted p decides the
 words "better", "worse" or "no evidence of a difference" (docs/metrics.md).
@@ -26,10 +27,13 @@ MODEL_KINDS: tuple[ModelKind, ...] = ("raw", "ema")
 KIND_TITLE: dict[ModelKind, str] = {"raw": "raw model", "ema": "EMA model"}  # as tables and figures name them
 Correction = Literal["holm", "bh"]
 CORRECTION_NAME = {"holm": "Holm (family-wise error rate)", "bh": "Benjamini-Hochberg (false discovery rate)"}
-SeedMetric = Literal["top1_final", "p2f"]
-METRIC_TITLE: dict[str, str] = {"top1_final": "final top-1", "p2f": "peak-to-final"}
-HIGHER_IS_BETTER: dict[str, bool] = {"top1_final": True, "p2f": False}  # less degradation is better
-PRIMARY_CHOICES = ("ema_top1_final", "raw_top1_final", "ema_p2f", "raw_p2f")
+SeedMetric = Literal["top1_final", "p2f", "miou"]
+METRIC_TITLE: dict[str, str] = {"top1_final": "final top-1", "p2f": "peak-to-final", "miou": "segmentation-probe mIoU"}
+HIGHER_IS_BETTER: dict[str, bool] = {"top1_final": True, "p2f": False, "miou": True}  # less degradation is better
+# The segmentation probe's mIoU (analysis.segmentation) of the model the analysis probed (analysis.weights): its
+# model kind is the probe's, not a choice here, and only a study that probes its runs can name it.
+PROBE_MIOU = "probe_miou"
+PRIMARY_CHOICES = ("ema_top1_final", "raw_top1_final", "ema_p2f", "raw_p2f", PROBE_MIOU)
 DEFAULT_CORRECTION: Correction = "holm"
 DEFAULT_EFFECT = 0.42  # pp: the paper's ViT-B/16 grouped-vs-baseline top-1 gain, the effect a study should see
 DEFAULT_MARGIN = 1.0  # pp of top-1: the non-inferiority margin of the degree statement unless the spec states one
@@ -44,11 +48,12 @@ class StatisticsConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    # <kind>_<metric>; default: ema_top1_final when every comparison has an EMA model, else raw_top1_final
-    primary: Literal["ema_top1_final", "raw_top1_final", "ema_p2f", "raw_p2f"] | None = None
+    # <kind>_<metric>, or probe_miou; default: ema_top1_final when every comparison has an EMA model, else
+    # raw_top1_final
+    primary: Literal["ema_top1_final", "raw_top1_final", "ema_p2f", "raw_p2f", "probe_miou"] | None = None
     correction: Correction = DEFAULT_CORRECTION  # holm: family-wise error rate; bh: false discovery rate
     alpha: float = Field(0.05, gt=0, lt=1)  # significance level of every family
-    effect: float = Field(DEFAULT_EFFECT, gt=0)  # pp: the effect whose seeds-needed the report states
+    effect: float = Field(DEFAULT_EFFECT, gt=0)  # pp of the primary metric: the effect whose seeds-needed is stated
     # pp: the smallest difference of interest; a significant difference below it (or below one test image,
     # whichever is larger) is called negligible, neither better nor worse
     min_effect: float = Field(0.0, ge=0)
@@ -110,7 +115,7 @@ class Family:
     name: str  # e.g. "confirmatory: ema_top1_final"
     evidence: Literal["confirmatory", "exploratory"]
     kind: str  # raw or ema
-    metric: str  # top1_final or p2f
+    metric: str  # top1_final, p2f, or miou (the segmentation probe's)
     correction: Correction
     alpha: float
     variants: tuple[str, ...]  # the comparisons (each variant vs the baseline) in the family
@@ -142,6 +147,8 @@ def resolve_primary(primary: str | None, kinds_per_comparison: Sequence[set[str]
         return "ema_top1_final" if has_ema else "raw_top1_final"
     if primary not in PRIMARY_CHOICES:
         raise VitreduceError(f"primary metric {primary!r} is not one of {', '.join(PRIMARY_CHOICES)}")
+    if primary == PROBE_MIOU:
+        return primary  # the probed model's kind is the analysis's (the report checks the study has probes)
     kind = primary.split("_", 1)[0]
     if kinds_per_comparison and not any(kind in k for k in kinds_per_comparison):
         other = "raw" if kind == "ema" else "ema"
@@ -151,11 +158,19 @@ def resolve_primary(primary: str | None, kinds_per_comparison: Sequence[set[str]
     return primary
 
 
-def family_keys(primary: str) -> list[tuple[str, str, str]]:
-    """(kind, metric, evidence) of every family, the confirmatory one first."""
+def family_keys(primary: str, probe_kind: str = "ema") -> list[tuple[str, str, str]]:
+    """(kind, metric, evidence) of every family, the confirmatory one first. The probe's mIoU is a family here
+    only as the primary metric (``probe_kind``: the model it probed); otherwise the report's dense-transfer
+    section holds it as an exploratory family of its own."""
     keys = [(k, m) for k in ("ema", "raw") for m in ("top1_final", "p2f")]
-    kind, metric = primary.split("_", 1)
+    kind, metric = (probe_kind, "miou") if primary == PROBE_MIOU else primary.split("_", 1)
     return [(kind, metric, "confirmatory")] + [(k, m, "exploratory") for k, m in keys if (k, m) != (kind, metric)]
+
+
+def primary_title(primary: str, probe_kind: str = "ema") -> str:
+    """The primary metric in words, e.g. "final top-1 of the EMA model"."""
+    kind, metric, _ = family_keys(primary, probe_kind)[0]
+    return f"{METRIC_TITLE[metric]} of the {KIND_TITLE[kind]}"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -198,13 +213,18 @@ def smallest_difference(comparison: Comparison, config: StatisticsConfig) -> tup
     return one_image, f"one test image of {min(images):,}"
 
 
-def seed_level(comparisons: Sequence[Comparison], config: StatisticsConfig) -> list[SeedResult]:
-    """Every family's results, the confirmatory family first; `config.primary` already resolved."""
+def seed_level(comparisons: Sequence[Comparison], config: StatisticsConfig,
+               probe: Sequence[tuple[str, TTest]] = (), probe_kind: str = "ema") -> list[SeedResult]:
+    """Every family's results, the confirmatory family first; `config.primary` already resolved. ``probe``: each
+    variant's paired mIoU test of the segmentation probe of its ``probe_kind`` model (for primary probe_miou)."""
     results = []
     smallest = {c.variant: smallest_difference(c, config) for c in comparisons}
-    for kind, metric, evidence in family_keys(config.primary or "raw_top1_final"):
-        members = [(c.variant, getattr(c.kinds[kind], "top1" if metric == "top1_final" else "p2f"))
-                   for c in comparisons if kind in c.kinds]
+    # mIoU has no one-test-image resolution: only the spec's smallest difference of interest applies to it
+    stated = (config.min_effect, "statistics.min_effect" if config.min_effect else "none stated")
+    for kind, metric, evidence in family_keys(config.primary or "raw_top1_final", probe_kind):
+        members = list(probe) if metric == "miou" else [
+            (c.variant, getattr(c.kinds[kind], "top1" if metric == "top1_final" else "p2f"))
+            for c in comparisons if kind in c.kinds]
         if not members:
             continue
         family = Family(f"{evidence}: {kind}_{metric}", evidence, kind, metric, config.correction, config.alpha,
@@ -213,7 +233,7 @@ def seed_level(comparisons: Sequence[Comparison], config: StatisticsConfig) -> l
         adjusted = adjust_pvalues([1.0 if t.p is None else t.p for _, t in members], config.correction)
         for (variant, t), p_adj in zip(members, adjusted, strict=True):
             p_adj = None if t.p is None else p_adj
-            least, why = smallest[variant]
+            least, why = stated if metric == "miou" else smallest[variant]
             results.append(SeedResult(family, variant, t, p_adj,
                                       verdict_word(t.mean_diff, p_adj, config.alpha, metric, least),
                                       detectable(list(t.differences), family.first_rank_alpha, config.effect),

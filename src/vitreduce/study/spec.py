@@ -39,7 +39,7 @@ from vitreduce.config_tree import (
 )
 from vitreduce.device import Precision
 from vitreduce.errors import VitreduceError
-from vitreduce.statistics.family import StatisticsConfig
+from vitreduce.statistics.family import PROBE_MIOU, StatisticsConfig
 from vitreduce.study.analysis import AnalysisConfig
 from vitreduce.study.sweep import SweepSpec, expand_sweep
 from vitreduce.train.config import TrainConfig
@@ -258,6 +258,11 @@ class StudySpec(_Strict):
             raise ValueError(f"baseline: {self.baseline!r} is not a variant; {hint}variants: {', '.join(names)}")
         if self.nproc_per_node > 1 and self.launcher == "python":
             raise ValueError("nproc_per_node > 1 needs launcher: torchrun (or slurm)")
+        probed = self.analysis is not None and self.analysis.segmentation is not None
+        if self.statistics is not None and self.statistics.primary == PROBE_MIOU and not probed:
+            raise ValueError(f"statistics.primary {PROBE_MIOU} is the segmentation probe's mIoU, but the spec has no "
+                             "analysis.segmentation section: add one (analysis: {segmentation: {data: DIR}}, a dataset "
+                             "in the ADE20K layout; docs/dense-tasks.md), or name another primary metric")
         if self.launcher == "slurm" and self.nproc_per_node not in (1, self.slurm.gpus_per_node):
             raise ValueError(f"nproc_per_node {self.nproc_per_node} and slurm.gpus_per_node {self.slurm.gpus_per_node} "
                              "disagree: on SLURM a run has slurm.gpus_per_node processes per node; set "
