@@ -13,8 +13,8 @@ from vitreduce.numbers import format_macs, macs_unit
 from vitreduce.report.flat import RESULTS_CSV, results_columns
 from vitreduce.report.formatting import pm as _pm
 from vitreduce.report.formatting import pm_column as _pm_column
+from vitreduce.report.records import Throughput
 from vitreduce.report.runs import throughput_ratio
-from vitreduce.report.summary_file import read_summary
 from vitreduce.report.write import results_table
 from vitreduce.study.reporting import write_report
 
@@ -27,6 +27,11 @@ def _study(tmp_path, throughput: dict | None = None) -> Path:
     if throughput is not None:
         (study / "throughput.json").write_text(json.dumps(throughput))
     return study
+
+
+def _variants(study: Path) -> dict:
+    """summary.json's variants as the file has them (the contract results.csv is checked against)."""
+    return json.loads((study / "summary.json").read_text())["variants"]
 
 
 def _same(cell: str, value) -> bool:
@@ -42,7 +47,7 @@ def _same(cell: str, value) -> bool:
 def test_results_csv_has_a_row_per_variant_and_model_equal_to_summary_json(tmp_path):
     study = _study(tmp_path)
     write_report(study)
-    summary = read_summary(study / "summary.json").variants
+    summary = _variants(study)
     with open(study / RESULTS_CSV, newline="") as f:
         reader = csv.DictReader(f)
         assert reader.fieldnames == results_columns()
@@ -79,7 +84,7 @@ def test_throughput_ratio_only_where_the_ranges_do_not_overlap(tmp_path):
     # A study once showed 24% faster with identical MACs, ranges 92-289 vs 95-541 img/s, was noise.
     study = _study(tmp_path, {"baseline": _measured(150.0, 92.0, 289.0), "grouped": _measured(186.0, 95.0, 541.0)})
     paths = write_report(study)
-    grouped = read_summary(study / "summary.json").variants["grouped"]["throughput"]
+    grouped = _variants(study)["grouped"]["throughput"]
     assert grouped["ratio_to_baseline"] is None and grouped["ratio_basis"] == "ranges overlap"
     assert grouped["min"] == 95.0 and grouped["max"] == 541.0 and grouped["device"] == "cuda:0"
     headers, rows = results_table(paths.summary, "ema")
@@ -91,12 +96,13 @@ def test_throughput_ratio_only_where_the_ranges_do_not_overlap(tmp_path):
         row = [r for r in csv.DictReader(f) if r["variant"] == "grouped"][0]
     assert row["throughput_min"] == "95.0" and row["throughput_ratio_basis"] == "ranges overlap"
 
-    apart = throughput_ratio({"median": 300.0, "min": 290.0, "max": 310.0},
-                             {"median": 200.0, "min": 190.0, "max": 210.0})
+    def measured(median, low, high):
+        return Throughput(median, low, high, None, None, None)
+
+    apart = throughput_ratio(measured(300.0, 290.0, 310.0), measured(200.0, 190.0, 210.0))
     assert apart == (pytest.approx(1.5), "ranges apart")
-    assert throughput_ratio({"median": 300.0, "min": None, "max": None},
-                            {"median": 200.0, "min": 190.0, "max": 210.0}) == (None, "no range")
-    assert throughput_ratio(None, {"median": 1.0, "min": 1.0, "max": 1.0}) == (None, "no throughput")
+    assert throughput_ratio(measured(300.0, None, None), measured(200.0, 190.0, 210.0)) == (None, "no range")
+    assert throughput_ratio(None, measured(1.0, 1.0, 1.0)) == (None, "no throughput")
 
 
 def test_numbers_are_printed_to_the_precision_of_their_uncertainty():
@@ -126,7 +132,7 @@ def test_paired_sharpness_tests_in_summary_json_and_results_csv_are_what_the_rep
 
     study = _study(tmp_path)
     write_report(study)
-    summary = read_summary(study / "summary.json").variants
+    summary = _variants(study)
     paired = summary["grouped"]["sharpness_vs_baseline"]
     assert "sharpness_vs_baseline" not in summary["baseline"]
     assert paired["baseline"] == "baseline" and paired["evidence"] == "exploratory"
@@ -164,7 +170,7 @@ def test_an_untestable_sharpness_comparison_keeps_its_place_in_the_family(tmp_pa
     study = _study(tmp_path)
     (study / "runs" / "grouped" / "seed1" / "analysis" / "sharpness_final.json").unlink()
     write_report(study)
-    paired = read_summary(study / "summary.json").variants["grouped"]["sharpness_vs_baseline"]
+    paired = _variants(study)["grouped"]["sharpness_vs_baseline"]
     assert paired["family"]["size"] == len(paired["tests"]) == 2
     assert all(t["n"] == 1 and t["p_adjusted"] is None and t["reading"].startswith("not testable")
                for t in paired["tests"])

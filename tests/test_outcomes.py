@@ -105,13 +105,13 @@ def test_every_run_of_a_damaged_study_is_reported_by_name_and_never_counted_as_f
     paths = write_report(damaged, n_resamples=50)
     summary = read_summary(paths.summary_json).variants
     assert "oldname" not in summary
-    o = summary["grouped"]["outcomes"]
-    assert (o["listed"], o["finished"], o["diverged"], o["unfinished"], o["unreadable"]) == (5, 1, 2, 1, 1)
-    assert o["divergence"] == {"diverged": 2, "of": 3, "epochs": [2, 1], "seeds": [0, 1],
-                               "vs_baseline": o["divergence"]["vs_baseline"]}
-    assert summary["grouped"]["n"] == summary["grouped"]["raw"]["n"] == 1 and summary["grouped"]["seeds"] == [2]
-    seed_level = summary["grouped"]["vs_baseline"]["seed_level"][0]
-    assert seed_level["n"] == 1 == len(summary["grouped"]["vs_baseline"]["seeds"])  # the runs table's paired n
+    o = summary["grouped"].outcomes
+    assert (o.listed, o.finished, o.diverged, o.unfinished, o.unreadable) == (5, 1, 2, 1, 1)
+    d = o.divergence
+    assert (d.diverged, d.of, d.epochs, d.seeds) == (2, 3, (2, 1), (0, 1)) and d.vs_baseline is not None
+    assert summary["grouped"].n == summary["grouped"].raw.n == 1 and summary["grouped"].seeds == (2,)
+    seed_level = summary["grouped"].vs_baseline.seed_level[0]
+    assert seed_level.test.n == 1 == len(summary["grouped"].vs_baseline.seeds)  # the runs table's paired n
     md = paths.markdown.read_text()
     runs = md.split("## Runs\n")[1].split("\n## ")[0]
     assert "| grouped | 5 | 1 | 2 | 1 | 1 | 1 | 1 | 2 |" in runs
@@ -137,7 +137,7 @@ def test_a_variant_whose_every_run_diverged_is_still_reported(tmp_path):
         _write(root / "runs" / "base" / f"seed{seed}", seed, [50.0, 55.0])
         _write(root / "runs" / "grouped" / f"seed{seed}", seed, [50.0, math.nan])
     summary = write_report(root, n_resamples=20).summary
-    assert summary["grouped"]["n"] == 0 and summary["grouped"]["outcomes"]["divergence"]["diverged"] == 2
+    assert summary["grouped"].n == 0 and summary["grouped"].outcomes.divergence.diverged == 2
     headline = (root / "report.md").read_text().split("## Headline\n")[1].split("\n## ")[0]
     assert "supports no claim" in headline and "grouped 2 of 2 runs (seed 0 at epoch 2, seed 1 at epoch 2)" in headline
 
@@ -158,14 +158,13 @@ def test_a_missing_baseline_seed_pairs_by_seed_not_by_position(tmp_path):
         if seed != 2:  # a variant seed missing as well: shallow shares seeds 0, 3, 4 with the baseline
             _write(root / "runs" / "shallow" / f"seed{seed}", seed, [40.0, 49.0 + 10 * seed + jitter])
     summary = write_report(root, n_resamples=20).summary
-    vs = summary["grouped"]["vs_baseline"]
-    record = vs["seed_level"][0]
-    assert vs["seeds"] == [0, 2, 3, 4] and record["n"] == 4
-    assert record["differences"] == pytest.approx([1.1, 0.9, 1.05, 0.95])
-    assert record["verdict"] == "better" and record["mean_baseline"] == pytest.approx(72.5)
-    shallow = summary["shallow"]["vs_baseline"]
-    assert shallow["seeds"] == [0, 3, 4] and shallow["seed_level"][0]["differences"] == pytest.approx([-0.9, -0.95,
-                                                                                                      -1.05])
+    vs = summary["grouped"].vs_baseline
+    record = vs.seed_level[0]
+    assert vs.seeds == (0, 2, 3, 4) and record.test.n == 4
+    assert record.test.differences == pytest.approx([1.1, 0.9, 1.05, 0.95])
+    assert record.verdict == "better" and record.test.mean_baseline == pytest.approx(72.5)
+    shallow = summary["shallow"].vs_baseline
+    assert shallow.seeds == (0, 3, 4) and shallow.seed_level[0].test.differences == pytest.approx([-0.9, -0.95, -1.05])
 
 
 def test_p_exactly_alpha_gives_no_verdict():
@@ -201,9 +200,9 @@ def test_a_two_seed_headline_carries_its_warning_and_a_tiny_difference_is_not_be
         _write(root / "runs" / "tiny" / f"seed{seed}", seed, [40.0, 50.001 + shift + seed * 1e-4], correct=100)
         _write(root / "runs" / "big" / f"seed{seed}", seed, [40.0, 60.0 + shift + seed * 0.01], correct=120)
     summary = write_report(root, n_resamples=20).summary
-    tiny = summary["tiny"]["vs_baseline"]["seed_level"][0]
-    assert tiny["p_adjusted"] < 0.05 and tiny["verdict"] == NEGLIGIBLE
-    assert tiny["min_effect"] == pytest.approx(100 / N_IMAGES) and tiny["min_effect_source"] == "one test image of 200"
+    tiny = summary["tiny"].vs_baseline.seed_level[0]
+    assert tiny.p_adjusted < 0.05 and tiny.verdict == NEGLIGIBLE
+    assert tiny.min_effect == pytest.approx(100 / N_IMAGES) and tiny.min_effect_source == "one test image of 200"
     headline = (root / "report.md").read_text().split("## Headline\n")[1].split("\n## ")[0]
     assert "big is better than the baseline" in headline and "tiny is" not in headline
     assert "called neither better nor worse: tiny by +0.00 pp" in headline
@@ -226,10 +225,11 @@ def test_summary_json_is_read_back_in_both_formats_and_refused_otherwise(tmp_pat
     from vitreduce.errors import VitreduceError
     from vitreduce.report.summary_file import read_summary
 
-    (tmp_path / "old.json").write_text(json.dumps({"base": {"n": 2, "baseline": True}, "pareto": {"groups": {}}}))
-    old = read_summary(tmp_path / "old.json")
-    assert (old.format, list(old.variants), old.study["baseline"], old.study["pareto"]) == (1, ["base"], "base",
-                                                                                          {"groups": {}})
+    # (a format 1 file as vitreduce 0.1.0 wrote it: tests/test_summary_records.py)
+    (tmp_path / "old.json").write_text(json.dumps({"base": {"n": 2, "baseline": True}, "pareto": None}))
+    with pytest.raises(VitreduceError, match=r"old.json does not hold a summary this vitreduce reads \(variants.base: "
+                                             "no 'seeds'\\)"):
+        read_summary(tmp_path / "old.json")  # a variant without its keys: said which, not read half
     (tmp_path / "future.json").write_text(json.dumps({"format": 3, "variants": []}))
     with pytest.raises(VitreduceError, match="reads formats 1 and 2"):
         read_summary(tmp_path / "future.json")

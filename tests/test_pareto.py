@@ -53,7 +53,7 @@ def _study(root, curve, noise=0.3):
         "sweep": {"models": [{"name": "vit_tiny_patch16_224", "label": "ti"}],
                   "reductions": [{"shallow": {"ratio": list(RATIOS)}}]}}))
     paths = write_report(root, n_resamples=500)
-    return paths, read_summary(paths.summary_json).study["pareto"]
+    return paths, read_summary(paths.summary_json).study.pareto
 
 
 def test_front_on_a_hand_made_example():
@@ -87,23 +87,23 @@ def test_the_band_covers_the_true_curve_about_as_often_as_it_says():
 
 def test_fit_recovers_a_known_curve_within_its_interval_and_states_the_degree(tmp_path):
     paths, pareto = _study(tmp_path / "study", steep)
-    group = pareto["groups"]["ti"]
-    assert group["baseline"] == "ti.baseline" and group["variants"]["ti.shallow-0.5"]["kept"] == pytest.approx(0.5)
-    (fit,) = group["fits"]
-    assert fit["strategy"] == "shallow" and fit["kind"] == "ema"
-    grid, low, high = (np.array(fit[k]) for k in ("grid", "low", "high"))
+    group = pareto.groups["ti"]
+    assert group.baseline == "ti.baseline" and group.variants["ti.shallow-0.5"].kept == pytest.approx(0.5)
+    (fit,) = group.fits
+    assert fit.strategy == "shallow" and fit.kind == "ema"
+    grid, low, high = (np.array(x) for x in (fit.grid, fit.low, fit.high))
     at = [int(np.flatnonzero(grid == r)[0]) for r in RATIOS]  # the swept degrees are on the fit's grid
     assert np.all((low[at] <= steep(grid[at])) & (steep(grid[at]) <= high[at]))  # truth inside the 95% band
     assert np.all(high - low < 1.0)  # and the band is informative
-    for true, lo, hi in zip((80.0, 0.0, -12.0), fit["coefficients_low"], fit["coefficients_high"], strict=True):
+    for true, lo, hi in zip((80.0, 0.0, -12.0), fit.coefficients_low, fit.coefficients_high, strict=True):
         assert lo <= true <= hi
-    assert group["front"]["ema"]["params"][-1] == "ti.baseline"  # the most accurate is the most expensive
+    assert group.front["ema"]["params"][-1] == "ti.baseline"  # the most accurate is the most expensive
     # 0.5 kept is 3 pp below the baseline, far outside the 1 pp margin: the sequence stops there at the latest
-    degree = fit["degree"]
-    assert degree["most_reduced"] in (None, "ti.shallow-0.75") and degree["margin"] == 1.0 and degree["alpha"] == 0.05
-    assert not degree["steps"][1]["shown"] and degree["steps"][1]["p"] > 0.99
-    assert [s["note"] for s in degree["steps"][2:]] == ["not tested: the sequence stopped at ti.shallow-0.5"] * 2
-    assert fit["lack_of_fit"]["p"] > 0.05  # the quadratic is the truth: no lack of fit
+    degree = fit.degree
+    assert degree.most_reduced in (None, "ti.shallow-0.75") and degree.margin == 1.0 and degree.alpha == 0.05
+    assert not degree.steps[1].shown and degree.steps[1].p > 0.99
+    assert [s.note for s in degree.steps[2:]] == ["not tested: the sequence stopped at ti.shallow-0.5"] * 2
+    assert fit.lack_of_fit.p > 0.05  # the quadratic is the truth: no lack of fit
     report = paths.markdown.read_text()
     assert "## Accuracy against cost (Pareto)" in report
     assert "ti, shallow: " in report and "ti.shallow-0.5 -2.92 pp" in report
@@ -116,19 +116,19 @@ def test_a_flat_then_drop_sweep_names_the_last_flat_degree(tmp_path):
     the degree; the non-inferiority sequence shows 75%, 50% and 37.5%, stops at 25%, and the quadratic's lack of
     fit is flagged."""
     paths, pareto = _study(tmp_path / "study", flat_then_drop)
-    (fit,) = pareto["groups"]["ti"]["fits"]
-    degree = fit["degree"]
-    assert degree["most_reduced"] == "ti.shallow-0.375" and degree["most_reduced_kept"] == pytest.approx(0.375)
-    assert [s["shown"] for s in degree["steps"]] == [True, True, True, False]
-    assert fit["lack_of_fit"]["p"] < 0.05
+    (fit,) = pareto.groups["ti"].fits
+    degree = fit.degree
+    assert degree.most_reduced == "ti.shallow-0.375" and degree.most_reduced_kept == pytest.approx(0.375)
+    assert [s.shown for s in degree.steps] == [True, True, True, False]
+    assert fit.lack_of_fit.p < 0.05
     report = paths.markdown.read_text()
     assert "is ti.shallow-0.375 (37.5% of MLP parameters kept)" in report and "read the measured points" in report
 
 
 def test_a_curve_that_never_drops_is_non_inferior_down_to_the_least_kept(tmp_path):
     paths, pareto = _study(tmp_path / "study", flat)
-    (fit,) = pareto["groups"]["ti"]["fits"]
-    assert fit["degree"]["most_reduced"] == "ti.shallow-0.25" and fit["degree"]["swept_min_kept"] == 0.25
+    (fit,) = pareto.groups["ti"].fits
+    assert fit.degree.most_reduced == "ti.shallow-0.25" and fit.degree.swept_min_kept == 0.25
     assert "is ti.shallow-0.25 (25.0% of MLP parameters kept)" in paths.markdown.read_text()
 
 
@@ -138,7 +138,7 @@ def test_no_section_for_a_study_without_a_sweep_and_fewer_than_three_costs(tmp_p
         for seed in (0, 1):
             _write_run(root / "runs" / name / f"seed{seed}", name, ratio, seed, 70.0 + seed)
     paths = write_report(root, n_resamples=50)
-    assert read_summary(paths.summary_json).study["pareto"] is None
+    assert read_summary(paths.summary_json).study.pareto is None
     assert "Pareto" not in paths.markdown.read_text()
 
 
@@ -166,10 +166,10 @@ def test_pareto_figure_colours_markers_legend_and_units(pareto_figures):
     from vitreduce.report.runs import load_study
 
     saved, pareto, root = pareto_figures
-    group = pareto["groups"]["ti"]
+    group = pareto.groups["ti"]
     colors = variant_colors(load_study(root))
     fig = saved["pareto.png"]
-    names = set(group["variants"])
+    names = set(group.variants)
     for ax in fig.axes:
         assert ax.xaxis.get_offset_text().get_text() == "" and ax.yaxis.get_offset_text().get_text() == ""
         assert ax.get_xlabel() in ("unique parameters (millions)", "MACs per image, linear (GMACs)"), ax.get_xlabel()
@@ -177,12 +177,12 @@ def test_pareto_figure_colours_markers_legend_and_units(pareto_figures):
         assert set(drawn) == names
         for name, container in drawn.items():  # each variant in its colour of every other figure
             assert to_hex(container.lines[0].get_color()) == colors[name], name
-            assert container.lines[0].get_marker() == ("*" if name == group["baseline"] else "o"), name
+            assert container.lines[0].get_marker() == ("*" if name == group.baseline else "o"), name
         (front_line,) = [line for line in ax.get_lines() if line.get_label().startswith("front")]
         assert len(front_line.get_xdata()) >= 1
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert "marker: composition" not in labels and "marker: shallow" in labels
-    assert set(labels) <= {*(f"{n} (baseline)" if n == group["baseline"] else n for n in names),
+    assert set(labels) <= {*(f"{n} (baseline)" if n == group.baseline else n for n in names),
                            "marker: shallow", "front, ti (ringed)"}
     legend_box = fig.legends[0].get_window_extent()
     assert not any(legend_box.overlaps(ax.get_window_extent()) for ax in fig.axes)
@@ -198,13 +198,13 @@ def test_past_ten_variants_the_pareto_colours_are_per_base_model():
     from vitreduce.report.pareto_section import _colors
 
     few = SimpleNamespace(baseline="a.base", variants={"a.base": [], "a.x": [], "b.base": []})
-    groups = {"a": {"baseline": "a.base", "variants": {"a.base": {}, "a.x": {}}},
-              "b": {"baseline": "b.base", "variants": {"b.base": {}}}}
+    groups = {"a": SimpleNamespace(baseline="a.base", variants={"a.base": {}, "a.x": {}}),
+              "b": SimpleNamespace(baseline="b.base", variants={"b.base": {}})}
     by_variant, by_group = _colors(few, groups)
     assert len(set(by_variant.values())) == 3 and by_group["b"] == by_variant["b.base"]
     many = {f"a.{i}": {} for i in range(11)}
     study = SimpleNamespace(baseline="a.0", variants=dict.fromkeys(many, []))
-    by_variant, by_group = _colors(study, {"a": {"baseline": "a.0", "variants": many}})
+    by_variant, by_group = _colors(study, {"a": SimpleNamespace(baseline="a.0", variants=many)})
     assert set(by_variant.values()) == {by_group["a"]}
     from vitreduce.report.pareto_section import _cost_axis
 
@@ -214,14 +214,13 @@ def test_past_ten_variants_the_pareto_colours_are_per_base_model():
 
 
 def test_the_section_table_has_one_number_format_per_column():
+    from vitreduce.report.pareto_records import KindStats, ParetoGroup, ParetoPoint
     from vitreduce.report.pareto_section import _group_table
-    from vitreduce.report.runs import MODEL_KINDS
 
-    def variant(mean: float, sd: float) -> dict:
-        stats = {"n": 2, "mean": mean, "std": sd}
-        return {"reduction": "none", "kept": 1.0, "params": 10, "macs_linear": 10**9, "throughput_img_s": None,
-                **{kind: stats for kind in MODEL_KINDS}}
+    def variant(mean: float, sd: float) -> ParetoPoint:
+        stats = KindStats(2, mean, sd, (0, 1))
+        return ParetoPoint("none", "baseline", 1.0, 10, 10**9, None, stats, stats)
 
-    entry = {"baseline": "a", "front": {}, "variants": {"a": variant(30.4, 8.77), "b": variant(37.6, 0.28)}}
+    entry = ParetoGroup("a", {"a": variant(30.4, 8.77), "b": variant(37.6, 0.28)}, {}, ())
     _, rows = _group_table(entry)
     assert [row[-3:-1] for row in rows] == [["30.40 ± 8.77"] * 2, ["37.60 ± 0.28"] * 2]

@@ -1,5 +1,6 @@
 """The study report: every file it names exists, summary.json has the contract's keys, the CLI verb."""
 import argparse
+import dataclasses
 import json
 import re
 
@@ -8,8 +9,12 @@ import pytest
 
 from vitreduce.cli import report_cmd
 from vitreduce.errors import VitreduceError
-from vitreduce.report.summary_file import read_summary
+from vitreduce.report.records import KindSummary, Spread, VariantEntry, VsBaseline
+from vitreduce.report.summary_file import read_summary, summary_text
 from vitreduce.report.write import format_results_table
+from vitreduce.statistics.family import Family, SeedResult
+from vitreduce.statistics.paired import TTest
+from vitreduce.statistics.power import Detectable
 from vitreduce.study.reporting import write_report
 
 REQUIRED_KIND_KEYS = {"top1_final_mean", "top1_final_std", "top1_peak_mean", "peak_epoch_mean", "p2f_mean",
@@ -81,7 +86,8 @@ def test_report_files_summary_and_links(study):
     assert document["study"]["name"] == "paper" and document["study"]["baseline"] == "base"
     assert document["study"]["pareto"]["groups"]["vit_base_patch16_224 (width 768)"]["baseline"] == "base"
     summary = document["variants"]
-    assert list(summary) == ["base", "grouped", "shallow"] and read_summary(paths.summary_json).variants == summary
+    assert list(summary) == ["base", "grouped", "shallow"]
+    assert summary_text(read_summary(paths.summary_json)) == paths.summary_json.read_text()  # read back, as written
     for entry in summary.values():
         assert {"n", "reduction", "params", "raw", "ema"} <= set(entry)
         assert set(entry["raw"]) >= REQUIRED_KIND_KEYS and set(entry["ema"]) >= REQUIRED_KIND_KEYS
@@ -147,7 +153,7 @@ def test_report_command(study, tmp_path, capsys):
     assert report_cmd.run(_args(study, "--baseline", "grouped", "--resamples", "50", "--include-unfinished")) == 0
     out = capsys.readouterr().out
     assert "grouped (baseline)" in out and f"report: {study / 'report.md'}" in out
-    assert read_summary(study / "summary.json").variants["grouped"]["n"] == 3
+    assert read_summary(study / "summary.json").variants["grouped"].n == 3
     with pytest.raises(VitreduceError, match="does not exist"):
         report_cmd.run(_args(tmp_path / "nowhere"))
     (tmp_path / "empty").mkdir()
@@ -160,14 +166,14 @@ def test_report_command(study, tmp_path, capsys):
 def test_statistics_settings_from_the_spec_and_the_flags(study):
     (study / "study.yaml").write_text((study / "study.yaml").read_text()
                                       + "statistics: {correction: bh, effect: 1.5, alpha: 0.1}\n")
-    vs = write_report(study, n_resamples=20).summary["grouped"]["vs_baseline"]
-    assert (vs["correction"], vs["effect"], vs["alpha"]) == ("bh", 1.5, 0.1)
+    vs = write_report(study, n_resamples=20).summary["grouped"].vs_baseline
+    assert (vs.correction, vs.effect, vs.alpha) == ("bh", 1.5, 0.1)
     md = (study / "report.md").read_text()
     assert "Benjamini-Hochberg (false discovery rate) correction at alpha=0.1" in md and "seeds for +1.50 pp" in md
     args = _args(study, "--correction", "holm", "--primary", "raw_p2f", "--resamples", "20")
     assert report_cmd.run(args) == 0
-    vs = read_summary(study / "summary.json").variants["grouped"]["vs_baseline"]
-    assert (vs["correction"], vs["primary"], vs["alpha"]) == ("holm", "raw_p2f", 0.1)
+    vs = read_summary(study / "summary.json").variants["grouped"].vs_baseline
+    assert (vs.correction, vs.primary, vs.alpha) == ("holm", "raw_p2f", 0.1)
     assert "(primary metric raw_p2f, named by --primary)" in (study / "report.md").read_text()
 
 
@@ -198,7 +204,7 @@ def test_report_uses_step_spikes_and_draws_the_gradient_norm_when_runs_have_step
     before = write_report(study, n_resamples=50)  # no run has steps.jsonl: the report is as before
     md = before.markdown.read_text()
     assert "Step-level" not in md and not (study / "figures" / "grad_norm.png").exists()
-    assert before.summary["base"]["step_spikes_mean"] is None and before.summary["base"]["step_spikes_std"] is None
+    assert before.summary["base"].step_spikes == Spread(None, None)
     _write_steps(study / "runs" / "base" / "seed0", 0, spike_at=60)
     _write_steps(study / "runs" / "base" / "seed1", 1)
     _write_steps(study / "runs" / "grouped" / "seed0", 2)  # grouped seed1 has none (an older run)
@@ -206,33 +212,41 @@ def test_report_uses_step_spikes_and_draws_the_gradient_norm_when_runs_have_step
     md = paths.markdown.read_text()
     assert "figures/grad_norm.png" in md and (study / "figures" / "grad_norm.png").is_file()
     summary = read_summary(paths.summary_json).variants
-    assert summary["base"]["step_spikes_mean"] == 0.5 and summary["grouped"]["step_spikes_mean"] == 0.0
-    assert summary["grouped"]["step_spikes_std"] is None and summary["shallow"]["step_spikes_mean"] is None
-    assert summary["base"]["loss_spikes_mean"] == before.summary["base"]["loss_spikes_mean"]  # epochs: unchanged
+    assert summary["base"].step_spikes.mean == 0.5 and summary["grouped"].step_spikes.mean == 0.0
+    assert summary["grouped"].step_spikes.std is None and summary["shallow"].step_spikes.mean is None
+    assert summary["base"].loss_spikes == before.summary["base"].loss_spikes  # epochs: unchanged
     stability = md.split("## Training stability")[1].split("\n## ")[0]
     assert "Step-level loss spike" in stability and "seed 0: [610]; seed 1: none" in stability
     assert "seed 1: no steps.jsonl" in stability
 
 
+def _result(evidence, kind, metric, verdict, diff, *, n=2, p_adj=None, correction="holm", size=3, testable=True,
+            min_effect=None, needed=None) -> SeedResult:
+    """A seed-level result as vitreduce.statistics.family.seed_level makes it."""
+    family = Family(f"{evidence}: {kind}_{metric}", evidence, kind, metric, correction, 0.05,
+                    tuple(f"v{i}" for i in range(size)))
+    test = TTest(n, n - 1, diff, None, None, None, confidence=0.95, ci_low=diff - 1 if testable else None,
+                 ci_high=diff + 1 if testable else None)
+    reason = None if testable else f"n={n} paired seed(s): the seed-to-seed spread needs at least 2"
+    detectable = Detectable(0.8, 0.05, n, None, min_effect, 0.42, needed, False, reason)
+    return SeedResult(family, "a", test, p_adj, verdict, detectable)
+
+
 def _entry(verdict=None, n=2, diff=0.1, p_adj=0.5, min_effect=64.0, needed=204, metric="top1_final",
-           correction="holm", size=3):
-    """A summary.json variant entry as write_report makes it; verdict None: the baseline (no comparison)."""
-    kind = {"n": n, "top1_final_mean": 70.0, "top1_final_std": 1.0 if n > 1 else None, "p2f_mean": 0.5,
-            "p2f_std": None}
-    entry = {"params": 58_000_000, "raw": kind, "ema": kind}
+           correction="holm", size=3, exploratory=None):
+    """A variant's record as write_report makes it; verdict None: the baseline (no comparison)."""
+    kind = KindSummary(n, Spread(70.0, 1.0 if n > 1 else None), *[Spread(None, None)] * 3, Spread(0.5, None))
+    entry = VariantEntry(**{f.name: None for f in dataclasses.fields(VariantEntry)} | {
+        "params": 58_000_000, "raw": kind, "ema": kind, "sharpness": {}, "baseline": False})
     if verdict is None:
         return entry
     testable = verdict != "not testable"
-    reason = None if testable else f"n={n} paired seed(s): the seed-to-seed spread needs at least 2"
-    family = {"alpha": 0.05, "size": size, "correction": correction}
-    entry["vs_baseline"] = {"seed_level": [
-        {"evidence": "confirmatory", "family": family, "kind": "ema", "metric": metric, "n": n, "mean_diff": diff,
-         "confidence": 0.95, "ci_low": diff - 1 if testable else None, "ci_high": diff + 1 if testable else None,
-         "p_adjusted": p_adj if testable else None, "verdict": verdict, "warning": None,
-         "detectable": {"reason": reason, "min_effect": min_effect if testable else None, "effect": 0.42,
-                        "seeds_needed": needed if testable else None, "more_than_max": False}},
-        {"evidence": "exploratory", "verdict": "better"}]}  # never stated in the headline
-    return entry
+    confirmatory = _result("confirmatory", "ema", metric, verdict, diff, n=n, p_adj=p_adj if testable else None,
+                           correction=correction, size=size, testable=testable,
+                           min_effect=min_effect if testable else None, needed=needed if testable else None)
+    exploratory = exploratory or _result("exploratory", "raw", "p2f", "better", 0.1)  # never stated in the headline
+    return dataclasses.replace(entry, vs_baseline=VsBaseline("base", 0.05, (), None, correction, 0.42,
+                                                             (confirmatory, exploratory), None, None))
 
 
 def test_headline_without_a_verdict_states_what_the_seeds_could_detect():
@@ -312,9 +326,8 @@ def test_a_figures_path_that_is_a_file_is_refused_and_kept(study):
 def test_a_raw_ema_reversal_is_flagged_in_one_sentence():
     from vitreduce.report.headline import headline
 
-    reversed_ = _entry("better", diff=0.8, p_adj=0.01, size=1)
-    reversed_["vs_baseline"]["seed_level"][1] = {"evidence": "exploratory", "kind": "raw", "metric": "top1_final",
-                                                 "verdict": "worse", "mean_diff": -1.5}
+    reversed_ = _entry("better", diff=0.8, p_adj=0.01, size=1,
+                       exploratory=_result("exploratory", "raw", "top1_final", "worse", -1.5))
     lines = headline({"base": _entry(), "a": reversed_}, "base")
     assert ("Reversal: a's EMA model is better (+0.80 pp) but its raw model is worse (-1.50 pp) than the baseline's "
             "in final top-1, so neither model's verdict stands for the variant.") in lines

@@ -5,17 +5,18 @@ import math
 import pytest
 
 from vitreduce.errors import VitreduceError
+from vitreduce.report.records import Spread, Throughput
 from vitreduce.report.runs import (
     find_loss_spikes,
     load_run,
     load_study,
-    mean_std,
     model_metrics,
     read_metrics,
     summarize_throughput,
     summarize_variant,
     throughput_ratio,
 )
+from vitreduce.statistics.sample import mean_std
 
 
 def _record(epoch, raw_top1, ema_top1=None, loss=1.0):
@@ -64,8 +65,9 @@ def test_ema_null_gives_no_ema_metrics(tmp_path):
     run = load_run(write_run(tmp_path / "r", raw=[10.0, 20.0]))
     assert run.ema is None and run.raw.top1_final == 20.0
     s = summarize_variant("v", [run])
-    assert s["ema"]["n"] == 0
-    assert all(s["ema"][k] is None for k in s["ema"] if k != "n")
+    assert s.ema.n == 0
+    assert all(getattr(s.ema, k) == Spread(None, None) for k in ("top1_final", "top5_final", "top1_peak", "peak_epoch",
+                                                                  "p2f"))
 
 
 def test_trailing_partial_line_is_ignored(tmp_path):
@@ -131,10 +133,10 @@ def test_summarize_variant(tmp_path):
     runs = [load_run(write_run(tmp_path / "a" / "seed0", raw=[50.0, 60.0, 58.0], ema=[40, 50, 59])),
             load_run(write_run(tmp_path / "a" / "seed1", raw=[52.0, 61.0, 60.0], ema=[41, 51, 60]))]
     s = summarize_variant("a", runs)
-    assert s["n"] == 2 and s["seeds"] == [0, 1] and s["params"] == 1000 and s["expansion"] == 4.0
-    assert s["raw"]["top1_final_mean"] == 59.0 and s["raw"]["top1_final_std"] == pytest.approx(math.sqrt(2))
-    assert s["raw"]["p2f_mean"] == pytest.approx(1.5) and s["raw"]["peak_epoch_mean"] == 2.0
-    assert s["ema"]["p2f_mean"] == 0.0 and s["ema"]["p2f_std"] == 0.0
+    assert s.n == 2 and s.seeds == (0, 1) and s.params == 1000 and s.expansion == 4.0
+    assert s.raw.top1_final.mean == 59.0 and s.raw.top1_final.std == pytest.approx(math.sqrt(2))
+    assert s.raw.p2f.mean == pytest.approx(1.5) and s.raw.peak_epoch.mean == 2.0
+    assert s.ema.p2f == Spread(0.0, 0.0)
 
 
 def test_variant_seeds_must_agree_on_the_model(tmp_path):
@@ -148,7 +150,7 @@ def test_missing_architecture_keys_are_none(tmp_path):
     run_dir = write_run(tmp_path / "seed0", raw=[1.0])
     (run_dir / "run.json").write_text(json.dumps({"params": 5}))
     s = summarize_variant("a", [load_run(run_dir)])
-    assert s["params"] == 5 and s["embed_dim"] is None and s["expansion"] is None
+    assert s.params == 5 and s.embed_dim is None and s.expansion is None
 
 
 def test_load_study_order_baseline_and_unfinished(tmp_path):
@@ -184,7 +186,7 @@ def test_load_study_refuses_empty_or_unfinished(tmp_path):
 
 def test_a_throughput_json_without_its_spread_reports_the_median_and_no_ratio():
     old = summarize_throughput({"infer_img_s": 1020.0})  # written before the profiler recorded min and max
-    assert old == {"median": 1020.0, "min": None, "max": None, "device": None, "batch_size": None,
-                   "precision": None, "base_model": None}
+    assert old == Throughput(median=1020.0, min=None, max=None, device=None, batch_size=None, precision=None,
+                             base_model=None)
     assert throughput_ratio(old, old) == (None, "no range")
     assert summarize_throughput({"infer_img_s": None}) is None and summarize_throughput(None) is None

@@ -61,24 +61,24 @@ def test_each_ratio_is_against_the_baseline_of_its_own_base_model(study):
     study_dir, _ = study
     document = read_summary(study_dir / "summary.json")
     summary = document.variants
-    against = {v: summary[v]["throughput"]["ratio_against"] for v in VARIANTS}
+    against = {v: summary[v].throughput.ratio_against for v in VARIANTS}
     assert against == {"narrow.baseline": "narrow.baseline", "narrow.shallow-0.5": "narrow.baseline",
                        "wide.baseline": "wide.baseline", "wide.shallow-0.5": "wide.baseline"}
     for variant in VARIANTS:
-        t, base = summary[variant]["throughput"], summary[against[variant]]["throughput"]
-        if t["ratio_basis"] == "ranges apart":
-            assert t["ratio_to_baseline"] == pytest.approx(t["median"] / base["median"])
+        t, base = summary[variant].throughput, summary[against[variant]].throughput
+        if t.ratio_basis == "ranges apart":
+            assert t.ratio_to_baseline == pytest.approx(t.median / base.median)
         else:
-            assert t["ratio_basis"] == "ranges overlap" and t["ratio_to_baseline"] is None
+            assert t.ratio_basis == "ranges overlap" and t.ratio_to_baseline is None
     with open(study_dir / "results.csv", newline="") as handle:
         rows = [r for r in csv.DictReader(handle) if r["model"] == "ema"]
     assert {r["variant"]: r["throughput_ratio_against"] for r in rows} == against
-    assert {r["throughput_base_model"] for r in rows} == {summary[v]["throughput"]["base_model"] for v in VARIANTS}
+    assert {r["throughput_base_model"] for r in rows} == {summary[v].throughput.base_model for v in VARIANTS}
     # The Pareto section's throughput axis, per base model.
     for label in ("narrow", "wide"):
-        group = document.study["pareto"]["groups"][label]
-        assert group["front"]["ema"]["throughput_img_s"]
-        assert all(v["throughput_img_s"] > 0 for v in group["variants"].values())
+        group = document.study.pareto.groups[label]
+        assert group.front["ema"]["throughput_img_s"]
+        assert all(v.throughput_img_s > 0 for v in group.variants.values())
     # The results table names the variant a ratio is against, unless it is the study's baseline.
     headers, rows = results_table({v: summary[v] for v in VARIANTS}, "ema")
     ratios = {row[0].removesuffix(" (baseline)"): row[headers.index("throughput vs baseline")] for row in rows}
@@ -94,13 +94,13 @@ def test_a_model_without_its_own_baseline_gets_no_ratio_and_old_files_compare_wi
     try:
         path.write_text(json.dumps({v: r for v, r in records.items() if v != "wide.baseline"}))
         summary = write_report(study_dir).summary
-        wide = summary["wide.shallow-0.5"]["throughput"]
-        assert wide["ratio_to_baseline"] is None and wide["ratio_basis"] == "no baseline of its model"
-        assert wide["ratio_against"] is None
+        wide = summary["wide.shallow-0.5"].throughput
+        assert wide.ratio_to_baseline is None and wide.ratio_basis == "no baseline of its model"
+        assert wide.ratio_against is None
         # A file written before base models were recorded: one model, every ratio against the study's baseline.
         path.write_text(json.dumps({v: {k: x for k, x in r.items() if k != "base_model"}
                                     for v, r in records.items()}))
         summary = write_report(study_dir).summary
-        assert {summary[v]["throughput"]["ratio_against"] for v in VARIANTS} == {"narrow.baseline"}
+        assert {summary[v].throughput.ratio_against for v in VARIANTS} == {"narrow.baseline"}
     finally:
         path.write_text(json.dumps(records))

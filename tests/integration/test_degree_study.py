@@ -17,14 +17,13 @@ def test_tiny_degree_study_dry_run_then_end_to_end(tmp_path, capsys):
 
     assert cli.main(["study", str(TINY), "--out", str(out), "--set", data]) == 0
     summary = read_summary(out / "summary.json")
-    group = summary.study["pareto"]["groups"]["vit_tiny"]
-    assert group["baseline"] == "vit_tiny.baseline" and len(group["variants"]) == 3
-    assert group["front"]["ema"]["params"] and group["fits"][0]["strategy"] == "shallow"
+    group = summary.study.pareto.groups["vit_tiny"]
+    assert group.baseline == "vit_tiny.baseline" and len(group.variants) == 3
+    assert group.front["ema"]["params"] and group.fits[0].strategy == "shallow"
     # The study profiles its variants (throughput:): measured throughput is a third cost, with its own front.
-    assert group["front"]["ema"]["throughput_img_s"] and all(v["throughput_img_s"] > 0
-                                                             for v in group["variants"].values())
-    assert summary.variants["vit_tiny.shallow-0.25"]["throughput"]["ratio_against"] == "vit_tiny.baseline"
-    assert group["fits"][0]["degree"]["swept_min_kept"] < 0.3
+    assert group.front["ema"]["throughput_img_s"] and all(v.throughput_img_s > 0 for v in group.variants.values())
+    assert summary.variants["vit_tiny.shallow-0.25"].throughput.ratio_against == "vit_tiny.baseline"
+    assert group.fits[0].degree.swept_min_kept < 0.3
     report = (out / "report.md").read_text()
     assert "## Accuracy against cost (Pareto)" in report and "vit_tiny, shallow:" in report
     assert "throughput (img/s)" in report

@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 import vitreduce
 from vitreduce.cli.main import main
 from vitreduce.data.synth import write_synth_dataset
-from vitreduce.reduction.accounting import upgrade_record
 from vitreduce.report.headline import headline
+from vitreduce.report.records import Spread
 from vitreduce.report.summary_file import read_summary
 from vitreduce.report.write import architecture_table, results_table
 
@@ -157,22 +157,21 @@ def test_a_study_directory_reports_as_it_did(tmp_path, monkeypatch):
     # Since 0.1.0 the statistics changed (families, adjusted p, evidence levels, detectable effects), so the
     # report's text and each variant's `vs_baseline` differ by design; the per-variant metrics may not.
     new_summary = read_summary(study / "summary.json").variants  # format 2: variants apart from the study
-    old_summary = read_summary(old / "summary.json").variants  # format 1: variants at the top
+    # format 1: variants at the top, read into the same records (0.1.0's GMACs, rounded to 4 decimals, read as
+    # the exact MAC counts they round to)
+    old_summary = read_summary(old / "summary.json").variants
     assert json.loads((study / "summary.json").read_text())["format"] == 2
-    for entry in old_summary.values():  # 0.1.0 stored GMACs rounded to 4 decimals; now exact MAC counts
-        upgrade_record(entry)
     assert list(new_summary) == list(old_summary)
     # Since then: the step spikes (steps.jsonl), which these runs predate: null, and the rest as it was.
     # the throughput spread (null: no throughput.json), the sharpness means per checkpoint and their paired tests.
     # Every run counted: each variant's run outcomes, and the EMA horizon's inputs.
-    new_keys = {"vs_baseline", "step_spikes_mean", "step_spikes_std", "throughput", "sharpness",
-                "sharpness_vs_baseline", "outcomes", "steps_trained", "ema_decay"}
+    new_keys = ("vs_baseline", "step_spikes", "throughput", "sharpness", "sharpness_vs_baseline", "outcomes",
+                "steps_trained", "ema_decay")
     for variant, entry in old_summary.items():
-        entry.pop("vs_baseline", None)
-        assert new_summary[variant]["step_spikes_mean"] is None and new_summary[variant]["step_spikes_std"] is None
-        assert {k: v for k, v in new_summary[variant].items() if k not in new_keys} == entry, variant
-    vs = new_summary["grouped"]["vs_baseline"]
-    assert vs["primary"] == "ema_top1_final" and vs["seed_level"][0]["family"]["size"] == 1
+        assert new_summary[variant].step_spikes == Spread(None, None)
+        assert dataclasses.replace(new_summary[variant], **{k: getattr(entry, k) for k in new_keys}) == entry, variant
+    vs = new_summary["grouped"].vs_baseline
+    assert vs.primary == "ema_top1_final" and vs.seed_level[0].family.size == 1
     md = (study / "report.md").read_text()
     old_md = (old / "report.md").read_text()
     # The Runs section now gives every run's outcome, and Training stability opens with divergence; the loss
@@ -180,7 +179,7 @@ def test_a_study_directory_reports_as_it_did(tmp_path, monkeypatch):
     runs = md.split("## Runs")[1].split("\n## ")[0]
     assert "| baseline (baseline) | 2 | 2 | 0 | 0 | 0 | 2 | (baseline) | 0, 1 |" in runs
     assert "| grouped | 2 | 2 | 0 | 0 | 0 | 2 | 2 | 0, 1 |" in runs
-    assert all(new_summary[v]["outcomes"]["finished"] == 2 for v in new_summary)
+    assert all(new_summary[v].outcomes.finished == 2 for v in new_summary)
     spikes = old_md.split("## Training stability")[1].split("\n## ")[0].split("\n\n", 1)[1]
     assert spikes in md.split("## Training stability")[1].split("\n## ")[0]
     # Numbers are now printed to the precision of their std, with throughput columns: the results and

@@ -24,6 +24,7 @@ from vitreduce.report.plots import (
     save_figure,
     variant_colors,
 )
+from vitreduce.report.records import VariantEntry
 from vitreduce.report.runs import KIND_TITLE, MODEL_KINDS, ModelMetrics, RunMetrics, StudyRuns
 from vitreduce.report.sharpness_section import sharpness_figures
 from vitreduce.statistics.sample import Sample
@@ -42,7 +43,8 @@ _FIGURES = (  # (file name, caption) of the figures every report has
 )
 
 
-def write_figures(study: StudyRuns, summary: dict, fig_dir: Path, paired_sharpness=()) -> list[tuple[str, str]]:
+def write_figures(study: StudyRuns, summary: dict[str, VariantEntry], fig_dir: Path,
+                  paired_sharpness=()) -> list[tuple[str, str]]:
     """Write every figure the study's data allow into ``fig_dir``; returns (file name, caption) pairs.
     ``paired_sharpness``: the report's paired sharpness tests (report.sharpness_paired), drawn as one figure."""
     fig_dir.mkdir(exist_ok=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+from vitreduce.report.records import VariantEntry
+
 NA = "n/a"
 
 
@@ -34,6 +36,6 @@ def pm_column(pairs: list[tuple], digits: int = 2) -> list[str]:
     return [pm(m, s, digits, column) for m, s in pairs]
 
 
-def variant_label(name: str, entry: dict) -> str:
+def variant_label(name: str, entry: VariantEntry) -> str:
     """A variant's name in a table, the baseline marked."""
-    return f"{name} (baseline)" if entry.get("baseline") else name
+    return f"{name} (baseline)" if entry.baseline else name

@@ -1,12 +1,13 @@
 """The report's headline: a few generated sentences saying what the study supports and what it does not,
 and the compact table beside them.
 
-Both are pure functions of summary.json's variant entries (each variant's ``vs_baseline.seed_level``
-records, the confirmatory family first; docs/metrics.md). Only the confirmatory family's seed-level
-paired t-tests are stated as results; every other figure in the report is called exploratory.
+Both are pure functions of the variants' records (vitreduce.report.records.VariantEntry: each variant's
+``vs_baseline.seed_level`` results, the confirmatory family first; docs/metrics.md). Only the confirmatory
+family's seed-level paired t-tests are stated as results; every other figure in the report is called exploratory.
 """
 from __future__ import annotations
 
+from vitreduce.report.records import VariantEntry
 from vitreduce.report.runs import KIND_TITLE
 from vitreduce.report.stability import describe_divergence, diverged_variants, not_counted
 from vitreduce.statistics.family import (
@@ -16,10 +17,11 @@ from vitreduce.statistics.family import (
     NOT_TESTABLE,
     PROBE_MIOU,
     WORSE,
+    SeedResult,
     family_keys,
 )
 from vitreduce.statistics.paired import MIN_SEEDS
-from vitreduce.statistics.power import MAX_SEEDS
+from vitreduce.statistics.power import MAX_SEEDS, Detectable
 from vitreduce.statistics.pvalue import fmt_p
 
 NA = "n/a"
@@ -28,14 +30,10 @@ EXPLORATORY = ("Everything else in this report (the other metrics and model kind
                "not a result.")
 
 
-def confirmatory(summary: dict) -> dict[str, dict]:
-    """{variant: its confirmatory seed-level record} for every variant compared with the baseline."""
-    out = {}
-    for variant, entry in summary.items():
-        for record in (entry.get("vs_baseline") or {}).get("seed_level", []):
-            if record["evidence"] == "confirmatory":
-                out[variant] = record
-    return out
+def confirmatory(summary: dict[str, VariantEntry]) -> dict[str, SeedResult]:
+    """{variant: its confirmatory seed-level result} for every variant compared with the baseline."""
+    return {variant: r for variant, entry in summary.items()
+            if entry.vs_baseline and (r := entry.vs_baseline.confirmatory()) is not None}
 
 
 def _range(values: list, fmt) -> str:
@@ -47,30 +45,31 @@ def _pp(x: float) -> str:
     return f"{x:.0f}" if abs(x) >= 10 else f"{x:.2f}"
 
 
-def _seeds(d: dict) -> int:
-    return MAX_SEEDS + 1 if d["more_than_max"] else d["seeds_needed"]
+def _seeds(d: Detectable) -> int:
+    return MAX_SEEDS + 1 if d.more_than_max else d.seeds_needed
 
 
 def _fmt_seeds(n: int) -> str:
     return f"more than {MAX_SEEDS:,}" if n > MAX_SEEDS else f"{n:,}"
 
 
-def _level(record: dict) -> str:
-    family = record["family"]
-    pct = f"{family['alpha'] * 100:g}%"
-    size = f"{family['size']} comparison{'s' if family['size'] != 1 else ''}"
-    if family["correction"] == "bh":
+def _level(record: SeedResult) -> str:
+    family = record.family
+    pct = f"{family.alpha * 100:g}%"
+    size = f"{family.size} comparison{'s' if family.size != 1 else ''}"
+    if family.correction == "bh":
         return f"at a {pct} false discovery rate (Benjamini-Hochberg, {size})"
     return f"at the family-wise {pct} level (Holm, {size})"
 
 
-def _verdict_clause(variant: str, r: dict, baseline: str) -> str:
-    ci = "" if r["ci_low"] is None else (f", {r['confidence']:.0%} CI [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] pp")
-    return (f"{variant} is {r['verdict']} than the baseline ({baseline}) by {r['mean_diff']:+.2f} pp{ci}, "
-            f"adjusted p={fmt_p(r['p_adjusted'], r['family']['alpha'])}")
+def _verdict_clause(variant: str, r: SeedResult, baseline: str) -> str:
+    t = r.test
+    ci = "" if t.ci_low is None else f", {t.confidence:.0%} CI [{t.ci_low:+.2f}, {t.ci_high:+.2f}] pp"
+    return (f"{variant} is {r.verdict} than the baseline ({baseline}) by {t.mean_diff:+.2f} pp{ci}, "
+            f"adjusted p={fmt_p(r.p_adjusted, r.family.alpha)}")
 
 
-def headline(summary: dict, baseline: str, primary: str | None = None) -> list[str]:
+def headline(summary: dict[str, VariantEntry], baseline: str, primary: str | None = None) -> list[str]:
     """The headline sentences, generated from the confirmatory family's verdicts and detectable effects, with
     every caveat that applies to them: few seeds, negligible differences, diverged or uncounted runs, an EMA
     that contradicts its raw model or averages over more steps than the run had."""
@@ -82,14 +81,14 @@ def headline(summary: dict, baseline: str, primary: str | None = None) -> list[s
         return [f"No variant could be compared with the baseline ({baseline}): {why}, so this study supports no "
                 "claim about the variants.", *_run_caveats(summary), EXPLORATORY]
     first = next(iter(records.values()))
-    what = f"{METRIC_TITLE[first['metric']]} of the {KIND_TITLE[first['kind']]}"
-    testable = {v: r for v, r in records.items() if r["verdict"] != NOT_TESTABLE}
-    ns = [r["n"] for r in records.values()]
+    what = f"{METRIC_TITLE[first.family.metric]} of the {KIND_TITLE[first.family.kind]}"
+    testable = {v: r for v, r in records.items() if r.verdict != NOT_TESTABLE}
+    ns = [r.test.n for r in records.values()]
     seeds = f"With {_range(ns, str)} paired seed{'s' if max(ns) != 1 else ''} per variant"
     sentences = []
     if testable:
-        decided = [_verdict_clause(v, r, baseline) for v, r in testable.items() if r["verdict"] in (BETTER, WORSE)]
-        negligible = {v: r for v, r in testable.items() if r["verdict"] == NEGLIGIBLE}
+        decided = [_verdict_clause(v, r, baseline) for v, r in testable.items() if r.verdict in (BETTER, WORSE)]
+        negligible = {v: r for v, r in testable.items() if r.verdict == NEGLIGIBLE}
         if decided:
             rest = len(testable) - len(decided) - len(negligible)
             tail = f"; the other {rest} show no evidence of a difference" if rest else ""
@@ -112,49 +111,49 @@ def headline(summary: dict, baseline: str, primary: str | None = None) -> list[s
     return [*sentences, *_run_caveats(summary), EXPLORATORY]
 
 
-def _negligible_sentence(negligible: dict[str, dict], what: str, baseline: str) -> list[str]:
+def _negligible_sentence(negligible: dict[str, SeedResult], what: str, baseline: str) -> list[str]:
     if not negligible:
         return []
-    parts = [f"{v} by {r['mean_diff']:+.2f} pp (adjusted p={fmt_p(r['p_adjusted'], r['family']['alpha'])}; "
-             f"smallest difference of interest {r['min_effect']:.2f} pp: {r['min_effect_source']})"
+    parts = [f"{v} by {r.test.mean_diff:+.2f} pp (adjusted p={fmt_p(r.p_adjusted, r.family.alpha)}; "
+             f"smallest difference of interest {r.min_effect:.2f} pp: {r.min_effect_source})"
              for v, r in negligible.items()]
     return [f"Shown to differ from the baseline ({baseline}) in {what}, but by less than matters, so called neither "
             f"better nor worse: {'; '.join(parts)}."]
 
 
-def _few_seeds_sentence(testable: dict[str, dict]) -> list[str]:
+def _few_seeds_sentence(testable: dict[str, SeedResult]) -> list[str]:
     """The t-test's own warning where a verdict rests on fewer than MIN_SEEDS paired seeds."""
-    few = {v: r for v, r in testable.items() if r["n"] < MIN_SEEDS}
+    few = {v: r for v, r in testable.items() if r.test.n < MIN_SEEDS}
     if not few:
         return []
-    dfs = sorted({r["n"] - 1 for r in few.values()})
+    dfs = sorted({r.test.n - 1 for r in few.values()})
     return [f"Weak evidence whatever the p-value: {', '.join(few)} rest{'s' if len(few) == 1 else ''} on "
-            f"{_range([r['n'] for r in few.values()], str)} paired seeds (df={'/'.join(map(str, dfs))}), with almost "
+            f"{_range([r.test.n for r in few.values()], str)} paired seeds (df={'/'.join(map(str, dfs))}), with almost "
             "no power and no way to check the t-test's normality."]
 
 
-def _reversal_sentences(summary: dict, first: dict) -> list[str]:
+def _reversal_sentences(summary: dict[str, VariantEntry], first: SeedResult) -> list[str]:
     """A variant whose raw and EMA models get opposite verdicts on the confirmatory metric."""
     out = []
     for variant, entry in summary.items():
-        by_kind = {r["kind"]: r for r in (entry.get("vs_baseline") or {}).get("seed_level", [])
-                   if r.get("metric") == first["metric"] and r.get("verdict") in (BETTER, WORSE)}
-        if len(by_kind) == 2 and by_kind["raw"]["verdict"] != by_kind["ema"]["verdict"]:
+        by_kind = {r.family.kind: r for r in (entry.vs_baseline.seed_level if entry.vs_baseline else ())
+                   if r.family.metric == first.family.metric and r.verdict in (BETTER, WORSE)}
+        if len(by_kind) == 2 and by_kind["raw"].verdict != by_kind["ema"].verdict:
             ema, raw = by_kind["ema"], by_kind["raw"]
-            out.append(f"Reversal: {variant}'s EMA model is {ema['verdict']} ({ema['mean_diff']:+.2f} pp) but its raw "
-                       f"model is {raw['verdict']} ({raw['mean_diff']:+.2f} pp) than the baseline's in "
-                       f"{METRIC_TITLE[first['metric']]}, so neither model's verdict stands for the variant.")
+            out.append(f"Reversal: {variant}'s EMA model is {ema.verdict} ({ema.test.mean_diff:+.2f} pp) but its raw "
+                       f"model is {raw.verdict} ({raw.test.mean_diff:+.2f} pp) than the baseline's in "
+                       f"{METRIC_TITLE[first.family.metric]}, so neither model's verdict stands for the variant.")
     return out
 
 
-def _ema_horizon_sentences(summary: dict) -> list[str]:
+def _ema_horizon_sentences(summary: dict[str, VariantEntry]) -> list[str]:
     """A variant whose EMA averages over more optimizer steps than its runs trained."""
     out = []
     for variant, e in summary.items():
-        decay, steps = e.get("ema_decay"), e.get("steps_trained")
-        if decay is None or not steps or 1 / (1 - decay) <= steps or not e.get("ema", {}).get("n"):
+        decay, steps = e.ema_decay, e.steps_trained
+        if decay is None or not steps or 1 / (1 - decay) <= steps or not e.ema.n:
             continue
-        raw, ema = e["raw"].get("top1_final_mean"), e["ema"].get("top1_final_mean")
+        raw, ema = e.raw.top1_final.mean, e.ema.top1_final.mean
         lag = "" if raw is None or ema is None else f"; its final top-1 is {ema - raw:+.2f} pp from the raw model's"
         out.append(f"EMA horizon: {variant}'s EMA (decay {decay:g}) averages over about {1 / (1 - decay):,.0f} "
                    f"optimizer steps, more than the {steps:,} its runs trained, so it still carries its "
@@ -162,12 +161,12 @@ def _ema_horizon_sentences(summary: dict) -> list[str]:
     return out
 
 
-def _run_caveats(summary: dict) -> list[str]:
+def _run_caveats(summary: dict[str, VariantEntry]) -> list[str]:
     """Diverged runs (left out of every accuracy figure) and runs no figure counts."""
     out = []
     diverged = diverged_variants(summary)
     if diverged:
-        differs = [v for v, d in diverged.items() if (d.get("vs_baseline") or {}).get("differs")]
+        differs = [v for v, d in diverged.items() if d.vs_baseline is not None and d.vs_baseline.differs]
         tested = (f" Fisher's exact test finds more divergence than the baseline's in {', '.join(differs)}." if differs
                   else "")
         out.append("Diverged runs, which have no final accuracy and are left out of every accuracy figure above "
@@ -180,22 +179,23 @@ def _run_caveats(summary: dict) -> list[str]:
     return out
 
 
-def _why_untested(r: dict) -> str:
-    reason = r["detectable"]["reason"] or r["warning"] or "the t-test is undefined"
-    return reason if reason.startswith("n=") else f"n={r['n']} paired seeds, {reason}"
+def _why_untested(r: SeedResult) -> str:
+    reason = r.detectable.reason or r.test.warning or "the t-test is undefined"
+    return reason if reason.startswith("n=") else f"n={r.test.n} paired seeds, {reason}"
 
 
 def _power_sentence(records) -> list[str]:
-    d = [r["detectable"] for r in records if r["detectable"]["reason"] is None]
+    d = [r.detectable for r in records if r.detectable.reason is None]
     if not d:
         return []
-    effect = f"{d[0]['effect']:+.2f} pp"
+    effect = f"{d[0].effect:+.2f} pp"
     return [f"At 80% power these seeds could only have detected differences of "
-            f"{_range([x['min_effect'] for x in d], _pp)} pp; detecting {effect} would take "
+            f"{_range([x.min_effect for x in d], _pp)} pp; detecting {effect} would take "
             f"{_range([_seeds(x) for x in d], _fmt_seeds)} paired seeds per variant."]
 
 
-def headline_table(summary: dict, baseline: str, primary: str) -> tuple[list[str], list[list[str]]]:
+def headline_table(summary: dict[str, VariantEntry], baseline: str,
+                   primary: str) -> tuple[list[str], list[list[str]]]:
     """variant, n, params, the primary metric's mean ± sd over its n runs; then over the seeds paired with the
     baseline: their number, the two means, the difference with its CI, adjusted p and verdict."""
     records = confirmatory(summary)
@@ -205,29 +205,31 @@ def headline_table(summary: dict, baseline: str, primary: str) -> tuple[list[str
         n, mean, sd = _primary_values(e, primary)
         value = NA if mean is None else f"{mean:.2f}" if sd is None else f"{mean:.2f} ± {sd:.2f}"
         paired = means = NA
-        if r is None or r["mean_diff"] is None:
+        t = None if r is None else r.test
+        if t is None or t.mean_diff is None:
             diff = "(baseline)" if variant == baseline else NA
         else:
-            diff = f"{r['mean_diff']:+.2f}" + ("" if r["ci_low"] is None else
-                                               f" [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]")
-            paired = str(r["n"])
-            if r.get("mean_baseline") is not None:
-                means = f"{r['mean_baseline']:.2f} → {r['mean_variant']:.2f}"
-        rows.append([variant, str(n), NA if e["params"] is None else f"{e['params'] / 1e6:.2f}M", value,
+            diff = f"{t.mean_diff:+.2f}" + ("" if t.ci_low is None else f" [{t.ci_low:+.2f}, {t.ci_high:+.2f}]")
+            paired = str(t.n)
+            if t.mean_baseline is not None:
+                means = f"{t.mean_baseline:.2f} → {t.mean_variant:.2f}"
+        rows.append([variant, str(n), NA if e.params is None else f"{e.params / 1e6:.2f}M", value,
                      paired, means, diff,
-                     NA if r is None or r["p_adjusted"] is None else fmt_p(r["p_adjusted"], r["family"]["alpha"]),
-                     "" if r is None else r["verdict"]])
+                     NA if r is None or r.p_adjusted is None else fmt_p(r.p_adjusted, r.family.alpha),
+                     "" if r is None else r.verdict])
     first = next(iter(records.values()), None)  # the probed model's kind is in its records
-    kind, metric, _ = family_keys(primary, "ema" if first is None else first["kind"])[0]
+    kind, metric, _ = family_keys(primary, "ema" if first is None else first.family.kind)[0]
     title = f"{METRIC_TITLE[metric]}, {KIND_TITLE[kind]}"
     return (["variant", "n", "params", f"{title} (mean ± sd over n)", "paired seeds",
              "paired means (baseline → variant)", "difference vs baseline (pp) [CI]", "adjusted p", "verdict"], rows)
 
 
-def _primary_values(entry: dict, primary: str) -> tuple[int, float | None, float | None]:
+def _primary_values(entry: VariantEntry, primary: str) -> tuple[int, float | None, float | None]:
     """n, mean and sd of a variant's primary metric over its runs (for probe_miou: over its probed runs)."""
     if primary == PROBE_MIOU:
-        probe = entry.get("segmentation") or {}
-        return len(probe.get("seeds", [])), probe.get("miou_mean"), probe.get("miou_std")
+        probe = entry.segmentation
+        return (0, None, None) if probe is None else (len(probe.seeds), probe.miou.mean, probe.miou.std)
     kind, metric = primary.split("_", 1)
-    return entry[kind]["n"], entry[kind][f"{metric}_mean"], entry[kind][f"{metric}_std"]
+    k = entry.model_kind(kind)
+    spread = k.top1_final if metric == "top1_final" else k.p2f
+    return k.n, spread.mean, spread.std

@@ -32,9 +32,6 @@ class Divergence:
         step = f" (first non-finite logged step {self.step})" if self.step is not None else ""
         return f"diverged at epoch {self.epoch}: {self.metric} not finite{step}"
 
-    def record(self) -> dict:
-        return {"epoch": self.epoch, "metric": self.metric, "step": self.step}
-
 
 @dataclass(frozen=True)
 class Outcome:
@@ -42,12 +39,8 @@ class Outcome:
 
     status: Status
     detail: str | None = None
-    divergence: Divergence | None = None
     file: str | None = None  # the unreadable file, relative to the run directory
-
-    def record(self) -> dict:
-        return {"status": self.status, "detail": self.detail, "file": self.file,
-                "divergence": None if self.divergence is None else self.divergence.record()}
+    divergence: Divergence | None = None
 
 
 class Unreadable(VitreduceError):
@@ -109,22 +102,9 @@ def classify(records: Sequence[dict], done: bool, bad_step: int | None = None) -
     if found is not None:
         epoch, metric = found
         divergence = Divergence(epoch, metric, bad_step)
-        return Outcome("diverged", divergence.describe(), divergence)
+        return Outcome("diverged", divergence.describe(), divergence=divergence)
     if not done:
         return Outcome("unfinished", "no done.json")
     if not any(isinstance(r.get(k), dict) for r in records for k in ("raw", "ema")):
         return Outcome("unreadable", "metrics.jsonl has no evaluated epoch", file="metrics.jsonl")
     return Outcome("finished")
-
-
-def summarize_outcomes(runs: Sequence[tuple[int | None, Outcome]], included: Sequence[int | None]) -> dict:
-    """summary.json's ``outcomes`` of one variant: counts by status, each run's outcome, and divergence as a
-    stability outcome (diverged of the runs that finished or diverged, and where)."""
-    counts = {s: sum(o.status == s for _, o in runs) for s in STATUSES}
-    diverged = [(seed, o.divergence) for seed, o in runs if o.divergence is not None]
-    return {
-        "listed": len(runs), **counts, "included": len(included),
-        "runs": [{"seed": seed, **o.record()} for seed, o in runs],
-        "divergence": {"diverged": len(diverged), "of": counts["finished"] + counts["diverged"],
-                       "epochs": [d.epoch for _, d in diverged], "seeds": [s for s, _ in diverged]},
-    }

@@ -25,8 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
+from vitreduce.report.pareto_records import DegreeTest, Fit, KindStats, Pareto, ParetoGroup, ParetoPoint
+from vitreduce.report.records import VariantEntry
 from vitreduce.report.runs import MODEL_KINDS, StudyRuns
-from vitreduce.statistics.noninferiority import fixed_sequence, lack_of_fit
+from vitreduce.statistics.noninferiority import Step, fixed_sequence, lack_of_fit
 from vitreduce.statistics.pvalue import fmt_p
 from vitreduce.statistics.sample import Sample
 
@@ -50,27 +52,28 @@ class Series:
     values: dict[str, dict[int, float]]  # variant -> {seed: final top-1}
 
 
-def group_variants(study: StudyRuns, summary: dict, labels: dict[str, str]) -> dict[str, list[str]]:
+def group_variants(study: StudyRuns, summary: dict[str, VariantEntry], labels: dict[str, str]) -> dict[str, list[str]]:
     """{base model: its variants}, in the study's order: the sweep's labels, else run.json's model and width."""
     groups: dict[str, list[str]] = {}
     for variant, entry in summary.items():
-        key = labels.get(variant) or f"{entry.get('model')} (width {entry.get('embed_dim')})"
+        key = labels.get(variant) or f"{entry.model} (width {entry.embed_dim})"
         groups.setdefault(key, []).append(variant)
     return groups
 
 
-def group_baseline(variants: list[str], summary: dict) -> str | None:
+def group_baseline(variants: list[str], summary: dict[str, VariantEntry]) -> str | None:
     """The group's unreduced variant (reduction none), else its most expensive one."""
-    plain = [v for v in variants if summary[v].get("reduction") in ("none", None) and summary[v].get("params")]
+    plain = [v for v in variants if summary[v].reduction in ("none", None) and summary[v].params]
     if plain:
         return plain[0]
-    costed = [v for v in variants if summary[v].get("params")]
-    return max(costed, key=lambda v: summary[v]["params"]) if costed else None
+    costed = [v for v in variants if summary[v].params]
+    return max(costed, key=lambda v: summary[v].params) if costed else None
 
 
-def applies(groups: dict[str, list[str]], summary: dict, swept: bool) -> bool:
+def applies(groups: dict[str, list[str]], summary: dict[str, VariantEntry], swept: bool) -> bool:
     """The section is shown for a sweep, or when some base model has 3 or more variants of different cost."""
-    return swept or any(len({summary[v].get("params") for v in vs} - {None}) >= 3 for vs in groups.values())
+    return swept or any(len({summary[v].params for v in vs} - {None}) >= 3 for vs in groups.values())
+
 
 
 def front(points: dict[str, tuple[float, float]], lower_is_cheaper: bool = True) -> list[str]:
@@ -131,7 +134,8 @@ def _widening(n: int) -> float:
 
 
 def fit_series(series: Series, baseline: str, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> dict:
-    """The descriptive fit, its bootstrap band on a grid of kept, and its lack-of-fit check."""
+    """The descriptive fit, its bootstrap band on a grid of kept, and its lack-of-fit check: the fields of
+    records.Fit but its kind and degree test."""
     names = [v for v in series.kept if series.values.get(v)]
     kept = np.array([series.kept[v] for v in names])
     grid = np.unique(np.concatenate([np.linspace(kept.min(), 1.0, GRID), kept]))[::-1]  # descending, swept included
@@ -151,31 +155,28 @@ def fit_series(series: Series, baseline: str, n_resamples: int = DEFAULT_RESAMPL
     fit_check = lack_of_fit([list(series.values[v].values()) for v in names], evaluate(coef, kept).tolist(),
                             min(3, len(np.unique(kept))))
     return {
-        "strategy": series.strategy, "variants": names, "kept": kept.tolist(), "coefficients": coef.tolist(),
-        "coefficients_low": c_low.tolist(), "coefficients_high": c_high.tolist(),
-        "grid": grid.tolist(), "mean": curve.tolist(), "low": low.tolist(), "high": high.tolist(),
-        "baseline_mean": float(np.mean(list(series.values[baseline].values()))),
-        "lack_of_fit": dataclasses.asdict(fit_check),
+        "strategy": series.strategy, "variants": tuple(names), "kept": tuple(kept.tolist()),
+        "coefficients": tuple(coef.tolist()), "coefficients_low": tuple(c_low.tolist()),
+        "coefficients_high": tuple(c_high.tolist()), "grid": tuple(grid.tolist()), "mean": tuple(curve.tolist()),
+        "low": tuple(low.tolist()), "high": tuple(high.tolist()),
+        "baseline_mean": float(np.mean(list(series.values[baseline].values()))), "lack_of_fit": fit_check,
     }
 
 
-def degree_test(series: Series, baseline: str, margin: float, alpha: float) -> dict:
-    """summary.json's ``degree`` of a series: the fixed-sequence non-inferiority test over its swept degrees."""
+def degree_test(series: Series, baseline: str, margin: float, alpha: float) -> DegreeTest:
+    """The fixed-sequence non-inferiority test over a series' swept degrees."""
     base = series.values[baseline]
     degrees = [(v, series.kept[v], [vals[s] - base[s] for s in sorted(vals) if s in base])
                for v, vals in series.values.items() if v != baseline]
     result = fixed_sequence(degrees, margin, alpha)
     best = result.most_reduced
-    return {"method": NONINFERIORITY, "margin": margin, "alpha": alpha,
-            "steps": [dataclasses.asdict(step) for step in result.steps],
-            "most_reduced": None if best is None else best.name,
-            "most_reduced_kept": None if best is None else best.kept,
-            "swept_min_kept": float(min(series.kept.values()))}
+    return DegreeTest(NONINFERIORITY, margin, alpha, result.steps, None if best is None else best.name,
+                      None if best is None else best.kept, float(min(series.kept.values())))
 
 
-def _kind_stats(values: dict[int, float]) -> dict:
+def _kind_stats(values: dict[int, float]) -> KindStats:
     sample = Sample(tuple(values.values()))
-    return {"n": sample.n, "mean": sample.mean, "std": sample.sd, "seeds": sorted(values)}
+    return KindStats(sample.n, sample.mean, sample.sd, tuple(sorted(values)))
 
 
 def _fit_kind(study: StudyRuns, variants: list[str]) -> str:
@@ -183,78 +184,88 @@ def _fit_kind(study: StudyRuns, variants: list[str]) -> str:
     return "ema" if all(seed_values(study, v, "ema") for v in variants) else "raw"
 
 
-def _group(study: StudyRuns, summary: dict, variants: list[str], settings: dict) -> dict:
-    baseline = group_baseline(variants, summary)
-    base_mlp = summary[baseline].get("mlp_params") if baseline else None
-    entries = {}
+def _points(study: StudyRuns, summary: dict[str, VariantEntry], variants: list[str],
+            baseline: str | None) -> dict[str, ParetoPoint]:
+    base_mlp = summary[baseline].mlp_params if baseline else None
+    points = {}
     for v in variants:
         e = summary[v]
-        entries[v] = {"reduction": e.get("reduction"), "strategy": strategy_of(e.get("reduction")),
-                      "kept": e["mlp_params"] / base_mlp if base_mlp and e.get("mlp_params") is not None else None,
-                      **{cost: e.get(cost) for cost in COSTS},
-                      **{kind: _kind_stats(seed_values(study, v, kind)) for kind in MODEL_KINDS}}
-    fronts = {kind: {cost: front({v: (x[cost], x[kind]["mean"]) for v, x in entries.items()
-                                  if x[cost] is not None and x[kind]["mean"] is not None}, LOWER_IS_CHEAPER[cost])
-                     for cost in COSTS if any(x[cost] is not None for x in entries.values())}
-              for kind in MODEL_KINDS if any(x[kind]["n"] for x in entries.values())}
+        points[v] = ParetoPoint(e.reduction, strategy_of(e.reduction),
+                                e.mlp_params / base_mlp if base_mlp and e.mlp_params is not None else None,
+                                e.params, e.macs_linear, e.throughput_img_s,
+                                *(_kind_stats(seed_values(study, v, kind)) for kind in MODEL_KINDS))
+    return points
+
+
+def _group(study: StudyRuns, summary: dict[str, VariantEntry], variants: list[str],
+           settings: dict) -> tuple[ParetoGroup, list[tuple[dict, Series]]]:
+    """A base model's group without its fits, and each fit's fields with its series (the degree tests need
+    every series' count first: pareto_summary)."""
+    baseline = group_baseline(variants, summary)
+    points = _points(study, summary, variants, baseline)
+    fronts = {kind: {cost: tuple(front({v: (x.cost(cost), x.model_kind(kind).mean) for v, x in points.items()
+                                        if x.cost(cost) is not None and x.model_kind(kind).mean is not None},
+                                       LOWER_IS_CHEAPER[cost]))
+                     for cost in COSTS if any(x.cost(cost) is not None for x in points.values())}
+              for kind in MODEL_KINDS if any(x.model_kind(kind).n for x in points.values())}
     kind = _fit_kind(study, variants)
     fits = []
-    for strategy in sorted({x["strategy"] for x in entries.values()} - {"baseline", "composition"}):
-        members = [v for v in variants if v == baseline or entries[v]["strategy"] == strategy]
-        kept = {v: entries[v]["kept"] for v in members if entries[v]["kept"] is not None and entries[v][kind]["n"]}
+    for strategy in sorted({x.strategy for x in points.values()} - {"baseline", "composition"}):
+        members = [v for v in variants if v == baseline or points[v].strategy == strategy]
+        kept = {v: points[v].kept for v in members if points[v].kept is not None and points[v].model_kind(kind).n}
         if baseline not in kept or len(set(kept.values())) < 3:
             continue
         series = Series(strategy, kept, {v: seed_values(study, v, kind) for v in kept})
-        fit = fit_series(series, baseline, settings["n_resamples"], settings["seed"])
-        fit.update(kind=kind, series=series)  # the degree test needs every series' count first (pareto_summary)
-        fits.append(fit)
-    return {"baseline": baseline, "variants": entries, "front": fronts, "fits": fits}
+        fits.append(({**fit_series(series, baseline, settings["n_resamples"], settings["seed"]), "kind": kind},
+                     series))
+    return ParetoGroup(baseline, points, fronts, ()), fits
 
 
-def pareto_summary(study: StudyRuns, summary: dict, labels: dict[str, str], *, alpha: float, margin: float,
-                   n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> dict | None:
+def pareto_summary(study: StudyRuns, summary: dict[str, VariantEntry], labels: dict[str, str], *, alpha: float,
+                   margin: float, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> Pareto | None:
     """summary.json's ``pareto``: per base model its variants, fronts and fits; None where the section does
     not apply (no sweep, and no base model with three variants of different cost)."""
     groups = group_variants(study, summary, labels)
     if not applies(groups, summary, bool(labels)):
         return None
     settings = {"n_resamples": n_resamples, "seed": seed}
-    out = {name: _group(study, summary, variants, settings) for name, variants in groups.items()}
-    fits = [f for g in out.values() for f in g["fits"]]
-    for g in out.values():
-        for fit in g["fits"]:  # one family over every series: alpha split evenly (Bonferroni)
-            fit["degree"] = degree_test(fit.pop("series"), g["baseline"], margin, alpha / len(fits))
-    return {"costs": COSTS, "fit_model": FIT_MODEL, "interval": INTERVAL, "resamples": n_resamples,
-            "bootstrap_seed": seed, "alpha": alpha, "margin": margin, "series": len(fits), "groups": out}
+    built = {name: _group(study, summary, variants, settings) for name, variants in groups.items()}
+    count = sum(len(fits) for _, fits in built.values())
+    out = {}
+    for name, (group, fits) in built.items():  # one family over every series: alpha split evenly (Bonferroni)
+        out[name] = dataclasses.replace(group, fits=tuple(
+            Fit(**fields, degree=degree_test(series, group.baseline, margin, alpha / count))
+            for fields, series in fits))
+    return Pareto(COSTS, FIT_MODEL, INTERVAL, n_resamples, seed, alpha, margin, count, out)
 
 
-def degree_statement(group: str, fit: dict) -> str:
+def degree_statement(group: str, fit: Fit) -> str:
     """The claim about the degree, from the fixed-sequence non-inferiority test on the swept degrees only."""
-    d, what = fit["degree"], f"{group}, {fit['strategy']}"
-    rule = (f"non-inferior to the baseline within {d['margin']:g} pp of {fit_title(fit)} (one-sided paired t-tests "
-            f"in a fixed sequence from the least to the most reduced degree, family-wise alpha {d['alpha']:.3g})")
-    steps = "; ".join(_step_text(s, d["alpha"]) for s in d["steps"])
-    if d["most_reduced"] is None:
+    d, what = fit.degree, f"{group}, {fit.strategy}"
+    rule = (f"non-inferior to the baseline within {d.margin:g} pp of {fit_title(fit)} (one-sided paired t-tests "
+            f"in a fixed sequence from the least to the most reduced degree, family-wise alpha {d.alpha:.3g})")
+    steps = "; ".join(_step_text(s, d.alpha) for s in d.steps)
+    if d.most_reduced is None:
         return f"{what}: no swept degree is shown {rule}. Steps: {steps}."
-    return (f"{what}: the most reduced degree shown {rule} is {d['most_reduced']} ({d['most_reduced_kept']:.1%} of "
+    return (f"{what}: the most reduced degree shown {rule} is {d.most_reduced} ({d.most_reduced_kept:.1%} of "
             f"MLP parameters kept). Degrees between the swept ones are not claimed. Steps: {steps}.")
 
 
-def fit_title(fit: dict) -> str:
-    return f"final top-1 of the {'EMA' if fit['kind'] == 'ema' else 'raw'} model"
+def fit_title(fit: Fit) -> str:
+    return f"final top-1 of the {'EMA' if fit.kind == 'ema' else 'raw'} model"
 
 
-def _step_text(step: dict, alpha: float) -> str:
-    if step["p"] is None:
-        return f"{step['name']} {step['note']}"
-    return (f"{step['name']} {step['mean_diff']:+.2f} pp, lower bound {step['lower']:+.2f} pp, "
-            f"p={fmt_p(step['p'], alpha)}: {step['note']}")
+def _step_text(step: Step, alpha: float) -> str:
+    if step.p is None:
+        return f"{step.name} {step.note}"
+    return (f"{step.name} {step.mean_diff:+.2f} pp, lower bound {step.lower:+.2f} pp, "
+            f"p={fmt_p(step.p, alpha)}: {step.note}")
 
 
-def fit_statement(group: str, fit: dict) -> str:
+def fit_statement(group: str, fit: Fit) -> str:
     """What the descriptive fit is, and whether it misses the measured means by more than their spread."""
-    lof = fit["lack_of_fit"]
-    check = (f"lack of fit {lof['note']}, p={fmt_p(lof['p'], 0.05)}"
+    lof = fit.lack_of_fit
+    check = (f"lack of fit {lof.note}, p={fmt_p(lof.p, 0.05)}"
              + (": the curve misses the measured means by more than their seed-to-seed spread, so read the "
-                "measured points, not the curve" if lof["p"] < 0.05 else "") if lof["p"] is not None else lof["note"])
-    return f"{group}, {fit['strategy']}: the fitted curve is a description of the measured means ({check})."
+                "measured points, not the curve" if lof.p < 0.05 else "") if lof.p is not None else lof.note)
+    return f"{group}, {fit.strategy}: the fitted curve is a description of the measured means ({check})."

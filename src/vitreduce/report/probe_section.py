@@ -18,6 +18,7 @@ from vitreduce.errors import VitreduceError
 from vitreduce.report.analysis_files import read_run_probe
 from vitreduce.report.formatting import NA, pm_column
 from vitreduce.report.plots import ordered_variants
+from vitreduce.report.records import PairedRecord, ProbeFamily, ProbeRecord, Segmentation, Spread, VariantEntry
 from vitreduce.report.render import Block, Heading, Paragraph, Table
 from vitreduce.report.runs import StudyRuns
 from vitreduce.report.sharpness_paired import reading  # the same wording for every exploratory paired test
@@ -83,32 +84,24 @@ def probe_tests(study: StudyRuns, results: dict[str, dict[int, dict]], config: S
             for t, p in zip(tests, adjusted, strict=True)]
 
 
-def probe_vs_baseline(study: StudyRuns, summary: dict, config: StatisticsConfig) -> tuple[dict, list[ProbeTest]]:
-    """Put each probed variant's scores and paired test into its summary.json entry (``segmentation``); returns
-    the results and the tests for the section (one computation per report)."""
+def probe_vs_baseline(study: StudyRuns, summary: dict[str, VariantEntry], config: StatisticsConfig
+                      ) -> tuple[dict[str, VariantEntry], dict[str, dict[int, dict]], list[ProbeTest]]:
+    """The entries with each probed variant's scores and paired test (``segmentation``), the results and the
+    tests for the section (one computation per report)."""
     results = probe_results(study)
     tests = probe_tests(study, results, config)
-    size = len(tests)
+    evidence = _evidence(config)
+    family = ProbeFamily(FAMILY.format(evidence=evidence), evidence, len(tests), config.correction, config.alpha)
+    out = dict(summary)
     for variant, by_seed in results.items():
-        entry: dict = {"seeds": sorted(by_seed), "data": sorted({r["data"] for r in by_seed.values()}),
-                       "evidence": _evidence(config)}
-        for key in ("miou", "pixel_accuracy", "mean_accuracy"):
-            entry[f"{key}_mean"], entry[f"{key}_std"], _ = mean_std([r[key] for r in by_seed.values()])
         test = next((t for t in tests if t.variant == variant), None)
-        if test is not None:
-            entry["miou_vs_baseline"] = _record(test, study.baseline, config, size)
-        summary.setdefault(variant, {})["segmentation"] = entry
-    return results, tests
-
-
-def _record(t: ProbeTest, baseline: str, config: StatisticsConfig, size: int) -> dict:
-    test = t.test
-    return {"baseline": baseline, "seeds": list(t.seeds), "n": test.n, "differences": list(test.differences),
-            "mean_diff": test.mean_diff, "sd": test.sd, "ci_low": test.ci_low, "ci_high": test.ci_high, "t": test.t,
-            "df": test.df, "p": test.p, "p_adjusted": t.p_adjusted, "reading": _reading(t, config),
-            "warning": test.warning, "family": {"definition": FAMILY.format(evidence=_evidence(config)),
-                                                "evidence": _evidence(config), "size": size,
-                                                "correction": config.correction, "alpha": config.alpha}}
+        out[variant] = dataclasses.replace(summary[variant], segmentation=Segmentation(
+            tuple(sorted(by_seed)), tuple(sorted({r["data"] for r in by_seed.values()})), evidence,
+            *(Spread.of([r[key] for r in by_seed.values()]) for key in ("miou", "pixel_accuracy", "mean_accuracy")),
+            miou_vs_baseline=None if test is None else ProbeRecord(
+                study.baseline, test.seeds, test.test.n,
+                PairedRecord.of(test.test, test.p_adjusted, _reading(test, config)), family)))
+    return out, results, tests
 
 
 def _reading(t: ProbeTest, config: StatisticsConfig) -> str:
@@ -118,15 +111,15 @@ def _reading(t: ProbeTest, config: StatisticsConfig) -> str:
     return verdict_word(t.test.mean_diff, t.p_adjusted, config.alpha, "miou", config.min_effect)
 
 
-def probe_section(study: StudyRuns, summary: dict, results: dict[str, dict[int, dict]], tests: list[ProbeTest],
-                  config: StatisticsConfig) -> list[Block]:
+def probe_section(study: StudyRuns, summary: dict[str, VariantEntry], results: dict[str, dict[int, dict]],
+                  tests: list[ProbeTest], config: StatisticsConfig) -> list[Block]:
     """The section: scores per variant beside top-1, the paired tests; nothing when no run was probed."""
     if not results:
         return []
     variants = [v for v in ordered_variants(study) if v in results]
     stats = {v: {k: mean_std([r[k] for r in results[v].values()]) for k in ("miou", "pixel_accuracy")}
              for v in variants}
-    top1 = [_top1(summary.get(v, {})) for v in variants]
+    top1 = [_top1(summary[v]) for v in variants]
     columns = [pm_column([stats[v][k][:2] for v in variants]) for k in ("miou", "pixel_accuracy")]
     rows = [[v, str(len(results[v])), miou, acc, t1] for v, miou, acc, t1 in zip(variants, *columns, top1, strict=True)]
     any_result = next(iter(next(iter(results.values())).values()))
@@ -144,11 +137,11 @@ def probe_section(study: StudyRuns, summary: dict, results: dict[str, dict[int, 
     ]
 
 
-def _top1(entry: dict) -> str:
+def _top1(entry: VariantEntry) -> str:
     for kind in ("ema", "raw"):
-        value = entry.get(kind, {}) if isinstance(entry.get(kind), dict) else {}
-        if value.get("top1_final_mean") is not None:
-            return f"{value['top1_final_mean']:.2f} ({kind})"
+        mean = entry.model_kind(kind).top1_final.mean
+        if mean is not None:
+            return f"{mean:.2f} ({kind})"
     return NA
 
 

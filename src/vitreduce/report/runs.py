@@ -4,6 +4,7 @@ Every figure is defined in docs/metrics.md; this module is the one place that co
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
@@ -17,15 +18,8 @@ from vitreduce.errors import VitreduceError
 from vitreduce.numbers import is_finite
 from vitreduce.reduction.accounting import RECORD_FIELDS, upgrade_record
 from vitreduce.report.analysis_files import read_run_analysis
-from vitreduce.report.outcome import (
-    STATUSES,
-    Outcome,
-    Unreadable,
-    check_ranges,
-    classify,
-    first_bad_step,
-    summarize_outcomes,
-)
+from vitreduce.report.outcome import STATUSES, Outcome, Unreadable, check_ranges, classify, first_bad_step
+from vitreduce.report.records import KindSummary, Outcomes, SharpnessSummary, Spread, VariantEntry
 from vitreduce.report.spikes import (
     DEFAULT_SPIKE_THRESHOLD,
     DEFAULT_SPIKE_WINDOW,
@@ -38,7 +32,6 @@ from vitreduce.report.throughput import same_model_baseline, summarize_throughpu
 from vitreduce.sharpness.measures import per_parameter
 from vitreduce.statistics.family import KIND_TITLE as KIND_TITLE  # re-exported for the report modules
 from vitreduce.statistics.family import MODEL_KINDS, ModelKind
-from vitreduce.statistics.sample import mean_std
 from vitreduce.train.logs import read_metrics, read_steps
 
 # run.json fields that describe the model; every seed of a variant must agree on them.
@@ -312,38 +305,33 @@ def _common(runs: Sequence[RunMetrics], key: str, variant: str):
     return runs[0].info.get(key)
 
 
-def summarize_kind(runs: Sequence[RunMetrics], kind: ModelKind) -> dict:
+
+def summarize_kind(runs: Sequence[RunMetrics], kind: ModelKind) -> KindSummary:
     """Mean and std (ddof=1) over seeds of one model kind's figures; None where undefined."""
-    models = [r.model(kind) for r in runs]
-    models = [m for m in models if m is not None]
-    out: dict = {"n": len(models)}
-    for name, attr in (("top1_final", "top1_final"), ("top5_final", "top5_final"), ("top1_peak", "top1_peak"),
-                       ("peak_epoch", "peak_epoch"), ("p2f", "p2f")):
-        mean, std, _ = mean_std([getattr(m, attr) for m in models])
-        out[f"{name}_mean"], out[f"{name}_std"] = mean, std
-    return out
+    models = [m for m in (r.model(kind) for r in runs) if m is not None]
+    return KindSummary(len(models), *(Spread.of([getattr(m, name) for m in models])
+                                      for name in ("top1_final", "top5_final", "top1_peak", "peak_epoch", "p2f")))
 
 
-def summarize_variant(variant: str, runs: Sequence[RunMetrics], every: Sequence[RunMetrics] | None = None) -> dict:
+def summarize_variant(variant: str, runs: Sequence[RunMetrics],
+                      every: Sequence[RunMetrics] | None = None) -> VariantEntry:
     """The summary.json entry of one variant (docs/metrics.md lists the keys): `runs` are the included runs
-    (what every mean and test is over), `every` all its runs (each with its outcome; default `runs`)."""
+    (what every mean and test is over), `every` all its runs (each with its outcome; default `runs`). Its
+    throughput, sharpness and baseline mark are summarize_study's."""
     every = runs if every is None else every
-    out: dict = {"n": len(runs), "seeds": [r.seed for r in runs],
-                 "unfinished_included": sum(not r.finished for r in runs),
-                 "outcomes": summarize_outcomes([(r.seed, r.outcome) for r in every], [r.seed for r in runs])}
     described = list(runs) or [r for r in every if r.info]  # a variant whose every run diverged is still described
-    for key in ARCH_KEYS:
-        out[key] = _common(described, key, variant) if described else None
-    out["steps_trained"] = min((r.steps_trained for r in runs if r.steps_trained), default=None)
-    out["ema_decay"] = max((r.ema_decay for r in runs if r.ema_decay is not None), default=None)
-    hidden, embed = out["mlp_hidden"], out["embed_dim"]
-    out["expansion"] = hidden / embed if is_finite(hidden) and is_finite(embed) and embed else None
-    out["loss_spikes_mean"], out["loss_spikes_std"], _ = mean_std([r.loss_spikes for r in runs])
-    # over the runs that have a steps.jsonl; null when none has
-    out["step_spikes_mean"], out["step_spikes_std"], _ = mean_std([r.step_spikes for r in runs])
-    for kind in MODEL_KINDS:
-        out[kind] = summarize_kind(runs, kind)
-    return out
+    arch = {key: _common(described, key, variant) if described else None for key in ARCH_KEYS}
+    hidden, embed = arch["mlp_hidden"], arch["embed_dim"]
+    return VariantEntry(
+        n=len(runs), seeds=tuple(r.seed for r in runs), unfinished_included=sum(not r.finished for r in runs),
+        outcomes=Outcomes.of([(r.seed, r.outcome) for r in every], [r.seed for r in runs]), **arch,
+        steps_trained=min((r.steps_trained for r in runs if r.steps_trained), default=None),
+        ema_decay=max((r.ema_decay for r in runs if r.ema_decay is not None), default=None),
+        expansion=hidden / embed if is_finite(hidden) and is_finite(embed) and embed else None,
+        loss_spikes=Spread.of([r.loss_spikes for r in runs]),
+        step_spikes=Spread.of([r.step_spikes for r in runs]),  # over the runs that have a steps.jsonl
+        raw=summarize_kind(runs, "raw"), ema=summarize_kind(runs, "ema"), throughput=None, throughput_img_s=None,
+        sharpness={}, baseline=False)
 
 
 # summary.json's sharpness keys: the measures comparable across variants (docs/metrics.md), per checkpoint.
@@ -355,33 +343,28 @@ SHARPNESS_MEASURES = {
 }
 
 
-def summarize_sharpness(runs: Sequence[RunMetrics]) -> dict[str, dict]:
-    """{checkpoint: {"n", "<measure>_mean", "<measure>_std"}} over the runs' analysis files; {} without any."""
+def summarize_sharpness(runs: Sequence[RunMetrics]) -> dict[str, SharpnessSummary]:
+    """{checkpoint: its measures' mean and std} over the runs' analysis files; {} without any."""
     analyses = [read_run_analysis(r.run_dir) for r in runs]
-    out: dict[str, dict] = {}
+    out: dict[str, SharpnessSummary] = {}
     for which in sorted({w for a in analyses for w in a}):
         present = [a[which] for a in analyses if which in a]
-        entry: dict = {"n": len(present)}
-        for name, measure in SHARPNESS_MEASURES.items():
-            entry[f"{name}_mean"], entry[f"{name}_std"], _ = mean_std([_number(measure(r)) for r in present])
-        out[which] = entry
+        out[which] = SharpnessSummary(len(present), *(Spread.of([_number(measure(r)) for r in present])
+                                                      for measure in SHARPNESS_MEASURES.values()))
     return out
 
 
-def summarize_study(study: StudyRuns, throughput: dict | None = None) -> dict[str, dict]:
-    """summary.json: one entry per variant; `throughput` is throughput.json ({variant: {"infer_img_s": x, ...}})."""
+def summarize_study(study: StudyRuns, throughput: dict | None = None) -> dict[str, VariantEntry]:
+    """summary.json's variants; `throughput` is throughput.json ({variant: {"infer_img_s": x, ...}})."""
     summary = {}
     for variant, every in (study.runs or study.variants).items():
         runs = study.variants.get(variant, [])
-        entry = summarize_variant(variant, runs, every)
-        entry["throughput"] = summarize_throughput((throughput or {}).get(variant))
-        entry["throughput_img_s"] = entry["throughput"]["median"] if entry["throughput"] else None
-        entry["sharpness"] = summarize_sharpness(runs)
-        entry["baseline"] = variant == study.baseline
-        summary[variant] = entry
-    measured = {v: e["throughput"] for v, e in summary.items() if e["throughput"] is not None}
+        summary[variant] = dataclasses.replace(summarize_variant(variant, runs, every),
+                                               sharpness=summarize_sharpness(runs), baseline=variant == study.baseline)
+    measured = {v: t for v in summary if (t := summarize_throughput((throughput or {}).get(v))) is not None}
     for variant, t in measured.items():
         against = same_model_baseline(variant, measured, summary, study.baseline)
-        ratio, why = (throughput_ratio(t, measured.get(against)) if against else (None, "no baseline of its model"))
-        t.update(ratio_to_baseline=ratio, ratio_basis=why, ratio_against=against)
+        ratio, why = throughput_ratio(t, measured.get(against)) if against else (None, "no baseline of its model")
+        t = dataclasses.replace(t, ratio_to_baseline=ratio, ratio_basis=why, ratio_against=against)
+        summary[variant] = dataclasses.replace(summary[variant], throughput=t, throughput_img_s=t.median)
     return summary

@@ -7,6 +7,7 @@ checkpoints are tested, and no study spec names them as its primary question.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,13 @@ import numpy as np
 
 from vitreduce.report.analysis_files import ANALYSED_CHECKPOINTS, read_run_analysis
 from vitreduce.report.plots import label_axes, legend_outside, new_figure, ordered_variants, save_figure, variant_colors
+from vitreduce.report.records import (
+    ExploratoryFamily,
+    PairedRecord,
+    SharpnessRecord,
+    SharpnessVsBaseline,
+    VariantEntry,
+)
 from vitreduce.report.runs import StudyRuns
 from vitreduce.sharpness.measures import per_parameter
 from vitreduce.statistics.family import StatisticsConfig, adjust_pvalues
@@ -81,26 +89,19 @@ def reading(t: SharpnessTest, alpha: float) -> str:
     return "higher than the baseline" if t.test.mean_diff > 0 else "lower than the baseline"
 
 
-def sharpness_vs_baseline(study: StudyRuns, summary: dict, config: StatisticsConfig) -> list[SharpnessTest]:
-    """Put each variant's paired sharpness tests into its summary.json entry, beside `vs_baseline`; returns
-    them for the report's table and figure (one computation per report)."""
-    tests = sharpness_tests(study, config)
-    size = len(tests)
+def sharpness_vs_baseline(summary: dict[str, VariantEntry], tests: list[SharpnessTest], baseline: str,
+                          config: StatisticsConfig) -> dict[str, VariantEntry]:
+    """The entries with each tested variant's paired sharpness tests (``sharpness_vs_baseline``, beside
+    ``vs_baseline``); ``tests`` are sharpness_tests' (one computation per report, for the table and figure too)."""
+    family = ExploratoryFamily(FAMILY, len(tests), config.correction, config.alpha)
+    out = dict(summary)
     for variant in {t.variant for t in tests}:
-        summary[variant]["sharpness_vs_baseline"] = {
-            "baseline": study.baseline, "alpha": config.alpha, "confidence": 1 - config.alpha,
-            "correction": config.correction, "evidence": "exploratory",
-            "family": {"definition": FAMILY, "size": size, "correction": config.correction, "alpha": config.alpha},
-            "tests": [_record(t, config.alpha) for t in tests if t.variant == variant]}
-    return tests
-
-
-def _record(t: SharpnessTest, alpha: float) -> dict:
-    test = t.test
-    return {"checkpoint": t.checkpoint, "measure": KEYS[t.measure], "name": t.measure, "n": test.n,
-            "seeds": list(t.seeds), "differences": list(test.differences), "mean_diff": test.mean_diff,
-            "sd": test.sd, "ci_low": test.ci_low, "ci_high": test.ci_high, "t": test.t, "df": test.df,
-            "p": test.p, "p_adjusted": t.p_adjusted, "reading": reading(t, alpha), "warning": test.warning}
+        records = tuple(SharpnessRecord(t.checkpoint, KEYS[t.measure], t.measure, t.test.n, t.seeds,
+                                        PairedRecord.of(t.test, t.p_adjusted, reading(t, config.alpha)))
+                        for t in tests if t.variant == variant)
+        out[variant] = dataclasses.replace(summary[variant], sharpness_vs_baseline=SharpnessVsBaseline(
+            baseline, config.alpha, 1 - config.alpha, config.correction, "exploratory", family, records))
+    return out
 
 
 def sharpness_difference_figure(study: StudyRuns, fig_dir: Path, tests: list[SharpnessTest]) -> list[tuple[str, str]]:

@@ -14,12 +14,13 @@ from vitreduce.report.analysis_files import ANALYSED_CHECKPOINTS, read_run_analy
 from vitreduce.report.figures_landscape import landscape_figures
 from vitreduce.report.formatting import NA, fixed, places, pm_column
 from vitreduce.report.render import Block, Bullets, Heading, Paragraph, Table
-from vitreduce.report.runs import StudyRuns, mean_std
+from vitreduce.report.runs import StudyRuns
 from vitreduce.report.sharpness_paired import SharpnessTest, reading, sharpness_difference_figure, sharpness_tests
 from vitreduce.sharpness.measures import per_parameter
 from vitreduce.statistics.family import CORRECTION_NAME, StatisticsConfig
 from vitreduce.statistics.paired import TTest
 from vitreduce.statistics.pvalue import fmt_p
+from vitreduce.statistics.sample import mean_std
 
 # The figures comparable across variants first, then those that compare seeds of one variant.
 _MEASURES = (("loss", lambda r: r.get("loss")),

@@ -1,17 +1,25 @@
 """summary.json: the report's every number, written from the report's records and read back into them.
 
 Format 2 keeps the variants and the study-level results apart: ``{"format": 2, "study": {"name", "baseline",
-"pareto"}, "variants": {<variant>: <entry>}}``, so any name can be a variant's. Format 1 (vitreduce 0.1.0 and
+"primary", "pareto"}, "variants": {<variant>: <entry>}}``, so any name can be a variant's. Format 1 (vitreduce 0.1.0 and
 until format 2) held the variants at the top level, with a ``pareto`` key beside them; ``read_summary``
-reads both.
+reads both into the same records (vitreduce.report.records), a format 1 file upgraded on the way: what it
+predates is None (or empty), and vitreduce 0.1.0's GMACs are read as the MAC counts they round to.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from vitreduce.errors import VitreduceError
+from vitreduce.reduction.accounting import upgrade_record
+from vitreduce.report import codec
+from vitreduce.report.records import StudyResults, VariantEntry
+from vitreduce.statistics.family import Family, SeedResult
+from vitreduce.statistics.paired import TTest
+from vitreduce.statistics.power import Detectable
 
 SUMMARY_FORMAT = 2
 
@@ -20,23 +28,49 @@ SUMMARY_FORMAT = 2
 class Summary:
     """summary.json as records: the study-level results and the variants' entries (in the study's order)."""
 
-    study: dict  # name, baseline, pareto (null where the report has no Pareto section)
-    variants: dict[str, dict]
+    study: StudyResults
+    variants: dict[str, VariantEntry]
     format: int = SUMMARY_FORMAT
 
-    def document(self) -> dict:
-        return {"format": self.format, "study": self.study, "variants": self.variants}
+    def to_json(self) -> dict:
+        """The format 2 document (a summary read from a format 1 file is written as format 2)."""
+        return {"format": SUMMARY_FORMAT, "study": codec.to_json(self.study), "variants": codec.to_json(self.variants)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Summary:
+        variants = codec.from_json(dict[str, VariantEntry], data["variants"], "variants")
+        return cls(codec.from_json(StudyResults, data["study"], "study"),
+                   {name: _named(entry, name) for name, entry in variants.items()})
 
 
-def _json_default(obj):
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+def _named(entry: VariantEntry, name: str) -> VariantEntry:
+    """summary.json keeps a variant's seed-level results in its entry, without its name: given back here."""
+    vs = entry.vs_baseline
+    if vs is None:
+        return entry
+    named = tuple(dataclasses.replace(r, variant=name) for r in vs.seed_level)
+    return dataclasses.replace(entry, vs_baseline=dataclasses.replace(vs, seed_level=named))
+
+
+def _seed_result(record: dict) -> SeedResult:
+    """SeedResult.record() read back: the family, the t-test and what the seeds could detect."""
+    f = record["family"]
+    family = Family(f["name"], f["evidence"], f["kind"], f["metric"], f["correction"], f["alpha"],
+                    tuple(f["variants"]))
+    test = TTest(record["n"], record["df"], record["mean_diff"], record["t"], record["p"], record["warning"],
+                 tuple(record["differences"]), record["sd"], record["confidence"], record["ci_low"],
+                 record["ci_high"], record["mean_baseline"], record["mean_variant"])
+    return SeedResult(family, "", test,  # the variant's name: the entry's key (_named)
+                      record["p_adjusted"], record["verdict"], codec.from_json(Detectable, record["detectable"]),
+                      record["min_effect"], record["min_effect_source"])
+
+
+codec.register(SeedResult, SeedResult.record, _seed_result)
 
 
 def summary_text(summary: Summary) -> str:
     """Strict JSON (no NaN token: a figure that is undefined is null)."""
-    return json.dumps(summary.document(), indent=2, allow_nan=False, default=_json_default) + "\n"
+    return json.dumps(summary.to_json(), indent=2, allow_nan=False) + "\n"
 
 
 def read_summary(path: Path | str) -> Summary:
@@ -52,7 +86,32 @@ def read_summary(path: Path | str) -> Summary:
         if data["format"] != SUMMARY_FORMAT or not all(isinstance(data.get(k), dict) for k in ("study", "variants")):
             raise VitreduceError(f"{path} is summary.json format {data['format']!r} without its study and variants "
                                  f"objects; this vitreduce reads formats 1 and {SUMMARY_FORMAT}")
-        return Summary(data["study"], data["variants"])
-    variants = {k: v for k, v in data.items() if k != "pareto"}
-    return Summary({"name": None, "baseline": next((k for k, v in variants.items() if v.get("baseline")), None),
-                    "pareto": data.get("pareto")}, variants, format=1)
+        document, version = data, SUMMARY_FORMAT
+    else:
+        document, version = upgrade(data), 1
+    try:
+        summary = Summary.from_json(document)
+    except codec.CodecError as err:
+        raise VitreduceError(f"{path} does not hold a summary this vitreduce reads ({err}); rewrite it with "
+                             "`vitreduce report`") from None
+    return Summary(summary.study, summary.variants, format=version)
+
+
+# Keys each variant's entry gained after vitreduce 0.1.0, and what a format 1 file without them is read as.
+_SINCE_0_1 = {"outcomes": None, "steps_trained": None, "ema_decay": None, "step_spikes_mean": None,
+              "step_spikes_std": None, "throughput": None, "sharpness": {}}
+_VS_BASELINE_SINCE_0_1 = {"primary": None, "correction": None, "effect": None, "seed_level": [], "image_level": None}
+
+
+def upgrade(data: dict) -> dict:
+    """A format 1 document (variants at the top level, ``pareto`` beside them) as a format 2 one."""
+    variants = {k: dict(v) for k, v in data.items() if k != "pareto" and isinstance(v, dict)}
+    for entry in variants.values():
+        upgrade_record(entry)
+        for key, value in _SINCE_0_1.items():
+            entry.setdefault(key, value)
+        if isinstance(entry.get("vs_baseline"), dict):
+            entry["vs_baseline"] = {**_VS_BASELINE_SINCE_0_1, **entry["vs_baseline"]}
+    baseline = next((k for k, v in variants.items() if v.get("baseline")), None)
+    return {"format": 1, "study": {"name": None, "baseline": baseline, "primary": None, "pareto": data.get("pareto")},
+            "variants": variants}

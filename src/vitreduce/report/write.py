@@ -27,6 +27,7 @@ from vitreduce.report.formatting import variant_label
 from vitreduce.report.headline import headline, headline_table
 from vitreduce.report.pareto_section import pareto_section
 from vitreduce.report.probe_section import ProbeTest, probe_section, probe_vs_baseline, probed_kind
+from vitreduce.report.records import StudyResults, Throughput, VariantEntry, VsBaseline
 from vitreduce.report.render import Block, Heading, Image, Paragraph, Table, render_html, render_markdown
 from vitreduce.report.runs import (
     DEFAULT_SPIKE_THRESHOLD,
@@ -42,7 +43,7 @@ from vitreduce.report.runs import (
     summarize_study,
 )
 from vitreduce.report.runs_section import ReportSettings, runs_section, stability_section
-from vitreduce.report.sharpness_paired import sharpness_vs_baseline
+from vitreduce.report.sharpness_paired import sharpness_tests, sharpness_vs_baseline
 from vitreduce.report.sharpness_section import sharpness_section
 from vitreduce.report.stability import divergence_tests
 from vitreduce.report.stats_section import IMAGE_LEVEL, StatsSettings, image_level_blocks, statistics_blocks
@@ -59,7 +60,12 @@ class ReportPaths:
     html: Path
     summary_json: Path
     figures: list[Path]
-    summary: dict  # summary.json's variants, for format_results_table
+    document: Summary  # what summary.json holds, as records
+
+    @property
+    def summary(self) -> dict[str, VariantEntry]:
+        """summary.json's variants (format_results_table takes them)."""
+        return self.document.variants
 
 
 def read_throughput(study_dir: Path) -> dict | None:
@@ -84,22 +90,22 @@ def _num(x, digits: int = 2) -> str:
     return NA if x is None else f"{x:.{digits}f}"
 
 
-def _throughput(t: dict | None) -> str:
+def _throughput(t: Throughput | None) -> str:
     """median [min-max] img/s of throughput.json."""
     if t is None:
         return NA
-    spread = "" if t["min"] is None or t["max"] is None else f" [{t['min']:,.0f}-{t['max']:,.0f}]"
-    return f"{t['median']:,.0f}{spread} img/s"
+    spread = "" if t.min is None or t.max is None else f" [{t.min:,.0f}-{t.max:,.0f}]"
+    return f"{t.median:,.0f}{spread} img/s"
 
 
-def _ratio(t: dict | None, unnamed: tuple[str | None, ...] = ()) -> str:
+def _ratio(t: Throughput | None, unnamed: tuple[str | None, ...] = ()) -> str:
     """The throughput ratio to the baseline of the same base model, given only where the [min, max] ranges do not
     overlap; the variant it is against is named unless it is one of ``unnamed`` (the study's baseline, itself)."""
     if t is None:
         return NA
-    against = f" vs {t['ratio_against']}" if t.get("ratio_against") not in (None, *unnamed) else ""
-    return (f"{t['ratio_to_baseline']:.2f}x" if t["ratio_to_baseline"] is not None
-            else f"{NA} ({t['ratio_basis']})") + against
+    against = f" vs {t.ratio_against}" if t.ratio_against not in (None, *unnamed) else ""
+    return (f"{t.ratio_to_baseline:.2f}x" if t.ratio_to_baseline is not None
+            else f"{NA} ({t.ratio_basis})") + against
 
 
 def _count(x) -> str:
@@ -108,36 +114,36 @@ def _count(x) -> str:
     return NA if x is None else f"{x:,}"
 
 
-def results_table(summary: dict, kind: ModelKind) -> tuple[list[str], list[list[str]]]:
+def results_table(summary: dict[str, VariantEntry], kind: ModelKind) -> tuple[list[str], list[list[str]]]:
     """The paper's results table for one model kind: mean ± std (ddof=1) over n seeds."""
     headers = ["variant", "n", "params", "top-1 final", "top-5 final", "top-1 peak", "peak epoch",
                "peak-to-final", "throughput", "throughput vs baseline"]
-    columns = {name: _pm_column([(e[kind][f"{name}_mean"], e[kind][f"{name}_std"]) for e in summary.values()],
-                                digits=0 if name == "peak_epoch" else 2)
-               for name in ("top1_final", "top5_final", "top1_peak", "peak_epoch", "p2f")}
-    baseline = next((name for name, e in summary.items() if e.get("baseline")), None)
-    rows = [[variant_label(name, e), str(e[kind]["n"]), NA if e["params"] is None else f"{e['params'] / 1e6:.2f}M",
-             *(columns[c][i] for c in columns), _throughput(e.get("throughput")),
-             _ratio(e.get("throughput"), (baseline, name))]
+    spreads = [(k.top1_final, k.top5_final, k.top1_peak, k.peak_epoch, k.p2f)
+               for k in (e.model_kind(kind) for e in summary.values())]
+    columns = [_pm_column([(row[j].mean, row[j].std) for row in spreads], digits=0 if j == 3 else 2)
+               for j in range(5)]  # j = 3: the peak epoch, a whole number
+    baseline = next((name for name, e in summary.items() if e.baseline), None)
+    rows = [[variant_label(name, e), str(e.model_kind(kind).n), NA if e.params is None else f"{e.params / 1e6:.2f}M",
+             *(column[i] for column in columns), _throughput(e.throughput), _ratio(e.throughput, (baseline, name))]
             for i, (name, e) in enumerate(summary.items())]
     return headers, rows
 
 
-def architecture_table(summary: dict) -> tuple[list[str], list[list[str]]]:
-    divisor, unit = macs_unit(e["macs_total"] for e in summary.values())
+def architecture_table(summary: dict[str, VariantEntry]) -> tuple[list[str], list[list[str]]]:
+    divisor, unit = macs_unit(e.macs_total for e in summary.values())
     headers = ["variant", "reduction", "params", "MLP params", "unique MLPs", f"{unit} (linear)",
                f"{unit} (incl. attention)", "MLP hidden", "expansion"]
-    rows = [[variant_label(name, e), e.get("reduction") or NA, _count(e["params"]), _count(e["mlp_params"]),
-             _count(e["unique_mlps"]), format_macs(e["macs_linear"], divisor), format_macs(e["macs_total"], divisor),
-             _count(e["mlp_hidden"]), _num(e["expansion"])] for name, e in summary.items()]
+    rows = [[variant_label(name, e), e.reduction or NA, _count(e.params), _count(e.mlp_params),
+             _count(e.unique_mlps), format_macs(e.macs_linear, divisor), format_macs(e.macs_total, divisor),
+             _count(e.mlp_hidden), _num(e.expansion)] for name, e in summary.items()]
     return headers, rows
 
 
-def _throughput_note(summary: dict) -> str:
+def _throughput_note(summary: dict[str, VariantEntry]) -> str:
     """What the throughput columns are and the conditions they were measured under."""
-    measured = {name: e["throughput"] for name, e in summary.items() if e.get("throughput")}
-    conditions = sorted({f"device {t['device'] or NA}, batch {t['batch_size'] or NA}, precision "
-                         f"{t['precision'] or NA}" for t in measured.values()})
+    measured = {name: e.throughput for name, e in summary.items() if e.throughput}
+    conditions = sorted({f"device {t.device or NA}, batch {t.batch_size or NA}, precision "
+                         f"{t.precision or NA}" for t in measured.values()})
     return ("Throughput: inference images/s from throughput.json (vitreduce profile), median [min-max] over "
             "its timed repeats; n/a where absent. The ratio to the baseline's median is given only where the "
             "two [min-max] ranges do not overlap; overlapping ranges cannot tell the variants apart. Each "
@@ -146,13 +152,13 @@ def _throughput_note(summary: dict) -> str:
             + (f" Measured with {'; '.join(conditions)}." if conditions else ""))
 
 
-def _kinds_present(summary: dict) -> list[str]:
+def _kinds_present(summary: dict[str, VariantEntry]) -> list[str]:
     """The model kinds some run has, EMA first (the paper reports the EMA model)."""
-    present = [k for k in MODEL_KINDS if any(e[k]["n"] for e in summary.values())]
+    present = [k for k in MODEL_KINDS if any(e.model_kind(k).n for e in summary.values())]
     return sorted(present, key=lambda k: k != "ema")
 
 
-def format_results_table(summary: dict) -> str:
+def format_results_table(summary: dict[str, VariantEntry]) -> str:
     """The results table(s) as plain text: one block per model kind present (EMA first)."""
     blocks = []
     for kind in _kinds_present(summary):
@@ -169,8 +175,8 @@ def format_results_table(summary: dict) -> str:
 SUMMARY_FIGURES = ("final_top1.png", "top1_vs_epoch.png")
 
 
-def _document(study: StudyRuns, summary: dict, comparisons: list[Comparison], results: list[SeedResult],
-              figures: list[tuple[str, str]], settings: ReportSettings, sentences: list[str],
+def _document(study: StudyRuns, summary: dict[str, VariantEntry], comparisons: list[Comparison],
+              results: list[SeedResult], figures: list[tuple[str, str]], settings: ReportSettings, sentences: list[str],
               paired_sharpness: list | None = None) -> list[Block]:
     """Title, context, the headline (sentences, one figure, one table); the sections; the appendix last."""
     lead = next((f for name in SUMMARY_FIGURES for f in figures if f[0].endswith("/" + name)), None)
@@ -197,7 +203,7 @@ def _document(study: StudyRuns, summary: dict, comparisons: list[Comparison], re
     ]
 
 
-def _results_sections(summary: dict) -> list[Block]:
+def _results_sections(summary: dict[str, VariantEntry]) -> list[Block]:
     blocks: list[Block] = []
     for kind in _kinds_present(summary):
         blocks += [Heading(f"Results, {KIND_TITLE[kind]}"), Table(*results_table(summary, kind))]
@@ -210,25 +216,24 @@ def _results_sections(summary: dict) -> list[Block]:
 # Writing the report
 
 
-def _compare(study: StudyRuns, summary: dict, settings: StatsSettings, probe: list[ProbeTest],
-             probe_kind: str) -> tuple[list[Comparison], list[SeedResult]]:
-    """Every variant against the baseline, and the families' results; each goes into its summary.json entry.
+def _compare(study: StudyRuns, summary: dict[str, VariantEntry], settings: StatsSettings, probe: list[ProbeTest],
+             probe_kind: str) -> tuple[dict[str, VariantEntry], list[Comparison], list[SeedResult]]:
+    """Every variant against the baseline, and the families' results; each goes into its entry (``vs_baseline``).
     ``probe``: the segmentation probe's mIoU tests, a family here only when they are the primary metric."""
     if study.baseline not in study.variants:
-        return [], []
+        return summary, [], []
     cfg = settings.config
     comparisons = [compare_to_baseline(variant, runs, study.baseline, study.variants[study.baseline], alpha=cfg.alpha,
                                        n_resamples=settings.n_resamples, seed=settings.bootstrap_seed)
                    for variant, runs in study.variants.items() if variant != study.baseline]
     miou = [(t.variant, t.test) for t in probe] if cfg.primary == PROBE_MIOU else []
     results = seed_level(comparisons, cfg, miou, probe_kind)
+    out = dict(summary)
     for c in comparisons:
-        summary[c.variant]["vs_baseline"] = {
-            "baseline": c.baseline, "alpha": c.alpha, "seeds": c.seeds, "primary": cfg.primary,
-            "correction": cfg.correction, "effect": cfg.effect,
-            "seed_level": [r.record() for r in results if r.variant == c.variant],
-            "image_level": IMAGE_LEVEL, **{kind: dataclasses.asdict(kc) for kind, kc in c.kinds.items()}}
-    return comparisons, results
+        out[c.variant] = dataclasses.replace(summary[c.variant], vs_baseline=VsBaseline(
+            c.baseline, c.alpha, tuple(c.seeds), cfg.primary, cfg.correction, cfg.effect,
+            tuple(r for r in results if r.variant == c.variant), IMAGE_LEVEL, c.kinds["raw"], c.kinds.get("ema")))
+    return out, comparisons, results
 
 
 def _stats_settings(study: StudyRuns, alpha: float | None, correction: str | None, primary: str | None,
@@ -297,11 +302,11 @@ def write_report(study_dir: Path | str, baseline: str | None = None, *, alpha: f
                          spike_window, spike_threshold, step_spike_window, step_spike_z)
     cfg = settings.stats.config
     probe_kind = probed_kind(study, cfg)  # refuses primary probe_miou for a study that probes nothing
-    summary = summarize_study(study, read_throughput(study_dir))
-    divergence_tests(summary, study.baseline, cfg.alpha)
-    probed, probe_tests = probe_vs_baseline(study, summary, cfg)  # the segmentation probe, where analysed
-    comparisons, results = _compare(study, summary, settings.stats, probe_tests, probe_kind)
-    paired = sharpness_vs_baseline(study, summary, cfg)  # table, figure and summary.json
+    summary = divergence_tests(summarize_study(study, read_throughput(study_dir)), study.baseline, cfg.alpha)
+    summary, probed, probe_tests = probe_vs_baseline(study, summary, cfg)  # the segmentation probe, where analysed
+    summary, comparisons, results = _compare(study, summary, settings.stats, probe_tests, probe_kind)
+    paired = sharpness_tests(study, cfg)  # the table, the figure and summary.json
+    summary = sharpness_vs_baseline(summary, paired, study.baseline, cfg)
     fig_dir = study_dir / "figures"
     figures = write_figures(study, summary, fig_dir, paired)
     sentences = headline(summary, study.baseline, cfg.primary)
@@ -317,11 +322,8 @@ def write_report(study_dir: Path | str, baseline: str | None = None, *, alpha: f
     paths = ReportPaths(markdown=study_dir / "report.md", html=study_dir / "report.html",
                         summary_json=study_dir / "summary.json", figures=[fig_dir / n for n, _ in figures] +
                         [study_dir / b.src for b in section if isinstance(b, Image)],
-                        summary=summary)
-    # allow_nan=False: strict JSON (no NaN token); a figure that is undefined is null.
-    record = Summary({"name": study.name, "baseline": study.baseline, "primary": cfg.primary, "pareto": pareto},
-                     summary)
-    write_bytes(paths.summary_json, summary_text(record).encode())
+                        document=Summary(StudyResults(study.name, study.baseline, cfg.primary, pareto), summary))
+    write_bytes(paths.summary_json, summary_text(paths.document).encode())
     write_results_csv(study_dir, summary)
     write_bytes(paths.markdown, render_markdown(blocks).encode())
     write_bytes(paths.html, render_html(blocks, f"vitreduce study report: {study.name}", base=study_dir).encode())
