@@ -129,6 +129,17 @@ def test_a_vitreduce_0_1_summary_reads_into_the_same_records():
     assert (again.study, again.variants) == (old.study, old.variants)
 
 
+def test_a_format_2_summary_from_before_the_primary_metric_was_recorded_reads(swept):
+    paths = write_report(swept, n_resamples=20)
+    document = json.loads(paths.summary_json.read_text())
+    del document["study"]["primary"]
+    del document["variants"]["half"]["segmentation"]["miou_vs_baseline"]["family"]["evidence"]
+    paths.summary_json.write_text(json.dumps(document))
+    read = read_summary(paths.summary_json)
+    assert read.study.primary is None and read.study.pareto == paths.document.study.pareto
+    assert read.variants["half"].segmentation.miou_vs_baseline.family.evidence == "exploratory"
+
+
 def test_a_summary_that_does_not_fit_the_records_is_refused_with_the_key(tmp_path):
     document = json.loads(summary_text(read_summary(FIXTURES / "summary.json")))
     document["variants"]["grouped"]["raw"]["n"] = "two"

@@ -86,7 +86,7 @@ def read_summary(path: Path | str) -> Summary:
         if data["format"] != SUMMARY_FORMAT or not all(isinstance(data.get(k), dict) for k in ("study", "variants")):
             raise VitreduceError(f"{path} is summary.json format {data['format']!r} without its study and variants "
                                  f"objects; this vitreduce reads formats 1 and {SUMMARY_FORMAT}")
-        document, version = data, SUMMARY_FORMAT
+        document, version = _earlier_format_2(data), SUMMARY_FORMAT
     else:
         document, version = upgrade(data), 1
     try:
@@ -101,6 +101,17 @@ def read_summary(path: Path | str) -> Summary:
 _SINCE_0_1 = {"outcomes": None, "steps_trained": None, "ema_decay": None, "step_spikes_mean": None,
               "step_spikes_std": None, "throughput": None, "sharpness": {}}
 _VS_BASELINE_SINCE_0_1 = {"primary": None, "correction": None, "effect": None, "seed_level": [], "image_level": None}
+
+
+def _earlier_format_2(data: dict) -> dict:
+    """A format 2 file written before ``study.primary`` and the probe family's ``evidence`` were recorded: the
+    metric unknown (None), the probe's tests exploratory (as they were until a study could make them primary)."""
+    data = {**data, "study": {"primary": None, **data["study"]}}
+    for entry in data["variants"].values():
+        test = (entry.get("segmentation") or {}).get("miou_vs_baseline") if isinstance(entry, dict) else None
+        if isinstance(test, dict) and isinstance(test.get("family"), dict):
+            test["family"] = {"evidence": "exploratory", **test["family"]}
+    return data
 
 
 def upgrade(data: dict) -> dict:
