@@ -1,8 +1,11 @@
-"""How long the command line takes to start: `vitreduce --version` against `python -c "import torch"` (the import
-every vitreduce command used to pay). Each repeat runs both, in alternating order (interleaved, so the machine's
-load drifts over both alike); prints the medians, min and max, and the machine's load.
+"""How long the command line takes to start: `vitreduce --version`, `vitreduce study status DIR` and
+`vitreduce study SPEC --dry-run` against `python -c "import torch"` (the import every vitreduce command used to
+pay), and `study SPEC --dry-run --costs` (which builds the models, with torch). Each repeat runs every command,
+in alternating order (interleaved, so the machine's load drifts over all alike); prints the medians, min and
+max, and the machine's load. The study is a tiny spec (2 variants x 2 seeds) written into a temporary folder,
+its study directory made by one untimed dry run.
 
-    .venv/bin/python benchmarks/startup_time.py [--repeats 11]
+    .venv/bin/python benchmarks/startup_time.py [--repeats 11] [--commands version status dry-run costs torch]
 """
 from __future__ import annotations
 
@@ -11,33 +14,66 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-COMMANDS = {
-    "vitreduce --version": [str(Path(sys.executable).with_name("vitreduce")), "--version"],
-    'python -c "import torch"': [sys.executable, "-c", "import torch"],
-}
+import yaml
+
+VITREDUCE = str(Path(sys.executable).with_name("vitreduce"))
+
+
+def tiny_study(folder: Path) -> tuple[Path, Path]:
+    """A spec of a 2-block ViT, 2 variants x 2 seeds (its data folder absent: a dry run notes it), and its
+    study directory."""
+    base = {"device": "cpu", "epochs": 2, "data": {"root": str(folder / "data"), "workers": 0},
+            "model": {"name": "vit_tiny_patch16_224", "num_classes": 4, "img_size": 32, "patch_size": 8,
+                      "embed_dim": 64, "depth": 2, "num_heads": 2}}
+    spec = {"name": "startup", "base": base, "seeds": [0, 1],
+            "variants": [{"name": "baseline", "overrides": {"model.reduction": "none"}},
+                         {"name": "grouped", "overrides": {"model.reduction": "grouped"}}]}
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path, folder / "study"
+
+
+def commands(spec: Path, study: Path) -> dict[str, tuple[str, list[str]]]:
+    """{short name: (the command as printed, its argv)}."""
+    dry = [VITREDUCE, "study", str(spec), "--dry-run", "--out", str(study)]
+    return {
+        "version": ("vitreduce --version", [VITREDUCE, "--version"]),
+        "status": ("vitreduce study status DIR", [VITREDUCE, "study", "status", str(study)]),
+        "dry-run": ("vitreduce study SPEC --dry-run", dry),
+        "costs": ("vitreduce study SPEC --dry-run --costs", [*dry, "--costs"]),
+        "torch": ('python -c "import torch"', [sys.executable, "-c", "import torch"]),
+    }
 
 
 def wall(command: list[str]) -> float:
     start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--commands", nargs="+", default=None, help="time only these (default: all)",
+                        choices=["version", "status", "dry-run", "costs", "torch"])
     args = parser.parse_args()
-    for command in COMMANDS.values():  # warm the file cache once, untimed
-        wall(command)
-    times: dict[str, list[float]] = {name: [] for name in COMMANDS}
-    load = os.getloadavg()
-    for repeat in range(args.repeats):
-        names = list(COMMANDS) if repeat % 2 == 0 else list(reversed(COMMANDS))
-        for name in names:
-            times[name].append(wall(COMMANDS[name]))
+    with tempfile.TemporaryDirectory() as folder:
+        spec, study = tiny_study(Path(folder))
+        chosen = dict(value for key, value in commands(spec, study).items()
+                      if not args.commands or key in args.commands)
+        wall(commands(spec, study)["dry-run"][1])  # makes the study directory, untimed
+        for command in chosen.values():  # warm the file cache once, untimed
+            wall(command)
+        times: dict[str, list[float]] = {name: [] for name in chosen}
+        load = os.getloadavg()
+        for repeat in range(args.repeats):
+            names = list(chosen) if repeat % 2 == 0 else list(reversed(chosen))
+            for name in names:
+                times[name].append(wall(chosen[name]))
     print(f"{args.repeats} interleaved repeats; load average {load[0]:.1f} at the start, "
           f"{os.getloadavg()[0]:.1f} at the end; {os.cpu_count()} cores")
     for name, values in times.items():

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from vitreduce.errors import VitreduceError
 from vitreduce.study.analysis import AnalysisConfig, analyze_run, checkpoint_path
@@ -62,3 +64,59 @@ def test_report_has_the_sharpness_table_and_figures(study):
 def test_missing_checkpoint_is_named(study, tmp_path):
     with pytest.raises(VitreduceError, match="no peak raw checkpoint"):
         checkpoint_path(tmp_path, "peak", "raw")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The class folders a run's analysis reads are the classes its model was trained on (data.recorded)
+
+
+def renamed_copy(data: Path, into: Path) -> Path:
+    """A copy of ``data`` whose first training class folder is renamed, so that it sorts last: every label
+    after it would shift by one, with the same number of folders."""
+    shutil.copytree(data, into)
+    first = sorted(p for p in (into / "train").iterdir() if p.is_dir())[0]
+    first.rename(first.with_name("zz-" + first.name))
+    return into
+
+
+def test_the_analysis_of_a_run_whose_class_folders_were_renamed_is_refused(study, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(study / "runs" / "grouped" / "seed0", run, ignore=shutil.ignore_patterns("analysis"))
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"]["root"] = str(renamed_copy(Path(config["data"]["root"]), tmp_path / "data"))
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(VitreduceError, match="does not hold the classes .* was trained on .*folders the model does not "
+                                             "know: 'zz-"):
+        analyze_run(run, FAST.model_copy(update={"landscape": False}), log=lambda _: None)
+    assert not (run / "analysis" / "sharpness_final.json").exists()
+    with pytest.raises(VitreduceError, match="does not hold the classes"):  # the landscape reads the same batches
+        analyze_run(run, FAST.model_copy(update={"checkpoints": ["final"]}), log=lambda _: None)
+
+
+def test_a_study_reports_the_run_whose_analysis_is_refused_and_measures_the_others(tmp_path):
+    from vitreduce.study.runner import run_study
+    from vitreduce.study.spec import parse_spec
+
+    base = {"epochs": 1, "device": "cpu",
+            "model": {"name": "vit_tiny_patch16_224", "num_classes": 3, "img_size": 16, "patch_size": 8,
+                      "embed_dim": 16, "depth": 2, "num_heads": 2},
+            "data": {"root": str(tmp_path / "synth-a"), "batch_size": 8, "workers": 0},
+            "augment": {"auto_augment": None, "mixup": 0.0, "cutmix": 0.0, "reprob": 0.0, "repeated_aug": 1},
+            "logging": {"progress": "none"},
+            "synth": {"classes": 3, "train_per_class": 8, "val_per_class": 4, "size": 16}}
+    tree = {"name": "classes", "base": base, "seeds": [0],
+            "variants": [{"name": "a"}, {"name": "b", "overrides": {"data.root": str(tmp_path / "synth-b")}}]}
+    out, lines = tmp_path / "study", []
+    assert run_study(parse_spec(tree), out, echo=lines.append).exit_status == 0
+    train_b = tmp_path / "synth-b" / "train"  # renamed after training, in place
+    first = sorted(p for p in train_b.iterdir() if p.is_dir())[0]
+    first.rename(first.with_name(first.name.upper()))  # a case change: the model's name for it is gone
+    analysis = {"batches": 1, "batch_size": 8, "iters": 5, "trace_samples": 2, "landscape": False,
+                "checkpoints": ["final"]}
+    result = run_study(parse_spec({**tree, "analysis": analysis}), out, echo=lines.append)
+    assert result.exit_status == 1 and list(result.analysis_failed) == ["b/seed0"]
+    assert "does not hold the classes" in result.analysis_failed["b/seed0"]
+    assert any(line.startswith("analysis [2/2] b/seed0: failed: ") for line in lines)
+    assert (out / "runs" / "a" / "seed0" / "analysis" / "sharpness_final.json").is_file()
+    assert not (out / "runs" / "b" / "seed0" / "analysis" / "sharpness_final.json").exists()
+    assert result.report is not None  # the report is still written

@@ -22,7 +22,8 @@ def test_the_command_line_without_a_verb_imports_no_torch(args):
 
 
 @pytest.mark.parametrize("module", ["vitreduce", "vitreduce.study.slurm_job", "vitreduce.train.preempt",
-                                    "vitreduce.study", "vitreduce.train"])
+                                    "vitreduce.study", "vitreduce.train", "vitreduce.train.config",
+                                    "vitreduce.study.spec", "vitreduce.study.status", "vitreduce.study.runner"])
 def test_these_modules_import_no_torch(module):
     assert not imports_torch(f"import sys\nimport {module}\n")
 

@@ -25,9 +25,11 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 def _register_with_timm() -> None:
-    # vitreduce.reduction imports its models module (which registers the names) itself; when it is the
-    # one importing timm, registering here would re-enter it half-initialised.
-    if "vitreduce.reduction" not in sys.modules:
+    # When a module of vitreduce.reduction is the one importing timm (models itself, or a module models imports),
+    # registering here would re-enter it half-initialised; models registers the names as its own import ends
+    # (every path that builds a reduced model imports it).
+    if not any(name.startswith("vitreduce.reduction.") and getattr(module.__spec__, "_initializing", False)
+               for name, module in list(sys.modules.items())):
         importlib.import_module("vitreduce.reduction.models")
 
 

@@ -32,6 +32,16 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 # The largest seed numpy's legacy RNG and torch.manual_seed both accept: seeds are 32-bit there.
 SEED_MAX = 2**32 - 1
 
+# The pydantic validation context of a config checked without torch (a study's dry run without --costs, and
+# `study status`): the checks that need timm (model names and sizes, optimizer names, augment policies) are left
+# to the commands that build the models. Every other check runs; without a context every check runs.
+WITHOUT_TIMM = {"timm_checks": False}
+
+
+def timm_checks(info: Any) -> bool:
+    """Whether a validator given pydantic's ``info`` runs its checks that need timm (and torch)."""
+    return (getattr(info, "context", None) or {}).get("timm_checks", True)
+
 
 def _not_bool(value: Any) -> Any:
     if isinstance(value, bool):

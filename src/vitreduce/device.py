@@ -1,19 +1,20 @@
 """Where tensors run, in what precision and on how many CPU threads: the one place that turns a user's
-device, precision and thread choice into torch settings."""
+device, precision and thread choice into torch settings. torch is imported by the functions that use it: the
+thread arithmetic and the precision names serve commands that import no torch (a study's dry run, its status)."""
 from __future__ import annotations
 
 import contextlib
 import os
 import sys
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from vitreduce.errors import VitreduceError
 
+if TYPE_CHECKING:
+    import torch
+
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "fp16")
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(preference: str, option: str = "device") -> torch.device:
@@ -23,6 +24,8 @@ def resolve_device(preference: str, option: str = "device") -> torch.device:
         preference: the user's choice.
         option: how the user set it ('device:' in a config, '--device' on the command line), for errors.
     """
+    import torch
+
     text = str(preference).strip().lower()
     if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -42,13 +45,17 @@ def autocast(precision: Precision, device: torch.device | str):
     mixed-precision training), nothing for fp32."""
     if precision == "fp32":
         return contextlib.nullcontext()
+    import torch
+
     device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
-    return torch.autocast(device_type, dtype=_AUTOCAST_DTYPES[precision])
+    return torch.autocast(device_type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
 
 
 def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work, so that a clock read after it measures the work (no-op on CPU)."""
     if device.type == "cuda":
+        import torch
+
         torch.cuda.synchronize(device)
 
 
@@ -103,6 +110,8 @@ def set_threads(threads: int | None = None, share: int = 1, warn=None) -> int:
         share: processes that will run with this many threads each (a study's runs side by side).
         warn: where the warning goes (default: stderr).
     """
+    import torch
+
     per_process = check_threads(threads) or default_threads(share)
     torch.set_num_threads(per_process)
     message = busy_warning(per_process * max(share, 1))
@@ -118,6 +127,8 @@ def _to_stderr(line: str) -> None:
 @contextlib.contextmanager
 def torch_threads(threads: int):
     """torch's intra-op threads set to ``threads`` inside the block, put back after it."""
+    import torch
+
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

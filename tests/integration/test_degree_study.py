@@ -1,4 +1,4 @@
-"""The shipped degree study's tiny variant end to end: the dry run's cost table, the runs, and a report with
+"""The shipped degree study's tiny variant end to end: the dry run's cost table (--costs), the runs, and a report with
 the Pareto section, its figures and summary.json's `pareto`."""
 from pathlib import Path
 
@@ -10,7 +10,7 @@ TINY = Path(__file__).resolve().parents[2] / "studies" / "tiny" / "degree.yaml"
 
 def test_tiny_degree_study_dry_run_then_end_to_end(tmp_path, capsys):
     out, data = tmp_path / "study", f"overrides.data.root={tmp_path / 'synth-tiny'}"
-    assert cli.main(["study", str(TINY), "--out", str(out), "--set", data, "--dry-run"]) == 0
+    assert cli.main(["study", str(TINY), "--out", str(out), "--set", data, "--dry-run", "--costs"]) == 0
     err = capsys.readouterr().err
     assert "params (unique)" in err and "vit_tiny.shallow-0.25" in err and "[6/6] vit_tiny.shallow-0.25/seed43" in err
     assert not list(out.rglob("done.json"))  # the dry run trained nothing

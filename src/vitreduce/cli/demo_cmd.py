@@ -53,4 +53,4 @@ def run(args: argparse.Namespace) -> int:
         print(QUICK_NOTE, flush=True)
     result = run_study(spec, args.out, jobs=args.jobs, threads=args.threads)
     print_results(result, note=QUICK_NOTE if args.quick else "")
-    return 1 if result.failed else 0
+    return result.exit_status

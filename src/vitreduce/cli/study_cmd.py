@@ -6,8 +6,18 @@ runs/studies/<name>). Every run's config is validated, and every model and datas
 any run starts. Rerunning the command skips finished runs and resumes interrupted ones; a run that
 another process is training (its lock file is held) is skipped; a STUDY_DIR made from a spec that
 would change any run is refused, saying what differs. A failing run is reported (with its log,
-RUN_DIR/train.log) without stopping the others, and the command then ends with status 1. At the end
+RUN_DIR/train.log) without stopping the others, and the command then ends with status 1; so does a
+run whose analysis is refused (analysis: section; e.g. its class folders renamed or reordered since
+it trained, which would shift the labels), the other runs still measured. At the end
 the report is written (report.md, report.html, summary.json, figures/) and the results table printed.
+
+--dry-run plans without importing torch (it starts at once): it checks the spec, every run's config
+(all but the checks that need timm), the datasets and the study directory, writes study.yaml and
+every run's config.yaml, and prints each variant and each unfinished run's command. What needs timm
+(model names, shapes and sizes, optimizer names, augment policies) is left out, and it says so;
+--dry-run --costs imports torch, makes those checks too, builds every model on the meta device and
+prints each variant's unique parameters, MLP parameters and MACs (exact, from the models). A bad
+value stops either before anything is written (exit status 2).
 
 --set KEY=VALUE (value parsed as YAML): base.K=V or overrides.K=V set train-config key K for every
 run (variants still override it); other keys set spec keys (seeds=[0,1], launcher=torchrun,
@@ -26,6 +36,7 @@ without it, `vitreduce report STUDY_DIR` writes it later.
                                      failed), job id, epoch, last metric, time used; a failed run's
                                      log path and last lines. Exit status 1 if any run failed.
                                      Local studies too (states from the run directories).
+                                     Imports no torch.
 
 Examples:
   vitreduce study studies/demo.yaml --jobs 2
@@ -61,8 +72,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="study directory (default: the spec's out, else runs/studies/<name>)")
     parser.add_argument("--dry-run", action="store_true",
-                        help="check everything, write study.yaml and every run's config.yaml, print each unfinished "
-                             "run's command (to launch by hand or submit to a cluster), train nothing")
+                        help="check the spec, every run's config and the study directory, write study.yaml and "
+                             "every run's config.yaml, print each variant and each unfinished run's command (to "
+                             "launch by hand or submit to a cluster), train nothing; imports no torch, so it leaves "
+                             "out what needs timm (model names, shapes and sizes, optimizer names, augment "
+                             "policies): add --costs for those")
+    parser.add_argument("--costs", action="store_true",
+                        help="with --dry-run: also build every model on the meta device (imports torch), make the "
+                             "checks that need timm, and print each variant's unique parameters, MLP parameters "
+                             "and MACs")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="override a spec key, e.g. --set base.data.root=/data/imagenet (repeatable)")
     parser.add_argument("--launcher", choices=["python", "torchrun", "slurm"], default=None,
@@ -88,14 +106,17 @@ def run(args: argparse.Namespace) -> int:
         return _status(args.study_dir)
     if args.study_dir is not None:
         raise VitreduceError(f"unexpected argument {args.study_dir}: give one SPEC, or `status STUDY_DIR`")
+    if args.costs and not args.dry_run:
+        raise VitreduceError("--costs goes with --dry-run (a study checks every model itself before it trains)")
     sets = list(args.sets) + ([f"launcher={args.launcher}"] if args.launcher else [])
     sets += [f"slurm.{key}={getattr(args, 'slurm_' + key)}" for key in _SLURM_FLAGS.values()
              if getattr(args, "slurm_" + key) is not None]
     spec = load_spec(args.spec, sets)
-    result = run_study(spec, args.out, jobs=args.jobs, dry_run=args.dry_run, threads=args.threads, wait=args.wait)
+    result = run_study(spec, args.out, jobs=args.jobs, dry_run=args.dry_run, threads=args.threads, wait=args.wait,
+                       costs=args.costs)
     if not args.dry_run:
         print_results(result)
-    return 1 if result.failed else 0
+    return result.exit_status
 
 
 def _status(study_dir: Path) -> int:

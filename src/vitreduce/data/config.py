@@ -8,10 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
-from timm.data import create_transform
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
 
-from vitreduce.config_tree import Real, Whole
+from vitreduce.config_tree import Real, Whole, timm_checks
 
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 # Upper bounds that catch typos (an extra zero or three) before they become an out-of-memory error.
@@ -117,8 +116,10 @@ class AugmentConfig(BaseModel):
 
     @field_validator("auto_augment")
     @classmethod
-    def _auto_augment(cls, value):
-        if value:  # build it once so a typo fails here, not in a worker process mid-epoch
+    def _auto_augment(cls, value, info: ValidationInfo):
+        if value and timm_checks(info):  # build it once so a typo fails here, not in a worker process mid-epoch
+            from timm.data import create_transform
+
             try:
                 create_transform(32, is_training=True, auto_augment=value)
             except (AssertionError, ValueError, KeyError, IndexError) as err:

@@ -9,13 +9,22 @@ timm variants), ``params`` (walks over unique tensors), ``weights`` (reading pla
 ``feature_backbone``) and ``backbone`` (``load_backbone_weights``: a model file into a built backbone).
 The public API is re-exported here (``vitreduce`` re-exports the same names).
 """
-from vitreduce.reduction.accounting import ModelDescription, describe
-from vitreduce.reduction.backbone import load_backbone_weights
-from vitreduce.reduction.checkpoint import load, save
-from vitreduce.reduction.features import feature_backbone
-from vitreduce.reduction.models import create_model
-from vitreduce.reduction.spec import ReductionSpec
-from vitreduce.reduction.surgery import reduce
+from vitreduce.lazy import lazy_exports
+
+# Imported on first use (vitreduce.lazy): the reduction spec string (`spec`) imports no torch, so that reading a
+# config or a study spec needs none.
+_EXPORTS = {
+    "ModelDescription": "vitreduce.reduction.accounting",
+    "describe": "vitreduce.reduction.accounting",
+    "load_backbone_weights": "vitreduce.reduction.backbone",
+    "load": "vitreduce.reduction.checkpoint",
+    "save": "vitreduce.reduction.checkpoint",
+    "feature_backbone": "vitreduce.reduction.features",
+    "create_model": "vitreduce.reduction.models",
+    "ReductionSpec": "vitreduce.reduction.spec",
+    "reduce": "vitreduce.reduction.surgery",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = ["ModelDescription", "ReductionSpec", "create_model", "describe", "feature_backbone", "load",
            "load_backbone_weights", "reduce", "save"]

@@ -20,19 +20,19 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import timm
-import torch
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
-from torch import nn
 
 from vitreduce.config_tree import explain_error, short_repr
 from vitreduce.errors import VitreduceError
-from vitreduce.reduction.blocks import block_stages
-from vitreduce.reduction.gated import in_features
-from vitreduce.reduction.params import count_unique
-from vitreduce.reduction.surgery import vit_blocks
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# timm and torch are imported where a model is built or looked up, not here: the kwargs checks (check_kwargs)
+# serve a config read without torch, and timm's first import then comes after this module is whole (vitreduce's
+# package registers its reduced names with timm then, vitreduce/__init__.py).
 
 MAX_PARAMS_ENV = "VITREDUCE_MAX_PARAMS"
 DEFAULT_MAX_PARAMS = 2_000_000_000
@@ -140,6 +140,8 @@ def check_kwargs(kwargs: Any, source: str = "timm kwargs") -> dict[str, Any]:
 
 def split_runtime(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(device/dtype, the rest) of ``create_model``'s kwargs; a bad device or dtype is refused here."""
+    import torch
+
     runtime = {k: kwargs[k] for k in RUNTIME if kwargs.get(k) is not None}
     if "device" in runtime:
         try:
@@ -161,6 +163,8 @@ def check_base_name(name: Any) -> str:
             f"{name!r} is a hub id, URL or path: vitreduce builds only timm's own architecture names (e.g. "
             f"vit_base_patch16_224) and never fetches a model; {WEIGHTS_HINT}"
         )
+    import timm
+
     if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
         # Suggest only names vitreduce can build: a near miss of a ViT is not a ConViT or a SAM encoder.
         close = difflib.get_close_matches(name, timm.list_models(list(FAMILIES)), n=3)
@@ -174,6 +178,10 @@ def check_base_name(name: Any) -> str:
 def _base_shape(name: str) -> dict[str, Any]:
     """embed_dim, num_heads, img_size and patch_size of the named model at its defaults (built on meta), and
     whether it is a plain VisionTransformer; refuses a model whose blocks vitreduce cannot reduce."""
+    from vitreduce.reduction.blocks import block_stages
+    from vitreduce.reduction.gated import in_features
+    from vitreduce.reduction.surgery import vit_blocks
+
     model = _meta_build(name, {})
     try:
         blocks = vit_blocks(model)
@@ -193,6 +201,9 @@ def base_shape(name: str) -> dict[str, Any]:
 
 def _meta_build(name: str, kwargs: dict[str, Any]) -> nn.Module:
     """The model on the meta device: shapes only, no memory, no arithmetic."""
+    import timm
+    import torch
+
     try:
         with hub_offline(), torch.device("meta"):
             return timm.create_model(name, pretrained=False, **kwargs)
@@ -253,6 +264,9 @@ def max_params() -> int:
 
 @functools.lru_cache(maxsize=64)
 def _parameter_count(name: str, kwargs_json: str) -> int:
+    from vitreduce.reduction.params import count_unique
+    from vitreduce.reduction.surgery import vit_blocks
+
     model = _meta_build(name, json.loads(kwargs_json))
     vit_blocks(model)
     return count_unique(model.parameters())

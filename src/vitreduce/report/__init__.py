@@ -15,6 +15,14 @@ against the baseline). Document: ``write`` (``write_report``, tables), ``runs_se
 ``figures_steps``, ``figures_landscape``, ``plots``, ``render`` (markdown and HTML), ``flat`` (results.csv).
 Every test is computed by vitreduce.statistics.
 """
-from vitreduce.report.write import format_results_table, write_report
+from vitreduce.lazy import lazy_exports
+
+# Imported on first use (vitreduce.lazy): the names of a run's analysis files (`analysis_files`) import no torch, so
+# that a study spec needs none.
+_EXPORTS = {
+    "format_results_table": "vitreduce.report.write",
+    "write_report": "vitreduce.report.write",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = ["format_results_table", "write_report"]

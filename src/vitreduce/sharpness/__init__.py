@@ -5,8 +5,17 @@ Modules: ``hessian`` (products, top eigenvalues, trace, SAM over any loss and pa
 subset of a split the loss is measured on), ``measures`` (``analyze_sharpness``), ``landscape``
 (1D/2D surfaces and interpolation), ``landscape_plots`` (their PNGs), ``progress``.
 """
-from vitreduce.sharpness.batches import LossBatch, load_batches
-from vitreduce.sharpness.measures import SharpnessResult, analyze_sharpness
-from vitreduce.sharpness.options import SharpnessOptions
+from vitreduce.lazy import lazy_exports
+
+# Imported on first use (vitreduce.lazy): the options (`options`) import no torch, so that a study spec's
+# `analysis:` section needs none.
+_EXPORTS = {
+    "LossBatch": "vitreduce.sharpness.batches",
+    "load_batches": "vitreduce.sharpness.batches",
+    "SharpnessResult": "vitreduce.sharpness.measures",
+    "analyze_sharpness": "vitreduce.sharpness.measures",
+    "SharpnessOptions": "vitreduce.sharpness.options",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = ["LossBatch", "SharpnessOptions", "SharpnessResult", "analyze_sharpness", "load_batches"]

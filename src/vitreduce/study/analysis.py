@@ -4,7 +4,8 @@ For each finished run directory it measures the final and/or peak checkpoint (``
 and ``checkpoints/best/model*.safetensors``, raw or EMA weights) on a fixed seeded subset of the
 run's own training split, seen as the run's evaluation saw it (the eval preprocessing of its
 config.yaml: interpolation, crop_pct, mean/std; the class order and image reader of ``vitreduce
-eval``), and writes ``RUN/analysis/sharpness_<final|peak>.json`` (the ``vitreduce sharpness --json``
+eval``; the class folders must be the classes the model file records, ``data.recorded.check_classes``), and
+writes ``RUN/analysis/sharpness_<final|peak>.json`` (the ``vitreduce sharpness --json``
 object plus the options used, the preprocessing among them) and ``RUN/analysis/landscape/`` (a 1D
 filter-normalised surface around the final checkpoint and the interpolation peak -> final, CSV +
 PNG, and options.json). A result whose options match is reused, so rerunning a study costs nothing.
@@ -14,17 +15,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from vitreduce.config_tree import read_yaml
-from vitreduce.data.transforms import DEFAULTS, RUN_CONFIG, EvalPreprocessing, eval_preprocessing_for
 from vitreduce.errors import VitreduceError
 from vitreduce.files import write_json
 from vitreduce.report.analysis_files import ANALYSED_CHECKPOINTS, ANALYSIS_DIR, SEGMENTATION, AnalysedCheckpoint
 from vitreduce.sharpness.options import Method, SharpnessOptions
 from vitreduce.study.probe_analysis import SegmentationProbeConfig, probe_run
+
+if TYPE_CHECKING:  # the measuring imports torch; the `analysis:` section of a spec is read without it
+    from vitreduce.data.transforms import EvalPreprocessing
 
 
 class _RunCheckpoints(BaseModel):
@@ -76,6 +79,19 @@ def _data_root(run_dir: Path) -> Path:
     return Path(root)
 
 
+def _run_batches(model, run_dir: Path, config: AnalysisConfig, model_file: Path, preprocessing: EvalPreprocessing):
+    """The fixed subset of the run's training split, read as its evaluation read it: its eval preprocessing, and
+    its class folders checked against the classes the model file records (a folder renamed or reordered since
+    training would shift every label after it)."""
+    from vitreduce.data.recorded import recorded_classes
+    from vitreduce.reduction.checkpoint import read_metadata
+    from vitreduce.sharpness.batches import load_batches
+
+    classes = recorded_classes(read_metadata(model_file), str(model_file))
+    return load_batches(model, _data_root(run_dir), augment=preprocessing.augment, **config.subset(),
+                        classes=classes, model_file=str(model_file))
+
+
 def _options_key(config: AnalysisConfig, which: str, preprocessing: EvalPreprocessing) -> dict:
     """What a result was measured with; a stored result is reused only when this is equal.
 
@@ -83,6 +99,8 @@ def _options_key(config: AnalysisConfig, which: str, preprocessing: EvalPreproce
     directory moved elsewhere still reuses its results; results written before the preprocessing
     was recorded are measured again.
     """
+    from vitreduce.data.transforms import DEFAULTS, RUN_CONFIG
+
     source = DEFAULTS if preprocessing.source == DEFAULTS else RUN_CONFIG
     return {**config.model_dump(exclude={"checkpoints", "landscape", "landscape_steps", "landscape_span",
                                                 "landscape_directions", "segmentation"}),
@@ -106,8 +124,8 @@ def analyze_run(run_dir: str | Path, config: AnalysisConfig, log=print) -> list[
         config: what to measure.
         log: where progress lines go.
     """
+    from vitreduce.data.transforms import eval_preprocessing_for
     from vitreduce.reduction.checkpoint import load
-    from vitreduce.sharpness.batches import load_batches
     from vitreduce.sharpness.measures import analyze_sharpness
 
     run_dir = Path(run_dir)
@@ -124,8 +142,7 @@ def analyze_run(run_dir: str | Path, config: AnalysisConfig, log=print) -> list[
         if _reusable(target, options):
             continue
         if batches is None:
-            batches = load_batches(models[which], _data_root(run_dir), augment=preprocessing.augment,
-                                   **config.subset())
+            batches = _run_batches(models[which], run_dir, config, path, preprocessing)
         log(f"sharpness of {run_dir} ({which}, {config.weights} weights)")
         result = analyze_sharpness(models[which], batches, config)
         write_json(target, {**result.to_dict(), "options": options})
@@ -154,12 +171,13 @@ def _remove_stale(out: Path, config: AnalysisConfig) -> None:
 
 
 def _landscape(run_dir: Path, config: AnalysisConfig, models: dict, batches, log) -> list[Path]:
-    from vitreduce.sharpness.batches import load_batches
+    from vitreduce.data.transforms import eval_preprocessing_for
     from vitreduce.sharpness.landscape import interpolate, surfaces_1d, write_landscape
 
     out = run_dir / ANALYSIS_DIR / "landscape"
     marker = out / "options.json"
-    preprocessing = eval_preprocessing_for(checkpoint_path(run_dir, "final", config.weights))
+    model_file = checkpoint_path(run_dir, "final", config.weights)
+    preprocessing = eval_preprocessing_for(model_file)
     options = {**_options_key(config, "final", preprocessing), "steps": config.landscape_steps,
                "span": config.landscape_span, "directions": config.landscape_directions,
                "interpolation": "peak" in models}
@@ -167,7 +185,7 @@ def _landscape(run_dir: Path, config: AnalysisConfig, models: dict, batches, log
         return []
     final = models["final"]
     if batches is None:
-        batches = load_batches(final, _data_root(run_dir), augment=preprocessing.augment, **config.subset())
+        batches = _run_batches(final, run_dir, config, model_file, preprocessing)
     log(f"loss landscape of {run_dir}")
     # Both evaluate in eval mode and put the weights back bitwise.
     lines = surfaces_1d(final, batches, seed=config.seed, directions=config.landscape_directions,

@@ -1,10 +1,11 @@
 """A study's runs: the spec expanded into one validated run per variant x seed, and the checks and
 files made before any run starts.
 
-``expand`` turns a spec into ``RunPlan``s; ``preflight`` builds every model on the meta device and
-checks every dataset; ``prepare_study_dir`` records the resolved spec in ``study.yaml`` and refuses a
-spec that would change any run; ``ensure_synth_data`` makes the built-in datasets once; ``prepare_runs``
-writes each unfinished run's config.yaml.
+``expand`` turns a spec into ``RunPlan``s; ``preflight`` builds every model on the meta device and checks
+every dataset (without timm, as a dry run without ``--costs`` does: the datasets only); ``prepare_study_dir``
+records the resolved spec in ``study.yaml`` and refuses a spec that would change any run;
+``ensure_synth_data`` makes the built-in datasets once; ``prepare_runs`` writes each unfinished run's
+config.yaml.
 """
 from __future__ import annotations
 
@@ -82,14 +83,18 @@ def study_dir_of(spec: StudySpec, out: str | os.PathLike | None = None) -> Path:
     return Path(out or spec.out or Path("runs") / "studies" / spec.name)
 
 
-def expand(spec: StudySpec, study_dir: str | os.PathLike) -> list[RunPlan]:
-    """Every run (variants in order, then seeds), each config validated; one error lists every bad variant."""
+def expand(spec: StudySpec, study_dir: str | os.PathLike, timm: bool = True) -> list[RunPlan]:
+    """Every run (variants in order, then seeds), each config validated; one error lists every bad variant.
+
+    Args:
+        timm: False leaves out the config checks that need timm and torch (``train.config.validate``).
+    """
     plans, problems = [], []
     for variant in spec.variants:
         for seed in spec.seeds:
             try:
                 tree = run_tree(spec, variant, seed)
-                config = validate(tree, source=f"study {spec.name}, variant {variant.name!r}")
+                config = validate(tree, source=f"study {spec.name}, variant {variant.name!r}", timm=timm)
             except VitreduceError as err:
                 problems.append(str(err))
                 break  # the other seeds of this variant fail the same way
@@ -104,18 +109,18 @@ def expand(spec: StudySpec, study_dir: str | os.PathLike) -> list[RunPlan]:
 # Checks before any run starts
 
 
-def preflight(spec: StudySpec, plans: list[RunPlan], data_here: bool = True) -> list[str]:
+def preflight(spec: StudySpec, plans: list[RunPlan], data_here: bool = True, models: bool = True) -> list[str]:
     """Build every distinct model on the meta device and check every dataset root: all problems at once.
 
     With ``data_here`` False (a dry run, whose commands may run on another machine) a missing dataset root is
-    returned as a note instead of refused.
+    returned as a note instead of refused. With ``models`` False (a dry run without torch) no model is built.
     """
     problems, data_problems = [], []
 
     def who(variants: list[str]) -> str:
         return "all variants" if len(variants) == len(spec.variants) > 1 else f"variant(s) {', '.join(variants)}"
 
-    for model, variants in _distinct(plans, lambda p: p.config.model):
+    for model, variants in _distinct(plans, lambda p: p.config.model) if models else []:
         try:
             _check_model(model)
         except (ValueError, TypeError, AssertionError, RuntimeError) as err:  # VitreduceError is a ValueError

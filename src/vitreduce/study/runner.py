@@ -34,20 +34,32 @@ from vitreduce.study.pool import Task, run_pool
 from vitreduce.study.spec import StudySpec, ThroughputOptions
 from vitreduce.train import rundir
 
+# What a dry run without --costs leaves out, said where it ends (and in `vitreduce study --help`).
+NOT_CHECKED = ("not checked in this dry run (it imports no torch): timm model names, model shapes and sizes, "
+               "optimizer names and augment policies; --dry-run --costs checks them and prints each variant's "
+               "parameters and MACs (it imports torch), and the study checks them before any run starts")
+
 
 @dataclass
 class StudyResult:
     study_dir: Path
     outcomes: list[Outcome] = field(default_factory=list)
     report: Any = None  # vitreduce.report.write.ReportPaths, or None when no run has finished
+    analysis_failed: dict[str, str] = field(default_factory=dict)  # run label -> why its analysis was refused
 
     @property
     def failed(self) -> list[Outcome]:
         return [o for o in self.outcomes if o.status == OutcomeStatus.FAILED]
 
+    @property
+    def exit_status(self) -> int:
+        """The command's: 1 when a run or a run's analysis failed, else 0."""
+        return 1 if self.failed or self.analysis_failed else 0
+
 
 def run_study(spec: StudySpec, out: str | os.PathLike | None = None, jobs: int = 1, echo=to_stderr,
-              dry_run: bool = False, threads: int | None = None, wait: bool = False, on_event=None) -> StudyResult:
+              dry_run: bool = False, threads: int | None = None, wait: bool = False, on_event=None,
+              costs: bool = False) -> StudyResult:
     """Run (or resume, or just report) a study; a failing run is reported without stopping the others.
 
     Args:
@@ -58,8 +70,9 @@ def run_study(spec: StudySpec, out: str | os.PathLike | None = None, jobs: int =
             available cores not busy with other work (or OMP_NUM_THREADS) divided between the ``jobs`` runs
             (under torchrun, ``nproc_per_node`` processes per run, threads divided between all of them).
         echo: where the study's progress lines go (default: stderr; the engine's own lines go to stderr).
-        dry_run: check everything, write study.yaml and every run's config.yaml, print each unfinished
-            run's command (to launch by hand or submit to a cluster), train nothing.
+        dry_run: check, write study.yaml and every run's config.yaml, print each unfinished run's command, train
+            nothing; without ``costs`` it imports no torch and leaves out the checks that need timm (NOT_CHECKED).
+        costs: with ``dry_run``: those checks too, and each variant's parameters and MACs (imports torch).
         wait: with ``launcher: slurm``, wait for the jobs, then write the report (else submit and return; the
             report is written then only when every run has finished).
         on_event: fault injection for tests, handed to each SLURM job's training (``train.loop.EventHook``).
@@ -67,8 +80,10 @@ def run_study(spec: StudySpec, out: str | os.PathLike | None = None, jobs: int =
     _check_jobs(spec, jobs)
     check_threads(threads)
     study_dir = study_dir_of(spec, out)
-    plans = expand(spec, study_dir)
-    notes = preflight(spec, plans, data_here=not dry_run)
+    if dry_run and costs:
+        echo("--costs: importing torch to check every model and count its parameters and MACs")
+    plans = expand(spec, study_dir, timm=not dry_run or costs)  # a dry run without costs imports no torch
+    notes = preflight(spec, plans, data_here=not dry_run, models=not dry_run or costs)
     if spec.launcher == "slurm" and not dry_run:
         _check_cluster(spec, study_dir)  # before anything is written
     prepare_study_dir(study_dir, spec)
@@ -87,7 +102,7 @@ def run_study(spec: StudySpec, out: str | os.PathLike | None = None, jobs: int =
     nproc = max(spec.slurm.gpus_per_node, 1) if spec.launcher == "slurm" else spec.nproc_per_node  # the dry run's
     launcher = RunLauncher(spec.launcher, nproc, threads, len(plans))  # torchrun command: the ranks of one job
     if dry_run:
-        _print_dry_run(launcher, plans, todo, notes, echo)
+        _print_dry_run(launcher, plans, todo, notes, echo, costs)
         if spec.launcher == "slurm":
             _print_job_script(spec, study_dir, len(todo), echo)
         return result
@@ -104,12 +119,16 @@ def run_study(spec: StudySpec, out: str | os.PathLike | None = None, jobs: int =
     return result
 
 
-def _print_dry_run(launcher: RunLauncher, plans: list[RunPlan], todo: list[Task], notes: list[str], echo) -> None:
-    """What the study would train: each variant's cost, then each unfinished run's command."""
+def _print_dry_run(launcher: RunLauncher, plans: list[RunPlan], todo: list[Task], notes: list[str], echo,
+                   costs: bool) -> None:
+    """What the study would train: each variant (with ``costs``: its parameters and MACs), then each unfinished
+    run's command."""
     from vitreduce.console import text_table
     from vitreduce.study.sweep import variant_costs
 
-    echo(text_table(*variant_costs(plans), numbers_right=True))
+    echo(text_table(*variant_costs(plans, costs), numbers_right=True))
+    if not costs:
+        echo(NOT_CHECKED)
     for note in notes:
         echo(note)
     for index, plan, status in todo:
@@ -191,15 +210,17 @@ def _after_training(spec: StudySpec, plans: list[RunPlan], result: StudyResult, 
     if spec.profiling and all(finished):
         _throughput(spec.profiling, plans, result.study_dir, echo)  # not while runs fail or train elsewhere
     if spec.analysis is not None:
-        _analyse(spec.analysis, plans, echo, threads)
+        result.analysis_failed = _analyse(spec.analysis, plans, echo, threads)
     if any(finished):
         from vitreduce.study.reporting import write_report
 
         result.report = write_report(result.study_dir)
 
 
-def _analyse(config: AnalysisConfig, plans: list[RunPlan], echo, threads: int) -> None:
-    """Sharpness and landscape of every finished run; results with the same options are reused.
+def _analyse(config: AnalysisConfig, plans: list[RunPlan], echo, threads: int) -> dict[str, str]:
+    """Sharpness and landscape of every finished run; results with the same options are reused. A run whose
+    analysis is refused (its class folders are no longer the classes its model was trained on, a model file
+    missing) is reported and left out, the others measured; returns {run label: why} of those.
 
     Runs with the training runs' thread count: on a busy machine more torch threads than free cores
     made a tiny model's Hessian-vector products 3x slower (7 s with 1 thread, 20 s with 2, measured).
@@ -210,14 +231,25 @@ def _analyse(config: AnalysisConfig, plans: list[RunPlan], echo, threads: int) -
 
     finished = [plan for plan in plans if (plan.run_dir / rundir.DONE).is_file()]
     countdown = Countdown(len(finished), "run")
+    failed: dict[str, str] = {}
     with torch_threads(threads):
         for index, plan in enumerate(finished, 1):
             tag = f"analysis [{index}/{len(finished)}] {plan.label}"
             start = time.perf_counter()
-            written = analyze_run(plan.run_dir, config, log=lambda line, tag=tag: echo(f"{tag}: {line}"))
+            try:
+                written = analyze_run(plan.run_dir, config, log=lambda line, tag=tag: echo(f"{tag}: {line}"))
+            except VitreduceError as err:
+                failed[plan.label] = str(err)
+                echo(f"{tag}: failed: {err}")
+                echo(f"analysis: {countdown.tick(None)}")
+                continue
             # Reused results take no time: only measured runs make the mean the ETA is built on.
             seconds = time.perf_counter() - start if written else None
             echo(f"analysis: {countdown.tick(seconds)}" + ("" if written else f" ({plan.label}: results reused)"))
+    if failed:
+        echo(f"analysis: {len(failed)} of {len(finished)} run(s) failed, left out of the report's analysis sections: "
+             + ", ".join(failed))
+    return failed
 
 
 def _throughput(options: ThroughputOptions, plans: list[RunPlan], study_dir: Path, echo) -> None:

@@ -79,7 +79,8 @@ def study_status(study_dir: str | Path, scheduler: Scheduler | None = None) -> l
     jobs = read_jobs(study_dir)
     if scheduler is None and shutil.which("sacct") and any(j.get("cluster") == "slurm" for j in jobs.values()):
         scheduler = _sacct(study_dir)
-    return [_line(plan, jobs.get(plan.label, {}), scheduler, study_dir) for plan in expand(spec, study_dir)]
+    plans = expand(spec, study_dir, timm=False)  # checked with timm when the study was made; read here without torch
+    return [_line(plan, jobs.get(plan.label, {}), scheduler, study_dir) for plan in plans]
 
 
 def _line(plan: RunPlan, job: dict[str, Any], scheduler: Scheduler | None, study_dir: Path) -> RunLine:

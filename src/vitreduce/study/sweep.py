@@ -199,27 +199,29 @@ def sweep_labels(tree: dict[str, Any]) -> dict[str, str]:
         return {}
 
 
-def variant_costs(plans) -> tuple[list[str], list[list[str]]]:
-    """Per variant of ``plans`` (study.plan.RunPlan): seeds, reduction, unique parameters and MACs, from
-    ``reduction.accounting`` on a model built on the meta device (no memory, no arithmetic: instant)."""
-    from vitreduce.reduction.accounting import describe
-    from vitreduce.reduction.models import create_model
-
+def variant_costs(plans, costs: bool = True) -> tuple[list[str], list[list[str]]]:
+    """Per variant of ``plans`` (study.plan.RunPlan): seeds, reduction and, with ``costs``, unique parameters and
+    MACs, from ``reduction.accounting`` on a model built on the meta device (no memory, no arithmetic: instant
+    once torch is imported; without ``costs`` nothing is built and torch is not imported)."""
     seeds: dict[str, list[int]] = {}
     first = {}
     for plan in plans:
         seeds.setdefault(plan.variant, []).append(plan.seed)
         first.setdefault(plan.variant, plan)
-    rows = []
-    for variant, plan in first.items():
+    rows = [[variant, str(len(seeds[variant])), plan.config.model.reduction] for variant, plan in first.items()]
+    if not costs:
+        return ["variant", "seeds", "reduction"], rows
+    from vitreduce.reduction.accounting import describe
+    from vitreduce.reduction.models import create_model
+
+    for row, plan in zip(rows, first.values(), strict=True):
         model = plan.config.model
         spec = ReductionSpec.parse(model.reduction).with_shapes_only()  # keep=magnitude needs no real weights here
         if model.init_checkpoint is not None:
-            rows.append([variant, str(len(seeds[variant])), model.reduction, "from init_checkpoint", "", "", ""])
+            row += ["from init_checkpoint", "", "", ""]
             continue
         d = describe(create_model(model.name, reduction=spec, device="meta", **model.timm_kwargs()))
-        rows.append([variant, str(len(seeds[variant])), model.reduction, f"{d.params:,}", f"{d.mlp_params:,}",
-                     d.macs_linear, d.macs_total])
+        row += [f"{d.params:,}", f"{d.mlp_params:,}", d.macs_linear, d.macs_total]
     divisor, unit = macs_unit(m for row in rows for m in row[5:] if isinstance(m, int))
     rows = [row[:5] + [format_macs(m, divisor) if isinstance(m, int) else m for m in row[5:]] for row in rows]
     return ["variant", "seeds", "reduction", "params (unique)", "MLP params", f"{unit} (linear)",

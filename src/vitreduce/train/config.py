@@ -14,10 +14,11 @@ import os
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from vitreduce.config_tree import (
     SEED_MAX,
+    WITHOUT_TIMM,
     Real,
     Whole,
     apply_override,
@@ -26,10 +27,12 @@ from vitreduce.config_tree import (
     merge,
     read_yaml,
     section_keys,
+    timm_checks,
 )
-from vitreduce.data import AugmentConfig, DataConfig, SynthConfig
+from vitreduce.data.config import AugmentConfig, DataConfig
+from vitreduce.data.synth import SynthConfig
 from vitreduce.errors import VitreduceError
-from vitreduce.reduction.architecture import check_architecture, check_base_name
+from vitreduce.reduction.architecture import check_architecture, check_base_name, check_kwargs
 from vitreduce.reduction.spec import ReductionSpec
 
 _WEIGHT_INITS = ("", "jax", "jax_nlhb", "moco")
@@ -87,7 +90,9 @@ class ModelConfig(_Section):
 
     @field_validator("name")
     @classmethod
-    def _known_model(cls, value: str) -> str:
+    def _known_model(cls, value: str, info: ValidationInfo) -> str:
+        if not timm_checks(info):
+            return value
         return check_base_name(value)  # a timm ViT-family name, never a hub id (VitreduceError is a ValueError)
 
     @field_validator("reduction")
@@ -118,10 +123,14 @@ class ModelConfig(_Section):
         return kwargs
 
     @model_validator(mode="after")
-    def _buildable(self) -> ModelConfig:
+    def _buildable(self, info: ValidationInfo) -> ModelConfig:
         """The same checks as every model vitreduce builds: allowed values, heads dividing the width,
-        patches tiling the image, at most VITREDUCE_MAX_PARAMS parameters (counted on the meta device)."""
-        check_architecture(self.name, self.timm_kwargs(), source="")
+        patches tiling the image, at most VITREDUCE_MAX_PARAMS parameters (counted on the meta device);
+        without timm (``config_tree.WITHOUT_TIMM``) the allowed values only."""
+        if timm_checks(info):
+            check_architecture(self.name, self.timm_kwargs(), source="")
+        else:
+            check_kwargs(self.timm_kwargs(), source="")
         return self
 
 
@@ -140,7 +149,9 @@ class OptimizerConfig(_Section):
 
     @field_validator("name")
     @classmethod
-    def _known_optimizer(cls, value: str) -> str:
+    def _known_optimizer(cls, value: str, info: ValidationInfo) -> str:
+        if not timm_checks(info):
+            return value
         from timm.optim import list_optimizers
 
         return _known(value, list_optimizers(), "timm optimizer")
@@ -248,7 +259,9 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16 uses a GradScaler and needs CUDA
     compile: bool = False  # torch.compile the model
-    model: ModelConfig = ModelConfig()
+    # Built when a config is validated (validate_default), with its validation context: a default instance
+    # made here would run the model checks, with timm, when this module is imported.
+    model: ModelConfig = Field(default_factory=dict, validate_default=True)
     data: DataConfig
     augment: AugmentConfig = AugmentConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
@@ -304,10 +317,14 @@ def load_config(paths: str | os.PathLike | list, overrides: list[str] = ()) -> T
     return validate(tree, source=", ".join(str(p) for p in paths))
 
 
-def validate(tree: dict[str, Any], source: str = "config") -> TrainConfig:
-    """Validate a config tree; one VitreduceError listing every problem with its dotted key."""
+def validate(tree: dict[str, Any], source: str = "config", timm: bool = True) -> TrainConfig:
+    """Validate a config tree; one VitreduceError listing every problem with its dotted key.
+
+    Args:
+        timm: False leaves out the checks that need timm and torch (``config_tree.WITHOUT_TIMM``).
+    """
     try:
-        return TrainConfig.model_validate(tree)
+        return TrainConfig.model_validate(tree, context=None if timm else WITHOUT_TIMM)
     except ValidationError as err:
         # A section-level check's input is the whole section (the whole tree at the top): say what is
         # wrong without echoing it; its message names the keys.

@@ -4,6 +4,9 @@
 Rerunning the same command on a run directory resumes it; a directory made with a different config
 is refused with the keys that differ; a finished one (done.json) is left alone. With ``--extend`` only a
 larger ``epochs`` may differ: the run continues, its old end's files set aside in ``end-epoch-<old>/``.
+
+Deciding and config.yaml need no torch (a study's dry run and status use them); the functions that read
+checkpoints or write model files import what they need.
 """
 from __future__ import annotations
 
@@ -16,23 +19,22 @@ import sys
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from vitreduce.config_tree import read_yaml
 from vitreduce.errors import VitreduceError
 from vitreduce.files import fsync_dir, write_json, write_text
 from vitreduce.locks import LOCK_FILE
-from vitreduce.reduction.accounting import describe
-from vitreduce.train import resume
 from vitreduce.train.config import TrainConfig, changed_keys, dump
-from vitreduce.train.ema import Ema
-from vitreduce.train.extend import note as extend_note
-from vitreduce.train.model import InitReport
-from vitreduce.train.state import EMA_MODEL, MODEL, Position, write_model_files
 from vitreduce.version import __version__
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from vitreduce.train.ema import Ema
+    from vitreduce.train.model import InitReport
+    from vitreduce.train.state import Position
 
 CONFIG, RUN, METRICS, PREDICTIONS, DONE = "config.yaml", "run.json", "metrics.jsonl", "predictions.csv", "done.json"
 CHECKPOINTS = "checkpoints"
@@ -83,14 +85,19 @@ def inspect(out: Path, config: TrainConfig, must_exist: bool = False, extend: bo
                 + (" (--extend lets only epochs differ)" if extend else "") + ".\n  " + "\n  ".join(changed)
             )
         if extends:
+            from vitreduce.train import resume
+
             if not resume.candidates(out / CHECKPOINTS):
                 raise VitreduceError(f"--extend: {out} holds no checkpoint to continue from")
             return RunStart(RunStatus.RESUME, checkpoint=str(resume.latest(out / CHECKPOINTS)), extends=extends)
         if (done := read_done(out)) is not None:
             return RunStart(RunStatus.DONE, done=done)
-        if resume.candidates(out / CHECKPOINTS):
-            found = resume.latest(out / CHECKPOINTS)
-            return RunStart(RunStatus.RESUME, checkpoint=str(found) if found else None)
+        if not holds_nothing(out):  # only then can it have a checkpoint, whose header is read with torch
+            from vitreduce.train import resume
+
+            if resume.candidates(out / CHECKPOINTS):
+                found = resume.latest(out / CHECKPOINTS)
+                return RunStart(RunStatus.RESUME, checkpoint=str(found) if found else None)
         if must_exist:
             raise VitreduceError(f"--resume: {out} holds no checkpoint yet; nothing to resume")
         return RunStart(RunStatus.NEW, replaces=tuple(changed))
@@ -150,6 +157,8 @@ def begin(out: Path, config: TrainConfig, start: RunStart | None = None) -> None
     if start is not None and start.extends:
         _set_end_aside(out, start.extends)
         _record_extension(out, config.epochs, start.extends)
+        from vitreduce.train.extend import note as extend_note
+
         print(f"{out}: {extend_note(config, start.extends)}", file=sys.stderr, flush=True)
         write_text(out / CONFIG, dump(config))  # last: until then a rerun of either command finds the old run
     elif start is not None and start.replaces:
@@ -163,6 +172,8 @@ def begin(out: Path, config: TrainConfig, start: RunStart | None = None) -> None
 def _set_end_aside(out: Path, before: int) -> None:
     """Move the end files of the run's first ``before`` epochs into ``end-epoch-<before>/`` beside a copy of
     its config.yaml; done.json first (once it is gone a rerun resumes), each move skipped when done already."""
+    from vitreduce.train.state import EMA_MODEL, MODEL
+
     folder = out / END_ASIDE.format(before)
     moving = [name for name in (DONE, MODEL, EMA_MODEL, PREDICTIONS) if (out / name).is_file()]
     try:
@@ -192,6 +203,10 @@ def write_run_record(out: Path, model: nn.Module, config: TrainConfig, world_siz
     """run.json: what the model is (``ModelDescription.record``) and how it is trained, written at the start;
     with ``init`` (what ``model.init_checkpoint`` loaded) its "init" record, and its line printed; with
     ``teacher`` (``train.distill.teacher_record``) its "teacher" record."""
+    import torch
+
+    from vitreduce.reduction.accounting import describe
+
     record = {**describe(model).record(), "seed": config.seed, "num_classes": config.model.num_classes,
               "epochs": config.epochs, "vitreduce_version": __version__, "world_size": world_size,
               "threads": torch.get_num_threads()}  # per process: --threads, or a SLURM job's cpus_per_task
@@ -229,6 +244,8 @@ def write_predictions(out: Path, indices: torch.Tensor, labels: torch.Tensor, ra
 def write_final_models(out: Path, module: nn.Module, ema: Ema | None, position: Position,
                        header: dict[str, str] | None = None) -> None:
     """model.safetensors and model_ema.safetensors of the finished run (as in its last checkpoint)."""
+    from vitreduce.train.state import write_model_files
+
     try:
         write_model_files(out, module, ema, position, header)
     except OSError as err:
