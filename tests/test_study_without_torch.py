@@ -130,3 +130,10 @@ def test_costs_go_with_a_dry_run(tmp_path, capsys):
     out = tmp_path / "study"
     assert main(["study", str(spec_file(tmp_path)), "--costs", "--out", str(out)]) == 2
     assert "--costs goes with --dry-run" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_dry_run_refuses_a_hub_id_without_timm(tmp_path, capsys):
+    path = spec_file(tmp_path, overrides={"model.name": "hf-hub:someone/vit"})
+    out = tmp_path / "study"
+    assert main(["study", str(path), "--dry-run", "--out", str(out)]) == 2
+    assert "is a hub id, URL or path" in capsys.readouterr().err and not out.exists()

@@ -154,8 +154,8 @@ def split_runtime(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
     return runtime, {k: v for k, v in kwargs.items() if k not in RUNTIME}
 
 
-def check_base_name(name: Any) -> str:
-    """``name`` when it is a timm architecture name vitreduce can reduce; never looked up on a hub."""
+def check_name_form(name: Any) -> str:
+    """``name`` when it has the form of a timm architecture name: never a hub id, URL or path (no timm needed)."""
     if not isinstance(name, str) or not name:
         raise VitreduceError(f"the base model must be a timm model name such as vit_base_patch16_224, got {name!r}")
     if any(mark in name for mark in (":", "/", "\\")) or name.startswith("."):
@@ -163,8 +163,14 @@ def check_base_name(name: Any) -> str:
             f"{name!r} is a hub id, URL or path: vitreduce builds only timm's own architecture names (e.g. "
             f"vit_base_patch16_224) and never fetches a model; {WEIGHTS_HINT}"
         )
+    return name
+
+
+def check_base_name(name: Any) -> str:
+    """``name`` when it is a timm architecture name vitreduce can reduce; never looked up on a hub."""
     import timm
 
+    check_name_form(name)
     if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
         # Suggest only names vitreduce can build: a near miss of a ViT is not a ConViT or a SAM encoder.
         close = difflib.get_close_matches(name, timm.list_models(list(FAMILIES)), n=3)

@@ -6,8 +6,13 @@ McNemar tests, and the records of a comparison with the baseline), ``family`` (t
 exploratory families, Holm and Benjamini-Hochberg, the verdict words), ``power`` (what the seeds could
 detect), ``counts`` (Fisher's exact test of two event rates), ``noninferiority`` (the fixed-sequence
 non-inferiority test of the degree statement and the fit's lack-of-fit check), ``pvalue`` (how a p-value
-is printed).
+is printed), ``settings`` (the spec's ``statistics:`` section and its defaults).
 """
-from vitreduce.statistics.sample import Sample, describe_sample, mean_std
+from vitreduce.lazy import lazy_exports
+
+# Imported on first use (vitreduce.lazy): a study spec reads ``settings`` without scipy.
+_EXPORTS = {"Sample": "vitreduce.statistics.sample", "describe_sample": "vitreduce.statistics.sample",
+            "mean_std": "vitreduce.statistics.sample"}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = ["Sample", "describe_sample", "mean_std"]

@@ -16,49 +16,31 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from vitreduce.errors import VitreduceError
 from vitreduce.statistics.paired import Comparison, TTest
 from vitreduce.statistics.power import Detectable, detectable
+from vitreduce.statistics.settings import (  # noqa: F401 (the names the report imports from here)
+    DEFAULT_CORRECTION,
+    DEFAULT_EFFECT,
+    DEFAULT_MARGIN,
+    PRIMARY_CHOICES,
+    PROBE_MIOU,
+    Correction,
+    StatisticsConfig,
+)
 
 ModelKind = Literal["raw", "ema"]  # the trained weights, or their exponential moving average
 MODEL_KINDS: tuple[ModelKind, ...] = ("raw", "ema")
 KIND_TITLE: dict[ModelKind, str] = {"raw": "raw model", "ema": "EMA model"}  # as tables and figures name them
-Correction = Literal["holm", "bh"]
 CORRECTION_NAME = {"holm": "Holm (family-wise error rate)", "bh": "Benjamini-Hochberg (false discovery rate)"}
 SeedMetric = Literal["top1_final", "p2f", "miou"]
 METRIC_TITLE: dict[str, str] = {"top1_final": "final top-1", "p2f": "peak-to-final", "miou": "segmentation-probe mIoU"}
 HIGHER_IS_BETTER: dict[str, bool] = {"top1_final": True, "p2f": False, "miou": True}  # less degradation is better
-# The segmentation probe's mIoU (analysis.segmentation) of the model the analysis probed (analysis.weights): its
-# model kind is the probe's, not a choice here, and only a study that probes its runs can name it.
-PROBE_MIOU = "probe_miou"
-PRIMARY_CHOICES = ("ema_top1_final", "raw_top1_final", "ema_p2f", "raw_p2f", PROBE_MIOU)
-DEFAULT_CORRECTION: Correction = "holm"
-DEFAULT_EFFECT = 0.42  # pp: the paper's ViT-B/16 grouped-vs-baseline top-1 gain, the effect a study should see
-DEFAULT_MARGIN = 1.0  # pp of top-1: the non-inferiority margin of the degree statement unless the spec states one
 BETTER, WORSE, NO_EVIDENCE, NOT_TESTABLE = "better", "worse", "no evidence of a difference", "not testable"
 NEGLIGIBLE = "negligible difference"  # shown, but smaller than the smallest difference of interest
 NEGLIGIBLE_CODE = 2
 VERDICT_OF_CODE = {1: BETTER, -1: WORSE, 0: NO_EVIDENCE, NEGLIGIBLE_CODE: NEGLIGIBLE}
-
-
-class StatisticsConfig(BaseModel):
-    """The ``statistics:`` section of a study spec (every key optional; vitreduce report flags override)."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    # <kind>_<metric>, or probe_miou; default: ema_top1_final when every comparison has an EMA model, else
-    # raw_top1_final
-    primary: Literal["ema_top1_final", "raw_top1_final", "ema_p2f", "raw_p2f", "probe_miou"] | None = None
-    correction: Correction = DEFAULT_CORRECTION  # holm: family-wise error rate; bh: false discovery rate
-    alpha: float = Field(0.05, gt=0, lt=1)  # significance level of every family
-    effect: float = Field(DEFAULT_EFFECT, gt=0)  # pp of the primary metric: the effect whose seeds-needed is stated
-    # pp: the smallest difference of interest; a significant difference below it (or below one test image,
-    # whichever is larger) is called negligible, neither better nor worse
-    min_effect: float = Field(0.0, ge=0)
-    # pp: how far below the baseline a reduced degree may be and still be called non-inferior (degree statement)
-    margin: float = Field(DEFAULT_MARGIN, gt=0)
 
 
 def adjust_pvalues(p: Sequence[float], method: Correction) -> list[float]:

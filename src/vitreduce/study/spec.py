@@ -39,7 +39,7 @@ from vitreduce.config_tree import (
 )
 from vitreduce.device import Precision
 from vitreduce.errors import VitreduceError
-from vitreduce.statistics.family import PROBE_MIOU, StatisticsConfig
+from vitreduce.statistics.settings import PROBE_MIOU, StatisticsConfig
 from vitreduce.study.analysis import AnalysisConfig
 from vitreduce.study.sweep import SweepSpec, expand_sweep
 from vitreduce.train.config import TrainConfig

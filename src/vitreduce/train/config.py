@@ -32,7 +32,7 @@ from vitreduce.config_tree import (
 from vitreduce.data.config import AugmentConfig, DataConfig
 from vitreduce.data.synth import SynthConfig
 from vitreduce.errors import VitreduceError
-from vitreduce.reduction.architecture import check_architecture, check_base_name, check_kwargs
+from vitreduce.reduction.architecture import check_architecture, check_base_name, check_kwargs, check_name_form
 from vitreduce.reduction.spec import ReductionSpec
 
 _WEIGHT_INITS = ("", "jax", "jax_nlhb", "moco")
@@ -92,7 +92,7 @@ class ModelConfig(_Section):
     @classmethod
     def _known_model(cls, value: str, info: ValidationInfo) -> str:
         if not timm_checks(info):
-            return value
+            return check_name_form(value)  # never a hub id; whether timm knows it is left out
         return check_base_name(value)  # a timm ViT-family name, never a hub id (VitreduceError is a ValueError)
 
     @field_validator("reduction")
