@@ -5,7 +5,11 @@ in alternating order (interleaved, so the machine's load drifts over all alike);
 max, and the machine's load. The study is a tiny spec (2 variants x 2 seeds) written into a temporary folder,
 its study directory made by one untimed dry run.
 
+--baseline-src DIR also times `study status` and `study --dry-run` of another source tree (its `src/` put
+first on PYTHONPATH), interleaved with the rest: e.g. an earlier commit's, `git archive COMMIT src | tar -x -C DIR`.
+
     .venv/bin/python benchmarks/startup_time.py [--repeats 11] [--commands version status dry-run costs torch]
+        [--baseline-src DIR]
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from pathlib import Path
 import yaml
 
 VITREDUCE = str(Path(sys.executable).with_name("vitreduce"))
+Command = tuple[list[str], dict[str, str] | None]  # argv, and the environment (None: this one)
 
 
 def tiny_study(folder: Path) -> tuple[Path, Path]:
@@ -37,21 +42,28 @@ def tiny_study(folder: Path) -> tuple[Path, Path]:
     return path, folder / "study"
 
 
-def commands(spec: Path, study: Path) -> dict[str, tuple[str, list[str]]]:
-    """{short name: (the command as printed, its argv)}."""
+def commands(spec: Path, study: Path, chosen: list[str] | None, baseline: Path | None) -> dict[str, Command]:
+    """{the command as printed: how to run it}, the ``chosen`` short names only (None: all)."""
     dry = [VITREDUCE, "study", str(spec), "--dry-run", "--out", str(study)]
-    return {
-        "version": ("vitreduce --version", [VITREDUCE, "--version"]),
-        "status": ("vitreduce study status DIR", [VITREDUCE, "study", "status", str(study)]),
-        "dry-run": ("vitreduce study SPEC --dry-run", dry),
-        "costs": ("vitreduce study SPEC --dry-run --costs", [*dry, "--costs"]),
-        "torch": ('python -c "import torch"', [sys.executable, "-c", "import torch"]),
+    status = [VITREDUCE, "study", "status", str(study)]
+    table = {
+        "version": {"vitreduce --version": ([VITREDUCE, "--version"], None)},
+        "status": {"vitreduce study status DIR": (status, None)},
+        "dry-run": {"vitreduce study SPEC --dry-run": (dry, None)},
+        "costs": {"vitreduce study SPEC --dry-run --costs": ([*dry, "--costs"], None)},
+        "torch": {'python -c "import torch"': ([sys.executable, "-c", "import torch"], None)},
     }
+    if baseline is not None:
+        env = {**os.environ, "PYTHONPATH": str(baseline / "src")}
+        table["status"]["vitreduce study status DIR (baseline src)"] = (status, env)
+        table["dry-run"]["vitreduce study SPEC --dry-run (baseline src)"] = (dry, env)
+    return {name: command for key, entries in table.items() if chosen is None or key in chosen
+            for name, command in entries.items()}
 
 
-def wall(command: list[str]) -> float:
+def wall(command: Command) -> float:
     start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(command[0], env=command[1], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 
@@ -60,12 +72,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--commands", nargs="+", default=None, help="time only these (default: all)",
                         choices=["version", "status", "dry-run", "costs", "torch"])
+    parser.add_argument("--baseline-src", type=Path, default=None, metavar="DIR",
+                        help="also time status and dry-run with DIR/src first on PYTHONPATH")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         spec, study = tiny_study(Path(folder))
-        chosen = dict(value for key, value in commands(spec, study).items()
-                      if not args.commands or key in args.commands)
-        wall(commands(spec, study)["dry-run"][1])  # makes the study directory, untimed
+        chosen = commands(spec, study, args.commands, args.baseline_src)
+        wall(commands(spec, study, ["dry-run"], None)["vitreduce study SPEC --dry-run"])  # the study directory
         for command in chosen.values():  # warm the file cache once, untimed
             wall(command)
         times: dict[str, list[float]] = {name: [] for name in chosen}
