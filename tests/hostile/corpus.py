@@ -214,6 +214,12 @@ SPEC_CASES = [
         {"name": "shallow", "overrides": {"model.reduction": f"shallow:keep=random,seed={2**40}"}}]}),
     Case("spec-overrides-not-a-mapping", STUDY, spec={"overrides": NAN}),  # found by test_properties
     Case("spec-throughput-device-tpu", (*STUDY, "--dry-run"), spec={"throughput": {"device": "tpu"}}),
+    # A dry run imports no torch: what it checks without timm is still refused, and --costs checks the rest.
+    Case("spec-dry-run-model-hub-id", (*STUDY, "--dry-run"), spec={"overrides": {"model.name": "hf-hub:x/vit"}}),
+    Case("spec-dry-run-betas-1.5", (*STUDY, "--dry-run"), spec={"overrides": {"optimizer.betas": [0.9, 1.5]}}),
+    Case("spec-dry-run-costs-model-typo", (*STUDY, "--dry-run", "--costs"),
+         spec={"overrides": {"model.name": "vit_tiny_patch16_244"}}),
+    Case("spec-costs-without-dry-run", (*STUDY, "--costs")),
     Case("spec-duplicate-key", STUDY, spec_yaml=duplicate_key("name: other")),
     Case("spec-not-utf8", STUDY, spec_yaml=not_utf8),
     Case("spec-binary", STUDY, spec_yaml=binary),
