@@ -247,8 +247,7 @@ def _analyse(config: AnalysisConfig, plans: list[RunPlan], echo, threads: int) -
             seconds = time.perf_counter() - start if written else None
             echo(f"analysis: {countdown.tick(seconds)}" + ("" if written else f" ({plan.label}: results reused)"))
     if failed:
-        echo(f"analysis: {len(failed)} of {len(finished)} run(s) failed, left out of the report's analysis sections: "
-             + ", ".join(failed))
+        echo(f"analysis: {len(failed)} of {len(finished)} run(s) failed (the reasons above): {', '.join(failed)}")
     return failed
 
 
