@@ -154,6 +154,9 @@ def test_changed_spec_is_refused_saying_what_differs(tmp_path):
     changed["base"]["optimizer"]["lr"] = 0.002
     changed["variants"][1]["overrides"]["model.reduction"] = "shallow:ratio=0.5"
     changed["seeds"] = [0, 1]
+    started = study / "runs" / "baseline" / "seed0"  # one run has logged an epoch: the spec is the study's now
+    started.mkdir(parents=True)
+    (started / rundir.METRICS).write_text('{"epoch": 1}\n')
     with pytest.raises(VitreduceError) as err:
         run_study(parse_spec(changed), study)
     message = str(err.value)
@@ -161,7 +164,7 @@ def test_changed_spec_is_refused_saying_what_differs(tmp_path):
     assert "optimizer.lr: 0.001 -> 0.002 (all runs)" in message
     assert "model.reduction: grouped -> shallow:ratio=0.5 (grouped/seed0)" in message
     assert "runs added: baseline/seed1, grouped/seed1" in message
-    assert not (study / "runs").exists()  # refused before any run directory was made
+    assert sorted(p.name for p in (study / "runs").rglob("*")) == ["baseline", rundir.METRICS, "seed0"]  # untouched
 
     same_runs = spec.model_dump()
     same_runs["base"]["logging"]["every_steps"] = 7  # logging does not change a run: accepted
@@ -171,6 +174,25 @@ def test_changed_spec_is_refused_saying_what_differs(tmp_path):
     (tmp_path / "other" / "x.txt").write_text("x")
     with pytest.raises(VitreduceError, match="not empty and holds no study.yaml"):
         prepare_study_dir(tmp_path / "other", spec)
+
+
+def test_a_dry_runs_spec_is_replaced_until_a_run_starts(tmp_path, capfd):
+    """A dry run writes study.yaml and the runs' config.yaml; the spec corrected afterwards (a wrong value found
+    by the study's own checks, which a plain dry run leaves to --costs) takes its place and says what changed."""
+    study = tmp_path / "study"
+    spec = tiny_spec(tmp_path, seeds=(0,))
+    run_study(spec, study, dry_run=True)
+    corrected = spec.model_dump()
+    corrected["base"]["optimizer"]["lr"] = 0.002
+    run_study(parse_spec(corrected), study, dry_run=True)
+    err = capfd.readouterr().err
+    assert "no run had started, so this spec replaces the one it held:\n  optimizer.lr: 0.001 -> 0.002" in err
+    assert parse_spec(yaml.safe_load((study / "study.yaml").read_text())).base["optimizer"]["lr"] == 0.002
+    config = yaml.safe_load((study / "runs" / "grouped" / "seed0" / "config.yaml").read_text())
+    assert config["optimizer"]["lr"] == 0.002
+    (study / "slurm").mkdir()  # submitted to SLURM: a job may start from its config.yaml at any time
+    with pytest.raises(VitreduceError, match="holds a study made from a different spec"):
+        prepare_study_dir(study, spec)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from vitreduce.data import ensure_synth
 from vitreduce.data.synth import SYNTH_PREFIX
 from vitreduce.errors import VitreduceError
 from vitreduce.files import write_text
+from vitreduce.study.slurm_job import SLURM_DIR
 from vitreduce.study.spec import StudySpec, VariantSpec, parse_spec, spec_tree
 from vitreduce.train import rundir
 from vitreduce.train.config import ModelConfig, TrainConfig, changed_keys, validate
@@ -177,23 +178,40 @@ def _check_model(model: ModelConfig) -> None:
 # Files written before any run starts
 
 
-def prepare_study_dir(study_dir: Path, spec: StudySpec) -> None:
-    """Refuse a study directory made from a spec that changes any run; write study.yaml."""
+def prepare_study_dir(study_dir: Path, spec: StudySpec) -> list[str]:
+    """Refuse a study directory made from a spec that changes any run; write study.yaml.
+
+    Until a run has started (only a dry run's files: study.yaml and the runs' config.yaml, nothing submitted
+    to SLURM), a changed spec replaces the old one, as a run directory that holds nothing takes a new config
+    (``rundir.holds_nothing``): a spec corrected after a dry run, or after a refusal at the study's start,
+    must not be locked out of its directory. Returns what the new spec changed (empty when nothing did)."""
     saved = study_dir / SPEC_FILE
+    changed: list[str] = []
     if saved.is_file():
         try:
             old = parse_spec(read_yaml(saved), source=str(saved))
         except VitreduceError as err:
             raise VitreduceError(f"{saved} cannot be read back ({err}); use another --out") from None
         changed = spec_differences(old, spec)
-        if changed:
+        if changed and _has_started(study_dir):
             raise VitreduceError(f"{study_dir} holds a study made from a different spec; use another --out, or "
                                  "the same spec.\n  " + "\n  ".join(changed))
+        for config in (study_dir / RUNS).glob(f"*/*/{rundir.CONFIG}") if changed else ():
+            config.unlink()  # the old spec's, of runs that hold nothing: prepare_runs writes the new ones
     elif study_dir.is_dir() and any(study_dir.iterdir()):
         raise VitreduceError(f"{study_dir} is not empty and holds no {SPEC_FILE}; choose another --out")
     text = yaml.safe_dump(spec_tree(spec), sort_keys=False)
     if not saved.is_file() or saved.read_text() != text:
         write_text(saved, text)
+    return changed
+
+
+def _has_started(study_dir: Path) -> bool:
+    """Whether any run of the study has made something (a checkpoint, metrics, done.json) or been submitted."""
+    if (study_dir / SLURM_DIR).exists():
+        return True
+    return any(run_dir.is_dir() and not rundir.holds_nothing(run_dir)
+               for run_dir in (study_dir / RUNS).glob("*/*"))
 
 
 def spec_differences(old: StudySpec, new: StudySpec) -> list[str]:

@@ -86,7 +86,7 @@ def run_study(spec: StudySpec, out: str | os.PathLike | None = None, jobs: int =
     notes = preflight(spec, plans, data_here=not dry_run, models=not dry_run or costs)
     if spec.launcher == "slurm" and not dry_run:
         _check_cluster(spec, study_dir)  # before anything is written
-    prepare_study_dir(study_dir, spec)
+    _note_replaced(study_dir, prepare_study_dir(study_dir, spec), echo)
     ensure_synth_data(plans)
     starts = prepare_runs(plans)
     todo = [(i, p, starts[p.label]) for i, p in enumerate(plans, 1) if starts[p.label] != rundir.RunStatus.DONE]
@@ -117,6 +117,11 @@ def run_study(spec: StudySpec, out: str | os.PathLike | None = None, jobs: int =
     if not slurm or wait or not todo:  # submitted without --wait: the report once every run has finished
         _after_training(spec, plans, result, threads, echo)
     return result
+
+
+def _note_replaced(study_dir: Path, replaced: list[str], echo) -> None:
+    if replaced:
+        echo(f"{study_dir}: no run had started, so this spec replaces the one it held:\n  " + "\n  ".join(replaced))
 
 
 def _print_dry_run(launcher: RunLauncher, plans: list[RunPlan], todo: list[Task], notes: list[str], echo,
