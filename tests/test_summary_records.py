@@ -141,15 +141,30 @@ def test_a_format_2_summary_from_before_the_primary_metric_was_recorded_reads(sw
 
 
 def test_a_summary_that_does_not_fit_the_records_is_refused_with_the_key(tmp_path):
-    document = json.loads(summary_text(read_summary(FIXTURES / "summary.json")))
-    document["variants"]["grouped"]["raw"]["n"] = "two"
-    (tmp_path / "summary.json").write_text(json.dumps(document))
-    with pytest.raises(VitreduceError, match=r"variants\.grouped\.raw\.n: expected int, found str"):
-        read_summary(tmp_path / "summary.json")
-    del document["variants"]["grouped"]["raw"]
-    (tmp_path / "summary.json").write_text(json.dumps(document))
-    with pytest.raises(VitreduceError, match=r"variants\.grouped: no 'raw'"):
-        read_summary(tmp_path / "summary.json")
+    """Refused, not converted: the message names the file's key (a flat one as written) and what to do."""
+    fixture = summary_text(read_summary(FIXTURES / "summary.json"))
+    for change, message in [
+            (lambda g: g["raw"].update(n="two"), r"variants\.grouped\.raw\.n: .* valid integer, found str"),
+            (lambda g: g["raw"].update(n=2.0), r"variants\.grouped\.raw\.n: .* valid integer, found float"),
+            (lambda g: g["raw"].update(top1_final_mean="70.1"), r"variants\.grouped\.raw\.top1_final_mean: .*number"),
+            (lambda g: g.update(baseline=0), r"variants\.grouped\.baseline: Input should be a valid boolean"),
+            (lambda g: g["vs_baseline"]["raw"]["per_seed"][0]["bootstrap"].update(n_images="9"),
+             r"variants\.grouped\.vs_baseline\.raw\.per_seed\[0\]\.bootstrap\.n_images: .*integer"),
+            (lambda g: g.pop("raw"), r"variants\.grouped\.raw: Field required")]:
+        document = json.loads(fixture)
+        change(document["variants"]["grouped"])
+        (tmp_path / "summary.json").write_text(json.dumps(document))
+        with pytest.raises(VitreduceError, match=message + r".*rewrite it with `vitreduce report`"):
+            read_summary(tmp_path / "summary.json")
+
+
+def test_a_figure_that_is_not_finite_is_not_written(tmp_path):
+    """summary.json is strict JSON: a NaN in a record is refused at writing (an undefined figure is None)."""
+    summary = read_summary(FIXTURES / "summary.json")
+    grouped = summary.variants["grouped"]
+    broken = dataclasses.replace(grouped, raw=dataclasses.replace(grouped.raw, top1_final=Spread(math.nan, None)))
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        summary_text(Summary(summary.study, {**summary.variants, "grouped": broken}))
 
 
 def test_records_are_frozen():

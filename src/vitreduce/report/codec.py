@@ -1,24 +1,24 @@
 """Typed records to JSON and back: the one serialisation of summary.json (vitreduce.report.summary_file).
 
-A record is a frozen dataclass; its JSON object has one key per field, in field order, and is read back
-by the field's type annotation (nested records, ``tuple[X, ...]``, ``list[X]``, ``dict[str, X]``, unions
-with None, unions of records told apart by their keys). Two field options keep the file's layout:
-``flat()`` writes a nested record's fields into the parent as ``<name>_<field>`` (``<field>`` with
-``flat("")``), and ``omitted()`` leaves a field that is None out of the object. A record of another package
-whose layout is its own (the statistics' ``SeedResult.record()``) is given it with ``register``.
+A record is a frozen dataclass; pydantic reads and writes it by its type annotations (one key per field, in
+field order), strictly: a JSON value that does not fit its field's type is refused, not converted. What is
+summary.json's own is the layout: ``flat()`` writes a nested record's fields into the parent (a ``Flat``
+record) as ``<name>_<field>`` (``<field>`` with ``flat("")``), ``omitted()`` leaves a field that is None out
+of the object, and ``Layout`` gives a record of another package the layout of its own ``record()``.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import types
+import json
 import typing
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any
 
-FLAT, OMIT = "codec_flat", "codec_omit"
-_OWN: dict[type, tuple[Callable[[Any], dict], Callable[[dict], Any]]] = {}  # layouts of records defined elsewhere
+from pydantic import TypeAdapter, ValidationError
+from pydantic_core import core_schema
+
+FLAT = "codec_flat"
 
 
 class CodecError(ValueError):
@@ -27,128 +27,103 @@ class CodecError(ValueError):
 
 def flat(prefix: str | None = None, **kwargs) -> Any:
     """A nested record written into its parent's object, its keys prefixed with ``<prefix>_`` (by default the
-    field's name; none with an empty prefix)."""
+    field's name; none with an empty prefix). The parent must be a ``Flat`` record."""
     return dataclasses.field(metadata={FLAT: prefix}, **kwargs)
 
 
 def omitted(**kwargs) -> Any:
     """A field left out of the object while it is None (read back as None where absent)."""
-    return dataclasses.field(default=None, metadata={OMIT: True}, **kwargs)
+    return dataclasses.field(default=None, metadata={"exclude_if": lambda value: value is None}, **kwargs)
 
 
-def register(cls: type, write: Callable[[Any], dict], read: Callable[[dict], Any]) -> None:
-    """Give ``cls`` (a record of another package) its own JSON layout: ``write(record)`` and ``read(object)``."""
-    _OWN[cls] = write, read
+@dataclasses.dataclass(frozen=True, eq=False)
+class Layout:
+    """A record's layout: its ``flat`` fields ({field: prefix}), the fields its object does not hold (read as
+    ``given``) and, where the record writes its object itself, ``write`` (the statistics' ``SeedResult.record``).
+    Used as ``Annotated[<record>, Layout(...)]``; a ``Flat`` record's is made from its fields."""
+
+    flat: dict[str, str] = dataclasses.field(default_factory=dict)
+    given: dict[str, Any] = dataclasses.field(default_factory=dict)
+    write: Callable[[Any], dict] | None = None
+
+    def __get_pydantic_core_schema__(self, source: type, handler) -> core_schema.CoreSchema:
+        hints = typing.get_type_hints(source)
+        keys = dict(self._keys(source, hints))  # the object's key -> (field, its or the flat record's field, type)
+        fields = {key: core_schema.typed_dict_field(handler.generate_schema(tp), required=_required(f),
+                                                    serialization_exclude_if=f.metadata.get("exclude_if"))
+                  for key, (_, f, tp) in keys.items()}
+
+        def read(values: dict) -> Any:
+            nested: dict[str, dict] = {name: {} for name in self.flat}
+            plain = dict(self.given)
+            for key, value in values.items():
+                name, f, _ = keys[key]
+                if name in self.flat:
+                    nested[name][f.name] = value
+                else:
+                    plain[name] = value
+            return source(**plain, **{name: hints[name](**values) for name, values in nested.items()})
+
+        def write(record, serialize) -> dict:
+            values = {name: getattr(record, name) for name, _, _ in keys.values()}
+            return serialize({key: getattr(values[name], f.name) if name in self.flat else values[name]
+                              for key, (name, f, _) in keys.items()})
+
+        # The object read as it is, its flat keys its own (then regrouped), not reshaped by a function first:
+        # pydantic hands a function's result on as Python values, where strict mode refuses a list for a tuple;
+        # and a key that does not fit is named as the file has it (``raw.top1_final_mean``).
+        schema = core_schema.typed_dict_schema(fields)
+        serialization = (core_schema.plain_serializer_function_ser_schema(self.write) if self.write else
+                         core_schema.wrap_serializer_function_ser_schema(write, schema=schema))
+        return core_schema.no_info_after_validator_function(read, schema, serialization=serialization)
+
+    def _keys(self, source: type, hints: dict):
+        for f in dataclasses.fields(source):
+            if f.name in self.flat:
+                sub = typing.get_type_hints(hints[f.name])
+                for g in dataclasses.fields(hints[f.name]):
+                    yield _key(self.flat[f.name], g.name), (f.name, g, sub[g.name])
+            elif f.name not in self.given:
+                yield f.name, (f.name, f, hints[f.name])
 
 
-def _prefix(f: dataclasses.Field) -> str:
-    return f.name if f.metadata[FLAT] is None else f.metadata[FLAT]
+class Flat:
+    """A record with ``flat()`` fields."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: type, handler) -> core_schema.CoreSchema:
+        prefixes = {f.name: f.name if f.metadata[FLAT] is None else f.metadata[FLAT]
+                    for f in dataclasses.fields(source) if FLAT in f.metadata}
+        return Layout(prefixes).__get_pydantic_core_schema__(source, handler)
 
 
 def _key(prefix: str, name: str) -> str:
     return f"{prefix}_{name}" if prefix else name
 
 
-def to_json(value) -> Any:
-    """The JSON form of a record, a container of them or a plain value."""
-    if type(value) in _OWN:
-        return _OWN[type(value)][0](value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        out: dict = {}
-        for f in dataclasses.fields(value):
-            item = getattr(value, f.name)
-            if f.metadata.get(OMIT) and item is None:
-                continue
-            if FLAT in f.metadata:
-                out.update({_key(_prefix(f), k): v for k, v in to_json(item).items()})
-            else:
-                out[f.name] = to_json(item)
-        return out
-    if isinstance(value, list | tuple):
-        return [to_json(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): to_json(v) for k, v in value.items()}
-    if isinstance(value, Path):
-        return str(value)
-    return value
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
 @functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+def _adapter(tp) -> TypeAdapter:
+    return TypeAdapter(tp)
 
 
-def from_json(tp, data, where: str = "") -> Any:
+def to_json(tp, value) -> Any:
+    """The JSON form (dicts, lists, numbers, strings) of ``value``, a value of type ``tp``."""
+    return _adapter(tp).dump_python(value)
+
+
+def from_json(tp, data) -> Any:
     """``data`` (parsed JSON) as a value of type ``tp``; CodecError naming the key path where it does not fit."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
-        return data
-    if origin in (Union, types.UnionType):
-        return _union(args, data, where)
-    if origin is Literal:
-        if data not in args:
-            raise CodecError(f"{where}: {data!r} is not one of {list(args)}")
-        return data
-    if tp in _OWN:
-        try:
-            return _OWN[tp][1](_object(data, where))
-        except (KeyError, TypeError) as err:
-            raise CodecError(f"{where}: {type(err).__name__} {err}") from None
-    if dataclasses.is_dataclass(tp):
-        return _record(tp, _object(data, where), where)
-    if origin in (tuple, list):
-        if not isinstance(data, list):
-            raise CodecError(f"{where}: expected a list, found {type(data).__name__}")
-        item = args[0] if args else Any
-        return origin(from_json(item, v, f"{where}[{i}]") for i, v in enumerate(data))
-    if origin is dict:
-        return {k: from_json(args[1], v, f"{where}.{k}") for k, v in _object(data, where).items()}
-    return _plain(tp, data, where)
+    try:
+        return _adapter(tp).validate_json(json.dumps(data), strict=True)
+    except ValidationError as err:
+        raise CodecError("; ".join(_located(e) for e in err.errors()[:3])) from None
 
 
-def _plain(tp, data, where: str):
-    if tp is type(None):
-        if data is not None:
-            raise CodecError(f"{where}: expected null, found {data!r}")
-        return None
-    if tp is float and isinstance(data, int | float) and not isinstance(data, bool):
-        return data
-    if tp in (int, str, bool) and type(data) is tp:
-        return data
-    raise CodecError(f"{where}: expected {getattr(tp, '__name__', tp)}, found {type(data).__name__} {data!r:.40}")
-
-
-def _object(data, where: str) -> dict:
-    if not isinstance(data, dict):
-        raise CodecError(f"{where}: expected an object, found {type(data).__name__}")
-    return data
-
-
-def _union(args: tuple, data, where: str):
-    if data is None and type(None) in args:
-        return None
-    records = [a for a in args if dataclasses.is_dataclass(a)]
-    if isinstance(data, dict) and len(records) > 1:  # the record whose keys the object has
-        records = [a for a in records if {f.name for f in dataclasses.fields(a)} >= set(data)] or records
-    errors = []
-    for member in [*records, *(a for a in args if a not in records and a is not type(None))]:
-        try:
-            return from_json(member, data, where)
-        except CodecError as err:
-            errors.append(str(err))
-    raise CodecError(errors[0] if len(errors) == 1 else f"{where}: {data!r:.60} fits none of {args}")
-
-
-def _record(cls: type, data: dict, where: str):
-    hints, values = _hints(cls), {}
-    for f in dataclasses.fields(cls):
-        if FLAT in f.metadata:
-            prefix = _prefix(f)
-            sub = {g.name: data[_key(prefix, g.name)] for g in dataclasses.fields(hints[f.name])
-                   if _key(prefix, g.name) in data}
-            values[f.name] = from_json(hints[f.name], sub, f"{where}.{_key(prefix, '*')}")
-        elif f.name in data:
-            values[f.name] = from_json(hints[f.name], data[f.name], f"{where}.{f.name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise CodecError(f"{where}: no {f.name!r}")
-    return cls(**values)
+def _located(error: dict) -> str:
+    where = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in error["loc"]).lstrip(".")
+    found = "" if error["type"] == "missing" else f", found {type(error['input']).__name__} {error['input']!r:.40}"
+    return f"{where}: {error['msg']}{found}"

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
-from vitreduce.report.codec import flat, omitted
+from vitreduce.report.codec import Flat, Layout, flat, omitted
 from vitreduce.report.outcome import STATUSES, Outcome
 from vitreduce.report.pareto_records import Pareto
 from vitreduce.statistics.family import ModelKind, SeedResult
@@ -38,7 +39,7 @@ class Spread:
 
 
 @dataclass(frozen=True)
-class RunOutcome:
+class RunOutcome(Flat):
     seed: int | None
     outcome: Outcome = flat("")
 
@@ -99,7 +100,7 @@ class Outcomes:
 
 
 @dataclass(frozen=True)
-class KindSummary:
+class KindSummary(Flat):
     """One model kind's (raw or EMA) accuracy figures over the included runs that have it."""
 
     n: int
@@ -111,7 +112,7 @@ class KindSummary:
 
 
 @dataclass(frozen=True)
-class SharpnessSummary:
+class SharpnessSummary(Flat):
     """The sharpness measures comparable across variants at one checkpoint, over the runs analysed."""
 
     n: int
@@ -140,6 +141,10 @@ class Throughput:
 # ---------------------------------------------------------------------------------------------------
 # Against the baseline
 
+# A SeedResult as its record() writes it: the t-test's fields beside the others, without the variant's name
+# (its entry's key: vitreduce.report.summary_file gives it back).
+SeedResultRecord = Annotated[SeedResult, Layout(flat={"test": ""}, given={"variant": ""}, write=SeedResult.record)]
+
 
 @dataclass(frozen=True)
 class VsBaseline:
@@ -154,7 +159,7 @@ class VsBaseline:
     primary: str | None
     correction: str | None
     effect: float | None
-    seed_level: tuple[SeedResult, ...]
+    seed_level: tuple[SeedResultRecord, ...]
     image_level: str | None
     raw: KindComparison
     ema: KindComparison | None = omitted()  # where both sides have an EMA
@@ -202,7 +207,7 @@ class PairedRecord:
 
 
 @dataclass(frozen=True)
-class SharpnessRecord:
+class SharpnessRecord(Flat):
     checkpoint: str
     measure: str  # summary.json's key of the measure (loss, trace_per_param, asam)
     name: str  # as the report names it
@@ -234,7 +239,7 @@ class ProbeFamily:
 
 
 @dataclass(frozen=True)
-class ProbeRecord:
+class ProbeRecord(Flat):
     baseline: str
     seeds: tuple[int, ...]
     n: int
@@ -243,7 +248,7 @@ class ProbeRecord:
 
 
 @dataclass(frozen=True)
-class Segmentation:
+class Segmentation(Flat):
     """The segmentation probe's scores of a variant over its probed seeds, and its paired mIoU test."""
 
     seeds: tuple[int, ...]
@@ -260,7 +265,7 @@ class Segmentation:
 
 
 @dataclass(frozen=True)
-class VariantEntry:
+class VariantEntry(Flat):
     """summary.json's entry of one variant: its runs, the model it trains, its figures over seeds and, for every
     variant but the baseline, its comparisons with the baseline. ``outcomes`` is None in a summary of
     vitreduce 0.1.0, which predates run outcomes."""

@@ -17,9 +17,6 @@ from vitreduce.errors import VitreduceError
 from vitreduce.reduction.accounting import upgrade_record
 from vitreduce.report import codec
 from vitreduce.report.records import StudyResults, VariantEntry
-from vitreduce.statistics.family import Family, SeedResult
-from vitreduce.statistics.paired import TTest
-from vitreduce.statistics.power import Detectable
 
 SUMMARY_FORMAT = 2
 
@@ -34,13 +31,15 @@ class Summary:
 
     def to_json(self) -> dict:
         """The format 2 document (a summary read from a format 1 file is written as format 2)."""
-        return {"format": SUMMARY_FORMAT, "study": codec.to_json(self.study), "variants": codec.to_json(self.variants)}
+        document = codec.to_json(Summary, self)
+        return {"format": SUMMARY_FORMAT, "study": document["study"], "variants": document["variants"]}
 
     @classmethod
     def from_json(cls, data: dict) -> Summary:
-        variants = codec.from_json(dict[str, VariantEntry], data["variants"], "variants")
-        return cls(codec.from_json(StudyResults, data["study"], "study"),
-                   {name: _named(entry, name) for name, entry in variants.items()})
+        """The document's records (``format``: the file's), each variant's seed-level results named."""
+        summary = codec.from_json(Summary, data)
+        return cls(summary.study, {name: _named(entry, name) for name, entry in summary.variants.items()},
+                   summary.format)
 
 
 def _named(entry: VariantEntry, name: str) -> VariantEntry:
@@ -50,22 +49,6 @@ def _named(entry: VariantEntry, name: str) -> VariantEntry:
         return entry
     named = tuple(dataclasses.replace(r, variant=name) for r in vs.seed_level)
     return dataclasses.replace(entry, vs_baseline=dataclasses.replace(vs, seed_level=named))
-
-
-def _seed_result(record: dict) -> SeedResult:
-    """SeedResult.record() read back: the family, the t-test and what the seeds could detect."""
-    f = record["family"]
-    family = Family(f["name"], f["evidence"], f["kind"], f["metric"], f["correction"], f["alpha"],
-                    tuple(f["variants"]))
-    test = TTest(record["n"], record["df"], record["mean_diff"], record["t"], record["p"], record["warning"],
-                 tuple(record["differences"]), record["sd"], record["confidence"], record["ci_low"],
-                 record["ci_high"], record["mean_baseline"], record["mean_variant"])
-    return SeedResult(family, "", test,  # the variant's name: the entry's key (_named)
-                      record["p_adjusted"], record["verdict"], codec.from_json(Detectable, record["detectable"]),
-                      record["min_effect"], record["min_effect_source"])
-
-
-codec.register(SeedResult, SeedResult.record, _seed_result)
 
 
 def summary_text(summary: Summary) -> str:
@@ -86,15 +69,14 @@ def read_summary(path: Path | str) -> Summary:
         if data["format"] != SUMMARY_FORMAT or not all(isinstance(data.get(k), dict) for k in ("study", "variants")):
             raise VitreduceError(f"{path} is summary.json format {data['format']!r} without its study and variants "
                                  f"objects; this vitreduce reads formats 1 and {SUMMARY_FORMAT}")
-        document, version = _earlier_format_2(data), SUMMARY_FORMAT
+        document = _earlier_format_2(data)
     else:
-        document, version = upgrade(data), 1
+        document = upgrade(data)
     try:
-        summary = Summary.from_json(document)
+        return Summary.from_json(document)
     except codec.CodecError as err:
         raise VitreduceError(f"{path} does not hold a summary this vitreduce reads ({err}); rewrite it with "
                              "`vitreduce report`") from None
-    return Summary(summary.study, summary.variants, format=version)
 
 
 # Keys each variant's entry gained after vitreduce 0.1.0, and what a format 1 file without them is read as.
