@@ -171,3 +171,12 @@ def test_records_are_frozen():
     entry = read_summary(FIXTURES / "summary.json").variants["grouped"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         entry.n = 3
+
+
+def test_a_non_finite_token_is_refused_at_reading(tmp_path):
+    """summary.json is written without NaN or Infinity; a file holding one (edited by hand) is refused."""
+    path = tmp_path / "summary.json"
+    path.write_text('{"format": 2, "study": {"name": "s", "baseline": "b", "pareto": null}, '
+                    '"variants": {"b": {"x": NaN}}}')
+    with pytest.raises(VitreduceError, match="NaN is not JSON"):
+        read_summary(path)

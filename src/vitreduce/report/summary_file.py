@@ -56,12 +56,16 @@ def summary_text(summary: Summary) -> str:
     return json.dumps(summary.to_json(), indent=2, allow_nan=False) + "\n"
 
 
+def _no_constant(token: str):
+    raise ValueError(f"{token} is not JSON (an undefined figure is null)")
+
+
 def read_summary(path: Path | str) -> Summary:
     """A summary.json of format 2, or of format 1 (variants at the top level, ``pareto`` among them)."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        data = json.loads(path.read_text(), parse_constant=_no_constant)  # as strict as summary_text writes
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as err:
         raise VitreduceError(f"{path} is not a JSON summary ({err}); rewrite it with `vitreduce report`") from None
     if not isinstance(data, dict):
         raise VitreduceError(f"{path} must hold a JSON object")
