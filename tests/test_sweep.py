@@ -62,6 +62,29 @@ def test_bad_sweeps_name_the_key_to_change(tmp_path, reductions, models, message
     assert message in str(err.value)
 
 
+def test_a_study_above_max_runs_is_refused_before_its_sweep_is_expanded(tmp_path, monkeypatch):
+    """1000 ratios x 3 keeps x 300 seeds would plan 900,300 runs: refused by counting, nothing expanded; the
+    spec's max_runs confirms a larger study, and a grid entry above MAX_GRID is refused before it is made."""
+    import vitreduce.study.spec as spec_module
+
+    monkeypatch.setattr(spec_module, "expand_sweep", lambda sweep: pytest.fail("the sweep was expanded"))
+    ratios = [round(0.001 * i, 3) for i in range(1, 1001)]
+    tree = {**_tree(tmp_path, [{"shallow": {"ratio": ratios, "keep": ["first", "magnitude", "random"]}}]),
+            "seeds": list(range(300))}
+    with pytest.raises(VitreduceError) as err:
+        parse_spec(tree)
+    assert ("the spec makes up to 900,300 runs (3,001 variant(s) x 300 seed(s)), more than max_runs (1,000)"
+            in str(err.value)) and "max_runs: 900300" in str(err.value)
+    monkeypatch.undo()
+    small = _tree(tmp_path, [{"shallow": {"ratio": [0.5, 0.25]}}])  # 3 variants x 2 seeds
+    with pytest.raises(VitreduceError, match="up to 6 runs"):
+        parse_spec({**small, "max_runs": 5})
+    assert len(parse_spec({**small, "max_runs": 6}).variants) == 3
+    huge = _tree(tmp_path, [{"shallow": {"ratio": ratios}, "grouped": {"size": list(range(1, 12))}}])
+    with pytest.raises(VitreduceError, match=r"the grid makes 11,000 reductions \(1000 x 11\), more than 10,000"):
+        parse_spec(huge)
+
+
 def test_a_group_size_beyond_the_depth_is_refused_before_any_run_naming_the_variant(tmp_path):
     spec = parse_spec(_tree(tmp_path, [{"grouped": {"size": [2, 6]}}]))
     with pytest.raises(VitreduceError, match=r"variant\(s\) ti.grouped-6: .*grouped size 6 exceeds the model depth 4"):

@@ -41,7 +41,7 @@ from vitreduce.device import Precision
 from vitreduce.errors import VitreduceError
 from vitreduce.statistics.settings import PROBE_MIOU, StatisticsConfig
 from vitreduce.study.analysis import AnalysisConfig
-from vitreduce.study.sweep import SweepSpec, expand_sweep
+from vitreduce.study.sweep import DEFAULT_MAX_RUNS, SweepSpec, check_size, expand_sweep
 from vitreduce.train.config import TrainConfig
 
 Launcher = Literal["python", "torchrun", "slurm"]  # slurm: one SLURM job per run (study.slurm)
@@ -217,6 +217,7 @@ class StudySpec(_Strict):
     slurm: SlurmOptions = SlurmOptions()  # the jobs of launcher: slurm
     nproc_per_node: Whole = Field(1, ge=1, le=_COUNT_MAX)  # processes per run under torchrun
     out: str | None = None  # default runs/studies/<name>
+    max_runs: Whole = Field(DEFAULT_MAX_RUNS, ge=1)  # a larger study is refused until the spec raises this
 
     @field_serializer("throughput")
     def _dump_throughput(self, value: bool | ThroughputOptions) -> bool | dict[str, Any]:
@@ -243,6 +244,7 @@ class StudySpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> StudySpec:
+        check_size(len(self.variants), self.sweep, len(self.seeds), self.max_runs)  # before expanding the sweep
         self.variants = [*self.variants, *_swept(self)]
         if not self.variants:
             raise ValueError("variants: give at least one variant, or a sweep: section")

@@ -22,6 +22,7 @@ reduction strings are made canonical) are dropped. Variant names are ``<label>.<
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -36,6 +37,10 @@ BASELINE = "baseline"  # the name of each base model's unreduced variant: <label
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # no '.': it separates the label from the reduction
 _MAIN = {"grouped": "size", "shallow": "ratio", "thin": "ratio"}  # the parameter that sets the degree
 # Per strategy, the parameters at which the step changes nothing (the base model).
+# A grid entry of more reductions than this is refused before it is expanded (a typo such as a range of
+# 10^6 ratios would otherwise plan for minutes); a sweep this wide is not a study one can train.
+MAX_GRID = 10_000
+DEFAULT_MAX_RUNS = 1000  # runs a study may make unless its spec says max_runs (the shipped studies make at most 66)
 _IDENTITY = {"grouped": {"size": 1, "scale": ("auto", 1.0)}, "shallow": {"ratio": 1.0}, "thin": {"ratio": 1.0}}
 
 
@@ -137,6 +142,10 @@ def grid_specs(entry: str | Grid) -> list[ReductionSpec]:
             if not values:
                 raise VitreduceError(f"{strategy}.{key}: the list of values is empty")
             axes.append([f"{strategy}:{key}={v}" for v in values])
+    if math.prod(len(axis) for axis in axes) > MAX_GRID:
+        raise VitreduceError(f"the grid makes {math.prod(len(axis) for axis in axes):,} reductions "
+                             f"({' x '.join(str(len(axis)) for axis in axes)}), more than {MAX_GRID:,}; "
+                             "give fewer values")
     specs = []
     for combination in itertools.product(*axes):
         steps: dict[str, list[str]] = {}
@@ -174,11 +183,35 @@ def reduction_name(spec: ReductionSpec) -> str:
     return "-".join(parts)
 
 
+def sweep_size(sweep: SweepSpec) -> int:
+    """How many variants the sweep makes at most (before repeated reductions are merged), without making them."""
+    per_model = 1  # the baseline
+    for entry in sweep.reductions:
+        if isinstance(entry, str):
+            per_model += 1
+        else:
+            per_model += math.prod(len(v) if isinstance(v, list) else 1
+                                   for params in entry.values() for v in params.values())
+    return per_model * len(sweep.models)
+
+
+def check_size(listed: int, sweep: SweepSpec | None, seeds: int, max_runs: int) -> None:
+    """Refuse (ValueError, in the spec's validation) a study of more than ``max_runs`` runs, counted from the
+    listed variants, the sweep's size and the seeds before anything is expanded (planning a huge study takes
+    minutes and memory)."""
+    variants = listed + (sweep_size(sweep) if sweep else 0)
+    runs = variants * seeds
+    if runs > max_runs:
+        raise ValueError(f"the spec makes up to {runs:,} runs ({variants:,} variant(s) x {seeds} seed(s)), more than "
+                         f"max_runs ({max_runs:,}): check the sweep and the seeds, or confirm the size with "
+                         f"max_runs: {runs} in the spec (or --set max_runs={runs})")
+
+
 def expand_sweep(sweep: SweepSpec) -> list[SweptVariant]:
     """Every variant of a sweep: per base model (in order) its baseline, then each distinct reduction."""
-    specs: list[ReductionSpec] = [ReductionSpec()]
+    specs = dict.fromkeys([ReductionSpec()])  # ordered and distinct
     for entry in sweep.reductions:
-        specs += [s for s in grid_specs(entry) if s not in specs]
+        specs.update(dict.fromkeys(grid_specs(entry)))
     variants = []
     for model in sweep.models:
         common = {"model.name": model.name, **{f"model.{k}": v for k, v in model.args.items()}}
