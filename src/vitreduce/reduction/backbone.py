@@ -24,20 +24,32 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> nn.Mo
 
     Args:
         backbone: from ``timm.create_model(<registered reduced name>, features_only=True, ...)`` or
-            ``vitreduce.feature_backbone(model, ...)``.
+            ``vitreduce.feature_backbone(model, ...)``, or a framework's module that holds exactly one such
+            backbone (mmsegmentation's ``TIMMBackbone``, Hugging Face's ``TimmBackbone``, a whole segmentor).
         path: a vitreduce model file (e.g. a run's ``model_ema.safetensors``).
     """
-    request = getattr(backbone, FEATURES_ATTR, None)
-    if request is None:
-        raise VitreduceError(f"{type(backbone).__name__} is not a vitreduce feature backbone; build it with "
-                             "timm.create_model(<reduced name>, features_only=True) or vitreduce.feature_backbone")
-    device = next(iter(backbone.parameters())).device
+    target = _feature_model(backbone)
+    request = getattr(target, FEATURES_ATTR)
+    device = next(iter(target.parameters())).device
     source = feature_backbone(load(path, device=device), request["out_indices"], request["feature_cfg"],
                               name=request["name"])
-    _check_same_layout(source, backbone, path)
+    _check_same_layout(source, target, path)
     with torch.no_grad():
-        backbone.load_state_dict(source.state_dict(), strict=True)
+        target.load_state_dict(source.state_dict(), strict=True)
     return backbone
+
+
+def _feature_model(module: nn.Module) -> nn.Module:
+    """The vitreduce feature backbone the module is or holds (frameworks wrap timm's model in their own
+    backbone class under their own attribute name), refusing none or several."""
+    found = [m for m in module.modules() if getattr(m, FEATURES_ATTR, None) is not None]
+    if len(found) > 1:
+        raise VitreduceError(f"{type(module).__name__} holds {len(found)} vitreduce feature backbones; pass the one "
+                             "to load (e.g. model.backbone)")
+    if not found:
+        raise VitreduceError(f"{type(module).__name__} is not and holds no vitreduce feature backbone; build it with "
+                             "timm.create_model(<reduced name>, features_only=True) or vitreduce.feature_backbone")
+    return found[0]
 
 
 def _check_same_layout(source: nn.Module, backbone: nn.Module, path: str | os.PathLike) -> None:

@@ -36,7 +36,8 @@ class FeatureOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     feature_cls: Literal["getter", "list", "dict", "hook"] | None = None
-    output_fmt: Literal["NCHW", "NHWC", "NLC"] | None = None  # ViT/EVA: NCHW or NLC; Swin: NCHW or NHWC
+    # ViT/EVA: NCHW or NLC; Swin: NHWC from the stage list (timm's default for it), NCHW with feature_cls getter
+    output_fmt: Literal["NCHW", "NHWC", "NLC"] | None = None
     norm: bool | None = None  # getter: apply the final norm to every output
     prune: bool | None = None  # getter: drop the blocks after the last one asked for
     flatten_sequential: bool | None = None
@@ -103,6 +104,11 @@ def feature_backbone(model: nn.Module, out_indices: int | list[int] | None = Non
     cfg = {**family_defaults(model), **request["feature_cfg"]}
     if request["out_indices"] is not None:
         cfg["out_indices"] = request["out_indices"]
+    if type(model).__name__ in _STAGED and cfg.get("feature_cls") != "getter" and cfg.get("output_fmt") not in (
+            None, "NHWC"):  # timm's stage list would ignore it and return channels-last maps all the same
+        raise VitreduceError(f"feature_cfg output_fmt={cfg['output_fmt']!r}: {type(model).__name__}'s stage-list "
+                             "wrapper gives channels-last (NHWC) maps; for NCHW maps (what mmsegmentation's and "
+                             "mmdetection's heads take) add feature_cls='getter' to feature_cfg")
     variant = name or (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
     if not variant:
         raise VitreduceError("cannot tell which timm model this is; build it with vitreduce.create_model")
