@@ -64,6 +64,35 @@ def test_compress_refusals(tmp_path, tiny_dataset, capsys):
     assert (tmp_path / "run.yaml").read_text() == "mine" and not (tmp_path / "run").exists()
 
 
+def test_a_teacher_trained_on_other_class_names_is_refused(tmp_path, tiny_dataset, capsys):
+    """The student keeps the teacher's head and distils from its outputs, so its classes must be the folders',
+    in order: one renamed folder would pair every later output with a shifted label. Refused before any file of
+    the run is written, by compress (the student's init) and by a train config's distill.teacher."""
+    import json
+    import shutil
+
+    from vitreduce.data.recorded import CLASSES
+    from vitreduce.train.config import TrainConfig
+    from vitreduce.train.distill import check_teacher
+
+    classes = sorted(p.name for p in (tiny_dataset / "train").iterdir())
+    teacher = vitreduce.save(vitreduce.create_model("vit_tiny_patch16_224", **ARCH), tmp_path / "t.safetensors",
+                             metadata={CLASSES: json.dumps(classes)})
+    data = tmp_path / "renamed"
+    shutil.copytree(tiny_dataset, data)
+    for split in ("train", "val"):
+        (data / split / classes[1]).rename(data / split / "zz_renamed")
+    out = tmp_path / "run"
+    assert main(["compress", str(teacher), "--reduction", "grouped", "--data", str(data), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "does not hold the classes the teacher" in err and "zz_renamed" in err and not out.exists()
+    config = TrainConfig.model_validate({"model": {"name": "vit_tiny_patch16_224", **ARCH},
+                                         "data": {"root": str(data)}, "distill": {"teacher": str(teacher)}})
+    with pytest.raises(VitreduceError, match="does not hold the classes distill.teacher"):
+        check_teacher(config)
+    check_teacher(config.model_copy(update={"data": config.data.model_copy(update={"root": str(tiny_dataset)})}))
+
+
 @pytest.mark.slow
 def test_the_tiny_compress_study_runs_every_way_back(tmp_path, monkeypatch):
     """studies/tiny/compress.yaml, one epoch: every variant trains from the teacher (the scratch one without it),

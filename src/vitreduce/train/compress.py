@@ -102,10 +102,13 @@ def preflight(config: TrainConfig, run_dir: Path, config_file: Path) -> None:
     from vitreduce.train import rundir
     from vitreduce.train.config import dump
     from vitreduce.train.distill import check_teacher
-    from vitreduce.train.model import check_init_checkpoint
+    from vitreduce.train.model import check_init_checkpoint, check_same_classes
 
     check_dataset(config.data, config.model.num_classes)
     check_init_checkpoint(config.model)
+    teacher = split_selector(config.model.init_checkpoint)[0]
+    if checkpoint.is_checkpoint(teacher):  # the student keeps the teacher's head: the same classes, in order
+        check_same_classes(teacher, config.data, "the teacher")
     check_teacher(config)
     rundir.inspect(run_dir, config)
     if config_file.exists() and (not config_file.is_file() or config_file.read_text() != dump(config)):

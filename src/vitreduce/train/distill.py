@@ -27,7 +27,7 @@ from vitreduce.reduction.surgery import vit_blocks
 from vitreduce.reduction.weights import split_selector
 from vitreduce.train.config import DistillConfig, TrainConfig
 from vitreduce.train.distributed import all_mean
-from vitreduce.train.model import check_init_checkpoint, start_model
+from vitreduce.train.model import check_init_checkpoint, check_same_classes, start_model
 
 TERMS = ("task", "soft", "hard", "hidden")  # the loss terms, in the order they are logged
 
@@ -35,7 +35,8 @@ TERMS = ("task", "soft", "hard", "hidden")  # the loss terms, in the order they 
 def check_teacher(config: TrainConfig) -> None:
     """What ``load_teacher`` would refuse, from headers only (before any file of a run is written): a missing
     file, an unknown format, a vitreduce header that describes no model vitreduce builds, timm weights whose
-    names do not fit the config's architecture (checked when read)."""
+    names do not fit the config's architecture (checked when read), a vitreduce teacher that records other
+    class names than the training folders."""
     if config.distill.teacher is None:
         return
     path, key = split_selector(config.distill.teacher)
@@ -45,7 +46,7 @@ def check_teacher(config: TrainConfig) -> None:
         raise VitreduceError(f"distill.teacher {config.distill.teacher}: a vitreduce model file holds one set of "
                              f"weights; drop '#{key}'")
     else:
-        checkpoint.read_metadata(path)
+        check_same_classes(path, config.data, "distill.teacher")  # its outputs are paired with the labels
 
 
 def _teacher_model_config(config: TrainConfig):

@@ -21,7 +21,7 @@ from torch import nn
 
 from vitreduce.data.config import DataConfig
 from vitreduce.data.images import class_folder_names
-from vitreduce.data.recorded import recorded_classes
+from vitreduce.data.recorded import check_classes, recorded_classes
 from vitreduce.errors import VitreduceError
 from vitreduce.reduction import checkpoint
 from vitreduce.reduction.models import create_model
@@ -129,6 +129,15 @@ def check_init_checkpoint(cfg: ModelConfig, data: DataConfig | None = None) -> R
         return checkpoint.reduction_to_apply(metadata, spec, path, setting="model.reduction")
     except VitreduceError as err:
         raise VitreduceError(f"model.init_checkpoint: {err}") from None
+
+
+def check_same_classes(path, data: DataConfig, what: str) -> None:
+    """Refuse a vitreduce model file whose outputs must mean the training folders' classes (a distillation
+    teacher; the model ``compress`` shrinks, whose head is kept) when it records other class names or another
+    order: its outputs would be paired with shifted labels. Unlike a fine-tune's init_checkpoint (a note,
+    ``_note_head_classes``), such a file is never meant for other classes."""
+    recorded = recorded_classes(checkpoint.read_metadata(path), str(path))
+    check_classes(recorded, class_folder_names(data), f"{what} {path}", f"{data.root}/{data.train_split}")
 
 
 def _note_head_classes(recorded: list[str] | None, path, cfg: ModelConfig, data: DataConfig) -> None:
