@@ -64,3 +64,18 @@ def test_tokens_layer_scale_and_pooling_are_read_too():
     rebuilt = timm.create_model("vit_tiny_patch16_224", **kwargs)
     rebuilt.load_state_dict(model.state_dict(), strict=True)  # the inferred architecture takes the weights
     assert infer_vit_kwargs({"conv.weight": torch.zeros(3, 3, 3, 3)}) is None  # not a ViT: nothing inferred
+
+
+def test_a_head_count_taken_from_the_named_model_is_said(tmp_path, capsys):
+    """At the named model's width the tensors cannot tell its head count from another: the base model's is used,
+    and the printed line says so and how to change it (silent before, and 6 heads at width 192 came out as 3)."""
+    timm_checkpoint(tmp_path / "w.pth.tar", img_size=32, patch_size=4, embed_dim=192, depth=2, num_heads=6,
+                    num_classes=10)
+    out = tmp_path / "o.safetensors"
+    assert main(reduce_argv(tmp_path / "w.pth.tar", out)) == 0
+    printed = capsys.readouterr().out
+    assert "num_heads=3 from vit_tiny_patch16_224 (the tensors do not determine it: add --model-arg num_heads=H" \
+        in printed
+    assert main(reduce_argv(tmp_path / "w.pth.tar", tmp_path / "six.safetensors", "--model-arg", "num_heads=6")) == 0
+    assert "num_heads=3 from" not in capsys.readouterr().out
+    assert vitreduce.load(tmp_path / "six.safetensors").blocks[0].attn.num_heads == 6

@@ -77,8 +77,11 @@ def vit_kwargs_from_weights(base: str, state: dict[str, torch.Tensor], given: di
     clash = [f"{key}={given[key]!r} (the tensors hold {value!r})" for key, value in inferred.items()
              if key in given and given[key] != value]
     kwargs = {**inferred, **given}
+    heads = ""
     if "num_heads" not in kwargs and defaults["embed_dim"] == kwargs["embed_dim"]:
         kwargs["num_heads"] = defaults["num_heads"]  # the named model's width: its head count
+        heads = (f"; num_heads={kwargs['num_heads']} from {base} (the tensors do not determine it: add "
+                 "--model-arg num_heads=H if these weights were trained with another head count)")
     missing = "num_heads" not in kwargs
     if clash or missing:
         width = kwargs["embed_dim"]
@@ -86,7 +89,7 @@ def vit_kwargs_from_weights(base: str, state: dict[str, torch.Tensor], given: di
                f"timm's ViTs use head width 64: H = {max(1, width // 64)})") if missing else ""
         wrong = f"drop or correct {', '.join(clash)}" if clash else ""
         raise VitreduceError(f"{source} holds a ViT with {_listed(inferred)}; " + "; ".join(filter(None, (wrong, ask))))
-    return kwargs, f"architecture from the tensors of {source}: {_listed(inferred)}"
+    return kwargs, f"architecture from the tensors of {source}: {_listed(inferred)}{heads}"
 
 
 def _listed(kwargs: dict[str, Any]) -> str:
