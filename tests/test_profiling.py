@@ -162,9 +162,12 @@ def test_checkpoint_profiles_its_architecture_against_none(tmp_path, capsys):
     path = vitreduce.save(model, tmp_path / "model.safetensors")
     code = main(["profile", str(path), "--mode", "infer", "--batch-size", "2", "--repeats", "1", "--warmup", "0",
                  "--no-memory", "--json"])
-    rows = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    rows = json.loads(printed.out)
     assert code == 0
     assert [r["reduction"] for r in rows] == ["none", "grouped"]
+    # random inputs: it says that no preprocessing applies, and which the file records
+    assert "no image is read, so no preprocessing is applied (the file's eval preprocessing: " in printed.err
     assert rows[1]["params"] == vitreduce.describe(model).params
 
 
