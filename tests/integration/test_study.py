@@ -176,6 +176,17 @@ def test_changed_spec_is_refused_saying_what_differs(tmp_path):
         prepare_study_dir(tmp_path / "other", spec)
 
 
+def test_a_built_in_dataset_made_with_other_settings_is_refused_before_anything_is_written(tmp_path):
+    from vitreduce.data.synth import write_synth_dataset
+
+    write_synth_dataset(tmp_path / "synth", classes=4, train_per_class=2, val_per_class=1, size=16)  # spec: 3
+    study = tmp_path / "study"
+    for dry_run in (True, False):
+        with pytest.raises(VitreduceError, match="holds a synthetic dataset made with"):
+            run_study(tiny_spec(tmp_path), study, dry_run=dry_run)
+        assert not study.exists()
+
+
 def test_a_dry_runs_spec_is_replaced_until_a_run_starts(tmp_path, capfd):
     """A dry run writes study.yaml and the runs' config.yaml; the spec corrected afterwards (a wrong value found
     by the study's own checks, which a plain dry run leaves to --costs) takes its place and says what changed."""

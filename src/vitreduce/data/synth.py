@@ -243,12 +243,22 @@ def check_synth_root(root: Path) -> None:
 def ensure_synth(root: Path, synth: SynthConfig) -> None:
     """Generate the built-in dataset at ``root`` if missing and named ``synth*``; refuse one generated with
     other settings, and any other missing root (``check_synth_root``)."""
-    wanted = kwargs_from(synth, "seed", "classes", "size", "train_per_class", "val_per_class")
     check_synth_root(root)
     if not root.exists():
         print(f"data.root {root} does not exist: generating the built-in dataset there ({synth})")
-        write_synth_dataset(root, **wanted)
+        write_synth_dataset(root, **_wanted(synth))
         return
+    check_synth_marker(root, synth)
+
+
+def _wanted(synth: SynthConfig) -> dict:
+    return kwargs_from(synth, "seed", "classes", "size", "train_per_class", "val_per_class")
+
+
+def check_synth_marker(root: Path, synth: SynthConfig) -> None:
+    """Refuse a built-in dataset at ``root`` generated with other settings than ``synth`` asks for (reads only:
+    a study checks it before it writes anything)."""
+    wanted = _wanted(synth)
     if (root / MARKER).is_file():
         marker = _read_marker(root)
         found = {**{k: marker.get(k) for k in wanted}, "classes": len(marker.get("classes", []))}

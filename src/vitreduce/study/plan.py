@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from vitreduce.config_tree import merge, read_yaml, set_key
 from vitreduce.data import ensure_synth
-from vitreduce.data.synth import SYNTH_PREFIX
+from vitreduce.data.synth import SYNTH_PREFIX, check_synth_marker
 from vitreduce.errors import VitreduceError
 from vitreduce.files import write_text
 from vitreduce.study.slurm_job import SLURM_DIR
@@ -132,6 +132,11 @@ def preflight(spec: StudySpec, plans: list[RunPlan], data_here: bool = True, mod
             made = f" (synth: generates the built-in dataset only into a folder named {SYNTH_PREFIX}*)" * bool(data[1])
             data_problems.append(f"{who(variants)}: data.root {data[0].root} is not a folder{made}; point it at "
                                  "your dataset with --set base.data.root=/path/to/data")
+        elif root.is_dir() and data[1] is not None:
+            try:
+                check_synth_marker(root, data[1])  # here, before study.yaml is written, not when it is made
+            except VitreduceError as err:
+                problems.append(f"{who(variants)}: {err}")
     probe = spec.analysis.segmentation if spec.analysis is not None else None
     if probe is not None:
         try:
