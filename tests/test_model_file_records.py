@@ -73,6 +73,9 @@ def test_a_copied_model_file_scores_as_in_its_run(run, tiny_dataset, tmp_path, c
     text = capsys.readouterr().out
     assert "preprocessing: bilinear resize, centre crop 0.9," in text and "with --crop-pct set" in text
     assert "the 4 folders of" in text and "match the model's classes" in text
+    for value, said in (("nan", "--crop-pct nan: Input should be a finite number"), ("2", "--crop-pct 2.0: ")):
+        assert main(["eval", str(copied), "--data", str(tiny_dataset), *EVAL, "--crop-pct", value]) == 2
+        assert said in capsys.readouterr().err  # the flag named with its value
 
 
 def test_reduce_keeps_the_preprocessing_and_classes_and_states_the_scale(run, tiny_dataset, tmp_path, capsys):

@@ -95,7 +95,9 @@ def eval_preprocessing_for(model_file: str | os.PathLike, header: dict[str, str]
     try:
         augment = AugmentConfig(**{**found.augment.model_dump(), **given})
     except ValidationError as err:
-        raise VitreduceError("; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())) from None
+        raise VitreduceError("; ".join(f"--{str(e['loc'][0]).replace('_', '-') if e['loc'] else 'preprocessing'} "
+                                       f"{e['input']!r}: " + e["msg"].removeprefix("Value error, ")
+                                       for e in err.errors())) from None
     flags = ", ".join("--" + key.replace("_", "-") for key in sorted(given))
     return EvalPreprocessing(augment, f"{found.source}, with {flags} set on the command line")
 
