@@ -164,3 +164,18 @@ def test_the_demo_time_and_jobs_are_stated_one_way(capsys):
     parser = build_parser()
     defaults = {verb: parser.parse_args([verb, *extra]).jobs for verb, extra in (("demo", []), ("study", ["s.yaml"]))}
     assert defaults == {"demo": 1, "study": 1}
+
+
+def test_the_command_line_prints_its_own_warnings_as_one_line():
+    """A skipped-files warning reads `warning: ...`, as the command's other notes, not Python's
+    `file:line: UserWarning: ...` followed by the source line; other libraries' warnings keep their form."""
+    import importlib
+
+    from vitreduce.data import images
+
+    cli_main = importlib.import_module("vitreduce.cli.main")  # the module (vitreduce.cli.main is also the function)
+
+    ours = cli_main._as_a_line(UserWarning("ds/val: skipped 2 entries"), UserWarning, images.__file__, 265)
+    assert ours == "warning: ds/val: skipped 2 entries\n"
+    theirs = cli_main._as_a_line(UserWarning("x"), UserWarning, "/somewhere/else/lib.py", 3)
+    assert "UserWarning: x" in theirs and theirs.startswith("/somewhere/else/lib.py:3")

@@ -11,6 +11,7 @@ import ast
 import importlib
 import importlib.util
 import sys
+import warnings
 from pathlib import Path
 
 from vitreduce.errors import VitreduceError
@@ -65,6 +66,16 @@ def build_parser(verbs: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+_FORMAT_WARNING = warnings.formatwarning
+
+
+def _as_a_line(message, category, filename, lineno, line=None) -> str:
+    """vitreduce's own warnings (skipped files, ...) as one line for the user, not Python's source-line form."""
+    if "vitreduce" in Path(filename).parts:
+        return f"warning: {message}\n"
+    return _FORMAT_WARNING(message, category, filename, lineno, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line; ``argv`` None: this process's own arguments (the process's entry point)."""
     verb = next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), None)
@@ -72,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         from vitreduce.train import preempt  # imports no torch
 
         preempt.catch_early()  # a stop signal during the imports below ends the run at its first safe point
+    if argv is None:
+        warnings.formatwarning = _as_a_line
     parser = build_parser([verb] if verb in VERBS else [])
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # argparse's own error, with the verb's hint (train: the --set form of a config key)
